@@ -1,0 +1,395 @@
+//! Identity and the headers it becomes: the layer that strips every client-sent identity header
+//! (all spellings), and the layer that sets the verified ones.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderName, HeaderValue};
+use http::Request;
+use serde_json::{Map, Value};
+use tower::{Layer, Service};
+
+use crate::config::{IdentityConfig, PassToken};
+
+pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
+pub const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
+pub const X_FORWARDED_PREFERRED_USERNAME: HeaderName =
+    HeaderName::from_static("x-forwarded-preferred-username");
+pub const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
+pub const X_FORWARDED_ACCESS_TOKEN: HeaderName =
+    HeaderName::from_static("x-forwarded-access-token");
+/// Every header with this prefix is removed from client requests (oauth2-proxy's response
+/// headers for nginx `auth_request`; an app behind us must never see client-made ones).
+const X_AUTH_REQUEST_PREFIX: &str = "x-auth-request-";
+
+/// A verified caller. Built once per token, shared by the cache; headers are precomputed.
+#[derive(Debug)]
+pub struct Identity {
+    /// The token's `sub` (or empty when absent and not required).
+    pub subject: String,
+    /// The token's `iss`.
+    pub issuer: String,
+    /// The verified claims, for the layers after authentication (policy).
+    pub claims: Map<String, Value>,
+    /// The identity headers to set on the forwarded request.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+}
+
+/// What the authentication layer leaves in the request's extensions for the layers after it.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub identity: Arc<Identity>,
+    /// The raw `Authorization` value the client sent (for `pass_token`).
+    pub authorization: HeaderValue,
+    /// The token alone, for `X-Forwarded-Access-Token`.
+    pub token: HeaderValue,
+}
+
+/// Headers a claim may never be mapped to: framing, hop-by-hop, credentials, forwarding.
+pub fn is_reserved_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "content-type"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "authorization"
+            | "cookie"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+    )
+}
+
+/// `a == b` with ASCII case ignored and `_` taken as `-` (`b` must be lower-case with `-`).
+fn same_header(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let x = x.to_ascii_lowercase();
+            x == y || (x == b'_' && y == b'-')
+        })
+}
+
+fn has_prefix(a: &str, prefix: &str) -> bool {
+    a.len() >= prefix.len() && same_header(&a[..prefix.len()], prefix)
+}
+
+/// Turns verified claims into an [`Identity`].
+#[derive(Debug, Clone)]
+pub struct IdentityMapper {
+    cfg: IdentityConfig,
+}
+
+impl IdentityMapper {
+    pub fn new(cfg: IdentityConfig) -> Self {
+        Self { cfg }
+    }
+
+    /// Every header portcullis can set; client-sent copies are stripped.
+    pub fn identity_header_names(&self) -> Vec<HeaderName> {
+        let mut names = vec![
+            X_FORWARDED_USER,
+            X_FORWARDED_EMAIL,
+            X_FORWARDED_PREFERRED_USERNAME,
+            X_FORWARDED_GROUPS,
+            X_FORWARDED_ACCESS_TOKEN,
+        ];
+        for (h, _) in &self.cfg.claim_headers {
+            if !names.contains(h) {
+                names.push(h.clone());
+            }
+        }
+        names
+    }
+
+    pub fn identity(&self, issuer: &str, claims: Map<String, Value>) -> Identity {
+        let mut headers = Vec::new();
+        let mut push = |name: &HeaderName, claim: &str| {
+            if let Some(v) = claims.get(claim) {
+                if let Some(value) = claim_header_value(name, claim, v) {
+                    headers.push((name.clone(), value));
+                }
+            }
+        };
+        push(&X_FORWARDED_USER, &self.cfg.user_claim);
+        push(&X_FORWARDED_EMAIL, &self.cfg.email_claim);
+        push(&X_FORWARDED_PREFERRED_USERNAME, &self.cfg.preferred_username_claim);
+        push(&X_FORWARDED_GROUPS, &self.cfg.groups_claim);
+        for (name, claim) in &self.cfg.claim_headers {
+            push(name, claim);
+        }
+        let subject = match claims.get("sub") {
+            Some(Value::String(s)) => s.clone(),
+            _ => String::new(),
+        };
+        Identity { subject, issuer: issuer.to_string(), claims, headers }
+    }
+}
+
+/// A claim as a header value: strings as they are, arrays comma-joined, other JSON as JSON.
+/// CR, LF or NUL drop the value (with a warning); other bytes that are not visible ASCII are
+/// percent-encoded.
+fn claim_header_value(name: &HeaderName, claim: &str, v: &Value) -> Option<HeaderValue> {
+    let text = match v {
+        Value::Null => return None,
+        Value::String(s) => s.clone(),
+        Value::Array(items) => items
+            .iter()
+            .map(|i| match i {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
+        other => other.to_string(),
+    };
+    if text.bytes().any(|b| matches!(b, b'\r' | b'\n' | 0)) {
+        tracing::warn!(header = %name, claim, "claim value contains CR, LF or NUL; header left out");
+        return None;
+    }
+    let encoded: String = if text.bytes().all(|b| b == b' ' || b.is_ascii_graphic()) {
+        text
+    } else {
+        let mut out = String::with_capacity(text.len() + 8);
+        for b in text.bytes() {
+            if b == b' ' || b.is_ascii_graphic() {
+                out.push(b as char);
+            } else {
+                out.push_str(&format!("%{b:02X}"));
+            }
+        }
+        out
+    };
+    HeaderValue::from_str(&encoded).ok()
+}
+
+// ----- StripIdentityHeaders -----
+
+/// Removes every client-sent identity header before anything reads the request.
+#[derive(Debug, Clone)]
+pub struct StripIdentityHeadersLayer {
+    names: Arc<[HeaderName]>,
+}
+
+impl StripIdentityHeadersLayer {
+    pub fn new(names: Vec<HeaderName>) -> Self {
+        Self { names: names.into() }
+    }
+}
+
+impl<S> Layer<S> for StripIdentityHeadersLayer {
+    type Service = StripIdentityHeaders<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StripIdentityHeaders { inner, names: self.names.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StripIdentityHeaders<S> {
+    inner: S,
+    names: Arc<[HeaderName]>,
+}
+
+impl<S> StripIdentityHeaders<S> {
+    fn is_identity_header(&self, name: &str) -> bool {
+        // Every name we set starts with "x"; most request headers do not.
+        if !name.as_bytes().first().is_some_and(|b| b.eq_ignore_ascii_case(&b'x')) {
+            return false;
+        }
+        has_prefix(name, X_AUTH_REQUEST_PREFIX)
+            || self.names.iter().any(|n| same_header(name, n.as_str()))
+    }
+}
+
+impl<S, B> Service<Request<B>> for StripIdentityHeaders<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let doomed: Vec<HeaderName> = req
+            .headers()
+            .keys()
+            .filter(|n| self.is_identity_header(n.as_str()))
+            .cloned()
+            .collect();
+        for name in doomed {
+            tracing::debug!(header = %name, "stripped client-sent identity header");
+            req.headers_mut().remove(&name);
+        }
+        self.inner.call(req)
+    }
+}
+
+// ----- InjectIdentity -----
+
+/// Sets the verified identity headers (after hop-by-hop removal, so a client cannot name them in
+/// `Connection` to have them dropped) and applies `pass_token`.
+#[derive(Debug, Clone)]
+pub struct InjectIdentityLayer {
+    pass_token: PassToken,
+}
+
+impl InjectIdentityLayer {
+    pub fn new(pass_token: PassToken) -> Self {
+        Self { pass_token }
+    }
+}
+
+impl<S> Layer<S> for InjectIdentityLayer {
+    type Service = InjectIdentity<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        InjectIdentity { inner, pass_token: self.pass_token }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct InjectIdentity<S> {
+    inner: S,
+    pass_token: PassToken,
+}
+
+impl<S, B> Service<Request<B>> for InjectIdentity<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        if let Some(auth) = req.extensions().get::<Authenticated>().cloned() {
+            let headers = req.headers_mut();
+            for (name, value) in &auth.identity.headers {
+                headers.insert(name.clone(), value.clone());
+            }
+            match self.pass_token {
+                PassToken::None => {
+                    headers.remove(header::AUTHORIZATION);
+                }
+                PassToken::Authorization => {
+                    headers.insert(header::AUTHORIZATION, auth.authorization.clone());
+                }
+                PassToken::XForwardedAccessToken => {
+                    headers.remove(header::AUTHORIZATION);
+                    headers.insert(X_FORWARDED_ACCESS_TOKEN, auth.token.clone());
+                }
+            }
+        }
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+    use std::convert::Infallible;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    fn mapper(claim_headers: Vec<(HeaderName, String)>) -> IdentityMapper {
+        IdentityMapper::new(IdentityConfig {
+            user_claim: "sub".into(),
+            email_claim: "email".into(),
+            groups_claim: "groups".into(),
+            preferred_username_claim: "preferred_username".into(),
+            claim_headers,
+            pass_token: PassToken::None,
+        })
+    }
+
+    fn claims(v: Value) -> Map<String, Value> {
+        match v {
+            Value::Object(m) => m,
+            _ => unreachable!(),
+        }
+    }
+
+    fn header<'a>(id: &'a Identity, name: &str) -> Option<&'a str> {
+        id.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn claims_become_headers() {
+        let m = mapper(vec![(HeaderName::from_static("x-forwarded-tenant"), "tid".into())]);
+        let id = m.identity(
+            "https://idp",
+            claims(json!({"sub": "u1", "email": "a@b.c", "groups": ["admins", "dev"], "tid": "t9",
+                           "preferred_username": "alice"})),
+        );
+        assert_eq!(header(&id, "x-forwarded-user"), Some("u1"));
+        assert_eq!(header(&id, "x-forwarded-email"), Some("a@b.c"));
+        assert_eq!(header(&id, "x-forwarded-groups"), Some("admins,dev"));
+        assert_eq!(header(&id, "x-forwarded-preferred-username"), Some("alice"));
+        assert_eq!(header(&id, "x-forwarded-tenant"), Some("t9"));
+        assert_eq!(id.subject, "u1");
+    }
+
+    #[test]
+    fn crlf_in_claim_drops_the_header() {
+        let m = mapper(vec![]);
+        let id = m.identity("i", claims(json!({"sub": "u1", "email": "a@b.c\r\nX-Admin: 1"})));
+        assert_eq!(header(&id, "x-forwarded-email"), None);
+        assert_eq!(header(&id, "x-forwarded-user"), Some("u1"));
+        let id = m.identity("i", claims(json!({"sub": "u\u{0}1"})));
+        assert_eq!(header(&id, "x-forwarded-user"), None);
+    }
+
+    #[test]
+    fn non_ascii_claim_is_percent_encoded() {
+        let m = mapper(vec![]);
+        let id = m.identity("i", claims(json!({"sub": "u1", "preferred_username": "José\tx"})));
+        assert_eq!(header(&id, "x-forwarded-preferred-username"), Some("Jos%C3%A9%09x"));
+    }
+
+    #[test]
+    fn header_spellings_are_compared_loosely() {
+        assert!(same_header("X_Forwarded_User", "x-forwarded-user"));
+        assert!(same_header("x-forwarded_user", "x-forwarded-user"));
+        assert!(!same_header("x-forwarded-users", "x-forwarded-user"));
+        assert!(has_prefix("x_auth_request_user", "x-auth-request-"));
+    }
+
+    #[tokio::test]
+    async fn strip_removes_every_spelling_and_keeps_the_rest() {
+        let names = mapper(vec![(HeaderName::from_static("x-forwarded-tenant"), "tid".into())])
+            .identity_header_names();
+        let svc = ServiceBuilder::new().layer(StripIdentityHeadersLayer::new(names)).service(
+            service_fn(|req: Request<()>| async move { Ok::<_, Infallible>(req) }),
+        );
+        let req = Request::builder()
+            .header("X-Forwarded-User", "evil")
+            .header("x_forwarded_user", "evil")
+            .header("X-FORWARDED_EMAIL", "evil")
+            .header("X-Auth-Request-Groups", "admins")
+            .header("x-forwarded-tenant", "evil")
+            .header("X-Forwarded-Access-Token", "evil")
+            .header("x-request-id", "keep")
+            .header("accept", "keep")
+            .body(())
+            .unwrap();
+        let out = svc.oneshot(req).await.unwrap();
+        let left: Vec<_> = out.headers().keys().map(|k| k.as_str().to_string()).collect();
+        assert_eq!(left, vec!["x-request-id", "accept"]);
+    }
+}

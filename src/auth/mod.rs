@@ -1,0 +1,178 @@
+//! Authentication: who is calling. `keys` (JWKS cache) → `token` (JWT validation and the
+//! verified-token cache) → `identity` (the headers an identity becomes), and the
+//! [`Authenticate`] layer that ties them to a request.
+
+pub mod identity;
+pub mod keys;
+pub mod token;
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderValue};
+use http::{Request, Response};
+use tower::{Layer, Service};
+
+use crate::config::PublicRoute;
+use crate::response::{Decision, Rejection};
+use identity::Authenticated;
+use token::{TokenError, Verified, Verifier};
+
+/// What [`Authenticate`] needs: the verifier and the public routes.
+#[derive(Debug)]
+pub struct AuthSettings {
+    pub verifier: Arc<Verifier>,
+    pub public_routes: Vec<PublicRoute>,
+    pub realm: Arc<str>,
+}
+
+#[derive(Debug, Clone)]
+pub struct AuthenticateLayer {
+    settings: Arc<AuthSettings>,
+}
+
+impl AuthenticateLayer {
+    pub fn new(settings: Arc<AuthSettings>) -> Self {
+        Self { settings }
+    }
+}
+
+impl<S> Layer<S> for AuthenticateLayer {
+    type Service = Authenticate<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authenticate { inner, settings: self.settings.clone() }
+    }
+}
+
+/// Lets public routes through, validates the bearer token of every other request, and leaves
+/// [`Authenticated`] in the request for the layers after it. Rejects with 401/400/503.
+#[derive(Debug, Clone)]
+pub struct Authenticate<S> {
+    inner: S,
+    settings: Arc<AuthSettings>,
+}
+
+/// The bearer token in a request, if any.
+enum Credentials {
+    None,
+    Bearer { authorization: HeaderValue, token: HeaderValue },
+    /// More than one `Authorization` header.
+    Ambiguous,
+}
+
+fn credentials<B>(req: &Request<B>) -> Credentials {
+    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else { return Credentials::None };
+    if values.next().is_some() {
+        return Credentials::Ambiguous;
+    }
+    let bytes = value.as_bytes();
+    // RFC 6750 §2.1: the scheme is case-insensitive.
+    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Credentials::None;
+    }
+    let token = bytes[7..].trim_ascii();
+    match HeaderValue::from_bytes(token) {
+        Ok(t) if !token.is_empty() => Credentials::Bearer { authorization: value.clone(), token: t },
+        _ => Credentials::None,
+    }
+}
+
+impl AuthSettings {
+    fn is_public<B>(&self, req: &Request<B>) -> bool {
+        let path = req.uri().path();
+        self.public_routes.iter().any(|r| r.matches(req.method(), path))
+    }
+
+    /// Decides about one request: `Ok` with the request (identity attached) to forward, or the
+    /// answer to give.
+    async fn authenticate(
+        &self,
+        mut req: Request<Body>,
+    ) -> Result<(Request<Body>, Decision), (Response<Body>, Decision)> {
+        if self.is_public(&req) {
+            return Ok((req, Decision::new("public_route")));
+        }
+        let (authorization, token) = match credentials(&req) {
+            Credentials::Bearer { authorization, token } => (authorization, token),
+            Credentials::Ambiguous => {
+                let r = Rejection::InvalidRequest {
+                    realm: self.realm.clone(),
+                    description: "Send one Authorization header",
+                };
+                return Err((r.into_response(&req), Decision::new("ambiguous_authorization")));
+            }
+            Credentials::None => {
+                if !self.verifier.keys().all_loaded() {
+                    return Err((Rejection::NotReady.into_response(&req), Decision::new("keys_not_loaded")));
+                }
+                let r = Rejection::NoToken { realm: self.realm.clone() };
+                return Err((r.into_response(&req), Decision::new("no_token")));
+            }
+        };
+        let token_str = match token.to_str() {
+            Ok(t) => t,
+            Err(_) => return Err(self.invalid(&req, TokenError::Malformed("non-ASCII token".into()))),
+        };
+        match self.verifier.verify(token_str).await {
+            Ok((identity, how)) => {
+                let decision = Decision {
+                    reason: match how {
+                        Verified::Cached => "token_cached".into(),
+                        Verified::Fresh => "token_verified".into(),
+                    },
+                    detail: None,
+                    identity: Some(identity.clone()),
+                };
+                req.extensions_mut().insert(Authenticated { identity, authorization, token });
+                Ok((req, decision))
+            }
+            Err(e) => Err(self.invalid(&req, e)),
+        }
+    }
+
+    fn invalid(&self, req: &Request<Body>, e: TokenError) -> (Response<Body>, Decision) {
+        let decision = Decision { reason: e.code().into(), detail: Some(e.to_string()), identity: None };
+        let r = match e {
+            TokenError::KeysNotLoaded(_) => Rejection::NotReady,
+            e => Rejection::InvalidToken { realm: self.realm.clone(), description: e.client_description() },
+        };
+        (r.into_response(req), decision)
+    }
+}
+
+impl<S> Service<Request<Body>> for Authenticate<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let settings = self.settings.clone();
+        // Take the service that was driven to readiness, leave a clone in its place.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            match settings.authenticate(req).await {
+                Ok((req, decision)) => {
+                    let mut resp = inner.call(req).await?;
+                    resp.extensions_mut().insert(decision);
+                    Ok(resp)
+                }
+                Err((mut resp, decision)) => {
+                    resp.extensions_mut().insert(decision);
+                    Ok(resp)
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,601 @@
+//! Bearer JWT validation (jsonwebtoken, `aws_lc_rs`) and the verified-token cache.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use jsonwebtoken::errors::ErrorKind;
+use jsonwebtoken::{Algorithm, Validation};
+use serde::Deserialize;
+use serde_json::{Map, Value};
+
+use super::identity::{Identity, IdentityMapper};
+use super::keys::{IssuerKeys, KeySet, KeyStore, Lookup, VerifyKey};
+use crate::config::BearerConfig;
+
+/// Tokens longer than this are refused before any parsing.
+pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+
+/// Why a token was refused. `reason()` goes to the log; the client sees only
+/// `invalid_token` and [`TokenError::client_description`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum TokenError {
+    #[error("token larger than {MAX_TOKEN_BYTES} bytes")]
+    TooLarge,
+    #[error("malformed token: {0}")]
+    Malformed(String),
+    #[error("crit header names {0:?}, which is not understood")]
+    UnsupportedCrit(Vec<String>),
+    #[error("algorithm {0:?} is not allowed")]
+    AlgorithmNotAllowed(String),
+    #[error("issuer {0:?} is not trusted")]
+    UntrustedIssuer(String),
+    #[error("no key {kid:?} for {alg:?} at issuer {issuer:?}")]
+    UnknownKey { issuer: String, kid: Option<String>, alg: String },
+    #[error("signature does not verify")]
+    BadSignature,
+    #[error("token expired")]
+    Expired,
+    #[error("token not valid yet (nbf)")]
+    NotYetValid,
+    #[error("token issued in the future (iat)")]
+    IssuedInFuture,
+    #[error("audience not accepted")]
+    BadAudience,
+    #[error("issuer claim does not match")]
+    BadIssuer,
+    #[error("required claim {0:?} missing")]
+    MissingClaim(String),
+    #[error("claim {0:?} has the wrong type")]
+    BadClaim(String),
+    #[error("keys of issuer {0:?} are not loaded yet")]
+    KeysNotLoaded(String),
+}
+
+impl TokenError {
+    /// A short machine-friendly code for the access log.
+    pub fn code(&self) -> &'static str {
+        match self {
+            TokenError::TooLarge => "token_too_large",
+            TokenError::Malformed(_) => "token_malformed",
+            TokenError::UnsupportedCrit(_) => "token_crit",
+            TokenError::AlgorithmNotAllowed(_) => "token_alg_not_allowed",
+            TokenError::UntrustedIssuer(_) => "token_untrusted_issuer",
+            TokenError::UnknownKey { .. } => "token_unknown_key",
+            TokenError::BadSignature => "token_bad_signature",
+            TokenError::Expired => "token_expired",
+            TokenError::NotYetValid => "token_not_yet_valid",
+            TokenError::IssuedInFuture => "token_iat_in_future",
+            TokenError::BadAudience => "token_bad_audience",
+            TokenError::BadIssuer => "token_bad_issuer",
+            TokenError::MissingClaim(_) => "token_missing_claim",
+            TokenError::BadClaim(_) => "token_bad_claim",
+            TokenError::KeysNotLoaded(_) => "keys_not_loaded",
+        }
+    }
+
+    /// What the client is told (RFC 6750 `error_description`): no more than that it failed.
+    pub fn client_description(&self) -> &'static str {
+        match self {
+            TokenError::Expired => "The access token expired",
+            _ => "The access token is invalid",
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct PeekIssuer {
+    iss: Option<Value>,
+}
+
+/// One trusted issuer as the verifier sees it.
+struct IssuerPolicy {
+    index: usize,
+    keys: Arc<IssuerKeys>,
+    validations: HashMap<Algorithm, Validation>,
+}
+
+/// A verified token in the cache.
+struct CachedToken {
+    identity: Arc<Identity>,
+    exp: u64,
+    nbf: Option<u64>,
+    issuer_index: usize,
+    key_fingerprint: u64,
+}
+
+/// SHA-256 outputs are already uniform: use their first bytes as the hash.
+#[derive(Default)]
+struct DigestHasher(u64);
+
+impl Hasher for DigestHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for chunk in bytes.chunks(8).take(1) {
+            let mut b = [0u8; 8];
+            b[..chunk.len()].copy_from_slice(chunk);
+            self.0 ^= u64::from_le_bytes(b);
+        }
+    }
+    fn write_usize(&mut self, _: usize) {}
+}
+
+type Digest = [u8; 32];
+
+/// Bounded map from SHA-256(token) to the verified identity. `exp` and `nbf` are re-checked on
+/// every hit; entries whose key leaves the JWKS are dropped.
+pub struct TokenCache {
+    map: RwLock<HashMap<Digest, Arc<CachedToken>, BuildHasherDefault<DigestHasher>>>,
+    capacity: usize,
+}
+
+impl TokenCache {
+    pub fn new(capacity: usize) -> Self {
+        Self { map: RwLock::new(HashMap::default()), capacity }
+    }
+
+    fn get(&self, d: &Digest) -> Option<Arc<CachedToken>> {
+        if self.capacity == 0 {
+            return None;
+        }
+        self.map.read().ok()?.get(d).cloned()
+    }
+
+    fn insert(&self, d: Digest, entry: CachedToken, now: u64) {
+        if self.capacity == 0 {
+            return;
+        }
+        let Ok(mut map) = self.map.write() else { return };
+        if map.len() >= self.capacity {
+            map.retain(|_, e| e.exp > now);
+            if map.len() >= self.capacity {
+                // Still full of live tokens: drop an arbitrary eighth (HashMap order is
+                // unrelated to age or use, so no client can pin entries).
+                let drop_n = (self.capacity / 8).max(1);
+                let doomed: Vec<Digest> = map.keys().take(drop_n).copied().collect();
+                for k in doomed {
+                    map.remove(&k);
+                }
+            }
+        }
+        map.insert(d, Arc::new(entry));
+    }
+
+    fn remove(&self, d: &Digest) {
+        if let Ok(mut map) = self.map.write() {
+            map.remove(d);
+        }
+    }
+
+    fn retain_keys(&self, issuer_index: usize, set: &KeySet) {
+        if let Ok(mut map) = self.map.write() {
+            map.retain(|_, e| e.issuer_index != issuer_index || set.has_fingerprint(e.key_fingerprint));
+        }
+    }
+
+    pub fn len(&self) -> usize {
+        self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// How a token was accepted (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Verified {
+    Cached,
+    Fresh,
+}
+
+/// Validates bearer tokens against the trusted issuers.
+pub struct Verifier {
+    issuers: HashMap<String, IssuerPolicy>,
+    algorithms: Vec<Algorithm>,
+    leeway: u64,
+    required_claims: Vec<String>,
+    cache: Arc<TokenCache>,
+    mapper: IdentityMapper,
+    keys: Arc<KeyStore>,
+}
+
+impl std::fmt::Debug for Verifier {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Verifier").field("issuers", &self.issuers.keys().collect::<Vec<_>>()).finish()
+    }
+}
+
+fn sha256(token: &str) -> Digest {
+    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
+    let mut out = [0u8; 32];
+    out.copy_from_slice(d.as_ref());
+    out
+}
+
+fn as_u64(v: &Value) -> Option<u64> {
+    v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+}
+
+impl Verifier {
+    pub fn new(cfg: &BearerConfig, keys: Arc<KeyStore>, mapper: IdentityMapper) -> Self {
+        let cache = Arc::new(TokenCache::new(cfg.token_cache_size));
+        let mut issuers = HashMap::new();
+        for (index, (trusted, ik)) in cfg.issuers.iter().zip(keys.issuers.iter()).enumerate() {
+            let mut validations = HashMap::new();
+            for alg in &cfg.algorithms {
+                let mut v = Validation::new(*alg);
+                v.leeway = cfg.leeway.as_secs();
+                v.validate_exp = true;
+                v.validate_nbf = true;
+                v.validate_aud = true;
+                v.set_issuer(&[trusted.issuer.as_str()]);
+                v.set_audience(&trusted.audiences);
+                v.set_required_spec_claims(&["exp", "iss", "aud"]);
+                validations.insert(*alg, v);
+            }
+            let c = cache.clone();
+            ik.set_on_change(Arc::new(move |set: &KeySet| c.retain_keys(index, set)));
+            issuers.insert(trusted.issuer.clone(), IssuerPolicy { index, keys: ik.clone(), validations });
+        }
+        Self {
+            issuers,
+            algorithms: cfg.algorithms.clone(),
+            leeway: cfg.leeway.as_secs(),
+            required_claims: cfg.required_claims.clone(),
+            cache,
+            mapper,
+            keys,
+        }
+    }
+
+    pub fn keys(&self) -> &Arc<KeyStore> {
+        &self.keys
+    }
+
+    pub fn cache(&self) -> &TokenCache {
+        &self.cache
+    }
+
+    /// Validates `token`; a cache hit costs a SHA-256 and a map lookup.
+    pub async fn verify(&self, token: &str) -> Result<(Arc<Identity>, Verified), TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        let digest = sha256(token);
+        let now = jsonwebtoken::get_current_timestamp();
+        if let Some(hit) = self.cache.get(&digest) {
+            if hit.exp.saturating_add(self.leeway) < now {
+                self.cache.remove(&digest);
+                return Err(TokenError::Expired);
+            }
+            if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+                return Err(TokenError::NotYetValid);
+            }
+            return Ok((hit.identity.clone(), Verified::Cached));
+        }
+        let (identity, entry) = self.verify_fresh(token, now).await?;
+        self.cache.insert(digest, entry, now);
+        Ok((identity, Verified::Fresh))
+    }
+
+    async fn verify_fresh(&self, token: &str, now: u64) -> Result<(Arc<Identity>, CachedToken), TokenError> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
+            ErrorKind::Json(_) if token.split('.').count() == 3 => {
+                // `alg` values outside the enum ("none", "HS1", ...) fail here.
+                TokenError::Malformed(format!("header not understood: {e}"))
+            }
+            _ => TokenError::Malformed(e.to_string()),
+        })?;
+        if let Some(crit) = &header.crit {
+            // RFC 7515 §4.1.11: we understand no extension, so any `crit` is refused.
+            return Err(TokenError::UnsupportedCrit(crit.clone()));
+        }
+        if !self.algorithms.contains(&header.alg) {
+            return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
+        }
+        // `jku`, `x5u`, `x5c` and `jwk` are never used: keys come only from the issuer's JWKS.
+        let peek: PeekIssuer = jsonwebtoken::dangerous::insecure_decode_claims(token)
+            .map_err(|e| TokenError::Malformed(e.to_string()))?;
+        let iss = match peek.iss {
+            Some(Value::String(s)) => s,
+            Some(_) => return Err(TokenError::BadClaim("iss".into())),
+            None => return Err(TokenError::MissingClaim("iss".into())),
+        };
+        let Some(policy) = self.issuers.get(&iss) else {
+            return Err(TokenError::UntrustedIssuer(iss));
+        };
+        if !policy.keys.is_loaded() {
+            return Err(TokenError::KeysNotLoaded(iss));
+        }
+        let candidates: Vec<Arc<VerifyKey>> = match policy.keys.lookup(header.kid.as_deref(), header.alg).await {
+            Lookup::Found(k) => vec![k],
+            Lookup::Candidates(c) => c,
+            Lookup::Unknown => {
+                return Err(TokenError::UnknownKey {
+                    issuer: iss,
+                    kid: header.kid.clone(),
+                    alg: format!("{:?}", header.alg),
+                })
+            }
+        };
+        let validation = policy
+            .validations
+            .get(&header.alg)
+            .ok_or_else(|| TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)))?;
+        let mut last = TokenError::BadSignature;
+        for key in candidates {
+            match jsonwebtoken::decode::<Map<String, Value>>(token, &key.key, validation) {
+                Ok(data) => {
+                    let claims = data.claims;
+                    self.check_claims(&claims, now)?;
+                    let exp = claims.get("exp").and_then(as_u64).unwrap_or(0);
+                    let nbf = claims.get("nbf").and_then(as_u64);
+                    let identity = Arc::new(self.mapper.identity(&iss, claims));
+                    let entry = CachedToken {
+                        identity: identity.clone(),
+                        exp,
+                        nbf,
+                        issuer_index: policy.index,
+                        key_fingerprint: key.fingerprint,
+                    };
+                    return Ok((identity, entry));
+                }
+                Err(e) => {
+                    last = map_jwt_error(e.kind());
+                    if last != TokenError::BadSignature {
+                        break;
+                    }
+                }
+            }
+        }
+        Err(last)
+    }
+
+    fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), TokenError> {
+        if let Some(iat) = claims.get("iat") {
+            let iat = as_u64(iat).ok_or_else(|| TokenError::BadClaim("iat".into()))?;
+            if iat > now.saturating_add(self.leeway) {
+                return Err(TokenError::IssuedInFuture);
+            }
+        }
+        for c in &self.required_claims {
+            match claims.get(c) {
+                None | Some(Value::Null) => return Err(TokenError::MissingClaim(c.clone())),
+                _ => {}
+            }
+        }
+        if let Some(sub) = claims.get("sub") {
+            if !sub.is_string() {
+                return Err(TokenError::BadClaim("sub".into()));
+            }
+        }
+        Ok(())
+    }
+}
+
+fn map_jwt_error(kind: &ErrorKind) -> TokenError {
+    match kind {
+        ErrorKind::InvalidSignature => TokenError::BadSignature,
+        ErrorKind::ExpiredSignature => TokenError::Expired,
+        ErrorKind::ImmatureSignature => TokenError::NotYetValid,
+        ErrorKind::InvalidAudience => TokenError::BadAudience,
+        ErrorKind::InvalidIssuer => TokenError::BadIssuer,
+        ErrorKind::MissingRequiredClaim(c) => TokenError::MissingClaim(c.clone()),
+        ErrorKind::InvalidClaimFormat(c) => TokenError::BadClaim(c.clone()),
+        ErrorKind::InvalidAlgorithm => TokenError::AlgorithmNotAllowed("for this key".into()),
+        other => TokenError::Malformed(format!("{other:?}")),
+    }
+}
+
+/// A `Duration` as whole seconds, for config-derived leeway (kept for symmetry with tests).
+pub fn secs(d: Duration) -> u64 {
+    d.as_secs()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS};
+    use crate::auth::keys::KeyCacheSettings;
+    use crate::devissuer::{DevIssuer, KeyAlg};
+    use base64::Engine as _;
+    use jsonwebtoken::{EncodingKey, Header};
+    use serde_json::json;
+
+    const AUD: &str = "api://test";
+
+    struct Fixture {
+        dev: DevIssuer,
+        verifier: Verifier,
+    }
+
+    async fn fixture(algs: &[KeyAlg], cache: usize) -> Fixture {
+        let dev = DevIssuer::start(algs).await.unwrap();
+        let cfg = BearerConfig {
+            issuers: vec![TrustedIssuer { issuer: dev.issuer(), audiences: vec![AUD.into()], jwks_url: None }],
+            algorithms: ASYMMETRIC_ALGORITHMS.to_vec(),
+            leeway: Duration::from_secs(30),
+            required_claims: vec!["sub".into()],
+            public_routes: vec![],
+            realm: "t".into(),
+            jwks_refresh_interval: Duration::from_secs(3600),
+            jwks_min_refetch_interval: Duration::from_millis(50),
+            token_cache_size: cache,
+        };
+        let keys = Arc::new(KeyStore::new(
+            &cfg.issuers,
+            KeyCacheSettings {
+                refresh_interval: cfg.jwks_refresh_interval,
+                min_refetch_interval: cfg.jwks_min_refetch_interval,
+                allow_http: false,
+            },
+        ));
+        keys.issuers[0].refresh().await.unwrap();
+        let mapper = IdentityMapper::new(IdentityConfig {
+            user_claim: "sub".into(),
+            email_claim: "email".into(),
+            groups_claim: "groups".into(),
+            preferred_username_claim: "preferred_username".into(),
+            claim_headers: vec![],
+            pass_token: PassToken::None,
+        });
+        let verifier = Verifier::new(&cfg, keys, mapper);
+        Fixture { dev, verifier }
+    }
+
+    fn b64(v: &[u8]) -> String {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+    }
+
+    #[tokio::test]
+    async fn valid_tokens_of_each_key_type_verify() {
+        let f = fixture(&[KeyAlg::Rs256, KeyAlg::Es256, KeyAlg::EdDsa], 100).await;
+        for kid in f.dev.kids() {
+            let key = f.dev.key(&kid).unwrap();
+            let t = key.sign(Header::new(key.alg), &f.dev.claims_for("alice", AUD));
+            let (id, how) = f.verifier.verify(&t).await.unwrap();
+            assert_eq!(id.subject, "alice");
+            assert_eq!(how, Verified::Fresh);
+            let (_, how) = f.verifier.verify(&t).await.unwrap();
+            assert_eq!(how, Verified::Cached);
+        }
+    }
+
+    #[tokio::test]
+    async fn claim_checks() {
+        let f = fixture(&[KeyAlg::Rs256], 100).await;
+        let now = jsonwebtoken::get_current_timestamp();
+        let base = f.dev.claims_for("alice", AUD);
+        let cases: Vec<(&str, Value, TokenError)> = vec![
+            ("wrong iss", json!({"iss": "https://evil.example"}), TokenError::UntrustedIssuer("https://evil.example".into())),
+            ("wrong aud", json!({"aud": "api://other"}), TokenError::BadAudience),
+            ("missing aud", json!({"aud": null}), TokenError::BadAudience),
+            ("expired", json!({"exp": now - 120}), TokenError::Expired),
+            ("nbf ahead", json!({"nbf": now + 600}), TokenError::NotYetValid),
+            ("iat ahead", json!({"iat": now + 600}), TokenError::IssuedInFuture),
+            ("no sub", json!({"sub": null}), TokenError::MissingClaim("sub".into())),
+            ("no exp", json!({"exp": null}), TokenError::MissingClaim("exp".into())),
+        ];
+        for (name, patch, want) in cases {
+            let mut c = base.clone();
+            for (k, v) in patch.as_object().unwrap() {
+                if v.is_null() {
+                    c.as_object_mut().unwrap().remove(k);
+                } else {
+                    c[k] = v.clone();
+                }
+            }
+            let got = f.verifier.verify(&f.dev.mint(&c)).await.unwrap_err();
+            if name == "missing aud" {
+                assert!(matches!(got, TokenError::MissingClaim(_) | TokenError::BadAudience), "{name}: {got:?}");
+            } else {
+                assert_eq!(got, want, "{name}");
+            }
+        }
+        // the audience may be a list containing ours
+        let mut c = base.clone();
+        c["aud"] = json!(["other", AUD]);
+        assert!(f.verifier.verify(&f.dev.mint(&c)).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn forged_headers_are_refused() {
+        let f = fixture(&[KeyAlg::Rs256], 100).await;
+        let claims = f.dev.claims_for("alice", AUD);
+        let kid = f.dev.kids()[0].clone();
+        let payload = b64(claims.to_string().as_bytes());
+
+        // alg none
+        let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), payload);
+        assert!(matches!(f.verifier.verify(&none).await, Err(TokenError::Malformed(_))));
+
+        // HS256 signed with the RSA public key as the secret
+        let key = f.dev.key(&kid).unwrap();
+        let mut h = Header::new(Algorithm::HS256);
+        h.kid = Some(kid.clone());
+        let hs = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(&key.public_bytes)).unwrap();
+        assert_eq!(f.verifier.verify(&hs).await.unwrap_err().code(), "token_alg_not_allowed");
+
+        // flipped signature byte
+        let good = f.dev.mint(&claims);
+        let (head, sig) = good.rsplit_once('.').unwrap();
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+        raw[10] ^= 1;
+        let bad = format!("{head}.{}", b64(&raw));
+        assert_eq!(f.verifier.verify(&bad).await.unwrap_err(), TokenError::BadSignature);
+
+        // crit
+        let mut h = Header::new(Algorithm::RS256);
+        h.crit = Some(vec!["exp".into()]);
+        let t = key.sign(h, &claims);
+        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnsupportedCrit(_))));
+
+        // attacker key advertised through jku and embedded jwk
+        let attacker = crate::devissuer::DevKey::generate(KeyAlg::Rs256).unwrap();
+        let mut h = Header::new(Algorithm::RS256);
+        h.jku = Some("http://127.0.0.1:1/attacker-jwks".into());
+        let t = attacker.sign(h, &claims);
+        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnknownKey { .. })));
+        let mut h = Header::new(Algorithm::RS256);
+        h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap());
+        h.kid = Some(kid.clone());
+        let t = attacker.sign(h, &claims);
+        assert_eq!(f.verifier.verify(&t).await.unwrap_err(), TokenError::BadSignature);
+
+        // oversize and malformed
+        assert_eq!(f.verifier.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).await.unwrap_err(), TokenError::TooLarge);
+        assert!(matches!(f.verifier.verify("abc.d$f.ghi").await, Err(TokenError::Malformed(_))));
+        assert!(matches!(f.verifier.verify("not-a-jwt").await, Err(TokenError::Malformed(_))));
+    }
+
+    #[tokio::test]
+    async fn kidless_token_verifies_against_fitting_key() {
+        let f = fixture(&[KeyAlg::Es256, KeyAlg::Rs256], 100).await;
+        let kid = f.dev.kids()[1].clone();
+        let key = f.dev.key(&kid).unwrap();
+        let claims = f.dev.claims_for("bob", AUD);
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key.encoding).unwrap();
+        assert_eq!(f.verifier.verify(&t).await.unwrap().0.subject, "bob");
+    }
+
+    #[tokio::test]
+    async fn cached_token_still_expires() {
+        let f = fixture(&[KeyAlg::Rs256], 100).await;
+        let mut c = f.dev.claims_for("alice", AUD);
+        let now = jsonwebtoken::get_current_timestamp();
+        // valid now thanks to leeway, and stays valid for ~2 s more
+        c["exp"] = json!(now - 28);
+        let t = f.dev.mint(&c);
+        assert!(f.verifier.verify(&t).await.is_ok());
+        assert_eq!(f.verifier.cache().len(), 1);
+        tokio::time::sleep(Duration::from_millis(3100)).await;
+        assert_eq!(f.verifier.verify(&t).await.unwrap_err(), TokenError::Expired);
+    }
+
+    #[tokio::test]
+    async fn cache_entry_dropped_when_key_leaves_jwks() {
+        let f = fixture(&[KeyAlg::Rs256, KeyAlg::Es256], 100).await;
+        let t = f.dev.token_for("alice", AUD);
+        f.verifier.verify(&t).await.unwrap();
+        assert_eq!(f.verifier.cache().len(), 1);
+        let kid = f.dev.kids()[0].clone();
+        f.dev.remove_key(&kid);
+        f.verifier.keys().issuers[0].refresh().await.unwrap();
+        assert_eq!(f.verifier.cache().len(), 0);
+        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnknownKey { .. })));
+    }
+
+    #[tokio::test]
+    async fn cache_is_bounded() {
+        let f = fixture(&[KeyAlg::EdDsa], 16).await;
+        for i in 0..50 {
+            let t = f.dev.token_for(&format!("user{i}"), AUD);
+            f.verifier.verify(&t).await.unwrap();
+            assert!(f.verifier.cache().len() <= 16);
+        }
+    }
+}

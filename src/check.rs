@@ -1,0 +1,77 @@
+//! `portcullis check`: validates the config and, unless `--offline`, probes every issuer the way
+//! the proxy will (discovery, then the JWKS), saying what failed in words a user can act on.
+
+use std::time::Duration;
+
+use crate::auth::keys::{idp_client, FetchError, IssuerKeys, KeyCacheSettings};
+use crate::config::Config;
+
+/// Exit code: all good.
+pub const OK: u8 = 0;
+/// Exit code: the config is valid but an issuer could not be probed.
+pub const PROBE_FAILED: u8 = 1;
+/// Exit code: the config is invalid.
+pub const INVALID_CONFIG: u8 = 2;
+
+fn hint(e: &FetchError, issuer: &str) -> String {
+    match e {
+        FetchError::Unreachable { .. } => "check the URL, and that this host can reach it (DNS, firewall, egress proxy)".into(),
+        FetchError::Status { status: 404, .. } => format!(
+            "nothing there: is {issuer:?} the exact issuer URL? (Keycloak: https://HOST/realms/NAME; Dex: the issuer in its config; Auth0: https://TENANT.auth0.com/ with the slash)"
+        ),
+        FetchError::Status { .. } => "the issuer answered with an error; look at its logs".into(),
+        FetchError::IssuerMismatch { found, .. } => format!("set the issuer to exactly {found:?}"),
+        FetchError::Invalid { .. } => "the URL does not point at an OpenID Provider's discovery document or JWKS".into(),
+        FetchError::NoKeys { .. } => "the JWKS has no RSA, EC (P-256/P-384) or Ed25519 signing key".into(),
+    }
+}
+
+/// Prints a summary of `config`; probes issuers unless `offline`. Returns the exit code.
+pub async fn run(config: &Config, offline: bool) -> u8 {
+    println!("config is valid");
+    println!("  listen        {}", config.server.listen);
+    println!("  admin_listen  {}", config.server.admin_listen);
+    println!("  upstream      {}", config.upstream.url);
+    for i in &config.bearer.issuers {
+        println!("  issuer        {} (audiences: {})", i.issuer, i.audiences.join(", "));
+    }
+    println!("  public routes {}", config.bearer.public_routes.len());
+    if offline {
+        return OK;
+    }
+    let settings = KeyCacheSettings {
+        refresh_interval: config.bearer.jwks_refresh_interval,
+        min_refetch_interval: config.bearer.jwks_min_refetch_interval,
+        allow_http: config.oidc.insecure_allow_http,
+    };
+    let http = idp_client();
+    let mut code = OK;
+    for i in &config.bearer.issuers {
+        let keys = IssuerKeys::new(i, http.clone(), settings.clone());
+        match keys.fetch_keys().await {
+            Ok((set, skipped, url)) => {
+                let kids: Vec<String> =
+                    set.keys.iter().map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into())).collect();
+                println!("ok    {}: {} signing key(s) from {url}: {}", i.issuer, kids.len(), kids.join(", "));
+                for s in skipped {
+                    println!("      skipped {s}");
+                }
+            }
+            Err(e) => {
+                println!("FAIL  {}: {e}", i.issuer);
+                println!("      hint: {}", hint(&e, &i.issuer));
+                code = PROBE_FAILED;
+            }
+        }
+    }
+    let target = format!(
+        "{}:{}",
+        config.upstream.url.host_str().unwrap_or_default(),
+        config.upstream.url.port_or_known_default().unwrap_or(80)
+    );
+    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&target)).await {
+        Ok(Ok(_)) => println!("ok    upstream {target} accepts connections"),
+        _ => println!("note  upstream {target} does not accept connections yet (fine if the app starts after the proxy)"),
+    }
+    code
+}

@@ -1,0 +1,1024 @@
+//! Typed configuration: one TOML file, `PORTCULLIS_*` environment overrides, `*_file` secrets,
+//! defaults, and validation that names the key at fault before anything starts.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use http::{HeaderName, Method};
+use jsonwebtoken::Algorithm;
+use regex::Regex;
+use serde::Deserialize;
+use url::Url;
+
+/// Default listener for proxied traffic.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:4180";
+/// Default listener for `/healthz` and `/readyz`.
+pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
+/// Default time in-flight requests get to finish after SIGTERM.
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Default time to open a TCP connection to the upstream.
+pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+/// Default time to wait for the upstream's response head.
+pub const DEFAULT_RESPONSE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Default clock skew tolerated on `exp`, `nbf` and `iat`.
+pub const DEFAULT_LEEWAY: Duration = Duration::from_secs(30);
+/// Default interval between background JWKS refreshes.
+pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
+/// Default minimum time between two fetches caused by an unknown `kid`.
+pub const DEFAULT_JWKS_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
+/// Default number of verified tokens kept.
+pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+/// Default `realm` in `WWW-Authenticate`.
+pub const DEFAULT_REALM: &str = "portcullis";
+/// Every asymmetric algorithm portcullis verifies; the default for `bearer.algorithms`.
+pub const ASYMMETRIC_ALGORITHMS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+/// A configuration problem, naming the key at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{key}: {message}")]
+pub struct ConfigError {
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { key: key.into(), message: message.into() }
+    }
+}
+
+/// A secret value. Its `Debug` and `Display` never show it.
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+    /// The secret itself; call only where it is used, never to log it.
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+impl fmt::Display for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("[redacted]")
+    }
+}
+
+/// The whole, validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub server: ServerConfig,
+    pub upstream: UpstreamConfig,
+    pub oidc: OidcConfig,
+    pub bearer: BearerConfig,
+    pub identity: IdentityConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Where proxied traffic arrives. Defaults to `0.0.0.0:4180`.
+    pub listen: SocketAddr,
+    /// Where `/healthz` and `/readyz` answer. Defaults to `0.0.0.0:9090`.
+    pub admin_listen: SocketAddr,
+    /// How long in-flight requests may finish after SIGTERM/SIGINT. Defaults to 30 s.
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Clone)]
+pub struct UpstreamConfig {
+    /// The app, usually on loopback. Only `http` is accepted.
+    pub url: Url,
+    /// Time to open a connection. Defaults to 2 s.
+    pub connect_timeout: Duration,
+    /// Time until the response head; streamed bodies have no total limit. Defaults to 60 s.
+    pub response_timeout: Duration,
+    /// Forward the client's `Host` header (else the upstream's authority). Defaults to true.
+    pub pass_host_header: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct OidcConfig {
+    /// The OpenID Provider; trusted for bearer tokens (with `bearer.audiences`).
+    pub issuer: Option<String>,
+    /// JWKS location when discovery is not wanted. Defaults to discovery.
+    pub jwks_url: Option<Url>,
+    /// OAuth2 client id (used by the browser login).
+    pub client_id: Option<String>,
+    /// OAuth2 client secret, from `client_secret` or `client_secret_file`.
+    pub client_secret: Option<Secret>,
+    /// Allow `http://` issuers and JWKS URLs off loopback. Defaults to false.
+    pub insecure_allow_http: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct BearerConfig {
+    /// Every issuer trusted for bearer tokens (`oidc.issuer` first, then `bearer.issuers`).
+    pub issuers: Vec<TrustedIssuer>,
+    /// Algorithms accepted. Defaults to every asymmetric algorithm.
+    pub algorithms: Vec<Algorithm>,
+    /// Clock skew tolerated. Defaults to 30 s.
+    pub leeway: Duration,
+    /// Claims a token must carry besides `exp`, `iss` and `aud`. Defaults to `["sub"]`.
+    pub required_claims: Vec<String>,
+    /// Routes that skip authentication.
+    pub public_routes: Vec<PublicRoute>,
+    /// `realm` in `WWW-Authenticate`. Defaults to `portcullis`.
+    pub realm: String,
+    /// Background JWKS refresh interval. Defaults to 5 minutes.
+    pub jwks_refresh_interval: Duration,
+    /// At most one fetch per issuer in this interval is caused by unknown `kid`s. Defaults to 30 s.
+    pub jwks_min_refetch_interval: Duration,
+    /// Verified tokens kept in memory. Defaults to 10,000; 0 disables the cache.
+    pub token_cache_size: usize,
+}
+
+/// One issuer whose tokens are accepted.
+#[derive(Debug, Clone)]
+pub struct TrustedIssuer {
+    /// Compared exactly with the token's `iss`.
+    pub issuer: String,
+    /// The token's `aud` must contain one of these.
+    pub audiences: Vec<String>,
+    /// Explicit JWKS URL; discovery otherwise.
+    pub jwks_url: Option<Url>,
+}
+
+/// `[METHOD=]regex` matched against the normalised path.
+#[derive(Debug, Clone)]
+pub struct PublicRoute {
+    pub method: Option<Method>,
+    pub path: Regex,
+}
+
+impl PublicRoute {
+    pub fn parse(spec: &str) -> Result<Self, String> {
+        let (method, pattern) = match spec.split_once('=') {
+            Some((m, rest))
+                if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) =>
+            {
+                let method = Method::from_bytes(m.as_bytes())
+                    .map_err(|_| format!("invalid method {m:?}"))?;
+                (Some(method), rest)
+            }
+            _ => (None, spec),
+        };
+        let path = Regex::new(pattern).map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
+        Ok(Self { method, path })
+    }
+
+    pub fn matches(&self, method: &Method, path: &str) -> bool {
+        self.method.as_ref().is_none_or(|m| m == method) && self.path.is_match(path)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct IdentityConfig {
+    /// Claim sent as `X-Forwarded-User`. Defaults to `sub`.
+    pub user_claim: String,
+    /// Claim sent as `X-Forwarded-Email`. Defaults to `email`.
+    pub email_claim: String,
+    /// Claim sent as `X-Forwarded-Groups`, comma-joined. Defaults to `groups`.
+    pub groups_claim: String,
+    /// Claim sent as `X-Forwarded-Preferred-Username`. Defaults to `preferred_username`.
+    pub preferred_username_claim: String,
+    /// Extra headers set from claims, in a stable order.
+    pub claim_headers: Vec<(HeaderName, String)>,
+    /// What happens to the bearer token. Defaults to `none`.
+    pub pass_token: PassToken,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PassToken {
+    /// Remove `Authorization` before forwarding.
+    None,
+    /// Keep `Authorization` as the client sent it.
+    Authorization,
+    /// Remove `Authorization`, send the token as `X-Forwarded-Access-Token`.
+    XForwardedAccessToken,
+}
+
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    /// A `tracing` filter, e.g. `info` or `portcullis=debug`. Defaults to `info`.
+    pub level: String,
+    /// `text` or `json`. Defaults to `text`.
+    pub format: LogFormat,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+// ----- the file's shape -----
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    #[serde(default)]
+    server: RawServer,
+    #[serde(default)]
+    upstream: RawUpstream,
+    #[serde(default)]
+    oidc: RawOidc,
+    #[serde(default)]
+    bearer: RawBearer,
+    #[serde(default)]
+    identity: RawIdentity,
+    #[serde(default)]
+    log: RawLog,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawServer {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    shutdown_timeout: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawUpstream {
+    url: Option<String>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    pass_host_header: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawOidc {
+    issuer: Option<String>,
+    jwks_url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<String>,
+    insecure_allow_http: Option<bool>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawBearer {
+    audiences: Option<Vec<String>>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    required_claims: Option<Vec<String>>,
+    public_routes: Option<Vec<String>>,
+    realm: Option<String>,
+    jwks_refresh_interval: Option<String>,
+    jwks_min_refetch_interval: Option<String>,
+    token_cache_size: Option<i64>,
+    #[serde(default)]
+    issuers: Vec<RawIssuer>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIssuer {
+    issuer: String,
+    audiences: Vec<String>,
+    jwks_url: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawIdentity {
+    user_claim: Option<String>,
+    email_claim: Option<String>,
+    groups_claim: Option<String>,
+    preferred_username_claim: Option<String>,
+    claim_headers: Option<BTreeMap<String, String>>,
+    pass_token: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLog {
+    level: Option<String>,
+    format: Option<String>,
+}
+
+/// How an environment value becomes a TOML value.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Str,
+    Bool,
+    Int,
+    /// comma-separated
+    List,
+    /// comma-separated `KEY=VALUE` pairs
+    Map,
+}
+
+/// Every key that an environment variable can set: `PORTCULLIS_<SECTION>_<KEY>`.
+const ENV_KEYS: &[(&str, &str, Kind)] = &[
+    ("server", "listen", Kind::Str),
+    ("server", "admin_listen", Kind::Str),
+    ("server", "shutdown_timeout", Kind::Str),
+    ("upstream", "url", Kind::Str),
+    ("upstream", "connect_timeout", Kind::Str),
+    ("upstream", "response_timeout", Kind::Str),
+    ("upstream", "pass_host_header", Kind::Bool),
+    ("oidc", "issuer", Kind::Str),
+    ("oidc", "jwks_url", Kind::Str),
+    ("oidc", "client_id", Kind::Str),
+    ("oidc", "client_secret", Kind::Str),
+    ("oidc", "client_secret_file", Kind::Str),
+    ("oidc", "insecure_allow_http", Kind::Bool),
+    ("bearer", "audiences", Kind::List),
+    ("bearer", "algorithms", Kind::List),
+    ("bearer", "leeway", Kind::Str),
+    ("bearer", "required_claims", Kind::List),
+    ("bearer", "public_routes", Kind::List),
+    ("bearer", "realm", Kind::Str),
+    ("bearer", "jwks_refresh_interval", Kind::Str),
+    ("bearer", "jwks_min_refetch_interval", Kind::Str),
+    ("bearer", "token_cache_size", Kind::Int),
+    ("identity", "user_claim", Kind::Str),
+    ("identity", "email_claim", Kind::Str),
+    ("identity", "groups_claim", Kind::Str),
+    ("identity", "preferred_username_claim", Kind::Str),
+    ("identity", "claim_headers", Kind::Map),
+    ("identity", "pass_token", Kind::Str),
+    ("log", "level", Kind::Str),
+    ("log", "format", Kind::Str),
+];
+
+/// Variables of ours that are not config keys (read by the CLI).
+const ENV_NOT_KEYS: &[&str] = &["PORTCULLIS_CONFIG"];
+
+/// The environment variable for a key: `server.admin_listen` → `PORTCULLIS_SERVER_ADMIN_LISTEN`.
+pub fn env_name(section: &str, key: &str) -> String {
+    format!("PORTCULLIS_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase())
+}
+
+/// The outcome of loading: the config and warnings to log once logging is up.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub warnings: Vec<String>,
+}
+
+/// Reads `path` (if any), applies `env`, validates.
+pub fn load(
+    path: Option<&Path>,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let text = match path {
+        Some(p) => std::fs::read_to_string(p).map_err(|e| {
+            ConfigError::new("--config", format!("cannot read {}: {e}", p.display()))
+        })?,
+        None => String::new(),
+    };
+    load_str(&text, env)
+}
+
+/// Like [`load`], from the file's text.
+pub fn load_str(
+    text: &str,
+    env: impl IntoIterator<Item = (String, String)>,
+) -> Result<Loaded, ConfigError> {
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let msg = e.message().to_string();
+        let key = match e.span() {
+            Some(span) => {
+                let line = text[..span.start.min(text.len())].lines().count().max(1);
+                format!("line {line}")
+            }
+            None => "file".into(),
+        };
+        ConfigError::new(key, format!("not valid TOML: {msg}"))
+    })?;
+    let mut warnings = Vec::new();
+    let mut env: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| k.starts_with("PORTCULLIS_")).collect();
+    env.sort();
+    for (name, value) in env {
+        if ENV_NOT_KEYS.contains(&name.as_str()) {
+            continue;
+        }
+        let Some((section, key, kind)) =
+            ENV_KEYS.iter().find(|(s, k, _)| env_name(s, k) == name)
+        else {
+            warnings.push(format!("ignoring unknown environment variable {name}"));
+            continue;
+        };
+        let value = env_value(*kind, &value).map_err(|m| ConfigError::new(name.clone(), m))?;
+        let entry = table
+            .entry(section.to_string())
+            .or_insert_with(|| toml::Value::Table(toml::Table::new()));
+        match entry {
+            toml::Value::Table(t) => {
+                t.insert(key.to_string(), value);
+            }
+            _ => return Err(ConfigError::new(*section, "must be a table")),
+        }
+    }
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(
+        |e| {
+            let path = e.path().to_string();
+            let key = if path == "." { "file".to_string() } else { path };
+            ConfigError::new(key, e.into_inner().to_string())
+        },
+    )?;
+    let config = validate(raw)?;
+    Ok(Loaded { config, warnings })
+}
+
+fn env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
+    let list = || {
+        value
+            .split(',')
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .map(|s| toml::Value::String(s.to_string()))
+            .collect::<Vec<_>>()
+    };
+    Ok(match kind {
+        Kind::Str => toml::Value::String(value.to_string()),
+        Kind::Bool => match value.trim() {
+            "true" | "1" => toml::Value::Boolean(true),
+            "false" | "0" => toml::Value::Boolean(false),
+            other => return Err(format!("expected true or false, got {other:?}")),
+        },
+        Kind::Int => toml::Value::Integer(
+            value.trim().parse().map_err(|_| format!("expected an integer, got {value:?}"))?,
+        ),
+        Kind::List => toml::Value::Array(list()),
+        Kind::Map => {
+            let mut t = toml::Table::new();
+            for pair in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+                let (k, v) = pair
+                    .split_once('=')
+                    .ok_or_else(|| format!("expected KEY=VALUE pairs, got {pair:?}"))?;
+                t.insert(k.trim().to_string(), toml::Value::String(v.trim().to_string()));
+            }
+            toml::Value::Table(t)
+        }
+    })
+}
+
+fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duration, ConfigError> {
+    match value {
+        None => Ok(default),
+        Some(v) => humantime::parse_duration(v.trim()).map_err(|e| {
+            ConfigError::new(key, format!("expected a duration like \"30s\" or \"5m\", got {v:?} ({e})"))
+        }),
+    }
+}
+
+fn socket_addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
+    let v = value.unwrap_or(default);
+    v.parse().map_err(|_| {
+        ConfigError::new(key, format!("expected an address like \"0.0.0.0:4180\", got {v:?}"))
+    })
+}
+
+fn is_loopback_host(url: &Url) -> bool {
+    match url.host() {
+        Some(url::Host::Domain(d)) => d == "localhost",
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        None => false,
+    }
+}
+
+fn idp_url(key: &str, value: &str, allow_http: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(value)
+        .map_err(|e| ConfigError::new(key, format!("not a valid URL {value:?}: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http || is_loopback_host(&url) => {}
+        "http" => {
+            return Err(ConfigError::new(
+                key,
+                format!(
+                    "{value:?} uses http off loopback; use https, or set oidc.insecure_allow_http = true for development"
+                ),
+            ))
+        }
+        other => return Err(ConfigError::new(key, format!("unsupported scheme {other:?}"))),
+    }
+    if url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::new(key, "must not have a query or fragment"));
+    }
+    Ok(url)
+}
+
+fn nonempty(key: &str, value: String) -> Result<String, ConfigError> {
+    if value.trim().is_empty() {
+        Err(ConfigError::new(key, "must not be empty"))
+    } else {
+        Ok(value)
+    }
+}
+
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = ServerConfig {
+        listen: socket_addr("server.listen", raw.server.listen.as_deref(), DEFAULT_LISTEN)?,
+        admin_listen: socket_addr(
+            "server.admin_listen",
+            raw.server.admin_listen.as_deref(),
+            DEFAULT_ADMIN_LISTEN,
+        )?,
+        shutdown_timeout: duration(
+            "server.shutdown_timeout",
+            raw.server.shutdown_timeout.as_deref(),
+            DEFAULT_SHUTDOWN_TIMEOUT,
+        )?,
+    };
+    if server.listen == server.admin_listen && server.listen.port() != 0 {
+        return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
+    }
+
+    let url_text = raw.upstream.url.ok_or_else(|| {
+        ConfigError::new("upstream.url", "is required (the app, e.g. \"http://127.0.0.1:8080\")")
+    })?;
+    let url = Url::parse(&url_text)
+        .map_err(|e| ConfigError::new("upstream.url", format!("not a valid URL {url_text:?}: {e}")))?;
+    if url.scheme() != "http" {
+        return Err(ConfigError::new(
+            "upstream.url",
+            format!("only http:// is supported for the app beside the proxy, got {url_text:?}"),
+        ));
+    }
+    if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
+        return Err(ConfigError::new("upstream.url", "needs a host and no query or fragment"));
+    }
+    let upstream = UpstreamConfig {
+        url,
+        connect_timeout: duration(
+            "upstream.connect_timeout",
+            raw.upstream.connect_timeout.as_deref(),
+            DEFAULT_CONNECT_TIMEOUT,
+        )?,
+        response_timeout: duration(
+            "upstream.response_timeout",
+            raw.upstream.response_timeout.as_deref(),
+            DEFAULT_RESPONSE_TIMEOUT,
+        )?,
+        pass_host_header: raw.upstream.pass_host_header.unwrap_or(true),
+    };
+    for (key, d) in [
+        ("upstream.connect_timeout", upstream.connect_timeout),
+        ("upstream.response_timeout", upstream.response_timeout),
+    ] {
+        if d.is_zero() {
+            return Err(ConfigError::new(key, "must be greater than zero"));
+        }
+    }
+
+    let allow_http = raw.oidc.insecure_allow_http.unwrap_or(false);
+    let client_secret = match (raw.oidc.client_secret, raw.oidc.client_secret_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                "oidc.client_secret_file",
+                "set either oidc.client_secret or oidc.client_secret_file, not both",
+            ))
+        }
+        (Some(s), None) => Some(Secret::new(s)),
+        (None, Some(path)) => {
+            let s = std::fs::read_to_string(&path).map_err(|e| {
+                ConfigError::new("oidc.client_secret_file", format!("cannot read {path:?}: {e}"))
+            })?;
+            Some(Secret::new(s.trim_end_matches(['\r', '\n'])))
+        }
+        (None, None) => None,
+    };
+    let oidc_issuer = match raw.oidc.issuer {
+        Some(i) => {
+            let i = nonempty("oidc.issuer", i)?;
+            idp_url("oidc.issuer", &i, allow_http)?;
+            Some(i)
+        }
+        None => None,
+    };
+    let oidc_jwks = match raw.oidc.jwks_url {
+        Some(u) => Some(idp_url("oidc.jwks_url", &u, allow_http)?),
+        None => None,
+    };
+    if oidc_jwks.is_some() && oidc_issuer.is_none() {
+        return Err(ConfigError::new("oidc.jwks_url", "needs oidc.issuer"));
+    }
+    let oidc = OidcConfig {
+        issuer: oidc_issuer.clone(),
+        jwks_url: oidc_jwks.clone(),
+        client_id: raw.oidc.client_id,
+        client_secret,
+        insecure_allow_http: allow_http,
+    };
+
+    let b = raw.bearer;
+    let mut issuers = Vec::new();
+    let audiences = b.audiences.unwrap_or_default();
+    for (i, a) in audiences.iter().enumerate() {
+        nonempty(&format!("bearer.audiences[{i}]"), a.clone())?;
+    }
+    if let Some(issuer) = oidc_issuer {
+        if audiences.is_empty() {
+            return Err(ConfigError::new(
+                "bearer.audiences",
+                "needs at least one audience for tokens from oidc.issuer (e.g. [\"api://my-app\"])",
+            ));
+        }
+        issuers.push(TrustedIssuer { issuer, audiences, jwks_url: oidc_jwks });
+    } else if !audiences.is_empty() {
+        return Err(ConfigError::new("bearer.audiences", "applies to oidc.issuer, which is not set"));
+    }
+    for (i, ri) in b.issuers.into_iter().enumerate() {
+        let key = format!("bearer.issuers[{i}]");
+        let issuer = nonempty(&format!("{key}.issuer"), ri.issuer)?;
+        idp_url(&format!("{key}.issuer"), &issuer, allow_http)?;
+        if ri.audiences.is_empty() || ri.audiences.iter().any(|a| a.trim().is_empty()) {
+            return Err(ConfigError::new(
+                format!("{key}.audiences"),
+                "needs at least one non-empty audience",
+            ));
+        }
+        let jwks_url = match ri.jwks_url {
+            Some(u) => Some(idp_url(&format!("{key}.jwks_url"), &u, allow_http)?),
+            None => None,
+        };
+        if issuers.iter().any(|t: &TrustedIssuer| t.issuer == issuer) {
+            return Err(ConfigError::new(
+                format!("{key}.issuer"),
+                format!("{issuer:?} is configured twice"),
+            ));
+        }
+        issuers.push(TrustedIssuer { issuer, audiences: ri.audiences, jwks_url });
+    }
+    if issuers.is_empty() {
+        return Err(ConfigError::new(
+            "oidc.issuer",
+            "is required (or at least one [[bearer.issuers]]): portcullis needs an issuer to trust",
+        ));
+    }
+
+    let algorithms = match b.algorithms {
+        None => ASYMMETRIC_ALGORITHMS.to_vec(),
+        Some(list) => {
+            if list.is_empty() {
+                return Err(ConfigError::new("bearer.algorithms", "must not be empty"));
+            }
+            let mut out = Vec::new();
+            for (i, a) in list.iter().enumerate() {
+                let alg: Algorithm = a.trim().parse().map_err(|_| {
+                    ConfigError::new(
+                        format!("bearer.algorithms[{i}]"),
+                        format!("unknown algorithm {a:?}; expected one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
+                    )
+                })?;
+                if !ASYMMETRIC_ALGORITHMS.contains(&alg) {
+                    return Err(ConfigError::new(
+                        format!("bearer.algorithms[{i}]"),
+                        format!("{a:?} is refused: only asymmetric algorithms are verified against a JWKS"),
+                    ));
+                }
+                if !out.contains(&alg) {
+                    out.push(alg);
+                }
+            }
+            out
+        }
+    };
+    let leeway = duration("bearer.leeway", b.leeway.as_deref(), DEFAULT_LEEWAY)?;
+    if leeway > Duration::from_secs(300) {
+        return Err(ConfigError::new("bearer.leeway", "must be at most 5m"));
+    }
+    let required_claims = b.required_claims.unwrap_or_else(|| vec!["sub".to_string()]);
+    for (i, c) in required_claims.iter().enumerate() {
+        nonempty(&format!("bearer.required_claims[{i}]"), c.clone())?;
+    }
+    let mut public_routes = Vec::new();
+    for (i, spec) in b.public_routes.unwrap_or_default().iter().enumerate() {
+        public_routes.push(
+            PublicRoute::parse(spec)
+                .map_err(|m| ConfigError::new(format!("bearer.public_routes[{i}]"), m))?,
+        );
+    }
+    let realm = b.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
+    if realm.contains(['"', '\\']) || !realm.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+        return Err(ConfigError::new(
+            "bearer.realm",
+            "must be printable ASCII without quotes or backslashes",
+        ));
+    }
+    let jwks_refresh_interval = duration(
+        "bearer.jwks_refresh_interval",
+        b.jwks_refresh_interval.as_deref(),
+        DEFAULT_JWKS_REFRESH_INTERVAL,
+    )?;
+    let jwks_min_refetch_interval = duration(
+        "bearer.jwks_min_refetch_interval",
+        b.jwks_min_refetch_interval.as_deref(),
+        DEFAULT_JWKS_MIN_REFETCH_INTERVAL,
+    )?;
+    if jwks_refresh_interval < Duration::from_millis(10) {
+        return Err(ConfigError::new("bearer.jwks_refresh_interval", "must be at least 10ms"));
+    }
+    if jwks_min_refetch_interval < Duration::from_millis(10) {
+        return Err(ConfigError::new("bearer.jwks_min_refetch_interval", "must be at least 10ms"));
+    }
+    let token_cache_size = match b.token_cache_size {
+        None => DEFAULT_TOKEN_CACHE_SIZE,
+        Some(n) if (0..=10_000_000).contains(&n) => n as usize,
+        Some(n) => {
+            return Err(ConfigError::new(
+                "bearer.token_cache_size",
+                format!("must be between 0 and 10000000, got {n}"),
+            ))
+        }
+    };
+    let bearer = BearerConfig {
+        issuers,
+        algorithms,
+        leeway,
+        required_claims,
+        public_routes,
+        realm,
+        jwks_refresh_interval,
+        jwks_min_refetch_interval,
+        token_cache_size,
+    };
+
+    let id = raw.identity;
+    let claim = |key: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+        nonempty(key, v.unwrap_or_else(|| default.to_string()))
+    };
+    let mut claim_headers = Vec::new();
+    for (name, claim_name) in id.claim_headers.unwrap_or_default() {
+        let key = format!("identity.claim_headers.{name:?}");
+        let header = HeaderName::from_bytes(name.as_bytes())
+            .map_err(|_| ConfigError::new(key.clone(), "not a valid header name"))?;
+        if crate::auth::identity::is_reserved_request_header(&header) {
+            return Err(ConfigError::new(
+                key,
+                "this header cannot carry a claim (it is hop-by-hop or framing)",
+            ));
+        }
+        claim_headers.push((header, nonempty(&key, claim_name)?));
+    }
+    let pass_token = match id.pass_token.as_deref().unwrap_or("none") {
+        "none" => PassToken::None,
+        "authorization" => PassToken::Authorization,
+        "x-forwarded-access-token" => PassToken::XForwardedAccessToken,
+        other => {
+            return Err(ConfigError::new(
+                "identity.pass_token",
+                format!("expected \"none\", \"authorization\" or \"x-forwarded-access-token\", got {other:?}"),
+            ))
+        }
+    };
+    let identity = IdentityConfig {
+        user_claim: claim("identity.user_claim", id.user_claim, "sub")?,
+        email_claim: claim("identity.email_claim", id.email_claim, "email")?,
+        groups_claim: claim("identity.groups_claim", id.groups_claim, "groups")?,
+        preferred_username_claim: claim(
+            "identity.preferred_username_claim",
+            id.preferred_username_claim,
+            "preferred_username",
+        )?,
+        claim_headers,
+        pass_token,
+    };
+
+    let level = raw.log.level.unwrap_or_else(|| "info".to_string());
+    if tracing_subscriber::EnvFilter::builder().parse(&level).is_err() {
+        return Err(ConfigError::new(
+            "log.level",
+            format!("not a valid filter {level:?} (try \"info\" or \"portcullis=debug\")"),
+        ));
+    }
+    let format = match raw.log.format.as_deref().unwrap_or("text") {
+        "text" => LogFormat::Text,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(ConfigError::new(
+                "log.format",
+                format!("expected \"text\" or \"json\", got {other:?}"),
+            ))
+        }
+    };
+
+    Ok(Config { server, upstream, oidc, bearer, identity, log: LogConfig { level, format } })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = r#"
+        [upstream]
+        url = "http://127.0.0.1:8080"
+        [oidc]
+        issuer = "https://idp.example.com/realms/main"
+        [bearer]
+        audiences = ["api://my-app"]
+    "#;
+
+    fn no_env() -> Vec<(String, String)> {
+        Vec::new()
+    }
+
+    fn err(text: &str, env: Vec<(String, String)>) -> ConfigError {
+        load_str(text, env).expect_err("config should be refused")
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = load_str(MINIMAL, no_env()).unwrap().config;
+        assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
+        assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
+        assert_eq!(c.server.shutdown_timeout, Duration::from_secs(30));
+        assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
+        assert_eq!(c.upstream.response_timeout, Duration::from_secs(60));
+        assert_eq!(c.bearer.algorithms, ASYMMETRIC_ALGORITHMS);
+        assert_eq!(c.bearer.leeway, Duration::from_secs(30));
+        assert_eq!(c.bearer.required_claims, vec!["sub"]);
+        assert_eq!(c.bearer.issuers.len(), 1);
+        assert_eq!(c.bearer.issuers[0].audiences, vec!["api://my-app"]);
+        assert_eq!(c.identity.user_claim, "sub");
+        assert_eq!(c.identity.pass_token, PassToken::None);
+    }
+
+    #[test]
+    fn unknown_key_is_named() {
+        let e = err(&format!("{MINIMAL}\n[server]\nlistn = \"x\"\n"), no_env());
+        assert!(e.to_string().contains("listn"), "{e}");
+    }
+
+    #[test]
+    fn unknown_key_in_section_is_named_with_its_path() {
+        let text = MINIMAL.replace("[bearer]", "[bearer]\naudience = \"x\"");
+        let e = err(&text, no_env());
+        assert!(e.to_string().contains("audience"), "{e}");
+        assert!(e.key.starts_with("bearer"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_the_key() {
+        let text = MINIMAL.replace("audiences = [\"api://my-app\"]", "audiences = 5");
+        let e = err(&text, no_env());
+        assert_eq!(e.key, "bearer.audiences", "{e}");
+    }
+
+    #[test]
+    fn bad_duration_names_the_key() {
+        let e = err(&format!("{MINIMAL}\n[server]\nshutdown_timeout = \"soon\"\n"), no_env());
+        assert_eq!(e.key, "server.shutdown_timeout");
+    }
+
+    #[test]
+    fn env_overrides_file_values() {
+        let env = vec![
+            ("PORTCULLIS_SERVER_ADMIN_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            ("PORTCULLIS_BEARER_AUDIENCES".to_string(), "a, b".to_string()),
+            ("PORTCULLIS_BEARER_TOKEN_CACHE_SIZE".to_string(), "7".to_string()),
+            ("PORTCULLIS_UPSTREAM_PASS_HOST_HEADER".to_string(), "false".to_string()),
+            ("PORTCULLIS_IDENTITY_CLAIM_HEADERS".to_string(), "X-Tenant=tid,X-Org=org".to_string()),
+        ];
+        let c = load_str(MINIMAL, env).unwrap().config;
+        assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9999");
+        assert_eq!(c.bearer.issuers[0].audiences, vec!["a", "b"]);
+        assert_eq!(c.bearer.token_cache_size, 7);
+        assert!(!c.upstream.pass_host_header);
+        let names: Vec<_> = c.identity.claim_headers.iter().map(|(h, c)| (h.as_str(), c.as_str())).collect();
+        assert_eq!(names, vec![("x-org", "org"), ("x-tenant", "tid")]);
+    }
+
+    #[test]
+    fn every_env_key_is_a_real_key() {
+        // Setting each documented variable to a plausible value must be accepted by the schema:
+        // a key in ENV_KEYS that the file does not know would fail as an unknown field.
+        for (section, key, kind) in ENV_KEYS {
+            let value = match (section, key, kind) {
+                (_, _, Kind::Bool) => "false",
+                (_, _, Kind::Int) => "5",
+                (_, _, Kind::Map) => "X-A=a",
+                (_, "algorithms", _) => "RS256",
+                (_, "public_routes", _) => "^/x",
+                (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",
+                (_, k, _) if k.ends_with("timeout") || k.ends_with("interval") || *k == "leeway" => "1s",
+                (_, "url", _) => "http://127.0.0.1:1",
+                (_, "issuer", _) | (_, "jwks_url", _) => "https://idp.example.com",
+                (_, "pass_token", _) => "authorization",
+                (_, "format", _) => "json",
+                (_, "level", _) => "debug",
+                (_, "client_secret_file", _) => continue, // needs a file; tested below
+                _ => "x",
+            };
+            let env = vec![(env_name(section, key), value.to_string())];
+            let loaded = load_str(MINIMAL, env);
+            assert!(loaded.is_ok(), "{section}.{key}: {:?}", loaded.err());
+            assert!(loaded.unwrap().warnings.is_empty());
+        }
+    }
+
+    #[test]
+    fn unknown_env_only_warns() {
+        let env = vec![
+            ("PORTCULLIS_SERVICE_HOST".to_string(), "10.0.0.1".to_string()),
+            ("PORTCULLIS_CONFIG".to_string(), "/etc/p.toml".to_string()),
+            ("HOME".to_string(), "/root".to_string()),
+        ];
+        let loaded = load_str(MINIMAL, env).unwrap();
+        assert_eq!(loaded.warnings.len(), 1);
+        assert!(loaded.warnings[0].contains("PORTCULLIS_SERVICE_HOST"));
+    }
+
+    #[test]
+    fn bad_env_value_names_the_variable() {
+        let env = vec![("PORTCULLIS_UPSTREAM_PASS_HOST_HEADER".to_string(), "yes".to_string())];
+        let e = err(MINIMAL, env);
+        assert_eq!(e.key, "PORTCULLIS_UPSTREAM_PASS_HOST_HEADER");
+    }
+
+    #[test]
+    fn hmac_and_none_are_refused_as_algorithms() {
+        for alg in ["HS256", "none"] {
+            let text = MINIMAL.replace("[bearer]", &format!("[bearer]\nalgorithms = [\"{alg}\"]"));
+            let e = err(&text, no_env());
+            assert_eq!(e.key, "bearer.algorithms[0]", "{e}");
+        }
+    }
+
+    #[test]
+    fn http_issuer_off_loopback_is_refused() {
+        let text = MINIMAL.replace("https://idp.example.com", "http://idp.example.com");
+        assert_eq!(err(&text, no_env()).key, "oidc.issuer");
+        let text = MINIMAL.replace("https://idp.example.com", "http://127.0.0.1:5556");
+        assert!(load_str(&text, no_env()).is_ok());
+    }
+
+    #[test]
+    fn missing_issuer_and_upstream_are_named() {
+        assert_eq!(err("[upstream]\nurl = \"http://127.0.0.1:1\"", no_env()).key, "oidc.issuer");
+        let text = MINIMAL.replace("url = \"http://127.0.0.1:8080\"", "");
+        assert_eq!(err(&text, no_env()).key, "upstream.url");
+    }
+
+    #[test]
+    fn more_issuers_need_audiences() {
+        let text = format!("{MINIMAL}\n[[bearer.issuers]]\nissuer = \"https://b.example\"\naudiences = []\n");
+        assert_eq!(err(&text, no_env()).key, "bearer.issuers[0].audiences");
+    }
+
+    #[test]
+    fn public_routes_parse_method_and_regex() {
+        let r = PublicRoute::parse("GET=^/healthz$").unwrap();
+        assert!(r.matches(&Method::GET, "/healthz"));
+        assert!(!r.matches(&Method::POST, "/healthz"));
+        let r = PublicRoute::parse("^/public/").unwrap();
+        assert!(r.matches(&Method::DELETE, "/public/x"));
+        let text = MINIMAL.replace("[bearer]", "[bearer]\npublic_routes = [\"^/ok\", \"(\"]");
+        assert_eq!(err(&text, no_env()).key, "bearer.public_routes[1]");
+    }
+
+    #[test]
+    fn secret_from_file_is_read_and_redacted() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("secret");
+        std::fs::write(&path, "s3cr3t-value\n").unwrap();
+        let text = MINIMAL.replace(
+            "[oidc]",
+            &format!("[oidc]\nclient_secret_file = {:?}", path.display().to_string()),
+        );
+        let c = load_str(&text, no_env()).unwrap().config;
+        let secret = c.oidc.client_secret.clone().unwrap();
+        assert_eq!(secret.expose(), "s3cr3t-value");
+        let debug = format!("{c:?}");
+        assert!(!debug.contains("s3cr3t"), "{debug}");
+        assert!(debug.contains("[redacted]"));
+    }
+
+    #[test]
+    fn claim_header_cannot_be_a_framing_header() {
+        let text = format!("{MINIMAL}\n[identity]\nclaim_headers = {{ \"Content-Length\" = \"sub\" }}\n");
+        assert!(err(&text, no_env()).key.starts_with("identity.claim_headers"));
+    }
+}

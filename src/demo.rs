@@ -1,0 +1,114 @@
+//! `portcullis demo`, **for development only**: a built-in issuer, an echo app showing the
+//! headers it receives, and the proxy in front of it, all on loopback.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::routing::any;
+use axum::{Json, Router};
+use serde_json::{json, Value};
+
+use crate::config;
+use crate::devissuer::{DevIssuer, KeyAlg, DEV_AUDIENCE};
+use crate::server::{shutdown_signal, Server};
+
+/// Echoes what it received: method, path, query and every header, as JSON.
+async fn echo(req: Request) -> Json<Value> {
+    let headers: Vec<Value> = req
+        .headers()
+        .iter()
+        .map(|(k, v)| json!([k.as_str(), String::from_utf8_lossy(v.as_bytes())]))
+        .collect();
+    Json(json!({
+        "app": "portcullis demo echo app",
+        "method": req.method().as_str(),
+        "path": req.uri().path(),
+        "query": req.uri().query(),
+        "headers": headers,
+    }))
+}
+
+/// Starts the echo app on `127.0.0.1:0`.
+pub async fn start_echo_app() -> anyhow::Result<SocketAddr> {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let app = Router::new().fallback(any(echo));
+    tokio::spawn(async move {
+        let _ = axum::serve(listener, app).await;
+    });
+    Ok(addr)
+}
+
+/// The demo's configuration, as TOML a newcomer could copy.
+pub fn demo_config_toml(listen: SocketAddr, admin: SocketAddr, issuer: &str, upstream: SocketAddr) -> String {
+    format!(
+        r#"[server]
+listen = "{listen}"
+admin_listen = "{admin}"
+shutdown_timeout = "5s"
+
+[upstream]
+url = "http://{upstream}"
+
+[oidc]
+issuer = "{issuer}"
+
+[bearer]
+audiences = ["{DEV_AUDIENCE}"]
+public_routes = ["^/public/"]
+"#
+    )
+}
+
+/// Runs the demo until Ctrl-C.
+pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+    for a in [listen, admin] {
+        if !a.ip().is_loopback() {
+            anyhow::bail!("the demo listens on loopback only; {a} is not a loopback address");
+        }
+    }
+    let dev = DevIssuer::start(&[KeyAlg::Rs256]).await?;
+    let echo = start_echo_app().await?;
+    let text = demo_config_toml(listen, admin, &dev.issuer(), echo);
+    let cfg = config::load_str(&text, std::iter::empty())?.config;
+    let server = Server::start(cfg).await?;
+    for _ in 0..100 {
+        if server.keys.all_loaded() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let token = dev.token_for("alice", DEV_AUDIENCE);
+    let proxy = format!("http://{}", server.addr);
+    println!(
+        r#"
+portcullis demo: FOR DEVELOPMENT ONLY. The issuer below has throwaway keys and gives a token to
+anyone who asks. Everything listens on loopback.
+
+  proxy      {proxy}          (what clients call)
+  app        http://{echo}       (a built-in echo app; shows the headers it received)
+  issuer     {issuer}       (discovery, JWKS, token endpoint)
+  probes     http://{admin}/healthz   http://{admin}/readyz
+
+Try it:
+  curl -i {proxy}/hello                      # 401: no token
+  curl -s {proxy}/public/info                # public route: no token needed
+  curl -s -H "Authorization: Bearer $TOKEN" {proxy}/hello
+
+with a token for alice (groups admins, developers), valid for an hour:
+  TOKEN={token}
+
+or mint one for bob:
+  TOKEN=$(curl -s '{issuer}/dev/token?user=bob')
+
+Ctrl-C stops everything.
+"#,
+        issuer = dev.issuer(),
+        admin = server.admin_addr,
+    );
+    shutdown_signal().await;
+    server.shutdown().await;
+    drop(dev);
+    Ok(())
+}

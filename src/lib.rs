@@ -1,0 +1,31 @@
+//! portcullis: an authentication sidecar. It listens where the app used to, validates each
+//! request's bearer JWT against the issuer's JWKS, and forwards it with the verified identity
+//! in `X-Forwarded-*` headers to the app on localhost.
+//!
+//! # Layout
+//! The modules follow a request:
+//! - [`config`]: the TOML file, `PORTCULLIS_*` overrides, validation naming the key at fault.
+//! - [`server`]: listeners, the middleware stack (and why each layer sits where it does),
+//!   `/healthz` and `/readyz`, graceful shutdown.
+//! - [`telemetry`]: logging, request ids, the access log line.
+//! - [`path`]: the one normalised path that routes match and the app receives.
+//! - [`auth`]: `keys` (JWKS cache), `token` (JWT validation, verified-token cache),
+//!   `identity` (stripping client-sent identity headers, setting verified ones).
+//! - [`proxy`]: hop-by-hop headers, `X-Forwarded-*`, the pooled client to the app.
+//! - [`response`]: every answer portcullis makes itself (401, 400, 502, ...), built in one place.
+//! - [`check`]: `portcullis check`, the config and issuer probe.
+//! - [`devissuer`], [`demo`]: the development-only issuer and echo app behind `portcullis demo`.
+
+pub mod auth;
+pub mod check;
+pub mod config;
+pub mod demo;
+pub mod devissuer;
+pub mod path;
+pub mod proxy;
+pub mod response;
+pub mod server;
+pub mod telemetry;
+
+pub use config::Config;
+pub use server::{build, Server};

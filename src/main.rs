@@ -1,0 +1,109 @@
+//! The `portcullis` command: `run` (the default), `check`, `demo`.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use portcullis::{check, config, demo, server, telemetry};
+
+#[derive(Parser)]
+#[command(name = "portcullis", version, about = "An authentication sidecar: validates bearer JWTs and forwards the verified identity to the app beside it.")]
+struct Cli {
+    /// The TOML config file (also PORTCULLIS_CONFIG).
+    #[arg(long, short = 'c', global = true, env = "PORTCULLIS_CONFIG")]
+    config: Option<PathBuf>,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy (the default when only --config is given).
+    Run,
+    /// Validate the config and probe the issuers. Exit 0: all good; 2: invalid config;
+    /// 1: valid config, but an issuer could not be probed.
+    Check {
+        /// Validate only; no network.
+        #[arg(long)]
+        offline: bool,
+    },
+    /// Start a development issuer, an echo app and the proxy on loopback. Development only.
+    Demo {
+        /// Where the demo proxy listens.
+        #[arg(long, default_value = "127.0.0.1:4180")]
+        listen: SocketAddr,
+        /// Where the demo's /healthz and /readyz listen.
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin_listen: SocketAddr,
+    },
+}
+
+fn load(path: Option<&PathBuf>) -> Result<config::Loaded, ExitCode> {
+    let Some(path) = path else {
+        eprintln!("portcullis: --config FILE is required (or set PORTCULLIS_CONFIG); try `portcullis demo` for a self-contained example");
+        return Err(ExitCode::from(check::INVALID_CONFIG));
+    };
+    config::load(Some(path), std::env::vars()).map_err(|e| {
+        eprintln!("portcullis: invalid config: {e}");
+        ExitCode::from(check::INVALID_CONFIG)
+    })
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let rt = match runtime() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("portcullis: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match cli.command.unwrap_or(Command::Run) {
+        Command::Run => {
+            let loaded = match load(cli.config.as_ref()) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            let _guard = telemetry::init(&loaded.config.log);
+            for w in &loaded.warnings {
+                tracing::warn!("{w}");
+            }
+            match rt.block_on(server::run(loaded.config)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    tracing::error!("{e:#}");
+                    eprintln!("portcullis: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+        Command::Check { offline } => {
+            let loaded = match load(cli.config.as_ref()) {
+                Ok(l) => l,
+                Err(code) => return code,
+            };
+            for w in &loaded.warnings {
+                println!("warning: {w}");
+            }
+            ExitCode::from(rt.block_on(check::run(&loaded.config, offline)))
+        }
+        Command::Demo { listen, admin_listen } => {
+            let _guard = telemetry::init(&config::LogConfig {
+                level: "info".into(),
+                format: config::LogFormat::Text,
+            });
+            match rt.block_on(demo::run(listen, admin_listen)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("portcullis demo: {e:#}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,239 @@
+//! Path normalisation: the one path that public routes are matched against, that the access log
+//! shows and that the upstream receives. Ambiguous paths are refused, not guessed at.
+
+use std::task::{Context, Poll};
+
+use http::uri::{PathAndQuery, Uri};
+use http::Request;
+use tower::{Layer, Service};
+
+/// Why a path was refused (answered `400`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PathError {
+    #[error("path does not start with '/'")]
+    NotAbsolute,
+    #[error("encoded '/' or '\\' in path")]
+    EncodedSeparator,
+    #[error("backslash in path")]
+    Backslash,
+    #[error("invalid percent-encoding in path")]
+    BadPercent,
+    #[error("dot-segment with ';' parameters in path")]
+    DotSegmentParameter,
+}
+
+fn hex(b: u8) -> Option<u8> {
+    match b {
+        b'0'..=b'9' => Some(b - b'0'),
+        b'a'..=b'f' => Some(b - b'a' + 10),
+        b'A'..=b'F' => Some(b - b'A' + 10),
+        _ => None,
+    }
+}
+
+fn is_unreserved(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'-' | b'.' | b'_' | b'~')
+}
+
+/// Decodes percent-encoded unreserved characters, upper-cases other escapes, refuses encoded
+/// separators.
+fn decode_segment(seg: &str) -> Result<String, PathError> {
+    let bytes = seg.as_bytes();
+    let mut out = String::with_capacity(seg.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        if b == b'%' {
+            let (Some(h), Some(l)) = (
+                bytes.get(i + 1).copied().and_then(hex),
+                bytes.get(i + 2).copied().and_then(hex),
+            ) else {
+                return Err(PathError::BadPercent);
+            };
+            let v = h * 16 + l;
+            if v == b'/' || v == b'\\' {
+                return Err(PathError::EncodedSeparator);
+            }
+            if is_unreserved(v) {
+                out.push(v as char);
+            } else {
+                out.push('%');
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(h)]));
+                out.push(char::from(b"0123456789ABCDEF"[usize::from(l)]));
+            }
+            i += 3;
+        } else if b == b'\\' {
+            return Err(PathError::Backslash);
+        } else {
+            out.push(b as char);
+            i += 1;
+        }
+    }
+    Ok(out)
+}
+
+/// True when nothing in `path` can change under normalisation (the common case).
+fn is_plain(path: &str) -> bool {
+    path.starts_with('/')
+        && !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';'))
+        && !path.contains("//")
+        && !path.contains("/.")
+}
+
+/// Normalises a request path: percent-decoding of unreserved characters, dot-segments removed
+/// (RFC 3986 §5.2.4), `//` folded. A trailing `/` is kept.
+pub fn normalize(path: &str) -> Result<String, PathError> {
+    if is_plain(path) {
+        return Ok(path.to_string());
+    }
+    if !path.starts_with('/') {
+        return Err(PathError::NotAbsolute);
+    }
+    let mut out: Vec<String> = Vec::new();
+    let raw: Vec<&str> = path[1..].split('/').collect();
+    let last = raw.len() - 1;
+    let mut trailing_slash = false;
+    for (i, seg) in raw.iter().enumerate() {
+        let seg = decode_segment(seg)?;
+        // `..;x` is `..` to servlet containers: refuse any dot-segment with parameters.
+        if let Some((name, _)) = seg.split_once(';') {
+            if name == "." || name == ".." {
+                return Err(PathError::DotSegmentParameter);
+            }
+        }
+        match seg.as_str() {
+            "" => {
+                if i == last {
+                    trailing_slash = true;
+                }
+            }
+            "." => trailing_slash = i == last,
+            ".." => {
+                out.pop();
+                trailing_slash = i == last;
+            }
+            _ => {
+                out.push(seg);
+                trailing_slash = false;
+            }
+        }
+    }
+    let mut s = String::with_capacity(path.len());
+    for seg in &out {
+        s.push('/');
+        s.push_str(seg);
+    }
+    if s.is_empty() || trailing_slash {
+        s.push('/');
+    }
+    Ok(s)
+}
+
+/// Rewrites the request URI to the normalised path (query kept) or answers `400`.
+#[derive(Debug, Clone, Default)]
+pub struct NormalizePathLayer;
+
+impl<S> Layer<S> for NormalizePathLayer {
+    type Service = NormalizePath<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        NormalizePath { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NormalizePath<S> {
+    inner: S,
+}
+
+type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S> Service<Request<axum::body::Body>> for NormalizePath<S>
+where
+    S: Service<Request<axum::body::Body>, Response = http::Response<axum::body::Body>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = futures_util::future::Either<S::Future, BoxFuture<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<axum::body::Body>) -> Self::Future {
+        let path = req.uri().path();
+        if is_plain(path) {
+            return futures_util::future::Either::Left(self.inner.call(req));
+        }
+        match normalize(path) {
+            Ok(p) => {
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p,
+                };
+                if let Ok(pq) = pq.parse::<PathAndQuery>() {
+                    let mut parts = req.uri().clone().into_parts();
+                    parts.path_and_query = Some(pq);
+                    if let Ok(uri) = Uri::from_parts(parts) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+                futures_util::future::Either::Left(self.inner.call(req))
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "refused ambiguous path");
+                let resp = crate::response::Rejection::BadPath(e).into_response(&req);
+                futures_util::future::Either::Right(Box::pin(async move { Ok(resp) }))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn plain_paths_are_unchanged() {
+        for p in ["/", "/a", "/a/b/", "/public/x.css", "/a-b_c~d"] {
+            assert_eq!(normalize(p).unwrap(), p);
+        }
+    }
+
+    #[test]
+    fn dot_segments_and_double_slashes_go() {
+        assert_eq!(normalize("/public/../admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public/%2e%2e/admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public/%2E%2E/admin").unwrap(), "/admin");
+        assert_eq!(normalize("/public/.%2e/admin").unwrap(), "/admin");
+        assert_eq!(normalize("/../../admin").unwrap(), "/admin");
+        assert_eq!(normalize("/a/./b").unwrap(), "/a/b");
+        assert_eq!(normalize("//a///b//").unwrap(), "/a/b/");
+        assert_eq!(normalize("/a/b/..").unwrap(), "/a/");
+        assert_eq!(normalize("/a/.").unwrap(), "/a/");
+        assert_eq!(normalize("/..").unwrap(), "/");
+    }
+
+    #[test]
+    fn unreserved_escapes_decode_others_stay() {
+        assert_eq!(normalize("/%61dmin").unwrap(), "/admin");
+        assert_eq!(normalize("/a%20b").unwrap(), "/a%20b");
+        assert_eq!(normalize("/a%3fb").unwrap(), "/a%3Fb");
+    }
+
+    #[test]
+    fn ambiguous_paths_are_refused() {
+        assert_eq!(normalize("/public%2f..%2fadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/public%2F..%2Fadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/public/..%5cadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/public/..\\admin"), Err(PathError::Backslash));
+        assert_eq!(normalize("/public/..;/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(normalize("/public/.;x/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(normalize("/public/%2e%2e;/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(normalize("/a%zz"), Err(PathError::BadPercent));
+        assert_eq!(normalize("/a%2"), Err(PathError::BadPercent));
+        assert_eq!(normalize("*"), Err(PathError::NotAbsolute));
+        // parameters on ordinary segments are left alone
+        assert_eq!(normalize("/a;v=1/b").unwrap(), "/a;v=1/b");
+    }
+}

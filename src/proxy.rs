@@ -1,0 +1,261 @@
+//! Forwarding to the app: hop-by-hop headers (RFC 9110 §7.6.1), `X-Forwarded-*`, a pooled
+//! keep-alive client with `TCP_NODELAY`, streamed bodies, and 502/504 on a failing upstream.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use futures_util::future::BoxFuture;
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
+use http::{Request, Response, Version};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::TokioExecutor;
+use tower::{Layer, Service};
+
+use crate::config::UpstreamConfig;
+use crate::response::Rejection;
+
+/// The client's address, set per connection by the server.
+#[derive(Debug, Clone, Copy)]
+pub struct ClientAddr(pub SocketAddr);
+
+static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
+
+/// Removes hop-by-hop headers, including every header named in `Connection`.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+        .collect();
+    for name in named.iter().chain(HOP_BY_HOP.iter()) {
+        headers.remove(name);
+    }
+}
+
+/// Strips hop-by-hop headers from the client's request before anything else reads it, so that
+/// a client naming a header in `Connection` cannot remove one portcullis sets later.
+#[derive(Debug, Clone, Default)]
+pub struct StripHopByHopLayer;
+
+impl<S> Layer<S> for StripHopByHopLayer {
+    type Service = StripHopByHop<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StripHopByHop { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StripHopByHop<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for StripHopByHop<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        remove_hop_by_hop(req.headers_mut());
+        self.inner.call(req)
+    }
+}
+
+struct Target {
+    scheme: Scheme,
+    authority: Authority,
+    /// The upstream URL's path without a trailing `/` ("" for the root).
+    base_path: String,
+    response_timeout: Duration,
+    pass_host_header: bool,
+}
+
+/// The last service: sends the request to the app and streams its answer back.
+#[derive(Clone)]
+pub struct ProxyService {
+    client: Client<HttpConnector, Body>,
+    target: Arc<Target>,
+}
+
+impl std::fmt::Debug for ProxyService {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ProxyService").field("upstream", &self.target.authority).finish()
+    }
+}
+
+impl ProxyService {
+    pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        connector.set_connect_timeout(Some(cfg.connect_timeout));
+        connector.set_keepalive(Some(Duration::from_secs(60)));
+        let client = Client::builder(TokioExecutor::new())
+            .pool_idle_timeout(Duration::from_secs(90))
+            .pool_max_idle_per_host(256)
+            .pool_timer(hyper_util::rt::TokioTimer::new())
+            .build(connector);
+        let host = cfg.url.host_str().ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
+        let authority = match cfg.url.port() {
+            Some(p) => format!("{host}:{p}"),
+            None => host.to_string(),
+        };
+        Ok(Self {
+            client,
+            target: Arc::new(Target {
+                scheme: Scheme::HTTP,
+                authority: authority.parse()?,
+                base_path: cfg.url.path().trim_end_matches('/').to_string(),
+                response_timeout: cfg.response_timeout,
+                pass_host_header: cfg.pass_host_header,
+            }),
+        })
+    }
+
+    fn prepare(&self, req: &mut Request<Body>) -> Result<(), http::Error> {
+        let t = &self.target;
+        let pq = req.uri().path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+        let pq: PathAndQuery = if t.base_path.is_empty() {
+            pq.parse()?
+        } else {
+            format!("{}{}", t.base_path, pq).parse()?
+        };
+        let original_host = req
+            .headers()
+            .get(header::HOST)
+            .cloned()
+            .or_else(|| req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok()));
+        *req.uri_mut() = Uri::builder()
+            .scheme(t.scheme.clone())
+            .authority(t.authority.clone())
+            .path_and_query(pq)
+            .build()?;
+        *req.version_mut() = Version::HTTP_11;
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+        let h = req.headers_mut();
+        // Client-sent forwarding headers are replaced, never appended to.
+        h.remove(FORWARDED);
+        match client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
+            Some(v) => h.insert(X_FORWARDED_FOR, v),
+            None => h.remove(X_FORWARDED_FOR),
+        };
+        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        match &original_host {
+            Some(v) => h.insert(X_FORWARDED_HOST, v.clone()),
+            None => h.remove(X_FORWARDED_HOST),
+        };
+        if !t.pass_host_header {
+            h.remove(header::HOST);
+        }
+        Ok(())
+    }
+}
+
+/// Was the connection refused/reset (502) or did it time out (504)?
+fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    while let Some(err) = cur {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if io.kind() == std::io::ErrorKind::TimedOut {
+                return true;
+            }
+        }
+        cur = err.source();
+    }
+    false
+}
+
+impl Service<Request<Body>> for ProxyService {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>>;
+
+    fn poll_ready(&mut self, _cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let this = self.clone();
+        Box::pin(async move {
+            // Kept for error answers, which carry the request id.
+            let mut meta = Request::new(());
+            if let Some(id) = req.extensions().get::<crate::response::RequestId>() {
+                meta.extensions_mut().insert(id.clone());
+            }
+            if let Err(e) = this.prepare(&mut req) {
+                tracing::warn!(error = %e, "could not build the upstream request");
+                return Ok(Rejection::BadGateway.into_response(&meta));
+            }
+            let timeout = this.target.response_timeout;
+            match tokio::time::timeout(timeout, this.client.request(req)).await {
+                Ok(Ok(resp)) => {
+                    let (mut parts, body) = resp.into_parts();
+                    remove_hop_by_hop(&mut parts.headers);
+                    Ok(Response::from_parts(parts, Body::new(body)))
+                }
+                Ok(Err(e)) => {
+                    let detail = crate::auth::keys::error_chain(&e);
+                    if is_timeout(&e) {
+                        tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream connect timed out");
+                        Ok(Rejection::GatewayTimeout.into_response(&meta))
+                    } else {
+                        tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream failed");
+                        Ok(Rejection::BadGateway.into_response(&meta))
+                    }
+                }
+                Err(_) => {
+                    tracing::warn!(upstream = %this.target.authority, timeout = ?timeout, "upstream sent no response head in time");
+                    Ok(Rejection::GatewayTimeout.into_response(&meta))
+                }
+            }
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn connection_named_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , close"));
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut h);
+        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        assert_eq!(left, vec!["accept"]);
+    }
+}

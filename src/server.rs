@@ -1,0 +1,258 @@
+//! Listeners, the middleware stack, the admin endpoints and graceful shutdown.
+
+use std::convert::Infallible;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::routing::get;
+use axum::Router;
+use http::{Request, Response};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tower::util::BoxCloneService;
+use tower::{ServiceBuilder, ServiceExt};
+
+use crate::auth::identity::{IdentityMapper, InjectIdentityLayer, StripIdentityHeadersLayer};
+use crate::auth::keys::{KeyCacheSettings, KeyStore};
+use crate::auth::token::Verifier;
+use crate::auth::{AuthSettings, AuthenticateLayer};
+use crate::config::Config;
+use crate::path::NormalizePathLayer;
+use crate::proxy::{ClientAddr, ProxyService, StripHopByHopLayer};
+use crate::telemetry::AccessLogLayer;
+
+/// The whole request path as one cloneable service.
+pub type Stack = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+
+/// Slow clients get this long to send a request head.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Builds the middleware stack and the key store behind it (keys not fetched yet).
+pub fn build(config: &Config) -> anyhow::Result<(Stack, Arc<KeyStore>)> {
+    let keys = Arc::new(KeyStore::new(
+        &config.bearer.issuers,
+        KeyCacheSettings {
+            refresh_interval: config.bearer.jwks_refresh_interval,
+            min_refetch_interval: config.bearer.jwks_min_refetch_interval,
+            allow_http: config.oidc.insecure_allow_http,
+        },
+    ));
+    let mapper = IdentityMapper::new(config.identity.clone());
+    let identity_headers = mapper.identity_header_names();
+    let verifier = Arc::new(Verifier::new(&config.bearer, keys.clone(), mapper));
+    let auth = Arc::new(AuthSettings {
+        verifier,
+        public_routes: config.bearer.public_routes.clone(),
+        realm: config.bearer.realm.as_str().into(),
+    });
+    let stack = ServiceBuilder::new()
+        // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
+        .layer(AccessLogLayer)
+        // Before anything reads headers: a client naming a header in `Connection` could
+        // otherwise have a header we set later removed on the way out.
+        .layer(StripHopByHopLayer)
+        // Client-sent identity headers go before any layer could trust them.
+        .layer(StripIdentityHeadersLayer::new(identity_headers))
+        // One canonical path for matching, logging and forwarding; ambiguous ones are 400.
+        .layer(NormalizePathLayer)
+        // Public route? Valid bearer token? Otherwise 401/400/503 here.
+        .layer(AuthenticateLayer::new(auth))
+        // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
+        .layer(InjectIdentityLayer::new(config.identity.pass_token))
+        .service(ProxyService::new(&config.upstream)?);
+    Ok((BoxCloneService::new(stack), keys))
+}
+
+/// What `/readyz` checks.
+struct Readiness {
+    keys: Arc<KeyStore>,
+    upstream: String,
+    connect_timeout: Duration,
+    draining: AtomicBool,
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
+    let mut problems = Vec::new();
+    if r.draining.load(Ordering::Relaxed) {
+        problems.push("shutting down".to_string());
+    }
+    for i in &r.keys.issuers {
+        if !i.is_loaded() {
+            problems.push(format!("keys of {} not loaded", i.issuer));
+        }
+    }
+    match tokio::time::timeout(r.connect_timeout, tokio::net::TcpStream::connect(&r.upstream)).await {
+        Ok(Ok(_)) => {}
+        Ok(Err(e)) => problems.push(format!("upstream {} not reachable: {e}", r.upstream)),
+        Err(_) => problems.push(format!("upstream {} connect timed out", r.upstream)),
+    }
+    if problems.is_empty() {
+        (StatusCode::OK, "ok\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
+    }
+}
+
+/// A running proxy: both listeners bound, keys being fetched.
+pub struct Server {
+    pub addr: SocketAddr,
+    pub admin_addr: SocketAddr,
+    pub keys: Arc<KeyStore>,
+    shutdown: watch::Sender<bool>,
+    main_task: tokio::task::JoinHandle<()>,
+    admin_task: tokio::task::JoinHandle<()>,
+    maintenance: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Server {
+    /// Binds both listeners, starts fetching keys, and serves.
+    pub async fn start(config: Config) -> anyhow::Result<Server> {
+        let (stack, keys) = build(&config)?;
+        let listener = TcpListener::bind(config.server.listen)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
+        let admin_listener = TcpListener::bind(config.server.admin_listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (server.admin_listen): {e}", config.server.admin_listen)
+        })?;
+        let addr = listener.local_addr()?;
+        let admin_addr = admin_listener.local_addr()?;
+        let maintenance = keys.spawn_maintenance();
+
+        // `host_str` keeps IPv6 brackets, so "[::1]:8080" parses as a socket address.
+        let upstream = format!(
+            "{}:{}",
+            config.upstream.url.host_str().unwrap_or("127.0.0.1"),
+            config.upstream.url.port_or_known_default().unwrap_or(80)
+        );
+        let readiness = Arc::new(Readiness {
+            keys: keys.clone(),
+            upstream,
+            connect_timeout: config.upstream.connect_timeout,
+            draining: AtomicBool::new(false),
+        });
+
+        let (shutdown, rx) = watch::channel(false);
+        let admin = Router::new()
+            .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
+            .with_state(readiness.clone());
+        let mut admin_rx = rx.clone();
+        let admin_task = tokio::spawn(async move {
+            let r = axum::serve(admin_listener, admin)
+                .with_graceful_shutdown(async move {
+                    let _ = admin_rx.changed().await;
+                })
+                .await;
+            if let Err(e) = r {
+                tracing::error!(error = %e, "admin listener failed");
+            }
+        });
+
+        let timeout = config.server.shutdown_timeout;
+        let main_task = tokio::spawn(serve(listener, stack, rx, timeout, readiness));
+        tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, "portcullis started");
+        Ok(Server { addr, admin_addr, keys, shutdown, main_task, admin_task, maintenance })
+    }
+
+    /// Stops accepting, drains in-flight requests (up to `server.shutdown_timeout`), stops.
+    pub async fn shutdown(self) {
+        let _ = self.shutdown.send(true);
+        let _ = self.main_task.await;
+        let _ = self.admin_task.await;
+        for m in self.maintenance {
+            m.abort();
+        }
+    }
+}
+
+async fn serve(
+    listener: TcpListener,
+    stack: Stack,
+    mut shutdown: watch::Receiver<bool>,
+    timeout: Duration,
+    readiness: Arc<Readiness>,
+) {
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    loop {
+        tokio::select! {
+            _ = shutdown.changed() => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(a) => a,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                // Without it, a response written in two parts waits ~40 ms for a delayed ACK.
+                let _ = stream.set_nodelay(true);
+                let stack = stack.clone();
+                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
+                    let mut req = req.map(Body::new);
+                    req.extensions_mut().insert(ClientAddr(peer));
+                    stack.clone().oneshot(req)
+                });
+                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
+                    }
+                });
+            }
+        }
+    }
+    drop(listener);
+    readiness.draining.store(true, Ordering::Relaxed);
+    tracing::info!(timeout = ?timeout, "shutting down: no new connections; draining in-flight requests");
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = tokio::time::sleep(timeout) => tracing::warn!("shutdown timeout reached; closing the remaining connections"),
+    }
+}
+
+/// Resolves on SIGTERM or SIGINT.
+pub async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => tracing::info!("SIGINT received"),
+        _ = term => tracing::info!("SIGTERM received"),
+    }
+}
+
+/// `portcullis run`: serve until SIGTERM/SIGINT, then drain and return.
+pub async fn run(config: Config) -> anyhow::Result<()> {
+    let server = Server::start(config).await?;
+    shutdown_signal().await;
+    server.shutdown().await;
+    tracing::info!("stopped");
+    Ok(())
+}

@@ -1,0 +1,131 @@
+//! Logs: the subscriber (non-blocking writer), the request id, and one access line per request.
+//! Headers, tokens, cookies and query strings are never logged.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use axum::body::Body;
+use futures_util::future::BoxFuture;
+use http::header::{HeaderName, HeaderValue};
+use http::{Request, Response};
+use tower::{Layer, Service};
+use tracing_subscriber::EnvFilter;
+
+use crate::config::{LogConfig, LogFormat};
+use crate::proxy::ClientAddr;
+use crate::response::{Decision, RequestId};
+
+pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+
+/// Installs the global subscriber. Keep the guard alive: dropping it flushes the log.
+pub fn init(cfg: &LogConfig) -> Option<tracing_appender::non_blocking::WorkerGuard> {
+    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    let filter = EnvFilter::builder().parse_lossy(&cfg.level);
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer);
+    let ok = match cfg.format {
+        LogFormat::Json => builder.json().flatten_event(true).try_init().is_ok(),
+        LogFormat::Text => builder.try_init().is_ok(),
+    };
+    ok.then_some(guard)
+}
+
+fn request_id_prefix() -> &'static str {
+    static PREFIX: OnceLock<String> = OnceLock::new();
+    PREFIX.get_or_init(|| {
+        let mut b = [0u8; 4];
+        let _ = aws_lc_rs::rand::fill(&mut b);
+        b.iter().map(|x| format!("{x:02x}")).collect()
+    })
+}
+
+fn new_request_id() -> HeaderValue {
+    static COUNTER: AtomicU64 = AtomicU64::new(1);
+    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
+    HeaderValue::from_str(&format!("{}-{n:x}", request_id_prefix()))
+        .unwrap_or(HeaderValue::from_static("0"))
+}
+
+/// A client-sent `X-Request-Id` is kept when sane (so traces join up across hops); otherwise a
+/// new one is made.
+fn request_id<B>(req: &Request<B>) -> HeaderValue {
+    let keep = req.headers().get(&X_REQUEST_ID).filter(|v| {
+        let b = v.as_bytes();
+        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
+    });
+    match keep {
+        Some(v) => v.clone(),
+        None => new_request_id(),
+    }
+}
+
+/// The outermost layer: gives every request an id (sent to the app, echoed to the client, shown
+/// in error bodies) and writes one `info` line per request on target `portcullis::access`.
+#[derive(Debug, Clone, Default)]
+pub struct AccessLogLayer;
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for AccessLog<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        let start = Instant::now();
+        let id = request_id(&req);
+        req.headers_mut().insert(X_REQUEST_ID, id.clone());
+        req.extensions_mut().insert(RequestId(id.clone()));
+        let method = req.method().clone();
+        let path = req.uri().path().to_string();
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            resp.headers_mut().insert(X_REQUEST_ID, id.clone());
+            let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+            let decision = resp.extensions().get::<Decision>();
+            let request_id = id.to_str().unwrap_or("");
+            let subject = decision
+                .and_then(|d| d.identity.as_ref())
+                .map(|i| i.subject.as_str())
+                .unwrap_or("-");
+            let reason = decision.map(|d| d.reason.as_ref()).unwrap_or("-");
+            let detail = decision.and_then(|d| d.detail.as_deref()).unwrap_or("");
+            tracing::info!(
+                target: "portcullis::access",
+                method = %method,
+                path = %path,
+                status = resp.status().as_u16(),
+                latency_ms = format_args!("{latency_ms:.3}"),
+                subject,
+                reason,
+                detail,
+                request_id = %request_id,
+                client = %client.map(|c| c.to_string()).unwrap_or_default(),
+                "request"
+            );
+            Ok(resp)
+        })
+    }
+}
+
