@@ -915,7 +915,7 @@ mod tests {
     fn every_env_key_is_a_real_key() {
         // Setting each documented variable to a plausible value must be accepted by the schema:
         // a key in ENV_KEYS that the file does not know would fail as an unknown field.
-        for (section, key, kind) in ENV_KEYS {
+        for &(section, key, kind) in ENV_KEYS {
             let value = match (section, key, kind) {
                 (_, _, Kind::Bool) => "false",
                 (_, _, Kind::Int) => "5",
@@ -923,7 +923,7 @@ mod tests {
                 (_, "algorithms", _) => "RS256",
                 (_, "public_routes", _) => "^/x",
                 (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",
-                (_, k, _) if k.ends_with("timeout") || k.ends_with("interval") || *k == "leeway" => "1s",
+                (_, k, _) if k.ends_with("timeout") || k.ends_with("interval") || k == "leeway" => "1s",
                 (_, "url", _) => "http://127.0.0.1:1",
                 (_, "issuer", _) | (_, "jwks_url", _) => "https://idp.example.com",
                 (_, "pass_token", _) => "authorization",

@@ -623,8 +623,10 @@ mod tests {
     #[tokio::test]
     async fn thousand_concurrent_unknown_kids_cause_one_fetch() {
         let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
-        let keys = Arc::new(IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_secs(30))));
+        let keys = Arc::new(IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(100))));
         keys.refresh().await.unwrap();
+        // let the rate limit of the start-up fetch pass, so exactly one refetch is allowed
+        tokio::time::sleep(Duration::from_millis(150)).await;
         let before = dev.jwks_fetches();
         let mut tasks = Vec::new();
         for i in 0..1000 {
