@@ -1,0 +1,223 @@
+//! The `portcullis` binary: check's exit codes, run with SIGTERM, env overrides, demo.
+
+use crate::common::*;
+use portcullis::devissuer::{DevIssuer, KeyAlg};
+use std::path::Path;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, BufReader};
+use tokio::process::Command;
+
+const BIN: &str = env!("CARGO_BIN_EXE_portcullis");
+
+async fn output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut c = Command::new(BIN);
+    c.args(args).env_remove("PORTCULLIS_CONFIG");
+    for (k, v) in env {
+        c.env(k, v);
+    }
+    let out = tokio::time::timeout(Duration::from_secs(30), c.output()).await.unwrap().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn write(dir: &Path, name: &str, text: &str) -> String {
+    let p = dir.join(name);
+    std::fs::write(&p, text).unwrap();
+    p.display().to_string()
+}
+
+#[tokio::test]
+async fn version_and_help() {
+    let (code, out, _) = output(&["--version"], &[]).await;
+    assert_eq!(code, 0);
+    assert!(out.contains(env!("CARGO_PKG_VERSION")));
+    let (code, out, _) = output(&["--help"], &[]).await;
+    assert_eq!(code, 0);
+    for word in ["run", "check", "demo", "--config"] {
+        assert!(out.contains(word), "{word} missing from --help");
+    }
+}
+
+#[tokio::test]
+async fn every_example_config_passes_offline_check() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut n = 0;
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.extension().is_some_and(|e| e == "toml") {
+            let (code, out, err) = output(&["check", "--offline", "--config", path.to_str().unwrap()], &[]).await;
+            assert_eq!(code, 0, "{}: {out}{err}", path.display());
+            n += 1;
+        }
+    }
+    assert!(n >= 4, "expected at least four example configs, found {n}");
+}
+
+#[tokio::test]
+async fn check_exit_codes() {
+    let dir = tempfile::tempdir().unwrap();
+    // invalid: 2, naming the key
+    let bad = write(dir.path(), "bad.toml", "[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"https://idp.example\"\n[bearer]\naudiences = [\"a\"]\nleewy = \"5s\"\n");
+    let (code, _, err) = output(&["check", "--offline", "--config", &bad], &[]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("leewy"), "{err}");
+    let (code, _, err) = output(&["check", "--config", &bad], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    // a bad value from the environment names the variable
+    let good_offline = write(dir.path(), "ok.toml", "[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"https://idp.example\"\n[bearer]\naudiences = [\"a\"]\n");
+    let (code, _, err) = output(&["check", "--offline", "--config", &good_offline], &[("PORTCULLIS_BEARER_LEEWAY", "later")]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("bearer.leeway"), "{err}");
+    // the config file itself missing
+    let (code, _, err) = output(&["check", "--config", "/nonexistent/p.toml"], &[]).await;
+    assert_eq!(code, 2);
+    assert!(err.contains("/nonexistent/p.toml"), "{err}");
+
+    // valid, issuer unreachable: 1 with words a user can act on
+    let port = free_port();
+    let unreachable = write(dir.path(), "down.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"http://127.0.0.1:{port}\"\n[bearer]\naudiences = [\"a\"]\n"));
+    let (code, out, _) = output(&["check", "--config", &unreachable], &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("could not reach") && out.contains("hint"), "{out}");
+    // offline skips the probe
+    let (code, _, _) = output(&["check", "--offline", "--config", &unreachable], &[]).await;
+    assert_eq!(code, 0);
+
+    // valid and reachable: 0
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::EdDsa]).await.unwrap();
+    let up = write(dir.path(), "up.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}\"\n[bearer]\naudiences = [\"a\"]\n", issuer.issuer()));
+    let (code, out, _) = output(&["check", "--config", &up], &[]).await;
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("2 signing key(s)"), "{out}");
+
+    // issuer mismatch in discovery: 1, telling the exact value to use
+    let slash = write(dir.path(), "slash.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}/\"\n[bearer]\naudiences = [\"a\"]\n", issuer.issuer()));
+    let (code, out, _) = output(&["check", "--config", &slash], &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains(&format!("set the issuer to exactly \"{}\"", issuer.issuer())), "{out}");
+}
+
+#[tokio::test]
+async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let upstream = Upstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (port, admin) = (free_port(), free_port());
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_timeout = \"10s\"\n[upstream]\nurl = \"http://{}\"\n[oidc]\nissuer = \"{}\"\n[bearer]\naudiences = [\"{AUD}\"]\n",
+            upstream.addr,
+            issuer.issuer()
+        ),
+    );
+    let mut child = Command::new(BIN)
+        .args(["--config", &cfg])
+        // the listen address comes from the environment, overriding the file
+        .env("PORTCULLIS_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        // Kubernetes-style service variables only warn
+        .env("PORTCULLIS_SERVICE_HOST", "10.0.0.7")
+        .env("PORTCULLIS_LOG_FORMAT", "json")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let c = client();
+    let mut ready = false;
+    for _ in 0..200 {
+        if let Ok(r) = c.get(format!("http://127.0.0.1:{admin}/readyz")).send().await {
+            if r.status() == 200 {
+                ready = true;
+                break;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert!(ready, "the binary did not become ready");
+    let token = issuer.token_for("alice", AUD);
+    let r = c.get(format!("http://127.0.0.1:{port}/api")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.last().one("x-forwarded-user").as_deref(), Some("alice"));
+
+    // a request in flight when SIGTERM arrives still completes
+    let mut resp = c.get(format!("http://127.0.0.1:{port}/stream")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"first\n");
+    let pid = child.id().unwrap().to_string();
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let mut refused = false;
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+            refused = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(refused, "still accepting after SIGTERM");
+    upstream.release_stream();
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"second\n");
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+
+    let mut out = String::new();
+    child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    assert!(out.contains("PORTCULLIS_SERVICE_HOST"), "no warning about the unknown variable: {out}");
+    // one JSON access line per request, with the decision, and never the token
+    let access: Vec<serde_json::Value> = out
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .filter(|v| v["target"] == "portcullis::access")
+        .collect();
+    assert!(access.iter().any(|v| v["status"] == 200 && v["subject"] == "alice" && v["reason"] == "token_verified"), "{out}");
+    assert!(!out.contains(&token), "the token was logged");
+    let sig = token.rsplit('.').next().unwrap();
+    assert!(!out.contains(sig), "part of the token was logged");
+}
+
+#[tokio::test]
+async fn demo_works_without_any_outside_service() {
+    let (port, admin) = (free_port(), free_port());
+    let mut child = Command::new(BIN)
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let mut banner = String::new();
+    let token = tokio::time::timeout(Duration::from_secs(30), async {
+        let mut token = None;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            banner.push_str(&line);
+            banner.push('\n');
+            if let Some(t) = line.trim().strip_prefix("TOKEN=ey") {
+                token = Some(format!("ey{t}"));
+            }
+            if line.contains("Ctrl-C stops everything") {
+                break;
+            }
+        }
+        token.expect("the demo printed no token")
+    })
+    .await
+    .unwrap();
+    assert!(banner.contains("DEVELOPMENT ONLY"), "{banner}");
+    assert!(banner.contains("curl"), "{banner}");
+    let proxy = format!("http://127.0.0.1:{port}");
+    assert_eq!(client().get(format!("{proxy}/hello")).send().await.unwrap().status(), 401);
+    let body = client().get(format!("{proxy}/hello")).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    let v: serde_json::Value = serde_json::from_str(&body).unwrap();
+    let headers = v["headers"].as_array().unwrap();
+    assert!(headers.iter().any(|h| h[0] == "x-forwarded-user" && h[1] == "alice"), "{body}");
+    assert!(headers.iter().any(|h| h[0] == "x-forwarded-groups" && h[1] == "admins,developers"), "{body}");
+    let pid = child.id().unwrap().to_string();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    assert_eq!(status.code(), Some(0));
+}

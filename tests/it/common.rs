@@ -1,0 +1,303 @@
+//! Shared fixtures: a recording upstream, the proxy in-process, raw HTTP, a token issuer.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::{Body, Bytes};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::response::{IntoResponse, Response};
+use axum::routing::any;
+use axum::Router;
+use portcullis::devissuer::{DevIssuer, KeyAlg};
+use portcullis::Server;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::sync::Notify;
+
+pub const AUD: &str = "api://portcullis-test";
+
+/// What the upstream received.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path_and_query: String,
+    pub headers: Vec<(String, String)>,
+    pub peer: SocketAddr,
+    pub body_len: usize,
+}
+
+impl Seen {
+    /// Every value of `name` (case-insensitive), in order.
+    pub fn all(&self, name: &str) -> Vec<String> {
+        self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    pub fn one(&self, name: &str) -> Option<String> {
+        let all = self.all(name);
+        assert!(all.len() <= 1, "{name} arrived {} times: {all:?}", all.len());
+        all.into_iter().next()
+    }
+}
+
+#[derive(Clone, Default)]
+struct UpstreamState {
+    seen: Arc<Mutex<Vec<Seen>>>,
+    release: Arc<Notify>,
+}
+
+/// A real HTTP app on loopback that records every request it receives.
+pub struct Upstream {
+    pub addr: SocketAddr,
+    state: UpstreamState,
+    _stop: tokio::sync::oneshot::Sender<()>,
+}
+
+async fn record(
+    State(s): State<UpstreamState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+) -> Response {
+    let (parts, body) = req.into_parts();
+    let path = parts.uri.path().to_string();
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let seen = Seen {
+        method: parts.method.to_string(),
+        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .collect(),
+        peer,
+        body_len: bytes.len(),
+    };
+    s.seen.lock().unwrap().push(seen);
+    match path.as_str() {
+        "/slow-head" => {
+            tokio::time::sleep(Duration::from_secs(5)).await;
+            "late".into_response()
+        }
+        "/stream" => {
+            let release = s.release.clone();
+            let stream = async_stream(release);
+            Response::new(Body::from_stream(stream))
+        }
+        "/hop" => Response::builder()
+            .header("connection", "x-upstream-private")
+            .header("x-upstream-private", "secret")
+            .header("keep-alive", "timeout=5")
+            .header("x-upstream-public", "yes")
+            .body(Body::from("hop"))
+            .unwrap(),
+        _ => format!("upstream ok {}", bytes.len()).into_response(),
+    }
+}
+
+/// Sends "first\n", waits until the test releases it, then "second\n".
+fn async_stream(
+    release: Arc<Notify>,
+) -> impl futures_util::Stream<Item = Result<Bytes, std::io::Error>> + Send {
+    futures_util::stream::unfold(0u8, move |state| {
+        let release = release.clone();
+        async move {
+            match state {
+                0 => Some((Ok(Bytes::from_static(b"first\n")), 1)),
+                1 => {
+                    release.notified().await;
+                    Some((Ok(Bytes::from_static(b"second\n")), 2))
+                }
+                _ => None,
+            }
+        }
+    })
+}
+
+impl Upstream {
+    pub async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let state = UpstreamState::default();
+        let app = Router::new().fallback(any(record)).with_state(state.clone());
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        tokio::spawn(async move {
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
+        });
+        Self { addr, state, _stop: tx }
+    }
+
+    pub fn hits(&self) -> usize {
+        self.state.seen.lock().unwrap().len()
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.state.seen.lock().unwrap().clone()
+    }
+
+    pub fn last(&self) -> Seen {
+        self.seen().last().cloned().expect("the upstream received nothing")
+    }
+
+    /// Lets a `/stream` response send its second chunk.
+    pub fn release_stream(&self) {
+        self.state.release.notify_one();
+    }
+}
+
+/// Extra TOML lines per section.
+#[derive(Default, Clone)]
+pub struct Opts {
+    pub server: &'static str,
+    pub upstream: String,
+    pub bearer: String,
+    pub identity: &'static str,
+}
+
+pub struct Proxy {
+    pub server: Option<Server>,
+    pub url: String,
+    pub admin: String,
+    pub addr: SocketAddr,
+}
+
+impl Proxy {
+    pub async fn shutdown(mut self) {
+        if let Some(s) = self.server.take() {
+            s.shutdown().await;
+        }
+    }
+}
+
+pub fn config_text(issuer: &str, upstream: &str, o: &Opts) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+shutdown_timeout = "5s"
+{server}
+
+[upstream]
+url = "{upstream}"
+connect_timeout = "1s"
+response_timeout = "2s"
+{up}
+
+[oidc]
+issuer = "{issuer}"
+
+[bearer]
+audiences = ["{AUD}"]
+jwks_min_refetch_interval = "100ms"
+public_routes = ["GET=^/healthz$", "^/public/"]
+{bearer}
+
+[identity]
+{identity}
+"#,
+        server = o.server,
+        up = o.upstream,
+        bearer = o.bearer,
+        identity = o.identity,
+    )
+}
+
+/// Starts the proxy in-process and waits until its keys are loaded (if `wait_keys`).
+pub async fn start_proxy(issuer: &str, upstream: &str, o: Opts, wait_keys: bool) -> Proxy {
+    let text = config_text(issuer, upstream, &o);
+    let cfg = portcullis::config::load_str(&text, std::iter::empty()).unwrap().config;
+    let server = Server::start(cfg).await.unwrap();
+    if wait_keys {
+        for _ in 0..200 {
+            if server.keys.all_loaded() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(server.keys.all_loaded(), "keys did not load");
+    }
+    Proxy {
+        url: format!("http://{}", server.addr),
+        admin: format!("http://{}", server.admin_addr),
+        addr: server.addr,
+        server: Some(server),
+    }
+}
+
+/// The usual setup: a dev issuer with an RSA key, a recording upstream, the proxy.
+pub struct World {
+    pub issuer: DevIssuer,
+    pub upstream: Upstream,
+    pub proxy: Proxy,
+}
+
+impl World {
+    pub async fn new() -> Self {
+        Self::with(Opts::default()).await
+    }
+
+    pub async fn with(o: Opts) -> Self {
+        let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+        let upstream = Upstream::start().await;
+        let proxy = start_proxy(&issuer.issuer(), &format!("http://{}", upstream.addr), o, true).await;
+        Self { issuer, upstream, proxy }
+    }
+
+    pub fn token(&self, user: &str) -> String {
+        self.issuer.token_for(user, AUD)
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{}", self.proxy.url, path)
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+}
+
+/// A response read off a raw socket.
+#[derive(Debug)]
+pub struct RawResponse {
+    pub status: u16,
+    pub head: String,
+    pub body: String,
+}
+
+/// Sends `request` as bytes (no client-side normalisation of paths or headers) and reads the
+/// whole response; the request should say `Connection: close`.
+pub async fn raw(addr: SocketAddr, request: &str) -> RawResponse {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(request.as_bytes()).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("response in time")
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    RawResponse { status, head: head.to_string(), body: body.to_string() }
+}
+
+/// A GET with extra header lines, sent raw.
+pub async fn raw_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> RawResponse {
+    let mut req = format!("GET {path} HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    raw(addr, &req).await
+}
+
+/// A free port on loopback (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

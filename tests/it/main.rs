@@ -1,0 +1,9 @@
+//! Integration tests: the proxy on 127.0.0.1:0 with real upstreams and issuers, asserting
+//! what the upstream actually received. One crate, so it links once.
+
+mod cli;
+mod common;
+mod interop;
+mod lifecycle;
+mod proxy;
+mod security;

@@ -1,0 +1,286 @@
+//! Every rejection asserts the status and that nothing reached the upstream; every spoofing
+//! case asserts what the upstream received.
+
+use crate::common::*;
+use base64::Engine as _;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use portcullis::devissuer::{DevKey, KeyAlg};
+use serde_json::{json, Value};
+
+fn b64(v: &[u8]) -> String {
+    base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v)
+}
+
+/// Sends `token`; asserts 401 invalid_token and an untouched upstream.
+async fn assert_refused(w: &World, token: &str, case: &str) {
+    let before = w.upstream.hits();
+    let r = client().get(w.url("/api/secret")).bearer_auth(token).send().await.unwrap();
+    assert_eq!(r.status(), 401, "{case}");
+    let challenge = r.headers().get("www-authenticate").unwrap().to_str().unwrap().to_string();
+    assert!(challenge.starts_with("Bearer realm=\"portcullis\""), "{case}: {challenge}");
+    assert!(challenge.contains("error=\"invalid_token\""), "{case}: {challenge}");
+    assert!(challenge.contains("error_description="), "{case}: {challenge}");
+    assert_eq!(w.upstream.hits(), before, "{case}: the upstream was reached");
+}
+
+fn patched(w: &World, patch: Value) -> Value {
+    let mut c = w.issuer.claims_for("alice", AUD);
+    for (k, v) in patch.as_object().unwrap() {
+        if v.is_null() {
+            c.as_object_mut().unwrap().remove(k);
+        } else {
+            c[k] = v.clone();
+        }
+    }
+    c
+}
+
+#[tokio::test]
+async fn missing_token_is_401_with_a_bare_challenge() {
+    let w = World::new().await;
+    let r = client().get(w.url("/api/secret")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"portcullis\"");
+    // another scheme is no bearer token
+    let r = client().get(w.url("/api/secret")).basic_auth("u", Some("p")).send().await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert_eq!(r.headers()["www-authenticate"], "Bearer realm=\"portcullis\"");
+    assert_eq!(w.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn claim_and_signature_failures_are_refused() {
+    let w = World::new().await;
+    let now = jsonwebtoken::get_current_timestamp();
+    let kid = w.issuer.kids()[0].clone();
+    let key = w.issuer.key(&kid).unwrap();
+    let claims = w.issuer.claims_for("alice", AUD);
+    let payload = b64(claims.to_string().as_bytes());
+
+    assert_refused(&w, &format!("{}.{payload}.", b64(br#"{"alg":"none","typ":"JWT"}"#)), "alg none").await;
+    assert_refused(&w, &format!("{}.{payload}.", b64(br#"{"alg":"None"}"#)), "alg None").await;
+
+    let mut h = Header::new(Algorithm::HS256);
+    h.kid = Some(kid.clone());
+    let hs = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(&key.public_bytes)).unwrap();
+    assert_refused(&w, &hs, "HS256 with the RSA public key as secret").await;
+    let jwk_secret = key.jwk.to_string();
+    let hs = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(jwk_secret.as_bytes())).unwrap();
+    assert_refused(&w, &hs, "HS256 with the JWK text as secret").await;
+
+    let good = w.issuer.mint(&claims);
+    let (head, sig) = good.rsplit_once('.').unwrap();
+    let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+    raw[0] ^= 0x01;
+    assert_refused(&w, &format!("{head}.{}", b64(&raw)), "flipped signature byte").await;
+
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"iss": "https://evil.example"}))), "wrong iss").await;
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"aud": "api://someone-else"}))), "wrong aud").await;
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"aud": null}))), "missing aud").await;
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"exp": now - 3600}))), "expired").await;
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"exp": null}))), "no exp").await;
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"nbf": now + 3600}))), "nbf ahead").await;
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"iat": now + 3600}))), "iat ahead").await;
+    assert_refused(&w, &w.issuer.mint(&patched(&w, json!({"sub": null}))), "required sub missing").await;
+
+    let r = client()
+        .get(w.url("/x"))
+        .bearer_auth(w.issuer.mint(&patched(&w, json!({"exp": now - 3600}))))
+        .send()
+        .await
+        .unwrap();
+    assert!(r.headers()["www-authenticate"].to_str().unwrap().contains("expired"));
+}
+
+#[tokio::test]
+async fn header_tricks_are_refused() {
+    let w = World::new().await;
+    let claims = w.issuer.claims_for("alice", AUD);
+    let kid = w.issuer.kids()[0].clone();
+    let key = w.issuer.key(&kid).unwrap();
+
+    // jku pointing at an attacker's JWKS that really serves the attacker's key
+    let attacker_idp = portcullis::devissuer::DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let attacker_kid = attacker_idp.kids()[0].clone();
+    let attacker_key = attacker_idp.key(&attacker_kid).unwrap();
+    let mut h = Header::new(Algorithm::RS256);
+    h.jku = Some(attacker_idp.jwks_url());
+    assert_refused(&w, &attacker_key.sign(h.clone(), &claims), "jku to attacker JWKS").await;
+    h.kid = Some(kid.clone());
+    assert_refused(&w, &attacker_key.sign(h, &claims), "jku with a trusted kid").await;
+    assert_eq!(attacker_idp.jwks_fetches(), 0, "the attacker's JWKS was fetched");
+
+    let attacker = DevKey::generate(KeyAlg::Rs256).unwrap();
+    let mut h = Header::new(Algorithm::RS256);
+    h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap());
+    h.kid = None;
+    let mut t_header = h.clone();
+    t_header.kid = None;
+    let token = jsonwebtoken::encode(&t_header, &claims, &attacker.encoding).unwrap();
+    assert_refused(&w, &token, "embedded jwk").await;
+
+    let mut h = Header::new(Algorithm::RS256);
+    h.x5u = Some("http://127.0.0.1:1/cert.pem".into());
+    h.kid = Some("not-a-key".into());
+    assert_refused(&w, &attacker.sign(h, &claims), "x5u").await;
+
+    let mut h = Header::new(Algorithm::RS256);
+    h.crit = Some(vec!["http://example.invalid/ext".into()]);
+    h.extras.insert("http://example.invalid/ext", true);
+    assert_refused(&w, &key.sign(h, &claims), "unknown crit").await;
+
+    // an ES256 token claiming our RSA key's kid
+    let ec = DevKey::generate(KeyAlg::Es256).unwrap();
+    let mut h = Header::new(Algorithm::ES256);
+    h.kid = Some(kid.clone());
+    assert_refused(&w, &ec.sign(h, &claims), "alg that does not fit the key").await;
+
+    let big = w.issuer.mint(&patched(&w, json!({"pad": "x".repeat(17 * 1024)})));
+    assert_refused(&w, &big, "oversize token").await;
+
+    assert_refused(&w, "eyJhbGciOiJSUzI1NiJ9.!!!not-base64!!!.c2ln", "malformed base64").await;
+    assert_refused(&w, "a.b", "two segments").await;
+    assert_refused(&w, &format!("{}.e30.", b64(b"{not json")), "header not JSON").await;
+}
+
+#[tokio::test]
+async fn huge_authorization_header_is_refused_before_parsing() {
+    let w = World::new().await;
+    let r = raw_get(w.proxy.addr, "/api", &[("Authorization", &format!("Bearer {}", "a".repeat(600 * 1024)))]).await;
+    assert!(r.status == 431 || r.status == 400 || r.status == 401, "{}", r.status);
+    assert_eq!(w.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn two_authorization_headers_are_a_bad_request() {
+    let w = World::new().await;
+    let t = format!("Bearer {}", w.token("alice"));
+    let r = raw_get(w.proxy.addr, "/api", &[("Authorization", &t), ("Authorization", "Bearer other")]).await;
+    assert_eq!(r.status, 400);
+    assert!(r.head.to_ascii_lowercase().contains("error=\"invalid_request\""));
+    assert_eq!(w.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn unknown_kid_flood_over_http_causes_at_most_one_fetch() {
+    let w = World::new().await;
+    // let the start-up fetch's rate limit pass (100ms in tests) so one refetch is allowed
+    tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+    let attacker = DevKey::generate(KeyAlg::Rs256).unwrap();
+    let claims = w.issuer.claims_for("alice", AUD);
+    let before = w.issuer.jwks_fetches();
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let mut h = Header::new(Algorithm::RS256);
+        h.kid = Some(format!("flood-{i}"));
+        let token = attacker.sign(h, &claims);
+        let url = w.url("/api");
+        tasks.push(tokio::spawn(async move {
+            // a client per task: one connection each
+            let c = reqwest::Client::builder().pool_max_idle_per_host(0).build().unwrap();
+            c.get(url).bearer_auth(token).send().await.unwrap().status().as_u16()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 401);
+    }
+    let fetches = w.issuer.jwks_fetches() - before;
+    assert!(fetches <= 1, "{fetches} JWKS fetches for 100 unknown kids");
+    assert_eq!(w.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn public_route_traversals_do_not_reach_protected_paths() {
+    let w = World::new().await;
+    for path in ["/public/../admin", "/public/%2e%2e/admin", "/public/%2E%2E/admin", "/public/./../admin", "/public//../../admin"] {
+        let r = raw_get(w.proxy.addr, path, &[]).await;
+        assert_eq!(r.status, 401, "{path} should need a token: {r:?}");
+    }
+    for path in ["/public/..;/admin", "/public%2f..%2fadmin", "/public%2F..%2Fadmin", "/public/..%5cadmin", "/public/..\\admin", "/public/%2e%2e;/admin"] {
+        let r = raw_get(w.proxy.addr, path, &[]).await;
+        assert_eq!(r.status, 400, "{path} should be refused: {r:?}");
+        assert!(r.body.contains("invalid_request"), "{path}: {}", r.body);
+    }
+    assert_eq!(w.upstream.hits(), 0, "a traversal reached the upstream");
+
+    // normalised public paths are forwarded as matched
+    let r = raw_get(w.proxy.addr, "/public/a/./b/../%63ss/x.css?v=1", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.upstream.last().path_and_query, "/public/a/css/x.css?v=1");
+    // and a valid token on a traversal gets the normalised path
+    let t = format!("Bearer {}", w.token("alice"));
+    let r = raw_get(w.proxy.addr, "/public/../admin", &[("Authorization", &t)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.upstream.last().path_and_query, "/admin");
+}
+
+#[tokio::test]
+async fn identity_header_spoofing_in_every_spelling_is_replaced() {
+    let w = World::new().await;
+    let t = format!("Bearer {}", w.token("alice"));
+    let r = raw_get(
+        w.proxy.addr,
+        "/api",
+        &[
+            ("Authorization", &t),
+            ("X-Forwarded-User", "mallory"),
+            ("x-forwarded-user", "mallory2"),
+            ("X_Forwarded_User", "mallory3"),
+            ("x_forwarded-user", "mallory4"),
+            ("X-FORWARDED-USER", "mallory5"),
+            ("X-Forwarded-Email", "mallory@evil.example"),
+            ("X-Forwarded-Groups", "admins,root"),
+            ("X_FORWARDED_GROUPS", "root"),
+            ("X-Forwarded-Preferred-Username", "root"),
+            ("X-Forwarded-Access-Token", "forged"),
+            ("X-Auth-Request-User", "mallory"),
+            ("x_auth_request_email", "mallory@evil.example"),
+        ],
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = w.upstream.last();
+    let spelled = |prefix: &str| -> Vec<String> {
+        seen.headers
+            .iter()
+            .filter(|(k, _)| k.replace('_', "-").eq_ignore_ascii_case(prefix))
+            .map(|(_, v)| v.clone())
+            .collect()
+    };
+    assert_eq!(spelled("x-forwarded-user"), vec!["alice"]);
+    assert_eq!(spelled("x-forwarded-email"), vec!["alice@example.com"]);
+    assert_eq!(spelled("x-forwarded-groups"), vec!["admins,developers"]);
+    assert_eq!(spelled("x-forwarded-preferred-username"), vec!["alice"]);
+    assert!(spelled("x-forwarded-access-token").is_empty());
+    assert!(seen.headers.iter().all(|(k, _)| !k.replace('_', "-").starts_with("x-auth-request-")));
+}
+
+#[tokio::test]
+async fn connection_header_cannot_drop_verified_identity() {
+    let w = World::new().await;
+    let t = format!("Bearer {}", w.token("alice"));
+    let r = raw_get(
+        w.proxy.addr,
+        "/api",
+        &[("Authorization", &t), ("Connection", "close, X-Forwarded-Email, X-Forwarded-User")],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("x-forwarded-email").as_deref(), Some("alice@example.com"));
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+}
+
+#[tokio::test]
+async fn claim_with_crlf_is_left_out() {
+    let w = World::new().await;
+    let mut c = w.issuer.claims_for("alice", AUD);
+    c["email"] = json!("alice@example.com\r\nX-Admin: true");
+    c["preferred_username"] = json!("Zoë");
+    let r = client().get(w.url("/api")).bearer_auth(w.issuer.mint(&c)).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("x-forwarded-email"), None);
+    assert_eq!(seen.one("x-admin"), None);
+    assert_eq!(seen.one("x-forwarded-preferred-username").as_deref(), Some("Zo%C3%AB"));
+}
