@@ -1,1 +1,113 @@
-fn main(){}
+//! Token validation cost: portcullis' cold path next to jsonwebtoken's bare `decode` of the same
+//! token (same key, same checks, claims into a JSON map as we need them), and a cached hit.
+//! Run: cargo bench --bench token
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use futures_util::FutureExt;
+use jsonwebtoken::{DecodingKey, Validation};
+use portcullis::auth::identity::IdentityMapper;
+use portcullis::auth::keys::{KeyCacheSettings, KeyStore};
+use portcullis::auth::token::Verifier;
+use portcullis::config::{
+    BearerConfig, IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS,
+};
+use portcullis::devissuer::{DevIssuer, KeyAlg};
+use serde_json::{Map, Value};
+
+const AUD: &str = "api://bench";
+
+fn verifier(issuer: &str, cache: usize, rt: &tokio::runtime::Runtime) -> Verifier {
+    let cfg = BearerConfig {
+        issuers: vec![TrustedIssuer {
+            issuer: issuer.into(),
+            audiences: vec![AUD.into()],
+            jwks_url: None,
+        }],
+        algorithms: ASYMMETRIC_ALGORITHMS.to_vec(),
+        leeway: Duration::from_secs(30),
+        required_claims: vec!["sub".into()],
+        public_routes: vec![],
+        realm: "bench".into(),
+        jwks_refresh_interval: Duration::from_secs(3600),
+        jwks_min_refetch_interval: Duration::from_secs(30),
+        token_cache_size: cache,
+    };
+    let keys = Arc::new(KeyStore::new(
+        &cfg.issuers,
+        KeyCacheSettings {
+            refresh_interval: cfg.jwks_refresh_interval,
+            min_refetch_interval: cfg.jwks_min_refetch_interval,
+            allow_http: false,
+        },
+    ));
+    rt.block_on(keys.issuers[0].refresh()).unwrap();
+    let mapper = IdentityMapper::new(IdentityConfig {
+        user_claim: "sub".into(),
+        email_claim: "email".into(),
+        groups_claim: "groups".into(),
+        preferred_username_claim: "preferred_username".into(),
+        claim_headers: vec![],
+        pass_token: PassToken::None,
+    });
+    Verifier::new(&cfg, keys, mapper)
+}
+
+fn bench(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .unwrap();
+    let dev = rt
+        .block_on(DevIssuer::start(&[
+            KeyAlg::Rs256,
+            KeyAlg::Es256,
+            KeyAlg::EdDsa,
+        ]))
+        .unwrap();
+    let cold = verifier(&dev.issuer(), 0, &rt);
+    let warm = verifier(&dev.issuer(), 10_000, &rt);
+
+    for kid in dev.kids() {
+        let key = dev.key(&kid).unwrap();
+        let token = key.sign(
+            jsonwebtoken::Header::new(key.alg),
+            &dev.claims_for("alice", AUD),
+        );
+        let decoding =
+            DecodingKey::from_jwk(&serde_json::from_value(key.jwk.clone()).unwrap()).unwrap();
+        let mut validation = Validation::new(key.alg);
+        validation.leeway = 30;
+        validation.set_issuer(&[dev.issuer()]);
+        validation.set_audience(&[AUD]);
+        validation.set_required_spec_claims(&["exp", "iss", "aud"]);
+
+        let mut g = c.benchmark_group(format!("verify/{:?}", key.alg));
+        g.bench_function("jsonwebtoken_decode", |b| {
+            b.iter(|| {
+                jsonwebtoken::decode::<Map<String, Value>>(&token, &decoding, &validation).unwrap()
+            })
+        });
+        g.bench_function("portcullis_cold", |b| {
+            b.iter(|| cold.verify(&token).now_or_never().unwrap().unwrap())
+        });
+        g.finish();
+    }
+
+    let token = dev.token_for("alice", AUD);
+    warm.verify(&token).now_or_never().unwrap().unwrap();
+    c.bench_function("verify/cached_hit", |b| {
+        b.iter(|| warm.verify(&token).now_or_never().unwrap().unwrap())
+    });
+}
+
+criterion_group! {
+    name = benches;
+    config = Criterion::default().sample_size(50).warm_up_time(Duration::from_secs(1)).measurement_time(Duration::from_secs(3));
+    targets = bench
+}
+criterion_main!(benches);

@@ -33,7 +33,11 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
     println!("  admin_listen  {}", config.server.admin_listen);
     println!("  upstream      {}", config.upstream.url);
     for i in &config.bearer.issuers {
-        println!("  issuer        {} (audiences: {})", i.issuer, i.audiences.join(", "));
+        println!(
+            "  issuer        {} (audiences: {})",
+            i.issuer,
+            i.audiences.join(", ")
+        );
     }
     println!("  public routes {}", config.bearer.public_routes.len());
     if offline {
@@ -50,9 +54,17 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
         let keys = IssuerKeys::new(i, http.clone(), settings.clone());
         match keys.fetch_keys().await {
             Ok((set, skipped, url)) => {
-                let kids: Vec<String> =
-                    set.keys.iter().map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into())).collect();
-                println!("ok    {}: {} signing key(s) from {url}: {}", i.issuer, kids.len(), kids.join(", "));
+                let kids: Vec<String> = set
+                    .keys
+                    .iter()
+                    .map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into()))
+                    .collect();
+                println!(
+                    "ok    {}: {} signing key(s) from {url}: {}",
+                    i.issuer,
+                    kids.len(),
+                    kids.join(", ")
+                );
                 for s in skipped {
                     println!("      skipped {s}");
                 }

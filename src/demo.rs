@@ -41,7 +41,12 @@ pub async fn start_echo_app() -> anyhow::Result<SocketAddr> {
 }
 
 /// The demo's configuration, as TOML a newcomer could copy.
-pub fn demo_config_toml(listen: SocketAddr, admin: SocketAddr, issuer: &str, upstream: SocketAddr) -> String {
+pub fn demo_config_toml(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    issuer: &str,
+    upstream: SocketAddr,
+) -> String {
     format!(
         r#"[server]
 listen = "{listen}"

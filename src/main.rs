@@ -8,7 +8,11 @@ use clap::{Parser, Subcommand};
 use portcullis::{check, config, demo, server, telemetry};
 
 #[derive(Parser)]
-#[command(name = "portcullis", version, about = "An authentication sidecar: validates bearer JWTs and forwards the verified identity to the app beside it.")]
+#[command(
+    name = "portcullis",
+    version,
+    about = "An authentication sidecar: validates bearer JWTs and forwards the verified identity to the app beside it."
+)]
 struct Cli {
     /// The TOML config file (also PORTCULLIS_CONFIG).
     #[arg(long, short = 'c', global = true, env = "PORTCULLIS_CONFIG")]
@@ -51,7 +55,9 @@ fn load(path: Option<&PathBuf>) -> Result<config::Loaded, ExitCode> {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }
 
 fn main() -> ExitCode {
@@ -92,7 +98,10 @@ fn main() -> ExitCode {
             }
             ExitCode::from(rt.block_on(check::run(&loaded.config, offline)))
         }
-        Command::Demo { listen, admin_listen } => {
+        Command::Demo {
+            listen,
+            admin_listen,
+        } => {
             let _guard = telemetry::init(&config::LogConfig {
                 level: "info".into(),
                 format: config::LogFormat::Text,

@@ -223,13 +223,31 @@ mod tests {
 
     #[test]
     fn ambiguous_paths_are_refused() {
-        assert_eq!(normalize("/public%2f..%2fadmin"), Err(PathError::EncodedSeparator));
-        assert_eq!(normalize("/public%2F..%2Fadmin"), Err(PathError::EncodedSeparator));
-        assert_eq!(normalize("/public/..%5cadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(
+            normalize("/public%2f..%2fadmin"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            normalize("/public%2F..%2Fadmin"),
+            Err(PathError::EncodedSeparator)
+        );
+        assert_eq!(
+            normalize("/public/..%5cadmin"),
+            Err(PathError::EncodedSeparator)
+        );
         assert_eq!(normalize("/public/..\\admin"), Err(PathError::Backslash));
-        assert_eq!(normalize("/public/..;/admin"), Err(PathError::DotSegmentParameter));
-        assert_eq!(normalize("/public/.;x/admin"), Err(PathError::DotSegmentParameter));
-        assert_eq!(normalize("/public/%2e%2e;/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(
+            normalize("/public/..;/admin"),
+            Err(PathError::DotSegmentParameter)
+        );
+        assert_eq!(
+            normalize("/public/.;x/admin"),
+            Err(PathError::DotSegmentParameter)
+        );
+        assert_eq!(
+            normalize("/public/%2e%2e;/admin"),
+            Err(PathError::DotSegmentParameter)
+        );
         assert_eq!(normalize("/a%zz"), Err(PathError::BadPercent));
         assert_eq!(normalize("/a%2"), Err(PathError::BadPercent));
         assert_eq!(normalize("*"), Err(PathError::NotAbsolute));

@@ -29,7 +29,11 @@ pub struct Decision {
 
 impl Decision {
     pub fn new(reason: &'static str) -> Self {
-        Self { reason: Cow::Borrowed(reason), detail: None, identity: None }
+        Self {
+            reason: Cow::Borrowed(reason),
+            detail: None,
+            identity: None,
+        }
     }
 }
 
@@ -39,9 +43,15 @@ pub enum Rejection {
     /// No bearer token: `401` with a bare challenge (RFC 6750 §3.1).
     NoToken { realm: Arc<str> },
     /// A token that does not validate: `401`, `error="invalid_token"`.
-    InvalidToken { realm: Arc<str>, description: &'static str },
+    InvalidToken {
+        realm: Arc<str>,
+        description: &'static str,
+    },
     /// A malformed request (e.g. two `Authorization` headers): `400`, `error="invalid_request"`.
-    InvalidRequest { realm: Arc<str>, description: &'static str },
+    InvalidRequest {
+        realm: Arc<str>,
+        description: &'static str,
+    },
     /// Keys not loaded yet: `503`.
     NotReady,
     /// An ambiguous path: `400`.
@@ -80,11 +90,18 @@ impl Rejection {
         match self {
             Rejection::NoToken { .. } => ("unauthorized", "A bearer token is required".into()),
             Rejection::InvalidToken { description, .. } => ("invalid_token", (*description).into()),
-            Rejection::InvalidRequest { description, .. } => ("invalid_request", (*description).into()),
-            Rejection::NotReady => ("unavailable", "The proxy is starting; try again shortly".into()),
+            Rejection::InvalidRequest { description, .. } => {
+                ("invalid_request", (*description).into())
+            }
+            Rejection::NotReady => (
+                "unavailable",
+                "The proxy is starting; try again shortly".into(),
+            ),
             Rejection::BadPath(e) => ("invalid_request", format!("Refused path: {e}").into()),
             Rejection::BadGateway => ("bad_gateway", "The app did not answer".into()),
-            Rejection::GatewayTimeout => ("gateway_timeout", "The app did not answer in time".into()),
+            Rejection::GatewayTimeout => {
+                ("gateway_timeout", "The app did not answer in time".into())
+            }
         }
     }
 
@@ -97,13 +114,20 @@ impl Rejection {
             .unwrap_or_default()
             .to_string();
         let (error, description) = self.body();
-        let body = json!({"error": error, "error_description": description, "request_id": request_id});
+        let body =
+            json!({"error": error, "error_description": description, "request_id": request_id});
         let mut resp = Response::new(Body::from(format!("{body}\n")));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+        h.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(c) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+        if let Some(c) = self
+            .challenge()
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
         if matches!(self, Rejection::NotReady) {

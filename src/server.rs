@@ -93,7 +93,12 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
             problems.push(format!("keys of {} not loaded", i.issuer));
         }
     }
-    match tokio::time::timeout(r.connect_timeout, tokio::net::TcpStream::connect(&r.upstream)).await {
+    match tokio::time::timeout(
+        r.connect_timeout,
+        tokio::net::TcpStream::connect(&r.upstream),
+    )
+    .await
+    {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => problems.push(format!("upstream {} not reachable: {e}", r.upstream)),
         Err(_) => problems.push(format!("upstream {} connect timed out", r.upstream)),
@@ -101,7 +106,10 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
     if problems.is_empty() {
         (StatusCode::OK, "ok\n".into())
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready: {}\n", problems.join("; ")),
+        )
     }
 }
 
@@ -120,12 +128,20 @@ impl Server {
     /// Binds both listeners, starts fetching keys, and serves.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let (stack, keys) = build(&config)?;
-        let listener = TcpListener::bind(config.server.listen)
-            .await
-            .map_err(|e| anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen))?;
-        let admin_listener = TcpListener::bind(config.server.admin_listen).await.map_err(|e| {
-            anyhow::anyhow!("cannot listen on {} (server.admin_listen): {e}", config.server.admin_listen)
+        let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            anyhow::anyhow!(
+                "cannot listen on {} (server.listen): {e}",
+                config.server.listen
+            )
         })?;
+        let admin_listener = TcpListener::bind(config.server.admin_listen)
+            .await
+            .map_err(|e| {
+                anyhow::anyhow!(
+                    "cannot listen on {} (server.admin_listen): {e}",
+                    config.server.admin_listen
+                )
+            })?;
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let maintenance = keys.spawn_maintenance();
@@ -163,7 +179,15 @@ impl Server {
         let timeout = config.server.shutdown_timeout;
         let main_task = tokio::spawn(serve(listener, stack, rx, timeout, readiness));
         tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, "portcullis started");
-        Ok(Server { addr, admin_addr, keys, shutdown, main_task, admin_task, maintenance })
+        Ok(Server {
+            addr,
+            admin_addr,
+            keys,
+            shutdown,
+            main_task,
+            admin_task,
+            maintenance,
+        })
     }
 
     /// Stops accepting, drains in-flight requests (up to `server.shutdown_timeout`), stops.
@@ -186,7 +210,9 @@ async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,

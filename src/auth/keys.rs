@@ -117,7 +117,10 @@ impl KeySet {
     }
 
     fn kids(&self) -> Vec<String> {
-        self.keys.iter().map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into())).collect()
+        self.keys
+            .iter()
+            .map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into()))
+            .collect()
     }
 }
 
@@ -129,9 +132,17 @@ pub enum FetchError {
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url} did not return a valid {what}: {detail}")]
-    Invalid { url: String, what: &'static str, detail: String },
+    Invalid {
+        url: String,
+        what: &'static str,
+        detail: String,
+    },
     #[error("discovery at {url} names issuer {found:?}, but the configured issuer is {expected:?}; they must be equal")]
-    IssuerMismatch { url: String, found: String, expected: String },
+    IssuerMismatch {
+        url: String,
+        found: String,
+        expected: String,
+    },
     #[error("{url} has no usable signing keys")]
     NoKeys { url: String },
 }
@@ -143,6 +154,9 @@ pub struct KeyCacheSettings {
     pub min_refetch_interval: Duration,
     pub allow_http: bool,
 }
+
+/// Called with an issuer's new key set.
+pub type OnChange = Arc<dyn Fn(&KeySet) + Send + Sync>;
 
 /// One issuer's keys and how to get them.
 pub struct IssuerKeys {
@@ -156,12 +170,14 @@ pub struct IssuerKeys {
     fetch: tokio::sync::Mutex<Option<Instant>>,
     fetch_count: AtomicU64,
     /// Called with the new key set after each change (the token cache prunes with it).
-    on_change: RwLock<Option<Arc<dyn Fn(&KeySet) + Send + Sync>>>,
+    on_change: RwLock<Option<OnChange>>,
 }
 
 impl std::fmt::Debug for IssuerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerKeys").field("issuer", &self.issuer).finish()
+        f.debug_struct("IssuerKeys")
+            .field("issuer", &self.issuer)
+            .finish()
     }
 }
 
@@ -214,7 +230,10 @@ fn parse_jwk(value: serde_json::Value) -> Result<VerifyKey, String> {
     }
     let alg = match &jwk.alg {
         None => None,
-        Some(a) => Some(a.parse::<Algorithm>().map_err(|_| format!("alg {a:?} is not a signature algorithm we verify"))?),
+        Some(a) => Some(
+            a.parse::<Algorithm>()
+                .map_err(|_| format!("alg {a:?} is not a signature algorithm we verify"))?,
+        ),
     };
     let missing = |m: &str| format!("{} key without {m:?}", jwk.kty);
     let mut h = DefaultHasher::new();
@@ -226,7 +245,9 @@ fn parse_jwk(value: serde_json::Value) -> Result<VerifyKey, String> {
             let e = jwk.e.as_deref().ok_or_else(|| missing("e"))?;
             let bits = b64len(n).ok_or("n is not base64url")? * 8;
             if bits < 2048 {
-                return Err(format!("RSA key of {bits} bits is too weak (at least 2048)"));
+                return Err(format!(
+                    "RSA key of {bits} bits is too weak (at least 2048)"
+                ));
             }
             (n, e).hash(&mut h);
             let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
@@ -267,7 +288,13 @@ fn parse_jwk(value: serde_json::Value) -> Result<VerifyKey, String> {
             return Err(format!("alg {a:?} does not fit a {} key", jwk.kty));
         }
     }
-    Ok(VerifyKey { kid: jwk.kid, kind, alg, key, fingerprint: h.finish() })
+    Ok(VerifyKey {
+        kid: jwk.kid,
+        kind,
+        alg,
+        key,
+        fingerprint: h.finish(),
+    })
 }
 
 /// Parses a JWKS document, skipping (and reporting) keys that cannot be used.
@@ -279,7 +306,11 @@ pub fn parse_jwks(body: &[u8]) -> Result<(KeySet, Vec<String>), String> {
         let kid = v.get("kid").and_then(|k| k.as_str()).map(str::to_string);
         match parse_jwk(v) {
             Ok(k) => keys.push(Arc::new(k)),
-            Err(why) => skipped.push(format!("key {} ({}): {why}", i, kid.as_deref().unwrap_or("no kid"))),
+            Err(why) => skipped.push(format!(
+                "key {} ({}): {why}",
+                i,
+                kid.as_deref().unwrap_or("no kid")
+            )),
         }
     }
     Ok((KeySet { keys }, skipped))
@@ -318,7 +349,7 @@ impl IssuerKeys {
         self.fetch_count.load(Ordering::Relaxed)
     }
 
-    pub fn set_on_change(&self, f: Arc<dyn Fn(&KeySet) + Send + Sync>) {
+    pub fn set_on_change(&self, f: OnChange) {
         if let Ok(mut g) = self.on_change.write() {
             *g = Some(f);
         }
@@ -367,7 +398,8 @@ impl IssuerKeys {
         let n = set.keys.len();
         let old = self.current();
         let new_fps: Vec<u64> = set.keys.iter().map(|k| k.fingerprint).collect();
-        let changed = old.keys.len() != n || old.keys.iter().any(|k| !new_fps.contains(&k.fingerprint));
+        let changed =
+            old.keys.len() != n || old.keys.iter().any(|k| !new_fps.contains(&k.fingerprint));
         if changed || !self.is_loaded() {
             tracing::info!(issuer = %self.issuer, jwks = %url, keys = ?set.kids(), "JWKS loaded");
         }
@@ -402,14 +434,19 @@ impl IssuerKeys {
             if !skipped.is_empty() {
                 tracing::warn!(issuer = %self.issuer, skipped = ?skipped, "no usable key in JWKS");
             }
-            return Err(FetchError::NoKeys { url: url.to_string() });
+            return Err(FetchError::NoKeys {
+                url: url.to_string(),
+            });
         }
         Ok((set, skipped, url))
     }
 
     /// `issuer` without a trailing `/`, then `/.well-known/openid-configuration`.
     pub fn discovery_url(&self) -> String {
-        format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'))
+        format!(
+            "{}/.well-known/openid-configuration",
+            self.issuer.trim_end_matches('/')
+        )
     }
 
     async fn discover(&self) -> Result<Url, FetchError> {
@@ -440,7 +477,9 @@ impl IssuerKeys {
         let loopback = matches!(jwks.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
             || matches!(jwks.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
             || matches!(jwks.host(), Some(url::Host::Domain("localhost")));
-        if jwks.scheme() != "https" && !(jwks.scheme() == "http" && (loopback || self.settings.allow_http)) {
+        if jwks.scheme() != "https"
+            && !(jwks.scheme() == "http" && (loopback || self.settings.allow_http))
+        {
             return Err(FetchError::Invalid {
                 url: url_s,
                 what: "jwks_uri",
@@ -463,7 +502,10 @@ impl IssuerKeys {
             .await
             .map_err(unreachable)?;
         if !resp.status().is_success() {
-            return Err(FetchError::Status { url: url.to_string(), status: resp.status().as_u16() });
+            return Err(FetchError::Status {
+                url: url.to_string(),
+                status: resp.status().as_u16(),
+            });
         }
         let mut body = Vec::new();
         while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
@@ -489,7 +531,9 @@ impl IssuerKeys {
                 Err(e) => {
                     tracing::warn!(issuer = %self.issuer, error = %e, retry_in = ?backoff, "could not load the issuer's keys");
                     tokio::time::sleep(backoff).await;
-                    backoff = (backoff * 2).min(self.settings.refresh_interval).min(Duration::from_secs(30));
+                    backoff = (backoff * 2)
+                        .min(self.settings.refresh_interval)
+                        .min(Duration::from_secs(30));
                 }
             }
         }
@@ -552,7 +596,10 @@ impl KeyStore {
     /// Starts each issuer's background maintenance; the tasks end when the runtime does
     /// or when the returned handles are aborted.
     pub fn spawn_maintenance(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.issuers.iter().map(|i| tokio::spawn(i.clone().maintain())).collect()
+        self.issuers
+            .iter()
+            .map(|i| tokio::spawn(i.clone().maintain()))
+            .collect()
     }
 }
 
@@ -571,7 +618,11 @@ mod tests {
     }
 
     fn trusted(dev: &DevIssuer) -> TrustedIssuer {
-        TrustedIssuer { issuer: dev.issuer(), audiences: vec!["api".into()], jwks_url: None }
+        TrustedIssuer {
+            issuer: dev.issuer(),
+            audiences: vec!["api".into()],
+            jwks_url: None,
+        }
     }
 
     #[test]
@@ -599,14 +650,26 @@ mod tests {
 
     #[tokio::test]
     async fn discovery_then_jwks_loads_keys() {
-        let dev = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::Es256]).await.unwrap();
-        let keys = IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_secs(30)));
+        let dev = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::Es256])
+            .await
+            .unwrap();
+        let keys = IssuerKeys::new(
+            &trusted(&dev),
+            idp_client(),
+            settings(Duration::from_secs(30)),
+        );
         assert_eq!(keys.refresh().await.unwrap(), 2);
         assert!(keys.is_loaded());
         let kid = dev.kids()[0].clone();
-        assert!(matches!(keys.lookup(Some(&kid), Algorithm::RS256).await, Lookup::Found(_)));
+        assert!(matches!(
+            keys.lookup(Some(&kid), Algorithm::RS256).await,
+            Lookup::Found(_)
+        ));
         // the right kid with an algorithm that does not fit its key is no match
-        assert!(matches!(keys.current().lookup(Some(&kid), Algorithm::ES256), Lookup::Unknown));
+        assert!(matches!(
+            keys.current().lookup(Some(&kid), Algorithm::ES256),
+            Lookup::Unknown
+        ));
     }
 
     #[tokio::test]
@@ -623,7 +686,11 @@ mod tests {
     #[tokio::test]
     async fn thousand_concurrent_unknown_kids_cause_one_fetch() {
         let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
-        let keys = Arc::new(IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(100))));
+        let keys = Arc::new(IssuerKeys::new(
+            &trusted(&dev),
+            idp_client(),
+            settings(Duration::from_millis(100)),
+        ));
         keys.refresh().await.unwrap();
         // let the rate limit of the start-up fetch pass, so exactly one refetch is allowed
         tokio::time::sleep(Duration::from_millis(150)).await;
@@ -632,7 +699,11 @@ mod tests {
         for i in 0..1000 {
             let keys = keys.clone();
             tasks.push(tokio::spawn(async move {
-                matches!(keys.lookup(Some(&format!("attacker-{i}")), Algorithm::RS256).await, Lookup::Unknown)
+                matches!(
+                    keys.lookup(Some(&format!("attacker-{i}")), Algorithm::RS256)
+                        .await,
+                    Lookup::Unknown
+                )
             }));
         }
         for t in tasks {
@@ -644,34 +715,60 @@ mod tests {
     #[tokio::test]
     async fn new_kid_is_found_after_rotation_and_refetch_is_rate_limited() {
         let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
-        let keys = IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(100)));
+        let keys = IssuerKeys::new(
+            &trusted(&dev),
+            idp_client(),
+            settings(Duration::from_millis(100)),
+        );
         keys.refresh().await.unwrap();
         let new_kid = dev.rotate(KeyAlg::Rs256);
         // the last fetch was just now: rate-limited
-        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::RS256).await, Lookup::Unknown));
+        assert!(matches!(
+            keys.lookup(Some(&new_kid), Algorithm::RS256).await,
+            Lookup::Unknown
+        ));
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::RS256).await, Lookup::Found(_)));
+        assert!(matches!(
+            keys.lookup(Some(&new_kid), Algorithm::RS256).await,
+            Lookup::Found(_)
+        ));
     }
 
     #[tokio::test]
     async fn unreachable_issuer_keeps_last_good_keys() {
         let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
-        let keys = IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(10)));
+        let keys = IssuerKeys::new(
+            &trusted(&dev),
+            idp_client(),
+            settings(Duration::from_millis(10)),
+        );
         keys.refresh().await.unwrap();
         let kid = dev.kids()[0].clone();
         dev.set_down(true);
         assert!(keys.refresh().await.is_err());
-        assert!(matches!(keys.lookup(Some(&kid), Algorithm::RS256).await, Lookup::Found(_)));
+        assert!(matches!(
+            keys.lookup(Some(&kid), Algorithm::RS256).await,
+            Lookup::Found(_)
+        ));
     }
 
     #[tokio::test]
     async fn kidless_token_gets_at_most_four_candidates_of_its_type() {
         let dev = DevIssuer::start(&[
-            KeyAlg::Rs256, KeyAlg::Rs256, KeyAlg::Rs256, KeyAlg::Rs256, KeyAlg::Rs256, KeyAlg::Es256,
+            KeyAlg::Rs256,
+            KeyAlg::Rs256,
+            KeyAlg::Rs256,
+            KeyAlg::Rs256,
+            KeyAlg::Rs256,
+            KeyAlg::Es256,
         ])
         .await
         .unwrap();
-        let keys = IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(10)));
+        let keys = IssuerKeys::new(
+            &trusted(&dev),
+            idp_client(),
+            settings(Duration::from_millis(10)),
+        );
         keys.refresh().await.unwrap();
         let before = dev.jwks_fetches();
         match keys.lookup(None, Algorithm::RS256).await {
@@ -682,7 +779,14 @@ mod tests {
             Lookup::Candidates(c) => assert_eq!(c.len(), 1),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(keys.lookup(None, Algorithm::EdDSA).await, Lookup::Unknown));
-        assert_eq!(dev.jwks_fetches(), before, "a kid-less token never causes a refetch");
+        assert!(matches!(
+            keys.lookup(None, Algorithm::EdDSA).await,
+            Lookup::Unknown
+        ));
+        assert_eq!(
+            dev.jwks_fetches(),
+            before,
+            "a kid-less token never causes a refetch"
+        );
     }
 }

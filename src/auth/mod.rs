@@ -42,7 +42,10 @@ impl AuthenticateLayer {
 impl<S> Layer<S> for AuthenticateLayer {
     type Service = Authenticate<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticate { inner, settings: self.settings.clone() }
+        Authenticate {
+            inner,
+            settings: self.settings.clone(),
+        }
     }
 }
 
@@ -57,14 +60,19 @@ pub struct Authenticate<S> {
 /// The bearer token in a request, if any.
 enum Credentials {
     None,
-    Bearer { authorization: HeaderValue, token: HeaderValue },
+    Bearer {
+        authorization: HeaderValue,
+        token: HeaderValue,
+    },
     /// More than one `Authorization` header.
     Ambiguous,
 }
 
 fn credentials<B>(req: &Request<B>) -> Credentials {
     let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else { return Credentials::None };
+    let Some(value) = values.next() else {
+        return Credentials::None;
+    };
     if values.next().is_some() {
         return Credentials::Ambiguous;
     }
@@ -75,7 +83,10 @@ fn credentials<B>(req: &Request<B>) -> Credentials {
     }
     let token = bytes[7..].trim_ascii();
     match HeaderValue::from_bytes(token) {
-        Ok(t) if !token.is_empty() => Credentials::Bearer { authorization: value.clone(), token: t },
+        Ok(t) if !token.is_empty() => Credentials::Bearer {
+            authorization: value.clone(),
+            token: t,
+        },
         _ => Credentials::None,
     }
 }
@@ -83,7 +94,9 @@ fn credentials<B>(req: &Request<B>) -> Credentials {
 impl AuthSettings {
     fn is_public<B>(&self, req: &Request<B>) -> bool {
         let path = req.uri().path();
-        self.public_routes.iter().any(|r| r.matches(req.method(), path))
+        self.public_routes
+            .iter()
+            .any(|r| r.matches(req.method(), path))
     }
 
     /// Decides about one request: `Ok` with the request (identity attached) to forward, or the
@@ -96,25 +109,38 @@ impl AuthSettings {
             return Ok((req, Decision::new("public_route")));
         }
         let (authorization, token) = match credentials(&req) {
-            Credentials::Bearer { authorization, token } => (authorization, token),
+            Credentials::Bearer {
+                authorization,
+                token,
+            } => (authorization, token),
             Credentials::Ambiguous => {
                 let r = Rejection::InvalidRequest {
                     realm: self.realm.clone(),
                     description: "Send one Authorization header",
                 };
-                return Err((r.into_response(&req), Decision::new("ambiguous_authorization")));
+                return Err((
+                    r.into_response(&req),
+                    Decision::new("ambiguous_authorization"),
+                ));
             }
             Credentials::None => {
                 if !self.verifier.keys().all_loaded() {
-                    return Err((Rejection::NotReady.into_response(&req), Decision::new("keys_not_loaded")));
+                    return Err((
+                        Rejection::NotReady.into_response(&req),
+                        Decision::new("keys_not_loaded"),
+                    ));
                 }
-                let r = Rejection::NoToken { realm: self.realm.clone() };
+                let r = Rejection::NoToken {
+                    realm: self.realm.clone(),
+                };
                 return Err((r.into_response(&req), Decision::new("no_token")));
             }
         };
         let token_str = match token.to_str() {
             Ok(t) => t,
-            Err(_) => return Err(self.invalid(&req, TokenError::Malformed("non-ASCII token".into()))),
+            Err(_) => {
+                return Err(self.invalid(&req, TokenError::Malformed("non-ASCII token".into())))
+            }
         };
         match self.verifier.verify(token_str).await {
             Ok((identity, how)) => {
@@ -126,7 +152,11 @@ impl AuthSettings {
                     detail: None,
                     identity: Some(identity.clone()),
                 };
-                req.extensions_mut().insert(Authenticated { identity, authorization, token });
+                req.extensions_mut().insert(Authenticated {
+                    identity,
+                    authorization,
+                    token,
+                });
                 Ok((req, decision))
             }
             Err(e) => Err(self.invalid(&req, e)),
@@ -134,10 +164,17 @@ impl AuthSettings {
     }
 
     fn invalid(&self, req: &Request<Body>, e: TokenError) -> (Response<Body>, Decision) {
-        let decision = Decision { reason: e.code().into(), detail: Some(e.to_string()), identity: None };
+        let decision = Decision {
+            reason: e.code().into(),
+            detail: Some(e.to_string()),
+            identity: None,
+        };
         let r = match e {
             TokenError::KeysNotLoaded(_) => Rejection::NotReady,
-            e => Rejection::InvalidToken { realm: self.realm.clone(), description: e.client_description() },
+            e => Rejection::InvalidToken {
+                realm: self.realm.clone(),
+                description: e.client_description(),
+            },
         };
         (r.into_response(req), decision)
     }

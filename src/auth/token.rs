@@ -3,7 +3,6 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
-use std::time::Duration;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
@@ -32,7 +31,11 @@ pub enum TokenError {
     #[error("issuer {0:?} is not trusted")]
     UntrustedIssuer(String),
     #[error("no key {kid:?} for {alg:?} at issuer {issuer:?}")]
-    UnknownKey { issuer: String, kid: Option<String>, alg: String },
+    UnknownKey {
+        issuer: String,
+        kid: Option<String>,
+        alg: String,
+    },
     #[error("signature does not verify")]
     BadSignature,
     #[error("token expired")]
@@ -134,7 +137,10 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
-        Self { map: RwLock::new(HashMap::default()), capacity }
+        Self {
+            map: RwLock::new(HashMap::default()),
+            capacity,
+        }
     }
 
     fn get(&self, d: &Digest) -> Option<Arc<CachedToken>> {
@@ -148,7 +154,9 @@ impl TokenCache {
         if self.capacity == 0 {
             return;
         }
-        let Ok(mut map) = self.map.write() else { return };
+        let Ok(mut map) = self.map.write() else {
+            return;
+        };
         if map.len() >= self.capacity {
             map.retain(|_, e| e.exp > now);
             if map.len() >= self.capacity {
@@ -172,7 +180,9 @@ impl TokenCache {
 
     fn retain_keys(&self, issuer_index: usize, set: &KeySet) {
         if let Ok(mut map) = self.map.write() {
-            map.retain(|_, e| e.issuer_index != issuer_index || set.has_fingerprint(e.key_fingerprint));
+            map.retain(|_, e| {
+                e.issuer_index != issuer_index || set.has_fingerprint(e.key_fingerprint)
+            });
         }
     }
 
@@ -205,7 +215,9 @@ pub struct Verifier {
 
 impl std::fmt::Debug for Verifier {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Verifier").field("issuers", &self.issuers.keys().collect::<Vec<_>>()).finish()
+        f.debug_struct("Verifier")
+            .field("issuers", &self.issuers.keys().collect::<Vec<_>>())
+            .finish()
     }
 }
 
@@ -217,7 +229,8 @@ fn sha256(token: &str) -> Digest {
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
-    v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    v.as_u64()
+        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
 impl Verifier {
@@ -239,7 +252,14 @@ impl Verifier {
             }
             let c = cache.clone();
             ik.set_on_change(Arc::new(move |set: &KeySet| c.retain_keys(index, set)));
-            issuers.insert(trusted.issuer.clone(), IssuerPolicy { index, keys: ik.clone(), validations });
+            issuers.insert(
+                trusted.issuer.clone(),
+                IssuerPolicy {
+                    index,
+                    keys: ik.clone(),
+                    validations,
+                },
+            );
         }
         Self {
             issuers,
@@ -272,7 +292,10 @@ impl Verifier {
                 self.cache.remove(&digest);
                 return Err(TokenError::Expired);
             }
-            if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
+            if hit
+                .nbf
+                .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
+            {
                 return Err(TokenError::NotYetValid);
             }
             return Ok((hit.identity.clone(), Verified::Cached));
@@ -282,7 +305,11 @@ impl Verifier {
         Ok((identity, Verified::Fresh))
     }
 
-    async fn verify_fresh(&self, token: &str, now: u64) -> Result<(Arc<Identity>, CachedToken), TokenError> {
+    async fn verify_fresh(
+        &self,
+        token: &str,
+        now: u64,
+    ) -> Result<(Arc<Identity>, CachedToken), TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::Json(_) if token.split('.').count() == 3 => {
                 // `alg` values outside the enum ("none", "HS1", ...) fail here.
@@ -311,17 +338,18 @@ impl Verifier {
         if !policy.keys.is_loaded() {
             return Err(TokenError::KeysNotLoaded(iss));
         }
-        let candidates: Vec<Arc<VerifyKey>> = match policy.keys.lookup(header.kid.as_deref(), header.alg).await {
-            Lookup::Found(k) => vec![k],
-            Lookup::Candidates(c) => c,
-            Lookup::Unknown => {
-                return Err(TokenError::UnknownKey {
-                    issuer: iss,
-                    kid: header.kid.clone(),
-                    alg: format!("{:?}", header.alg),
-                })
-            }
-        };
+        let candidates: Vec<Arc<VerifyKey>> =
+            match policy.keys.lookup(header.kid.as_deref(), header.alg).await {
+                Lookup::Found(k) => vec![k],
+                Lookup::Candidates(c) => c,
+                Lookup::Unknown => {
+                    return Err(TokenError::UnknownKey {
+                        issuer: iss,
+                        kid: header.kid.clone(),
+                        alg: format!("{:?}", header.alg),
+                    })
+                }
+            };
         let validation = policy
             .validations
             .get(&header.alg)
@@ -391,16 +419,11 @@ fn map_jwt_error(kind: &ErrorKind) -> TokenError {
     }
 }
 
-/// A `Duration` as whole seconds, for config-derived leeway (kept for symmetry with tests).
-pub fn secs(d: Duration) -> u64 {
-    d.as_secs()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS};
     use crate::auth::keys::KeyCacheSettings;
+    use crate::config::{IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS};
     use crate::devissuer::{DevIssuer, KeyAlg};
     use base64::Engine as _;
     use jsonwebtoken::{EncodingKey, Header};
@@ -416,7 +439,11 @@ mod tests {
     async fn fixture(algs: &[KeyAlg], cache: usize) -> Fixture {
         let dev = DevIssuer::start(algs).await.unwrap();
         let cfg = BearerConfig {
-            issuers: vec![TrustedIssuer { issuer: dev.issuer(), audiences: vec![AUD.into()], jwks_url: None }],
+            issuers: vec![TrustedIssuer {
+                issuer: dev.issuer(),
+                audiences: vec![AUD.into()],
+                jwks_url: None,
+            }],
             algorithms: ASYMMETRIC_ALGORITHMS.to_vec(),
             leeway: Duration::from_secs(30),
             required_claims: vec!["sub".into()],
@@ -471,14 +498,38 @@ mod tests {
         let now = jsonwebtoken::get_current_timestamp();
         let base = f.dev.claims_for("alice", AUD);
         let cases: Vec<(&str, Value, TokenError)> = vec![
-            ("wrong iss", json!({"iss": "https://evil.example"}), TokenError::UntrustedIssuer("https://evil.example".into())),
-            ("wrong aud", json!({"aud": "api://other"}), TokenError::BadAudience),
+            (
+                "wrong iss",
+                json!({"iss": "https://evil.example"}),
+                TokenError::UntrustedIssuer("https://evil.example".into()),
+            ),
+            (
+                "wrong aud",
+                json!({"aud": "api://other"}),
+                TokenError::BadAudience,
+            ),
             ("missing aud", json!({"aud": null}), TokenError::BadAudience),
             ("expired", json!({"exp": now - 120}), TokenError::Expired),
-            ("nbf ahead", json!({"nbf": now + 600}), TokenError::NotYetValid),
-            ("iat ahead", json!({"iat": now + 600}), TokenError::IssuedInFuture),
-            ("no sub", json!({"sub": null}), TokenError::MissingClaim("sub".into())),
-            ("no exp", json!({"exp": null}), TokenError::MissingClaim("exp".into())),
+            (
+                "nbf ahead",
+                json!({"nbf": now + 600}),
+                TokenError::NotYetValid,
+            ),
+            (
+                "iat ahead",
+                json!({"iat": now + 600}),
+                TokenError::IssuedInFuture,
+            ),
+            (
+                "no sub",
+                json!({"sub": null}),
+                TokenError::MissingClaim("sub".into()),
+            ),
+            (
+                "no exp",
+                json!({"exp": null}),
+                TokenError::MissingClaim("exp".into()),
+            ),
         ];
         for (name, patch, want) in cases {
             let mut c = base.clone();
@@ -491,7 +542,10 @@ mod tests {
             }
             let got = f.verifier.verify(&f.dev.mint(&c)).await.unwrap_err();
             if name == "missing aud" {
-                assert!(matches!(got, TokenError::MissingClaim(_) | TokenError::BadAudience), "{name}: {got:?}");
+                assert!(
+                    matches!(got, TokenError::MissingClaim(_) | TokenError::BadAudience),
+                    "{name}: {got:?}"
+                );
             } else {
                 assert_eq!(got, want, "{name}");
             }
@@ -511,45 +565,78 @@ mod tests {
 
         // alg none
         let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), payload);
-        assert!(matches!(f.verifier.verify(&none).await, Err(TokenError::Malformed(_))));
+        assert!(matches!(
+            f.verifier.verify(&none).await,
+            Err(TokenError::Malformed(_))
+        ));
 
         // HS256 signed with the RSA public key as the secret
         let key = f.dev.key(&kid).unwrap();
         let mut h = Header::new(Algorithm::HS256);
         h.kid = Some(kid.clone());
-        let hs = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(&key.public_bytes)).unwrap();
-        assert_eq!(f.verifier.verify(&hs).await.unwrap_err().code(), "token_alg_not_allowed");
+        let hs = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(&key.public_bytes))
+            .unwrap();
+        assert_eq!(
+            f.verifier.verify(&hs).await.unwrap_err().code(),
+            "token_alg_not_allowed"
+        );
 
         // flipped signature byte
         let good = f.dev.mint(&claims);
         let (head, sig) = good.rsplit_once('.').unwrap();
-        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(sig)
+            .unwrap();
         raw[10] ^= 1;
         let bad = format!("{head}.{}", b64(&raw));
-        assert_eq!(f.verifier.verify(&bad).await.unwrap_err(), TokenError::BadSignature);
+        assert_eq!(
+            f.verifier.verify(&bad).await.unwrap_err(),
+            TokenError::BadSignature
+        );
 
         // crit
         let mut h = Header::new(Algorithm::RS256);
         h.crit = Some(vec!["exp".into()]);
         let t = key.sign(h, &claims);
-        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnsupportedCrit(_))));
+        assert!(matches!(
+            f.verifier.verify(&t).await,
+            Err(TokenError::UnsupportedCrit(_))
+        ));
 
         // attacker key advertised through jku and embedded jwk
         let attacker = crate::devissuer::DevKey::generate(KeyAlg::Rs256).unwrap();
         let mut h = Header::new(Algorithm::RS256);
         h.jku = Some("http://127.0.0.1:1/attacker-jwks".into());
         let t = attacker.sign(h, &claims);
-        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnknownKey { .. })));
+        assert!(matches!(
+            f.verifier.verify(&t).await,
+            Err(TokenError::UnknownKey { .. })
+        ));
         let mut h = Header::new(Algorithm::RS256);
         h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap());
         h.kid = Some(kid.clone());
         let t = attacker.sign(h, &claims);
-        assert_eq!(f.verifier.verify(&t).await.unwrap_err(), TokenError::BadSignature);
+        assert_eq!(
+            f.verifier.verify(&t).await.unwrap_err(),
+            TokenError::BadSignature
+        );
 
         // oversize and malformed
-        assert_eq!(f.verifier.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).await.unwrap_err(), TokenError::TooLarge);
-        assert!(matches!(f.verifier.verify("abc.d$f.ghi").await, Err(TokenError::Malformed(_))));
-        assert!(matches!(f.verifier.verify("not-a-jwt").await, Err(TokenError::Malformed(_))));
+        assert_eq!(
+            f.verifier
+                .verify(&"a".repeat(MAX_TOKEN_BYTES + 1))
+                .await
+                .unwrap_err(),
+            TokenError::TooLarge
+        );
+        assert!(matches!(
+            f.verifier.verify("abc.d$f.ghi").await,
+            Err(TokenError::Malformed(_))
+        ));
+        assert!(matches!(
+            f.verifier.verify("not-a-jwt").await,
+            Err(TokenError::Malformed(_))
+        ));
     }
 
     #[tokio::test]
@@ -558,7 +645,8 @@ mod tests {
         let kid = f.dev.kids()[1].clone();
         let key = f.dev.key(&kid).unwrap();
         let claims = f.dev.claims_for("bob", AUD);
-        let t = jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key.encoding).unwrap();
+        let t =
+            jsonwebtoken::encode(&Header::new(Algorithm::RS256), &claims, &key.encoding).unwrap();
         assert_eq!(f.verifier.verify(&t).await.unwrap().0.subject, "bob");
     }
 
@@ -573,7 +661,10 @@ mod tests {
         assert!(f.verifier.verify(&t).await.is_ok());
         assert_eq!(f.verifier.cache().len(), 1);
         tokio::time::sleep(Duration::from_millis(3100)).await;
-        assert_eq!(f.verifier.verify(&t).await.unwrap_err(), TokenError::Expired);
+        assert_eq!(
+            f.verifier.verify(&t).await.unwrap_err(),
+            TokenError::Expired
+        );
     }
 
     #[tokio::test]
@@ -586,7 +677,10 @@ mod tests {
         f.dev.remove_key(&kid);
         f.verifier.keys().issuers[0].refresh().await.unwrap();
         assert_eq!(f.verifier.cache().len(), 0);
-        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnknownKey { .. })));
+        assert!(matches!(
+            f.verifier.verify(&t).await,
+            Err(TokenError::UnknownKey { .. })
+        ));
     }
 
     #[tokio::test]

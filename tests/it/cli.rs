@@ -16,7 +16,10 @@ async fn output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(30), c.output()).await.unwrap().unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), c.output())
+        .await
+        .unwrap()
+        .unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -49,7 +52,11 @@ async fn every_example_config_passes_offline_check() {
     for entry in std::fs::read_dir(&dir).unwrap() {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let (code, out, err) = output(&["check", "--offline", "--config", path.to_str().unwrap()], &[]).await;
+            let (code, out, err) = output(
+                &["check", "--offline", "--config", path.to_str().unwrap()],
+                &[],
+            )
+            .await;
             assert_eq!(code, 0, "{}: {out}{err}", path.display());
             n += 1;
         }
@@ -69,7 +76,11 @@ async fn check_exit_codes() {
     assert_eq!(code, 2, "{err}");
     // a bad value from the environment names the variable
     let good_offline = write(dir.path(), "ok.toml", "[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"https://idp.example\"\n[bearer]\naudiences = [\"a\"]\n");
-    let (code, _, err) = output(&["check", "--offline", "--config", &good_offline], &[("PORTCULLIS_BEARER_LEEWAY", "later")]).await;
+    let (code, _, err) = output(
+        &["check", "--offline", "--config", &good_offline],
+        &[("PORTCULLIS_BEARER_LEEWAY", "later")],
+    )
+    .await;
     assert_eq!(code, 2);
     assert!(err.contains("bearer.leeway"), "{err}");
     // the config file itself missing
@@ -82,13 +93,18 @@ async fn check_exit_codes() {
     let unreachable = write(dir.path(), "down.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"http://127.0.0.1:{port}\"\n[bearer]\naudiences = [\"a\"]\n"));
     let (code, out, _) = output(&["check", "--config", &unreachable], &[]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains("could not reach") && out.contains("hint"), "{out}");
+    assert!(
+        out.contains("could not reach") && out.contains("hint"),
+        "{out}"
+    );
     // offline skips the probe
     let (code, _, _) = output(&["check", "--offline", "--config", &unreachable], &[]).await;
     assert_eq!(code, 0);
 
     // valid and reachable: 0
-    let issuer = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::EdDsa]).await.unwrap();
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::EdDsa])
+        .await
+        .unwrap();
     let up = write(dir.path(), "up.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}\"\n[bearer]\naudiences = [\"a\"]\n", issuer.issuer()));
     let (code, out, _) = output(&["check", "--config", &up], &[]).await;
     assert_eq!(code, 0, "{out}");
@@ -98,7 +114,13 @@ async fn check_exit_codes() {
     let slash = write(dir.path(), "slash.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}/\"\n[bearer]\naudiences = [\"a\"]\n", issuer.issuer()));
     let (code, out, _) = output(&["check", "--config", &slash], &[]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(out.contains(&format!("set the issuer to exactly \"{}\"", issuer.issuer())), "{out}");
+    assert!(
+        out.contains(&format!(
+            "set the issuer to exactly \"{}\"",
+            issuer.issuer()
+        )),
+        "{out}"
+    );
 }
 
 #[tokio::test]
@@ -131,7 +153,11 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     let c = client();
     let mut ready = false;
     for _ in 0..200 {
-        if let Ok(r) = c.get(format!("http://127.0.0.1:{admin}/readyz")).send().await {
+        if let Ok(r) = c
+            .get(format!("http://127.0.0.1:{admin}/readyz"))
+            .send()
+            .await
+        {
             if r.status() == 200 {
                 ready = true;
                 break;
@@ -141,18 +167,38 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     }
     assert!(ready, "the binary did not become ready");
     let token = issuer.token_for("alice", AUD);
-    let r = c.get(format!("http://127.0.0.1:{port}/api")).bearer_auth(&token).send().await.unwrap();
+    let r = c
+        .get(format!("http://127.0.0.1:{port}/api"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(upstream.last().one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(
+        upstream.last().one("x-forwarded-user").as_deref(),
+        Some("alice")
+    );
 
     // a request in flight when SIGTERM arrives still completes
-    let mut resp = c.get(format!("http://127.0.0.1:{port}/stream")).bearer_auth(&token).send().await.unwrap();
+    let mut resp = c
+        .get(format!("http://127.0.0.1:{port}/stream"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
     assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"first\n");
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    assert!(std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap()
+        .success());
     let mut refused = false;
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .is_err()
+        {
             refused = true;
             break;
         }
@@ -161,19 +207,36 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     assert!(refused, "still accepting after SIGTERM");
     upstream.release_stream();
     assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"second\n");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 
     let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
-    assert!(out.contains("PORTCULLIS_SERVICE_HOST"), "no warning about the unknown variable: {out}");
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .await
+        .unwrap();
+    assert!(
+        out.contains("PORTCULLIS_SERVICE_HOST"),
+        "no warning about the unknown variable: {out}"
+    );
     // one JSON access line per request, with the decision, and never the token
     let access: Vec<serde_json::Value> = out
         .lines()
         .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
         .filter(|v| v["target"] == "portcullis::access")
         .collect();
-    assert!(access.iter().any(|v| v["status"] == 200 && v["subject"] == "alice" && v["reason"] == "token_verified"), "{out}");
+    assert!(
+        access.iter().any(|v| v["status"] == 200
+            && v["subject"] == "alice"
+            && v["reason"] == "token_verified"),
+        "{out}"
+    );
     assert!(!out.contains(&token), "the token was logged");
     let sig = token.rsplit('.').next().unwrap();
     assert!(!out.contains(sig), "part of the token was logged");
@@ -183,7 +246,13 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
 async fn demo_works_without_any_outside_service() {
     let (port, admin) = (free_port(), free_port());
     let mut child = Command::new(BIN)
-        .args(["demo", "--listen", &format!("127.0.0.1:{port}"), "--admin-listen", &format!("127.0.0.1:{admin}")])
+        .args([
+            "demo",
+            "--listen",
+            &format!("127.0.0.1:{port}"),
+            "--admin-listen",
+            &format!("127.0.0.1:{admin}"),
+        ])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -210,14 +279,46 @@ async fn demo_works_without_any_outside_service() {
     assert!(banner.contains("DEVELOPMENT ONLY"), "{banner}");
     assert!(banner.contains("curl"), "{banner}");
     let proxy = format!("http://127.0.0.1:{port}");
-    assert_eq!(client().get(format!("{proxy}/hello")).send().await.unwrap().status(), 401);
-    let body = client().get(format!("{proxy}/hello")).bearer_auth(&token).send().await.unwrap().text().await.unwrap();
+    assert_eq!(
+        client()
+            .get(format!("{proxy}/hello"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let body = client()
+        .get(format!("{proxy}/hello"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let headers = v["headers"].as_array().unwrap();
-    assert!(headers.iter().any(|h| h[0] == "x-forwarded-user" && h[1] == "alice"), "{body}");
-    assert!(headers.iter().any(|h| h[0] == "x-forwarded-groups" && h[1] == "admins,developers"), "{body}");
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-forwarded-user" && h[1] == "alice"),
+        "{body}"
+    );
+    assert!(
+        headers
+            .iter()
+            .any(|h| h[0] == "x-forwarded-groups" && h[1] == "admins,developers"),
+        "{body}"
+    );
     let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
+    std::process::Command::new("kill")
+        .args(["-TERM", &pid])
+        .status()
+        .unwrap();
+    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
+        .await
+        .unwrap()
+        .unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -37,7 +37,11 @@ impl Seen {
     }
     pub fn one(&self, name: &str) -> Option<String> {
         let all = self.all(name);
-        assert!(all.len() <= 1, "{name} arrived {} times: {all:?}", all.len());
+        assert!(
+            all.len() <= 1,
+            "{name} arrived {} times: {all:?}",
+            all.len()
+        );
         all.into_iter().next()
     }
 }
@@ -62,14 +66,25 @@ async fn record(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
+        .await
+        .unwrap_or_default();
     let seen = Seen {
         method: parts.method.to_string(),
-        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
+        path_and_query: parts
+            .uri
+            .path_and_query()
+            .map(|p| p.to_string())
+            .unwrap_or_default(),
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    String::from_utf8_lossy(v.as_bytes()).into(),
+                )
+            })
             .collect(),
         peer,
         body_len: bytes.len(),
@@ -120,17 +135,26 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = UpstreamState::default();
-        let app = Router::new().fallback(any(record)).with_state(state.clone());
+        let app = Router::new()
+            .fallback(any(record))
+            .with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
-                .with_graceful_shutdown(async {
-                    let _ = rx.await;
-                })
-                .await
-                .unwrap();
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .with_graceful_shutdown(async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
         });
-        Self { addr, state, _stop: tx }
+        Self {
+            addr,
+            state,
+            _stop: tx,
+        }
     }
 
     pub fn hits(&self) -> usize {
@@ -142,7 +166,10 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen().last().cloned().expect("the upstream received nothing")
+        self.seen()
+            .last()
+            .cloned()
+            .expect("the upstream received nothing")
     }
 
     /// Lets a `/stream` response send its second chunk.
@@ -212,7 +239,9 @@ public_routes = ["GET=^/healthz$", "^/public/"]
 /// Starts the proxy in-process and waits until its keys are loaded (if `wait_keys`).
 pub async fn start_proxy(issuer: &str, upstream: &str, o: Opts, wait_keys: bool) -> Proxy {
     let text = config_text(issuer, upstream, &o);
-    let cfg = portcullis::config::load_str(&text, std::iter::empty()).unwrap().config;
+    let cfg = portcullis::config::load_str(&text, std::iter::empty())
+        .unwrap()
+        .config;
     let server = Server::start(cfg).await.unwrap();
     if wait_keys {
         for _ in 0..200 {
@@ -246,8 +275,18 @@ impl World {
     pub async fn with(o: Opts) -> Self {
         let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
         let upstream = Upstream::start().await;
-        let proxy = start_proxy(&issuer.issuer(), &format!("http://{}", upstream.addr), o, true).await;
-        Self { issuer, upstream, proxy }
+        let proxy = start_proxy(
+            &issuer.issuer(),
+            &format!("http://{}", upstream.addr),
+            o,
+            true,
+        )
+        .await;
+        Self {
+            issuer,
+            upstream,
+            proxy,
+        }
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -260,7 +299,10 @@ impl World {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(10))
+        .build()
+        .unwrap()
 }
 
 /// A response read off a raw socket.
@@ -283,8 +325,16 @@ pub async fn raw(addr: SocketAddr, request: &str) -> RawResponse {
         .unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    RawResponse { status, head: head.to_string(), body: body.to_string() }
+    let status = head
+        .split(' ')
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    RawResponse {
+        status,
+        head: head.to_string(),
+        body: body.to_string(),
+    }
 }
 
 /// A GET with extra header lines, sent raw.
@@ -299,5 +349,9 @@ pub async fn raw_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
 
 /// A free port on loopback (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
 }
