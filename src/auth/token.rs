@@ -422,6 +422,7 @@ fn map_jwt_error(kind: &ErrorKind) -> TokenError {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
     use crate::auth::keys::KeyCacheSettings;
     use crate::config::{IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS};
     use crate::devissuer::{DevIssuer, KeyAlg};
