@@ -46,10 +46,11 @@ async fn version_and_help() {
 }
 
 #[tokio::test]
-async fn every_example_config_passes_offline_check() {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+async fn every_example_and_deploy_config_passes_offline_check() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
-    for entry in std::fs::read_dir(&dir).unwrap() {
+    let dirs = ["config", "deploy/kubernetes", "deploy/compose"];
+    for entry in dirs.iter().flat_map(|d| std::fs::read_dir(root.join(d)).unwrap()) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let (code, out, err) = output(
@@ -61,7 +62,7 @@ async fn every_example_config_passes_offline_check() {
             n += 1;
         }
     }
-    assert!(n >= 4, "expected at least four example configs, found {n}");
+    assert!(n >= 7, "expected the example and deploy configs, found {n}");
 }
 
 #[tokio::test]

@@ -257,3 +257,40 @@ async fn public_routes_skip_auth_but_still_strip_identity() {
         401
     );
 }
+
+#[tokio::test]
+async fn several_issuers_each_with_their_own_audiences_and_keys() {
+    use portcullis::devissuer::{DevIssuer, KeyAlg};
+    let a = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let b = DevIssuer::start(&[KeyAlg::Es256]).await.unwrap();
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "[[bearer.issuers]]\nissuer = \"{}\"\naudiences = [\"api://b-only\"]\njwks_url = \"{}\"\n",
+        b.issuer(),
+        b.jwks_url()
+    );
+    let proxy = start_proxy(
+        &a.issuer(),
+        &format!("http://{}", upstream.addr),
+        Opts { bearer: extra, ..Opts::default() },
+        true,
+    )
+    .await;
+    let get = |t: String| {
+        let url = format!("{}/x", proxy.url);
+        async move { client().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
+    };
+    assert_eq!(get(a.token_for("alice", AUD)).await, 200);
+    // issuer B: keys straight from jwks_url, no discovery
+    assert_eq!(get(b.token_for("bob", "api://b-only")).await, 200);
+    assert_eq!(upstream.last().one("x-forwarded-user").as_deref(), Some("bob"));
+    assert_eq!(b.discovery_fetches(), 0);
+    // audiences are per issuer
+    assert_eq!(get(b.token_for("bob", AUD)).await, 401);
+    assert_eq!(get(a.token_for("alice", "api://b-only")).await, 401);
+    // a token signed by B's key but claiming A as issuer: A's keys only
+    let mut forged = a.claims_for("mallory", AUD);
+    forged["iss"] = serde_json::json!(a.issuer());
+    assert_eq!(get(b.mint(&forged)).await, 401);
+    assert_eq!(upstream.hits(), 2);
+}
