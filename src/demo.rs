@@ -45,7 +45,7 @@ pub fn demo_config_toml(
     listen: SocketAddr,
     admin: SocketAddr,
     issuer: &str,
-    upstream: SocketAddr,
+    upstream: &str,
 ) -> String {
     format!(
         r#"[server]
@@ -54,7 +54,7 @@ admin_listen = "{admin}"
 shutdown_timeout = "5s"
 
 [upstream]
-url = "http://{upstream}"
+url = "{upstream}"
 
 [oidc]
 issuer = "{issuer}"
@@ -66,16 +66,37 @@ public_routes = ["^/public/"]
     )
 }
 
-/// Runs the demo until Ctrl-C.
-pub async fn run(listen: SocketAddr, admin: SocketAddr) -> anyhow::Result<()> {
+/// Runs the demo until Ctrl-C; `upstream` replaces the echo app (it must be on loopback).
+pub async fn run(
+    listen: SocketAddr,
+    admin: SocketAddr,
+    upstream: Option<String>,
+) -> anyhow::Result<()> {
     for a in [listen, admin] {
         if !a.ip().is_loopback() {
             anyhow::bail!("the demo listens on loopback only; {a} is not a loopback address");
         }
     }
     let dev = DevIssuer::start(&[KeyAlg::Rs256]).await?;
-    let echo = start_echo_app().await?;
-    let text = demo_config_toml(listen, admin, &dev.issuer(), echo);
+    let app = match upstream {
+        Some(u) => {
+            let url = url::Url::parse(&u).map_err(|e| anyhow::anyhow!("--upstream {u:?}: {e}"))?;
+            let loopback = match url.host() {
+                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+                Some(url::Host::Domain(d)) => d == "localhost",
+                None => false,
+            };
+            if !loopback {
+                anyhow::bail!(
+                    "--upstream must be on loopback (127.0.0.1, [::1] or localhost), got {u}"
+                );
+            }
+            u
+        }
+        None => format!("http://{}", start_echo_app().await?),
+    };
+    let text = demo_config_toml(listen, admin, &dev.issuer(), &app);
     let cfg = config::load_str(&text, std::iter::empty())?.config;
     let server = Server::start(cfg).await?;
     for _ in 0..100 {
@@ -92,7 +113,7 @@ portcullis demo: FOR DEVELOPMENT ONLY. The issuer below has throwaway keys and g
 anyone who asks. Everything listens on loopback.
 
   proxy      {proxy}          (what clients call)
-  app        http://{echo}       (a built-in echo app; shows the headers it received)
+  app        {app}       (the built-in echo app shows the headers it received)
   issuer     {issuer}       (discovery, JWKS, token endpoint)
   probes     http://{admin}/healthz   http://{admin}/readyz
 

@@ -40,6 +40,9 @@ enum Command {
         /// Where the demo's /healthz and /readyz listen.
         #[arg(long, default_value = "127.0.0.1:9090")]
         admin_listen: SocketAddr,
+        /// Put your own app on loopback behind the demo instead of the built-in echo app.
+        #[arg(long)]
+        upstream: Option<String>,
     },
 }
 
@@ -101,12 +104,13 @@ fn main() -> ExitCode {
         Command::Demo {
             listen,
             admin_listen,
+            upstream,
         } => {
             let _guard = telemetry::init(&config::LogConfig {
                 level: "info".into(),
                 format: config::LogFormat::Text,
             });
-            match rt.block_on(demo::run(listen, admin_listen)) {
+            match rt.block_on(demo::run(listen, admin_listen, upstream)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis demo: {e:#}");

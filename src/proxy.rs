@@ -252,6 +252,30 @@ impl Service<Request<Body>> for ProxyService {
 mod tests {
     use super::*;
 
+    #[derive(Debug)]
+    struct Wrapper(std::io::Error);
+    impl std::fmt::Display for Wrapper {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("client error (Connect)")
+        }
+    }
+    impl std::error::Error for Wrapper {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    #[test]
+    fn connect_timeout_is_told_apart_from_refusal() {
+        let timed_out = Wrapper(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            "connect timeout",
+        ));
+        assert!(is_timeout(&timed_out));
+        let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(!is_timeout(&refused));
+    }
+
     #[test]
     fn connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();

@@ -422,13 +422,13 @@ fn map_jwt_error(kind: &ErrorKind) -> TokenError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::time::Duration;
     use crate::auth::keys::KeyCacheSettings;
     use crate::config::{IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS};
     use crate::devissuer::{DevIssuer, KeyAlg};
     use base64::Engine as _;
     use jsonwebtoken::{EncodingKey, Header};
     use serde_json::json;
+    use std::time::Duration;
 
     const AUD: &str = "api://test";
 

@@ -50,7 +50,10 @@ async fn every_example_and_deploy_config_passes_offline_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
     let dirs = ["config", "deploy/kubernetes", "deploy/compose"];
-    for entry in dirs.iter().flat_map(|d| std::fs::read_dir(root.join(d)).unwrap()) {
+    for entry in dirs
+        .iter()
+        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
+    {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
             let (code, out, err) = output(

@@ -272,18 +272,33 @@ async fn several_issuers_each_with_their_own_audiences_and_keys() {
     let proxy = start_proxy(
         &a.issuer(),
         &format!("http://{}", upstream.addr),
-        Opts { bearer: extra, ..Opts::default() },
+        Opts {
+            bearer: extra,
+            ..Opts::default()
+        },
         true,
     )
     .await;
     let get = |t: String| {
         let url = format!("{}/x", proxy.url);
-        async move { client().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
+        async move {
+            client()
+                .get(url)
+                .bearer_auth(t)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
     };
     assert_eq!(get(a.token_for("alice", AUD)).await, 200);
     // issuer B: keys straight from jwks_url, no discovery
     assert_eq!(get(b.token_for("bob", "api://b-only")).await, 200);
-    assert_eq!(upstream.last().one("x-forwarded-user").as_deref(), Some("bob"));
+    assert_eq!(
+        upstream.last().one("x-forwarded-user").as_deref(),
+        Some("bob")
+    );
     assert_eq!(b.discovery_fetches(), 0);
     // audiences are per issuer
     assert_eq!(get(b.token_for("bob", AUD)).await, 401);
