@@ -12,72 +12,36 @@ use jsonwebtoken::{DecodingKey, Validation};
 use portcullis::auth::identity::IdentityMapper;
 use portcullis::auth::keys::{KeyCacheSettings, KeyStore};
 use portcullis::auth::token::Verifier;
-use portcullis::config::{
-    BearerConfig, IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS,
-};
+use portcullis::config::{BearerConfig, IdentityConfig, TrustedIssuer};
 use portcullis::devissuer::{DevIssuer, KeyAlg};
 use serde_json::{Map, Value};
 
 const AUD: &str = "api://bench";
 
 fn verifier(issuer: &str, cache: usize, rt: &tokio::runtime::Runtime) -> Verifier {
-    let cfg = BearerConfig {
-        issuers: vec![TrustedIssuer {
-            issuer: issuer.into(),
-            audiences: vec![AUD.into()],
-            jwks_url: None,
-        }],
-        algorithms: ASYMMETRIC_ALGORITHMS.to_vec(),
-        leeway: Duration::from_secs(30),
-        required_claims: vec!["sub".into()],
-        public_routes: vec![],
-        realm: "bench".into(),
-        jwks_refresh_interval: Duration::from_secs(3600),
-        jwks_min_refetch_interval: Duration::from_secs(30),
-        token_cache_size: cache,
-    };
-    let keys = Arc::new(KeyStore::new(
-        &cfg.issuers,
-        KeyCacheSettings {
-            refresh_interval: cfg.jwks_refresh_interval,
-            min_refetch_interval: cfg.jwks_min_refetch_interval,
-            allow_http: false,
-        },
-    ));
+    let mut cfg = BearerConfig::with_issuers(vec![TrustedIssuer {
+        issuer: issuer.into(),
+        audiences: vec![AUD.into()],
+        jwks_url: None,
+    }]);
+    cfg.token_cache_size = cache;
+    let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
     rt.block_on(keys.issuers[0].refresh()).unwrap();
-    let mapper = IdentityMapper::new(IdentityConfig {
-        user_claim: "sub".into(),
-        email_claim: "email".into(),
-        groups_claim: "groups".into(),
-        preferred_username_claim: "preferred_username".into(),
-        claim_headers: vec![],
-        pass_token: PassToken::None,
-    });
+    let mapper = IdentityMapper::new(IdentityConfig::default());
     Verifier::new(&cfg, keys, mapper)
 }
 
 fn bench(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .unwrap();
-    let dev = rt
-        .block_on(DevIssuer::start(&[
-            KeyAlg::Rs256,
-            KeyAlg::Es256,
-            KeyAlg::EdDsa,
-        ]))
-        .unwrap();
+    let rt =
+        tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
+    let dev =
+        rt.block_on(DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::Es256, KeyAlg::EdDsa])).unwrap();
     let cold = verifier(&dev.issuer(), 0, &rt);
     let warm = verifier(&dev.issuer(), 10_000, &rt);
 
     for kid in dev.kids() {
         let key = dev.key(&kid).unwrap();
-        let token = key.sign(
-            jsonwebtoken::Header::new(key.alg),
-            &dev.claims_for("alice", AUD),
-        );
+        let token = key.sign(jsonwebtoken::Header::new(key.alg), &dev.claims_for("alice", AUD));
         let decoding =
             DecodingKey::from_jwk(&serde_json::from_value(key.jwk.clone()).unwrap()).unwrap();
         let mut validation = Validation::new(key.alg);

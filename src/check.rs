@@ -33,21 +33,13 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
     println!("  admin_listen  {}", config.server.admin_listen);
     println!("  upstream      {}", config.upstream.url);
     for i in &config.bearer.issuers {
-        println!(
-            "  issuer        {} (audiences: {})",
-            i.issuer,
-            i.audiences.join(", ")
-        );
+        println!("  issuer        {} (audiences: {})", i.issuer, i.audiences.join(", "));
     }
     println!("  public routes {}", config.bearer.public_routes.len());
     if offline {
         return OK;
     }
-    let settings = KeyCacheSettings {
-        refresh_interval: config.bearer.jwks_refresh_interval,
-        min_refetch_interval: config.bearer.jwks_min_refetch_interval,
-        allow_http: config.oidc.insecure_allow_http,
-    };
+    let settings = KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http);
     let http = idp_client();
     let mut code = OK;
     for i in &config.bearer.issuers {

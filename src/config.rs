@@ -56,10 +56,7 @@ pub struct ConfigError {
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self {
-            key: key.into(),
-            message: message.into(),
-        }
+        Self { key: key.into(), message: message.into() }
     }
 }
 
@@ -158,6 +155,23 @@ pub struct BearerConfig {
     pub token_cache_size: usize,
 }
 
+impl BearerConfig {
+    /// The documented defaults, trusting `issuers`.
+    pub fn with_issuers(issuers: Vec<TrustedIssuer>) -> Self {
+        Self {
+            issuers,
+            algorithms: ASYMMETRIC_ALGORITHMS.to_vec(),
+            leeway: DEFAULT_LEEWAY,
+            required_claims: vec!["sub".to_string()],
+            public_routes: Vec::new(),
+            realm: DEFAULT_REALM.to_string(),
+            jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
+            jwks_min_refetch_interval: DEFAULT_JWKS_MIN_REFETCH_INTERVAL,
+            token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
+        }
+    }
+}
+
 /// One issuer whose tokens are accepted.
 #[derive(Debug, Clone)]
 pub struct TrustedIssuer {
@@ -209,6 +223,21 @@ pub struct IdentityConfig {
     pub claim_headers: Vec<(HeaderName, String)>,
     /// What happens to the bearer token. Defaults to `none`.
     pub pass_token: PassToken,
+}
+
+impl Default for IdentityConfig {
+    /// The documented defaults: `sub`, `email`, `groups`, `preferred_username`, no claim map,
+    /// `pass_token = "none"`.
+    fn default() -> Self {
+        Self {
+            user_claim: "sub".to_string(),
+            email_claim: "email".to_string(),
+            groups_claim: "groups".to_string(),
+            preferred_username_claim: "preferred_username".to_string(),
+            claim_headers: Vec::new(),
+            pass_token: PassToken::None,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,11 +404,7 @@ const ENV_NOT_KEYS: &[&str] = &["PORTCULLIS_CONFIG"];
 
 /// The environment variable for a key: `server.admin_listen` → `PORTCULLIS_SERVER_ADMIN_LISTEN`.
 pub fn env_name(section: &str, key: &str) -> String {
-    format!(
-        "PORTCULLIS_{}_{}",
-        section.to_ascii_uppercase(),
-        key.to_ascii_uppercase()
-    )
+    format!("PORTCULLIS_{}_{}", section.to_ascii_uppercase(), key.to_ascii_uppercase())
 }
 
 /// The outcome of loading: the config and warnings to log once logging is up.
@@ -420,10 +445,8 @@ pub fn load_str(
         ConfigError::new(key, format!("not valid TOML: {msg}"))
     })?;
     let mut warnings = Vec::new();
-    let mut env: Vec<(String, String)> = env
-        .into_iter()
-        .filter(|(k, _)| k.starts_with("PORTCULLIS_"))
-        .collect();
+    let mut env: Vec<(String, String)> =
+        env.into_iter().filter(|(k, _)| k.starts_with("PORTCULLIS_")).collect();
     env.sort();
     for (name, value) in env {
         if ENV_NOT_KEYS.contains(&name.as_str()) {
@@ -448,11 +471,7 @@ pub fn load_str(
     let raw: RawConfig =
         serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
             let path = e.path().to_string();
-            let key = if path == "." {
-                "file".to_string()
-            } else {
-                path
-            };
+            let key = if path == "." { "file".to_string() } else { path };
             ConfigError::new(key, e.into_inner().to_string())
         })?;
     let config = validate(raw)?;
@@ -476,10 +495,7 @@ fn env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
             other => return Err(format!("expected true or false, got {other:?}")),
         },
         Kind::Int => toml::Value::Integer(
-            value
-                .trim()
-                .parse()
-                .map_err(|_| format!("expected an integer, got {value:?}"))?,
+            value.trim().parse().map_err(|_| format!("expected an integer, got {value:?}"))?,
         ),
         Kind::List => toml::Value::Array(list()),
         Kind::Map => {
@@ -488,10 +504,7 @@ fn env_value(kind: Kind, value: &str) -> Result<toml::Value, String> {
                 let (k, v) = pair
                     .split_once('=')
                     .ok_or_else(|| format!("expected KEY=VALUE pairs, got {pair:?}"))?;
-                t.insert(
-                    k.trim().to_string(),
-                    toml::Value::String(v.trim().to_string()),
-                );
+                t.insert(k.trim().to_string(), toml::Value::String(v.trim().to_string()));
             }
             toml::Value::Table(t)
         }
@@ -513,10 +526,7 @@ fn duration(key: &str, value: Option<&str>, default: Duration) -> Result<Duratio
 fn socket_addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAddr, ConfigError> {
     let v = value.unwrap_or(default);
     v.parse().map_err(|_| {
-        ConfigError::new(
-            key,
-            format!("expected an address like \"0.0.0.0:4180\", got {v:?}"),
-        )
+        ConfigError::new(key, format!("expected an address like \"0.0.0.0:4180\", got {v:?}"))
     })
 }
 
@@ -561,11 +571,7 @@ fn nonempty(key: &str, value: String) -> Result<String, ConfigError> {
 
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = ServerConfig {
-        listen: socket_addr(
-            "server.listen",
-            raw.server.listen.as_deref(),
-            DEFAULT_LISTEN,
-        )?,
+        listen: socket_addr("server.listen", raw.server.listen.as_deref(), DEFAULT_LISTEN)?,
         admin_listen: socket_addr(
             "server.admin_listen",
             raw.server.admin_listen.as_deref(),
@@ -578,17 +584,11 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
     };
     if server.listen == server.admin_listen && server.listen.port() != 0 {
-        return Err(ConfigError::new(
-            "server.admin_listen",
-            "must differ from server.listen",
-        ));
+        return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
     }
 
     let url_text = raw.upstream.url.ok_or_else(|| {
-        ConfigError::new(
-            "upstream.url",
-            "is required (the app, e.g. \"http://127.0.0.1:8080\")",
-        )
+        ConfigError::new("upstream.url", "is required (the app, e.g. \"http://127.0.0.1:8080\")")
     })?;
     let url = Url::parse(&url_text).map_err(|e| {
         ConfigError::new("upstream.url", format!("not a valid URL {url_text:?}: {e}"))
@@ -600,10 +600,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         ));
     }
     if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
-        return Err(ConfigError::new(
-            "upstream.url",
-            "needs a host and no query or fragment",
-        ));
+        return Err(ConfigError::new("upstream.url", "needs a host and no query or fragment"));
     }
     let upstream = UpstreamConfig {
         url,
@@ -639,10 +636,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         (Some(s), None) => Some(Secret::new(s)),
         (None, Some(path)) => {
             let s = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new(
-                    "oidc.client_secret_file",
-                    format!("cannot read {path:?}: {e}"),
-                )
+                ConfigError::new("oidc.client_secret_file", format!("cannot read {path:?}: {e}"))
             })?;
             Some(Secret::new(s.trim_end_matches(['\r', '\n'])))
         }
@@ -684,11 +678,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 "needs at least one audience for tokens from oidc.issuer (e.g. [\"api://my-app\"])",
             ));
         }
-        issuers.push(TrustedIssuer {
-            issuer,
-            audiences,
-            jwks_url: oidc_jwks,
-        });
+        issuers.push(TrustedIssuer { issuer, audiences, jwks_url: oidc_jwks });
     } else if !audiences.is_empty() {
         return Err(ConfigError::new(
             "bearer.audiences",
@@ -715,11 +705,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 format!("{issuer:?} is configured twice"),
             ));
         }
-        issuers.push(TrustedIssuer {
-            issuer,
-            audiences: ri.audiences,
-            jwks_url,
-        });
+        issuers.push(TrustedIssuer { issuer, audiences: ri.audiences, jwks_url });
     }
     if issuers.is_empty() {
         return Err(ConfigError::new(
@@ -788,16 +774,10 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         DEFAULT_JWKS_MIN_REFETCH_INTERVAL,
     )?;
     if jwks_refresh_interval < Duration::from_millis(10) {
-        return Err(ConfigError::new(
-            "bearer.jwks_refresh_interval",
-            "must be at least 10ms",
-        ));
+        return Err(ConfigError::new("bearer.jwks_refresh_interval", "must be at least 10ms"));
     }
     if jwks_min_refetch_interval < Duration::from_millis(10) {
-        return Err(ConfigError::new(
-            "bearer.jwks_min_refetch_interval",
-            "must be at least 10ms",
-        ));
+        return Err(ConfigError::new("bearer.jwks_min_refetch_interval", "must be at least 10ms"));
     }
     let token_cache_size = match b.token_cache_size {
         None => DEFAULT_TOKEN_CACHE_SIZE,
@@ -863,10 +843,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     };
 
     let level = raw.log.level.unwrap_or_else(|| "info".to_string());
-    if tracing_subscriber::EnvFilter::builder()
-        .parse(&level)
-        .is_err()
-    {
+    if tracing_subscriber::EnvFilter::builder().parse(&level).is_err() {
         return Err(ConfigError::new(
             "log.level",
             format!("not a valid filter {level:?} (try \"info\" or \"portcullis=debug\")"),
@@ -883,14 +860,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         }
     };
 
-    Ok(Config {
-        server,
-        upstream,
-        oidc,
-        bearer,
-        identity,
-        log: LogConfig { level, format },
-    })
+    Ok(Config { server, upstream, oidc, bearer, identity, log: LogConfig { level, format } })
 }
 
 #[cfg(test)]
@@ -954,48 +924,26 @@ mod tests {
 
     #[test]
     fn bad_duration_names_the_key() {
-        let e = err(
-            &format!("{MINIMAL}\n[server]\nshutdown_timeout = \"soon\"\n"),
-            no_env(),
-        );
+        let e = err(&format!("{MINIMAL}\n[server]\nshutdown_timeout = \"soon\"\n"), no_env());
         assert_eq!(e.key, "server.shutdown_timeout");
     }
 
     #[test]
     fn env_overrides_file_values() {
         let env = vec![
-            (
-                "PORTCULLIS_SERVER_ADMIN_LISTEN".to_string(),
-                "127.0.0.1:9999".to_string(),
-            ),
-            (
-                "PORTCULLIS_BEARER_AUDIENCES".to_string(),
-                "a, b".to_string(),
-            ),
-            (
-                "PORTCULLIS_BEARER_TOKEN_CACHE_SIZE".to_string(),
-                "7".to_string(),
-            ),
-            (
-                "PORTCULLIS_UPSTREAM_PASS_HOST_HEADER".to_string(),
-                "false".to_string(),
-            ),
-            (
-                "PORTCULLIS_IDENTITY_CLAIM_HEADERS".to_string(),
-                "X-Tenant=tid,X-Org=org".to_string(),
-            ),
+            ("PORTCULLIS_SERVER_ADMIN_LISTEN".to_string(), "127.0.0.1:9999".to_string()),
+            ("PORTCULLIS_BEARER_AUDIENCES".to_string(), "a, b".to_string()),
+            ("PORTCULLIS_BEARER_TOKEN_CACHE_SIZE".to_string(), "7".to_string()),
+            ("PORTCULLIS_UPSTREAM_PASS_HOST_HEADER".to_string(), "false".to_string()),
+            ("PORTCULLIS_IDENTITY_CLAIM_HEADERS".to_string(), "X-Tenant=tid,X-Org=org".to_string()),
         ];
         let c = load_str(MINIMAL, env).unwrap().config;
         assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9999");
         assert_eq!(c.bearer.issuers[0].audiences, vec!["a", "b"]);
         assert_eq!(c.bearer.token_cache_size, 7);
         assert!(!c.upstream.pass_host_header);
-        let names: Vec<_> = c
-            .identity
-            .claim_headers
-            .iter()
-            .map(|(h, c)| (h.as_str(), c.as_str()))
-            .collect();
+        let names: Vec<_> =
+            c.identity.claim_headers.iter().map(|(h, c)| (h.as_str(), c.as_str())).collect();
         assert_eq!(names, vec![("x-org", "org"), ("x-tenant", "tid")]);
     }
 
@@ -1032,10 +980,7 @@ mod tests {
     #[test]
     fn unknown_env_only_warns() {
         let env = vec![
-            (
-                "PORTCULLIS_SERVICE_HOST".to_string(),
-                "10.0.0.1".to_string(),
-            ),
+            ("PORTCULLIS_SERVICE_HOST".to_string(), "10.0.0.1".to_string()),
             ("PORTCULLIS_CONFIG".to_string(), "/etc/p.toml".to_string()),
             ("HOME".to_string(), "/root".to_string()),
         ];
@@ -1046,10 +991,7 @@ mod tests {
 
     #[test]
     fn bad_env_value_names_the_variable() {
-        let env = vec![(
-            "PORTCULLIS_UPSTREAM_PASS_HOST_HEADER".to_string(),
-            "yes".to_string(),
-        )];
+        let env = vec![("PORTCULLIS_UPSTREAM_PASS_HOST_HEADER".to_string(), "yes".to_string())];
         let e = err(MINIMAL, env);
         assert_eq!(e.key, "PORTCULLIS_UPSTREAM_PASS_HOST_HEADER");
     }
@@ -1073,10 +1015,7 @@ mod tests {
 
     #[test]
     fn missing_issuer_and_upstream_are_named() {
-        assert_eq!(
-            err("[upstream]\nurl = \"http://127.0.0.1:1\"", no_env()).key,
-            "oidc.issuer"
-        );
+        assert_eq!(err("[upstream]\nurl = \"http://127.0.0.1:1\"", no_env()).key, "oidc.issuer");
         let text = MINIMAL.replace("url = \"http://127.0.0.1:8080\"", "");
         assert_eq!(err(&text, no_env()).key, "upstream.url");
     }
@@ -1107,10 +1046,7 @@ mod tests {
         std::fs::write(&path, "s3cr3t-value\n").unwrap();
         let text = MINIMAL.replace(
             "[oidc]",
-            &format!(
-                "[oidc]\nclient_secret_file = {:?}",
-                path.display().to_string()
-            ),
+            &format!("[oidc]\nclient_secret_file = {:?}", path.display().to_string()),
         );
         let c = load_str(&text, no_env()).unwrap().config;
         let secret = c.oidc.client_secret.clone().unwrap();
@@ -1124,8 +1060,6 @@ mod tests {
     fn claim_header_cannot_be_a_framing_header() {
         let text =
             format!("{MINIMAL}\n[identity]\nclaim_headers = {{ \"Content-Length\" = \"sub\" }}\n");
-        assert!(err(&text, no_env())
-            .key
-            .starts_with("identity.claim_headers"));
+        assert!(err(&text, no_env()).key.starts_with("identity.claim_headers"));
     }
 }

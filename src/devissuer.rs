@@ -92,13 +92,7 @@ impl DevKey {
                 let jwk = json!({"kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
                                  "n": b64(&parts.n), "e": b64(&parts.e)});
                 let public_bytes = kp.public_key().as_ref().to_vec();
-                DevKey {
-                    kid,
-                    alg: Algorithm::RS256,
-                    encoding,
-                    jwk,
-                    public_bytes,
-                }
+                DevKey { kid, alg: Algorithm::RS256, encoding, jwk, public_bytes }
             }
             KeyAlg::Es256 => {
                 let doc = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
@@ -155,16 +149,8 @@ pub struct DevUser {
 
 /// The users `portcullis demo` knows.
 pub const DEV_USERS: &[DevUser] = &[
-    DevUser {
-        name: "alice",
-        email: "alice@example.com",
-        groups: &["admins", "developers"],
-    },
-    DevUser {
-        name: "bob",
-        email: "bob@example.com",
-        groups: &["developers"],
-    },
+    DevUser { name: "alice", email: "alice@example.com", groups: &["admins", "developers"] },
+    DevUser { name: "bob", email: "bob@example.com", groups: &["developers"] },
 ];
 
 struct Shared {
@@ -217,11 +203,7 @@ impl DevIssuer {
                 })
                 .await;
         });
-        Ok(Self {
-            shared,
-            addr,
-            stop: Some(tx),
-        })
+        Ok(Self { shared, addr, stop: Some(tx) })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -346,13 +328,8 @@ async fn jwks(State(s): State<Arc<Shared>>) -> Response {
     if s.down.load(Ordering::SeqCst) {
         return StatusCode::SERVICE_UNAVAILABLE.into_response();
     }
-    let keys: Vec<Value> = s
-        .keys
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|k| k.jwk.clone())
-        .collect();
+    let keys: Vec<Value> =
+        s.keys.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.jwk.clone()).collect();
     Json(json!({ "keys": keys })).into_response()
 }
 
@@ -407,9 +384,5 @@ async fn dev_token(State(s): State<Arc<Shared>>, Query(q): Query<DevTokenQuery>)
         None => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
     };
     let audience = q.audience.unwrap_or_else(|| DEV_AUDIENCE.into());
-    key.sign(
-        Header::new(key.alg),
-        &claims_for(&s.issuer, &user, &audience),
-    )
-    .into_response()
+    key.sign(Header::new(key.alg), &claims_for(&s.issuer, &user, &audience)).into_response()
 }

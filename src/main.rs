@@ -58,9 +58,7 @@ fn load(path: Option<&PathBuf>) -> Result<config::Loaded, ExitCode> {
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    tokio::runtime::Builder::new_multi_thread().enable_all().build()
 }
 
 fn main() -> ExitCode {
@@ -101,11 +99,7 @@ fn main() -> ExitCode {
             }
             ExitCode::from(rt.block_on(check::run(&loaded.config, offline)))
         }
-        Command::Demo {
-            listen,
-            admin_listen,
-            upstream,
-        } => {
+        Command::Demo { listen, admin_listen, upstream } => {
             let _guard = telemetry::init(&config::LogConfig {
                 level: "info".into(),
                 format: config::LogFormat::Text,

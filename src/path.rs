@@ -44,10 +44,9 @@ fn decode_segment(seg: &str) -> Result<String, PathError> {
     while i < bytes.len() {
         let b = bytes[i];
         if b == b'%' {
-            let (Some(h), Some(l)) = (
-                bytes.get(i + 1).copied().and_then(hex),
-                bytes.get(i + 2).copied().and_then(hex),
-            ) else {
+            let (Some(h), Some(l)) =
+                (bytes.get(i + 1).copied().and_then(hex), bytes.get(i + 2).copied().and_then(hex))
+            else {
                 return Err(PathError::BadPercent);
             };
             let v = h * 16 + l;
@@ -182,7 +181,11 @@ where
             }
             Err(e) => {
                 tracing::debug!(error = %e, "refused ambiguous path");
-                let resp = crate::response::Rejection::BadPath(e).into_response(&req);
+                let detail = e.to_string();
+                let mut resp = crate::response::Rejection::BadPath(e).into_response(&req);
+                let mut decision = crate::response::Decision::new("bad_path");
+                decision.detail = Some(detail);
+                resp.extensions_mut().insert(decision);
                 futures_util::future::Either::Right(Box::pin(async move { Ok(resp) }))
             }
         }
@@ -223,31 +226,13 @@ mod tests {
 
     #[test]
     fn ambiguous_paths_are_refused() {
-        assert_eq!(
-            normalize("/public%2f..%2fadmin"),
-            Err(PathError::EncodedSeparator)
-        );
-        assert_eq!(
-            normalize("/public%2F..%2Fadmin"),
-            Err(PathError::EncodedSeparator)
-        );
-        assert_eq!(
-            normalize("/public/..%5cadmin"),
-            Err(PathError::EncodedSeparator)
-        );
+        assert_eq!(normalize("/public%2f..%2fadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/public%2F..%2Fadmin"), Err(PathError::EncodedSeparator));
+        assert_eq!(normalize("/public/..%5cadmin"), Err(PathError::EncodedSeparator));
         assert_eq!(normalize("/public/..\\admin"), Err(PathError::Backslash));
-        assert_eq!(
-            normalize("/public/..;/admin"),
-            Err(PathError::DotSegmentParameter)
-        );
-        assert_eq!(
-            normalize("/public/.;x/admin"),
-            Err(PathError::DotSegmentParameter)
-        );
-        assert_eq!(
-            normalize("/public/%2e%2e;/admin"),
-            Err(PathError::DotSegmentParameter)
-        );
+        assert_eq!(normalize("/public/..;/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(normalize("/public/.;x/admin"), Err(PathError::DotSegmentParameter));
+        assert_eq!(normalize("/public/%2e%2e;/admin"), Err(PathError::DotSegmentParameter));
         assert_eq!(normalize("/a%zz"), Err(PathError::BadPercent));
         assert_eq!(normalize("/a%2"), Err(PathError::BadPercent));
         assert_eq!(normalize("*"), Err(PathError::NotAbsolute));

@@ -107,9 +107,7 @@ pub struct ProxyService {
 
 impl std::fmt::Debug for ProxyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyService")
-            .field("upstream", &self.target.authority)
-            .finish()
+        f.debug_struct("ProxyService").field("upstream", &self.target.authority).finish()
     }
 }
 
@@ -124,10 +122,7 @@ impl ProxyService {
             .pool_max_idle_per_host(256)
             .pool_timer(hyper_util::rt::TokioTimer::new())
             .build(connector);
-        let host = cfg
-            .url
-            .host_str()
-            .ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
+        let host = cfg.url.host_str().ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
         let authority = match cfg.url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
@@ -146,21 +141,16 @@ impl ProxyService {
 
     fn prepare(&self, req: &mut Request<Body>) -> Result<(), http::Error> {
         let t = &self.target;
-        let pq = req
-            .uri()
-            .path_and_query()
-            .map(PathAndQuery::as_str)
-            .unwrap_or("/");
+        let pq = req.uri().path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
         let pq: PathAndQuery = if t.base_path.is_empty() {
             pq.parse()?
         } else {
             format!("{}{}", t.base_path, pq).parse()?
         };
-        let original_host = req.headers().get(header::HOST).cloned().or_else(|| {
-            req.uri()
-                .authority()
-                .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
-        });
+        let original_host =
+            req.headers().get(header::HOST).cloned().or_else(|| {
+                req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+            });
         *req.uri_mut() = Uri::builder()
             .scheme(t.scheme.clone())
             .authority(t.authority.clone())
@@ -267,10 +257,8 @@ mod tests {
 
     #[test]
     fn connect_timeout_is_told_apart_from_refusal() {
-        let timed_out = Wrapper(std::io::Error::new(
-            std::io::ErrorKind::TimedOut,
-            "connect timeout",
-        ));
+        let timed_out =
+            Wrapper(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"));
         assert!(is_timeout(&timed_out));
         let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(!is_timeout(&refused));
@@ -279,17 +267,11 @@ mod tests {
     #[test]
     fn connection_named_headers_are_removed() {
         let mut h = HeaderMap::new();
-        h.insert(
-            header::CONNECTION,
-            HeaderValue::from_static("keep-alive, X-Secret , close"),
-        );
+        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , close"));
         h.insert("x-secret", HeaderValue::from_static("1"));
         h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
         h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(
-            header::TRANSFER_ENCODING,
-            HeaderValue::from_static("chunked"),
-        );
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
         h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
         h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
         h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));

@@ -29,11 +29,7 @@ pub struct Decision {
 
 impl Decision {
     pub fn new(reason: &'static str) -> Self {
-        Self {
-            reason: Cow::Borrowed(reason),
-            detail: None,
-            identity: None,
-        }
+        Self { reason: Cow::Borrowed(reason), detail: None, identity: None }
     }
 }
 
@@ -43,15 +39,9 @@ pub enum Rejection {
     /// No bearer token: `401` with a bare challenge (RFC 6750 §3.1).
     NoToken { realm: Arc<str> },
     /// A token that does not validate: `401`, `error="invalid_token"`.
-    InvalidToken {
-        realm: Arc<str>,
-        description: &'static str,
-    },
+    InvalidToken { realm: Arc<str>, description: &'static str },
     /// A malformed request (e.g. two `Authorization` headers): `400`, `error="invalid_request"`.
-    InvalidRequest {
-        realm: Arc<str>,
-        description: &'static str,
-    },
+    InvalidRequest { realm: Arc<str>, description: &'static str },
     /// Keys not loaded yet: `503`.
     NotReady,
     /// An ambiguous path: `400`.
@@ -93,10 +83,9 @@ impl Rejection {
             Rejection::InvalidRequest { description, .. } => {
                 ("invalid_request", (*description).into())
             }
-            Rejection::NotReady => (
-                "unavailable",
-                "The proxy is starting; try again shortly".into(),
-            ),
+            Rejection::NotReady => {
+                ("unavailable", "The proxy is starting; try again shortly".into())
+            }
             Rejection::BadPath(e) => ("invalid_request", format!("Refused path: {e}").into()),
             Rejection::BadGateway => ("bad_gateway", "The app did not answer".into()),
             Rejection::GatewayTimeout => {
@@ -119,15 +108,9 @@ impl Rejection {
         let mut resp = Response::new(Body::from(format!("{body}\n")));
         *resp.status_mut() = self.status();
         let h = resp.headers_mut();
-        h.insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
         h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-        if let Some(c) = self
-            .challenge()
-            .and_then(|c| HeaderValue::from_str(&c).ok())
-        {
+        if let Some(c) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
         if matches!(self, Rejection::NotReady) {

@@ -39,11 +39,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub fn build(config: &Config) -> anyhow::Result<(Stack, Arc<KeyStore>)> {
     let keys = Arc::new(KeyStore::new(
         &config.bearer.issuers,
-        KeyCacheSettings {
-            refresh_interval: config.bearer.jwks_refresh_interval,
-            min_refetch_interval: config.bearer.jwks_min_refetch_interval,
-            allow_http: config.oidc.insecure_allow_http,
-        },
+        KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
     ));
     let mapper = IdentityMapper::new(config.identity.clone());
     let identity_headers = mapper.identity_header_names();
@@ -93,11 +89,7 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
             problems.push(format!("keys of {} not loaded", i.issuer));
         }
     }
-    match tokio::time::timeout(
-        r.connect_timeout,
-        tokio::net::TcpStream::connect(&r.upstream),
-    )
-    .await
+    match tokio::time::timeout(r.connect_timeout, tokio::net::TcpStream::connect(&r.upstream)).await
     {
         Ok(Ok(_)) => {}
         Ok(Err(e)) => problems.push(format!("upstream {} not reachable: {e}", r.upstream)),
@@ -106,10 +98,7 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
     if problems.is_empty() {
         (StatusCode::OK, "ok\n".into())
     } else {
-        (
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("not ready: {}\n", problems.join("; ")),
-        )
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
     }
 }
 
@@ -129,19 +118,14 @@ impl Server {
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let (stack, keys) = build(&config)?;
         let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+            anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen)
+        })?;
+        let admin_listener = TcpListener::bind(config.server.admin_listen).await.map_err(|e| {
             anyhow::anyhow!(
-                "cannot listen on {} (server.listen): {e}",
-                config.server.listen
+                "cannot listen on {} (server.admin_listen): {e}",
+                config.server.admin_listen
             )
         })?;
-        let admin_listener = TcpListener::bind(config.server.admin_listen)
-            .await
-            .map_err(|e| {
-                anyhow::anyhow!(
-                    "cannot listen on {} (server.admin_listen): {e}",
-                    config.server.admin_listen
-                )
-            })?;
         let addr = listener.local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let maintenance = keys.spawn_maintenance();
@@ -179,15 +163,7 @@ impl Server {
         let timeout = config.server.shutdown_timeout;
         let main_task = tokio::spawn(serve(listener, stack, rx, timeout, readiness));
         tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, "portcullis started");
-        Ok(Server {
-            addr,
-            admin_addr,
-            keys,
-            shutdown,
-            main_task,
-            admin_task,
-            maintenance,
-        })
+        Ok(Server { addr, admin_addr, keys, shutdown, main_task, admin_task, maintenance })
     }
 
     /// Stops accepting, drains in-flight requests (up to `server.shutdown_timeout`), stops.
@@ -210,9 +186,7 @@ async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true);
+    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,

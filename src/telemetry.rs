@@ -24,10 +24,8 @@ pub fn init(cfg: &LogConfig) -> Option<tracing_appender::non_blocking::WorkerGua
     let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
     let filter = EnvFilter::builder().parse_lossy(&cfg.level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(writer)
-        .with_ansi(ansi);
+    let builder =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     let ok = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init().is_ok(),
         LogFormat::Text => builder.try_init().is_ok(),

@@ -122,10 +122,7 @@ impl IdentityMapper {
         };
         push(&X_FORWARDED_USER, &self.cfg.user_claim);
         push(&X_FORWARDED_EMAIL, &self.cfg.email_claim);
-        push(
-            &X_FORWARDED_PREFERRED_USERNAME,
-            &self.cfg.preferred_username_claim,
-        );
+        push(&X_FORWARDED_PREFERRED_USERNAME, &self.cfg.preferred_username_claim);
         push(&X_FORWARDED_GROUPS, &self.cfg.groups_claim);
         for (name, claim) in &self.cfg.claim_headers {
             push(name, claim);
@@ -134,12 +131,7 @@ impl IdentityMapper {
             Some(Value::String(s)) => s.clone(),
             _ => String::new(),
         };
-        Identity {
-            subject,
-            issuer: issuer.to_string(),
-            claims,
-            headers,
-        }
+        Identity { subject, issuer: issuer.to_string(), claims, headers }
     }
 }
 
@@ -190,19 +182,14 @@ pub struct StripIdentityHeadersLayer {
 
 impl StripIdentityHeadersLayer {
     pub fn new(names: Vec<HeaderName>) -> Self {
-        Self {
-            names: names.into(),
-        }
+        Self { names: names.into() }
     }
 }
 
 impl<S> Layer<S> for StripIdentityHeadersLayer {
     type Service = StripIdentityHeaders<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        StripIdentityHeaders {
-            inner,
-            names: self.names.clone(),
-        }
+        StripIdentityHeaders { inner, names: self.names.clone() }
     }
 }
 
@@ -215,11 +202,7 @@ pub struct StripIdentityHeaders<S> {
 impl<S> StripIdentityHeaders<S> {
     fn is_identity_header(&self, name: &str) -> bool {
         // Every name we set starts with "x"; most request headers do not.
-        if !name
-            .as_bytes()
-            .first()
-            .is_some_and(|b| b.eq_ignore_ascii_case(&b'x'))
-        {
+        if !name.as_bytes().first().is_some_and(|b| b.eq_ignore_ascii_case(&b'x')) {
             return false;
         }
         has_prefix(name, X_AUTH_REQUEST_PREFIX)
@@ -240,12 +223,8 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let doomed: Vec<HeaderName> = req
-            .headers()
-            .keys()
-            .filter(|n| self.is_identity_header(n.as_str()))
-            .cloned()
-            .collect();
+        let doomed: Vec<HeaderName> =
+            req.headers().keys().filter(|n| self.is_identity_header(n.as_str())).cloned().collect();
         for name in doomed {
             tracing::debug!(header = %name, "stripped client-sent identity header");
             req.headers_mut().remove(&name);
@@ -272,10 +251,7 @@ impl InjectIdentityLayer {
 impl<S> Layer<S> for InjectIdentityLayer {
     type Service = InjectIdentity<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        InjectIdentity {
-            inner,
-            pass_token: self.pass_token,
-        }
+        InjectIdentity { inner, pass_token: self.pass_token }
     }
 }
 
@@ -328,14 +304,7 @@ mod tests {
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     fn mapper(claim_headers: Vec<(HeaderName, String)>) -> IdentityMapper {
-        IdentityMapper::new(IdentityConfig {
-            user_claim: "sub".into(),
-            email_claim: "email".into(),
-            groups_claim: "groups".into(),
-            preferred_username_claim: "preferred_username".into(),
-            claim_headers,
-            pass_token: PassToken::None,
-        })
+        IdentityMapper::new(IdentityConfig { claim_headers, ..IdentityConfig::default() })
     }
 
     fn claims(v: Value) -> Map<String, Value> {
@@ -346,24 +315,16 @@ mod tests {
     }
 
     fn header<'a>(id: &'a Identity, name: &str) -> Option<&'a str> {
-        id.headers
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, v)| v.to_str().unwrap())
+        id.headers.iter().find(|(n, _)| n == name).map(|(_, v)| v.to_str().unwrap())
     }
 
     #[test]
     fn claims_become_headers() {
-        let m = mapper(vec![(
-            HeaderName::from_static("x-forwarded-tenant"),
-            "tid".into(),
-        )]);
+        let m = mapper(vec![(HeaderName::from_static("x-forwarded-tenant"), "tid".into())]);
         let id = m.identity(
             "https://idp",
-            claims(
-                json!({"sub": "u1", "email": "a@b.c", "groups": ["admins", "dev"], "tid": "t9",
-                           "preferred_username": "alice"}),
-            ),
+            claims(json!({"sub": "u1", "email": "a@b.c", "groups": ["admins", "dev"], "tid": "t9",
+                           "preferred_username": "alice"})),
         );
         assert_eq!(header(&id, "x-forwarded-user"), Some("u1"));
         assert_eq!(header(&id, "x-forwarded-email"), Some("a@b.c"));
@@ -376,10 +337,7 @@ mod tests {
     #[test]
     fn crlf_in_claim_drops_the_header() {
         let m = mapper(vec![]);
-        let id = m.identity(
-            "i",
-            claims(json!({"sub": "u1", "email": "a@b.c\r\nX-Admin: 1"})),
-        );
+        let id = m.identity("i", claims(json!({"sub": "u1", "email": "a@b.c\r\nX-Admin: 1"})));
         assert_eq!(header(&id, "x-forwarded-email"), None);
         assert_eq!(header(&id, "x-forwarded-user"), Some("u1"));
         let id = m.identity("i", claims(json!({"sub": "u\u{0}1"})));
@@ -389,14 +347,8 @@ mod tests {
     #[test]
     fn non_ascii_claim_is_percent_encoded() {
         let m = mapper(vec![]);
-        let id = m.identity(
-            "i",
-            claims(json!({"sub": "u1", "preferred_username": "José\tx"})),
-        );
-        assert_eq!(
-            header(&id, "x-forwarded-preferred-username"),
-            Some("Jos%C3%A9%09x")
-        );
+        let id = m.identity("i", claims(json!({"sub": "u1", "preferred_username": "José\tx"})));
+        assert_eq!(header(&id, "x-forwarded-preferred-username"), Some("Jos%C3%A9%09x"));
     }
 
     #[test]
@@ -409,16 +361,11 @@ mod tests {
 
     #[tokio::test]
     async fn strip_removes_every_spelling_and_keeps_the_rest() {
-        let names = mapper(vec![(
-            HeaderName::from_static("x-forwarded-tenant"),
-            "tid".into(),
-        )])
-        .identity_header_names();
+        let names = mapper(vec![(HeaderName::from_static("x-forwarded-tenant"), "tid".into())])
+            .identity_header_names();
         let svc = ServiceBuilder::new()
             .layer(StripIdentityHeadersLayer::new(names))
-            .service(service_fn(|req: Request<()>| async move {
-                Ok::<_, Infallible>(req)
-            }));
+            .service(service_fn(|req: Request<()>| async move { Ok::<_, Infallible>(req) }));
         let req = Request::builder()
             .header("X-Forwarded-User", "evil")
             .header("x_forwarded_user", "evil")
@@ -431,11 +378,7 @@ mod tests {
             .body(())
             .unwrap();
         let out = svc.oneshot(req).await.unwrap();
-        let mut left: Vec<_> = out
-            .headers()
-            .keys()
-            .map(|k| k.as_str().to_string())
-            .collect();
+        let mut left: Vec<_> = out.headers().keys().map(|k| k.as_str().to_string()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "x-request-id"]);
     }

@@ -117,10 +117,7 @@ impl KeySet {
     }
 
     fn kids(&self) -> Vec<String> {
-        self.keys
-            .iter()
-            .map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into()))
-            .collect()
+        self.keys.iter().map(|k| k.kid.clone().unwrap_or_else(|| "(no kid)".into())).collect()
     }
 }
 
@@ -132,17 +129,9 @@ pub enum FetchError {
     #[error("{url} answered HTTP {status}")]
     Status { url: String, status: u16 },
     #[error("{url} did not return a valid {what}: {detail}")]
-    Invalid {
-        url: String,
-        what: &'static str,
-        detail: String,
-    },
+    Invalid { url: String, what: &'static str, detail: String },
     #[error("discovery at {url} names issuer {found:?}, but the configured issuer is {expected:?}; they must be equal")]
-    IssuerMismatch {
-        url: String,
-        found: String,
-        expected: String,
-    },
+    IssuerMismatch { url: String, found: String, expected: String },
     #[error("{url} has no usable signing keys")]
     NoKeys { url: String },
 }
@@ -153,6 +142,16 @@ pub struct KeyCacheSettings {
     pub refresh_interval: Duration,
     pub min_refetch_interval: Duration,
     pub allow_http: bool,
+}
+
+impl KeyCacheSettings {
+    pub fn new(bearer: &crate::config::BearerConfig, allow_http: bool) -> Self {
+        Self {
+            refresh_interval: bearer.jwks_refresh_interval,
+            min_refetch_interval: bearer.jwks_min_refetch_interval,
+            allow_http,
+        }
+    }
 }
 
 /// Called with an issuer's new key set.
@@ -175,9 +174,7 @@ pub struct IssuerKeys {
 
 impl std::fmt::Debug for IssuerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("IssuerKeys")
-            .field("issuer", &self.issuer)
-            .finish()
+        f.debug_struct("IssuerKeys").field("issuer", &self.issuer).finish()
     }
 }
 
@@ -245,9 +242,7 @@ fn parse_jwk(value: serde_json::Value) -> Result<VerifyKey, String> {
             let e = jwk.e.as_deref().ok_or_else(|| missing("e"))?;
             let bits = b64len(n).ok_or("n is not base64url")? * 8;
             if bits < 2048 {
-                return Err(format!(
-                    "RSA key of {bits} bits is too weak (at least 2048)"
-                ));
+                return Err(format!("RSA key of {bits} bits is too weak (at least 2048)"));
             }
             (n, e).hash(&mut h);
             let key = DecodingKey::from_rsa_components(n, e).map_err(|e| e.to_string())?;
@@ -288,13 +283,7 @@ fn parse_jwk(value: serde_json::Value) -> Result<VerifyKey, String> {
             return Err(format!("alg {a:?} does not fit a {} key", jwk.kty));
         }
     }
-    Ok(VerifyKey {
-        kid: jwk.kid,
-        kind,
-        alg,
-        key,
-        fingerprint: h.finish(),
-    })
+    Ok(VerifyKey { kid: jwk.kid, kind, alg, key, fingerprint: h.finish() })
 }
 
 /// Parses a JWKS document, skipping (and reporting) keys that cannot be used.
@@ -306,11 +295,9 @@ pub fn parse_jwks(body: &[u8]) -> Result<(KeySet, Vec<String>), String> {
         let kid = v.get("kid").and_then(|k| k.as_str()).map(str::to_string);
         match parse_jwk(v) {
             Ok(k) => keys.push(Arc::new(k)),
-            Err(why) => skipped.push(format!(
-                "key {} ({}): {why}",
-                i,
-                kid.as_deref().unwrap_or("no kid")
-            )),
+            Err(why) => {
+                skipped.push(format!("key {} ({}): {why}", i, kid.as_deref().unwrap_or("no kid")))
+            }
         }
     }
     Ok((KeySet { keys }, skipped))
@@ -434,19 +421,14 @@ impl IssuerKeys {
             if !skipped.is_empty() {
                 tracing::warn!(issuer = %self.issuer, skipped = ?skipped, "no usable key in JWKS");
             }
-            return Err(FetchError::NoKeys {
-                url: url.to_string(),
-            });
+            return Err(FetchError::NoKeys { url: url.to_string() });
         }
         Ok((set, skipped, url))
     }
 
     /// `issuer` without a trailing `/`, then `/.well-known/openid-configuration`.
     pub fn discovery_url(&self) -> String {
-        format!(
-            "{}/.well-known/openid-configuration",
-            self.issuer.trim_end_matches('/')
-        )
+        format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'))
     }
 
     async fn discover(&self) -> Result<Url, FetchError> {
@@ -596,10 +578,7 @@ impl KeyStore {
     /// Starts each issuer's background maintenance; the tasks end when the runtime does
     /// or when the returned handles are aborted.
     pub fn spawn_maintenance(&self) -> Vec<tokio::task::JoinHandle<()>> {
-        self.issuers
-            .iter()
-            .map(|i| tokio::spawn(i.clone().maintain()))
-            .collect()
+        self.issuers.iter().map(|i| tokio::spawn(i.clone().maintain())).collect()
     }
 }
 
@@ -618,11 +597,7 @@ mod tests {
     }
 
     fn trusted(dev: &DevIssuer) -> TrustedIssuer {
-        TrustedIssuer {
-            issuer: dev.issuer(),
-            audiences: vec!["api".into()],
-            jwks_url: None,
-        }
+        TrustedIssuer { issuer: dev.issuer(), audiences: vec!["api".into()], jwks_url: None }
     }
 
     #[test]
@@ -650,26 +625,14 @@ mod tests {
 
     #[tokio::test]
     async fn discovery_then_jwks_loads_keys() {
-        let dev = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::Es256])
-            .await
-            .unwrap();
-        let keys = IssuerKeys::new(
-            &trusted(&dev),
-            idp_client(),
-            settings(Duration::from_secs(30)),
-        );
+        let dev = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::Es256]).await.unwrap();
+        let keys = IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_secs(30)));
         assert_eq!(keys.refresh().await.unwrap(), 2);
         assert!(keys.is_loaded());
         let kid = dev.kids()[0].clone();
-        assert!(matches!(
-            keys.lookup(Some(&kid), Algorithm::RS256).await,
-            Lookup::Found(_)
-        ));
+        assert!(matches!(keys.lookup(Some(&kid), Algorithm::RS256).await, Lookup::Found(_)));
         // the right kid with an algorithm that does not fit its key is no match
-        assert!(matches!(
-            keys.current().lookup(Some(&kid), Algorithm::ES256),
-            Lookup::Unknown
-        ));
+        assert!(matches!(keys.current().lookup(Some(&kid), Algorithm::ES256), Lookup::Unknown));
     }
 
     #[tokio::test]
@@ -700,8 +663,7 @@ mod tests {
             let keys = keys.clone();
             tasks.push(tokio::spawn(async move {
                 matches!(
-                    keys.lookup(Some(&format!("attacker-{i}")), Algorithm::RS256)
-                        .await,
+                    keys.lookup(Some(&format!("attacker-{i}")), Algorithm::RS256).await,
                     Lookup::Unknown
                 )
             }));
@@ -715,41 +677,26 @@ mod tests {
     #[tokio::test]
     async fn new_kid_is_found_after_rotation_and_refetch_is_rate_limited() {
         let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
-        let keys = IssuerKeys::new(
-            &trusted(&dev),
-            idp_client(),
-            settings(Duration::from_millis(100)),
-        );
+        let keys =
+            IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(100)));
         keys.refresh().await.unwrap();
         let new_kid = dev.rotate(KeyAlg::Rs256);
         // the last fetch was just now: rate-limited
-        assert!(matches!(
-            keys.lookup(Some(&new_kid), Algorithm::RS256).await,
-            Lookup::Unknown
-        ));
+        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::RS256).await, Lookup::Unknown));
         tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(matches!(
-            keys.lookup(Some(&new_kid), Algorithm::RS256).await,
-            Lookup::Found(_)
-        ));
+        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::RS256).await, Lookup::Found(_)));
     }
 
     #[tokio::test]
     async fn unreachable_issuer_keeps_last_good_keys() {
         let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
-        let keys = IssuerKeys::new(
-            &trusted(&dev),
-            idp_client(),
-            settings(Duration::from_millis(10)),
-        );
+        let keys =
+            IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(10)));
         keys.refresh().await.unwrap();
         let kid = dev.kids()[0].clone();
         dev.set_down(true);
         assert!(keys.refresh().await.is_err());
-        assert!(matches!(
-            keys.lookup(Some(&kid), Algorithm::RS256).await,
-            Lookup::Found(_)
-        ));
+        assert!(matches!(keys.lookup(Some(&kid), Algorithm::RS256).await, Lookup::Found(_)));
     }
 
     #[tokio::test]
@@ -764,11 +711,8 @@ mod tests {
         ])
         .await
         .unwrap();
-        let keys = IssuerKeys::new(
-            &trusted(&dev),
-            idp_client(),
-            settings(Duration::from_millis(10)),
-        );
+        let keys =
+            IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(10)));
         keys.refresh().await.unwrap();
         let before = dev.jwks_fetches();
         match keys.lookup(None, Algorithm::RS256).await {
@@ -779,14 +723,7 @@ mod tests {
             Lookup::Candidates(c) => assert_eq!(c.len(), 1),
             other => panic!("{other:?}"),
         }
-        assert!(matches!(
-            keys.lookup(None, Algorithm::EdDSA).await,
-            Lookup::Unknown
-        ));
-        assert_eq!(
-            dev.jwks_fetches(),
-            before,
-            "a kid-less token never causes a refetch"
-        );
+        assert!(matches!(keys.lookup(None, Algorithm::EdDSA).await, Lookup::Unknown));
+        assert_eq!(dev.jwks_fetches(), before, "a kid-less token never causes a refetch");
     }
 }

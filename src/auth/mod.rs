@@ -42,10 +42,7 @@ impl AuthenticateLayer {
 impl<S> Layer<S> for AuthenticateLayer {
     type Service = Authenticate<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Authenticate {
-            inner,
-            settings: self.settings.clone(),
-        }
+        Authenticate { inner, settings: self.settings.clone() }
     }
 }
 
@@ -83,10 +80,9 @@ fn credentials<B>(req: &Request<B>) -> Credentials {
     }
     let token = bytes[7..].trim_ascii();
     match HeaderValue::from_bytes(token) {
-        Ok(t) if !token.is_empty() => Credentials::Bearer {
-            authorization: value.clone(),
-            token: t,
-        },
+        Ok(t) if !token.is_empty() => {
+            Credentials::Bearer { authorization: value.clone(), token: t }
+        }
         _ => Credentials::None,
     }
 }
@@ -94,9 +90,7 @@ fn credentials<B>(req: &Request<B>) -> Credentials {
 impl AuthSettings {
     fn is_public<B>(&self, req: &Request<B>) -> bool {
         let path = req.uri().path();
-        self.public_routes
-            .iter()
-            .any(|r| r.matches(req.method(), path))
+        self.public_routes.iter().any(|r| r.matches(req.method(), path))
     }
 
     /// Decides about one request: `Ok` with the request (identity attached) to forward, or the
@@ -109,19 +103,13 @@ impl AuthSettings {
             return Ok((req, Decision::new("public_route")));
         }
         let (authorization, token) = match credentials(&req) {
-            Credentials::Bearer {
-                authorization,
-                token,
-            } => (authorization, token),
+            Credentials::Bearer { authorization, token } => (authorization, token),
             Credentials::Ambiguous => {
                 let r = Rejection::InvalidRequest {
                     realm: self.realm.clone(),
                     description: "Send one Authorization header",
                 };
-                return Err((
-                    r.into_response(&req),
-                    Decision::new("ambiguous_authorization"),
-                ));
+                return Err((r.into_response(&req), Decision::new("ambiguous_authorization")));
             }
             Credentials::None => {
                 if !self.verifier.keys().all_loaded() {
@@ -130,9 +118,7 @@ impl AuthSettings {
                         Decision::new("keys_not_loaded"),
                     ));
                 }
-                let r = Rejection::NoToken {
-                    realm: self.realm.clone(),
-                };
+                let r = Rejection::NoToken { realm: self.realm.clone() };
                 return Err((r.into_response(&req), Decision::new("no_token")));
             }
         };
@@ -152,11 +138,7 @@ impl AuthSettings {
                     detail: None,
                     identity: Some(identity.clone()),
                 };
-                req.extensions_mut().insert(Authenticated {
-                    identity,
-                    authorization,
-                    token,
-                });
+                req.extensions_mut().insert(Authenticated { identity, authorization, token });
                 Ok((req, decision))
             }
             Err(e) => Err(self.invalid(&req, e)),
@@ -164,11 +146,8 @@ impl AuthSettings {
     }
 
     fn invalid(&self, req: &Request<Body>, e: TokenError) -> (Response<Body>, Decision) {
-        let decision = Decision {
-            reason: e.code().into(),
-            detail: Some(e.to_string()),
-            identity: None,
-        };
+        let decision =
+            Decision { reason: e.code().into(), detail: Some(e.to_string()), identity: None };
         let r = match e {
             TokenError::KeysNotLoaded(_) => Rejection::NotReady,
             e => Rejection::InvalidToken {

@@ -31,11 +31,7 @@ pub enum TokenError {
     #[error("issuer {0:?} is not trusted")]
     UntrustedIssuer(String),
     #[error("no key {kid:?} for {alg:?} at issuer {issuer:?}")]
-    UnknownKey {
-        issuer: String,
-        kid: Option<String>,
-        alg: String,
-    },
+    UnknownKey { issuer: String, kid: Option<String>, alg: String },
     #[error("signature does not verify")]
     BadSignature,
     #[error("token expired")]
@@ -137,10 +133,7 @@ pub struct TokenCache {
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            map: RwLock::new(HashMap::default()),
-            capacity,
-        }
+        Self { map: RwLock::new(HashMap::default()), capacity }
     }
 
     fn get(&self, d: &Digest) -> Option<Arc<CachedToken>> {
@@ -229,8 +222,7 @@ fn sha256(token: &str) -> Digest {
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
-    v.as_u64()
-        .or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
+    v.as_u64().or_else(|| v.as_f64().filter(|f| *f >= 0.0).map(|f| f as u64))
 }
 
 impl Verifier {
@@ -254,11 +246,7 @@ impl Verifier {
             ik.set_on_change(Arc::new(move |set: &KeySet| c.retain_keys(index, set)));
             issuers.insert(
                 trusted.issuer.clone(),
-                IssuerPolicy {
-                    index,
-                    keys: ik.clone(),
-                    validations,
-                },
+                IssuerPolicy { index, keys: ik.clone(), validations },
             );
         }
         Self {
@@ -292,10 +280,7 @@ impl Verifier {
                 self.cache.remove(&digest);
                 return Err(TokenError::Expired);
             }
-            if hit
-                .nbf
-                .is_some_and(|nbf| nbf > now.saturating_add(self.leeway))
-            {
+            if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
                 return Err(TokenError::NotYetValid);
             }
             return Ok((hit.identity.clone(), Verified::Cached));
@@ -423,7 +408,7 @@ fn map_jwt_error(kind: &ErrorKind) -> TokenError {
 mod tests {
     use super::*;
     use crate::auth::keys::KeyCacheSettings;
-    use crate::config::{IdentityConfig, PassToken, TrustedIssuer, ASYMMETRIC_ALGORITHMS};
+    use crate::config::{IdentityConfig, TrustedIssuer};
     use crate::devissuer::{DevIssuer, KeyAlg};
     use base64::Engine as _;
     use jsonwebtoken::{EncodingKey, Header};
@@ -439,38 +424,16 @@ mod tests {
 
     async fn fixture(algs: &[KeyAlg], cache: usize) -> Fixture {
         let dev = DevIssuer::start(algs).await.unwrap();
-        let cfg = BearerConfig {
-            issuers: vec![TrustedIssuer {
-                issuer: dev.issuer(),
-                audiences: vec![AUD.into()],
-                jwks_url: None,
-            }],
-            algorithms: ASYMMETRIC_ALGORITHMS.to_vec(),
-            leeway: Duration::from_secs(30),
-            required_claims: vec!["sub".into()],
-            public_routes: vec![],
-            realm: "t".into(),
-            jwks_refresh_interval: Duration::from_secs(3600),
-            jwks_min_refetch_interval: Duration::from_millis(50),
-            token_cache_size: cache,
-        };
-        let keys = Arc::new(KeyStore::new(
-            &cfg.issuers,
-            KeyCacheSettings {
-                refresh_interval: cfg.jwks_refresh_interval,
-                min_refetch_interval: cfg.jwks_min_refetch_interval,
-                allow_http: false,
-            },
-        ));
+        let mut cfg = BearerConfig::with_issuers(vec![TrustedIssuer {
+            issuer: dev.issuer(),
+            audiences: vec![AUD.into()],
+            jwks_url: None,
+        }]);
+        cfg.jwks_min_refetch_interval = Duration::from_millis(50);
+        cfg.token_cache_size = cache;
+        let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
         keys.issuers[0].refresh().await.unwrap();
-        let mapper = IdentityMapper::new(IdentityConfig {
-            user_claim: "sub".into(),
-            email_claim: "email".into(),
-            groups_claim: "groups".into(),
-            preferred_username_claim: "preferred_username".into(),
-            claim_headers: vec![],
-            pass_token: PassToken::None,
-        });
+        let mapper = IdentityMapper::new(IdentityConfig::default());
         let verifier = Verifier::new(&cfg, keys, mapper);
         Fixture { dev, verifier }
     }
@@ -504,33 +467,13 @@ mod tests {
                 json!({"iss": "https://evil.example"}),
                 TokenError::UntrustedIssuer("https://evil.example".into()),
             ),
-            (
-                "wrong aud",
-                json!({"aud": "api://other"}),
-                TokenError::BadAudience,
-            ),
+            ("wrong aud", json!({"aud": "api://other"}), TokenError::BadAudience),
             ("missing aud", json!({"aud": null}), TokenError::BadAudience),
             ("expired", json!({"exp": now - 120}), TokenError::Expired),
-            (
-                "nbf ahead",
-                json!({"nbf": now + 600}),
-                TokenError::NotYetValid,
-            ),
-            (
-                "iat ahead",
-                json!({"iat": now + 600}),
-                TokenError::IssuedInFuture,
-            ),
-            (
-                "no sub",
-                json!({"sub": null}),
-                TokenError::MissingClaim("sub".into()),
-            ),
-            (
-                "no exp",
-                json!({"exp": null}),
-                TokenError::MissingClaim("exp".into()),
-            ),
+            ("nbf ahead", json!({"nbf": now + 600}), TokenError::NotYetValid),
+            ("iat ahead", json!({"iat": now + 600}), TokenError::IssuedInFuture),
+            ("no sub", json!({"sub": null}), TokenError::MissingClaim("sub".into())),
+            ("no exp", json!({"exp": null}), TokenError::MissingClaim("exp".into())),
         ];
         for (name, patch, want) in cases {
             let mut c = base.clone();
@@ -566,10 +509,7 @@ mod tests {
 
         // alg none
         let none = format!("{}.{}.", b64(br#"{"alg":"none","typ":"JWT"}"#), payload);
-        assert!(matches!(
-            f.verifier.verify(&none).await,
-            Err(TokenError::Malformed(_))
-        ));
+        assert!(matches!(f.verifier.verify(&none).await, Err(TokenError::Malformed(_))));
 
         // HS256 signed with the RSA public key as the secret
         let key = f.dev.key(&kid).unwrap();
@@ -577,67 +517,41 @@ mod tests {
         h.kid = Some(kid.clone());
         let hs = jsonwebtoken::encode(&h, &claims, &EncodingKey::from_secret(&key.public_bytes))
             .unwrap();
-        assert_eq!(
-            f.verifier.verify(&hs).await.unwrap_err().code(),
-            "token_alg_not_allowed"
-        );
+        assert_eq!(f.verifier.verify(&hs).await.unwrap_err().code(), "token_alg_not_allowed");
 
         // flipped signature byte
         let good = f.dev.mint(&claims);
         let (head, sig) = good.rsplit_once('.').unwrap();
-        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD
-            .decode(sig)
-            .unwrap();
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
         raw[10] ^= 1;
         let bad = format!("{head}.{}", b64(&raw));
-        assert_eq!(
-            f.verifier.verify(&bad).await.unwrap_err(),
-            TokenError::BadSignature
-        );
+        assert_eq!(f.verifier.verify(&bad).await.unwrap_err(), TokenError::BadSignature);
 
         // crit
         let mut h = Header::new(Algorithm::RS256);
         h.crit = Some(vec!["exp".into()]);
         let t = key.sign(h, &claims);
-        assert!(matches!(
-            f.verifier.verify(&t).await,
-            Err(TokenError::UnsupportedCrit(_))
-        ));
+        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnsupportedCrit(_))));
 
         // attacker key advertised through jku and embedded jwk
         let attacker = crate::devissuer::DevKey::generate(KeyAlg::Rs256).unwrap();
         let mut h = Header::new(Algorithm::RS256);
         h.jku = Some("http://127.0.0.1:1/attacker-jwks".into());
         let t = attacker.sign(h, &claims);
-        assert!(matches!(
-            f.verifier.verify(&t).await,
-            Err(TokenError::UnknownKey { .. })
-        ));
+        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnknownKey { .. })));
         let mut h = Header::new(Algorithm::RS256);
         h.jwk = Some(serde_json::from_value(attacker.jwk.clone()).unwrap());
         h.kid = Some(kid.clone());
         let t = attacker.sign(h, &claims);
-        assert_eq!(
-            f.verifier.verify(&t).await.unwrap_err(),
-            TokenError::BadSignature
-        );
+        assert_eq!(f.verifier.verify(&t).await.unwrap_err(), TokenError::BadSignature);
 
         // oversize and malformed
         assert_eq!(
-            f.verifier
-                .verify(&"a".repeat(MAX_TOKEN_BYTES + 1))
-                .await
-                .unwrap_err(),
+            f.verifier.verify(&"a".repeat(MAX_TOKEN_BYTES + 1)).await.unwrap_err(),
             TokenError::TooLarge
         );
-        assert!(matches!(
-            f.verifier.verify("abc.d$f.ghi").await,
-            Err(TokenError::Malformed(_))
-        ));
-        assert!(matches!(
-            f.verifier.verify("not-a-jwt").await,
-            Err(TokenError::Malformed(_))
-        ));
+        assert!(matches!(f.verifier.verify("abc.d$f.ghi").await, Err(TokenError::Malformed(_))));
+        assert!(matches!(f.verifier.verify("not-a-jwt").await, Err(TokenError::Malformed(_))));
     }
 
     #[tokio::test]
@@ -662,10 +576,7 @@ mod tests {
         assert!(f.verifier.verify(&t).await.is_ok());
         assert_eq!(f.verifier.cache().len(), 1);
         tokio::time::sleep(Duration::from_millis(3100)).await;
-        assert_eq!(
-            f.verifier.verify(&t).await.unwrap_err(),
-            TokenError::Expired
-        );
+        assert_eq!(f.verifier.verify(&t).await.unwrap_err(), TokenError::Expired);
     }
 
     #[tokio::test]
@@ -678,10 +589,7 @@ mod tests {
         f.dev.remove_key(&kid);
         f.verifier.keys().issuers[0].refresh().await.unwrap();
         assert_eq!(f.verifier.cache().len(), 0);
-        assert!(matches!(
-            f.verifier.verify(&t).await,
-            Err(TokenError::UnknownKey { .. })
-        ));
+        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnknownKey { .. })));
     }
 
     #[tokio::test]

@@ -16,10 +16,7 @@ async fn output(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     for (k, v) in env {
         c.env(k, v);
     }
-    let out = tokio::time::timeout(Duration::from_secs(30), c.output())
-        .await
-        .unwrap()
-        .unwrap();
+    let out = tokio::time::timeout(Duration::from_secs(30), c.output()).await.unwrap().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into(),
@@ -50,17 +47,11 @@ async fn every_example_and_deploy_config_passes_offline_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut n = 0;
     let dirs = ["config", "deploy/kubernetes", "deploy/compose"];
-    for entry in dirs
-        .iter()
-        .flat_map(|d| std::fs::read_dir(root.join(d)).unwrap())
-    {
+    for entry in dirs.iter().flat_map(|d| std::fs::read_dir(root.join(d)).unwrap()) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
-            let (code, out, err) = output(
-                &["check", "--offline", "--config", path.to_str().unwrap()],
-                &[],
-            )
-            .await;
+            let (code, out, err) =
+                output(&["check", "--offline", "--config", path.to_str().unwrap()], &[]).await;
             assert_eq!(code, 0, "{}: {out}{err}", path.display());
             n += 1;
         }
@@ -97,18 +88,13 @@ async fn check_exit_codes() {
     let unreachable = write(dir.path(), "down.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"http://127.0.0.1:{port}\"\n[bearer]\naudiences = [\"a\"]\n"));
     let (code, out, _) = output(&["check", "--config", &unreachable], &[]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains("could not reach") && out.contains("hint"),
-        "{out}"
-    );
+    assert!(out.contains("could not reach") && out.contains("hint"), "{out}");
     // offline skips the probe
     let (code, _, _) = output(&["check", "--offline", "--config", &unreachable], &[]).await;
     assert_eq!(code, 0);
 
     // valid and reachable: 0
-    let issuer = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::EdDsa])
-        .await
-        .unwrap();
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::EdDsa]).await.unwrap();
     let up = write(dir.path(), "up.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}\"\n[bearer]\naudiences = [\"a\"]\n", issuer.issuer()));
     let (code, out, _) = output(&["check", "--config", &up], &[]).await;
     assert_eq!(code, 0, "{out}");
@@ -118,13 +104,7 @@ async fn check_exit_codes() {
     let slash = write(dir.path(), "slash.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}/\"\n[bearer]\naudiences = [\"a\"]\n", issuer.issuer()));
     let (code, out, _) = output(&["check", "--config", &slash], &[]).await;
     assert_eq!(code, 1, "{out}");
-    assert!(
-        out.contains(&format!(
-            "set the issuer to exactly \"{}\"",
-            issuer.issuer()
-        )),
-        "{out}"
-    );
+    assert!(out.contains(&format!("set the issuer to exactly \"{}\"", issuer.issuer())), "{out}");
 }
 
 #[tokio::test]
@@ -157,11 +137,7 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     let c = client();
     let mut ready = false;
     for _ in 0..200 {
-        if let Ok(r) = c
-            .get(format!("http://127.0.0.1:{admin}/readyz"))
-            .send()
-            .await
-        {
+        if let Ok(r) = c.get(format!("http://127.0.0.1:{admin}/readyz")).send().await {
             if r.status() == 200 {
                 ready = true;
                 break;
@@ -171,38 +147,19 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     }
     assert!(ready, "the binary did not become ready");
     let token = issuer.token_for("alice", AUD);
-    let r = c
-        .get(format!("http://127.0.0.1:{port}/api"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = c.get(format!("http://127.0.0.1:{port}/api")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
-    assert_eq!(
-        upstream.last().one("x-forwarded-user").as_deref(),
-        Some("alice")
-    );
+    assert_eq!(upstream.last().one("x-forwarded-user").as_deref(), Some("alice"));
 
     // a request in flight when SIGTERM arrives still completes
-    let mut resp = c
-        .get(format!("http://127.0.0.1:{port}/stream"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let mut resp =
+        c.get(format!("http://127.0.0.1:{port}/stream")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"first\n");
     let pid = child.id().unwrap().to_string();
-    assert!(std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap()
-        .success());
+    assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let mut refused = false;
     for _ in 0..100 {
-        if tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .is_err()
-        {
+        if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_err() {
             refused = true;
             break;
         }
@@ -211,20 +168,12 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     assert!(refused, "still accepting after SIGTERM");
     upstream.release_stream();
     assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"second\n");
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 
     let mut out = String::new();
-    child
-        .stdout
-        .take()
-        .unwrap()
-        .read_to_string(&mut out)
-        .await
-        .unwrap();
+    child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
     assert!(
         out.contains("PORTCULLIS_SERVICE_HOST"),
         "no warning about the unknown variable: {out}"
@@ -283,15 +232,7 @@ async fn demo_works_without_any_outside_service() {
     assert!(banner.contains("DEVELOPMENT ONLY"), "{banner}");
     assert!(banner.contains("curl"), "{banner}");
     let proxy = format!("http://127.0.0.1:{port}");
-    assert_eq!(
-        client()
-            .get(format!("{proxy}/hello"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(client().get(format!("{proxy}/hello")).send().await.unwrap().status(), 401);
     let body = client()
         .get(format!("{proxy}/hello"))
         .bearer_auth(&token)
@@ -303,26 +244,14 @@ async fn demo_works_without_any_outside_service() {
         .unwrap();
     let v: serde_json::Value = serde_json::from_str(&body).unwrap();
     let headers = v["headers"].as_array().unwrap();
+    assert!(headers.iter().any(|h| h[0] == "x-forwarded-user" && h[1] == "alice"), "{body}");
     assert!(
-        headers
-            .iter()
-            .any(|h| h[0] == "x-forwarded-user" && h[1] == "alice"),
-        "{body}"
-    );
-    assert!(
-        headers
-            .iter()
-            .any(|h| h[0] == "x-forwarded-groups" && h[1] == "admins,developers"),
+        headers.iter().any(|h| h[0] == "x-forwarded-groups" && h[1] == "admins,developers"),
         "{body}"
     );
     let pid = child.id().unwrap().to_string();
-    std::process::Command::new("kill")
-        .args(["-TERM", &pid])
-        .status()
-        .unwrap();
-    let status = tokio::time::timeout(Duration::from_secs(10), child.wait())
-        .await
-        .unwrap()
-        .unwrap();
+    std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    let status =
+        tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 }

@@ -37,11 +37,7 @@ impl Seen {
     }
     pub fn one(&self, name: &str) -> Option<String> {
         let all = self.all(name);
-        assert!(
-            all.len() <= 1,
-            "{name} arrived {} times: {all:?}",
-            all.len()
-        );
+        assert!(all.len() <= 1, "{name} arrived {} times: {all:?}", all.len());
         all.into_iter().next()
     }
 }
@@ -66,25 +62,14 @@ async fn record(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024)
-        .await
-        .unwrap_or_default();
+    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
     let seen = Seen {
         method: parts.method.to_string(),
-        path_and_query: parts
-            .uri
-            .path_and_query()
-            .map(|p| p.to_string())
-            .unwrap_or_default(),
+        path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
         headers: parts
             .headers
             .iter()
-            .map(|(k, v)| {
-                (
-                    k.as_str().to_string(),
-                    String::from_utf8_lossy(v.as_bytes()).into(),
-                )
-            })
+            .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
             .collect(),
         peer,
         body_len: bytes.len(),
@@ -135,26 +120,17 @@ impl Upstream {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         let state = UpstreamState::default();
-        let app = Router::new()
-            .fallback(any(record))
-            .with_state(state.clone());
+        let app = Router::new().fallback(any(record)).with_state(state.clone());
         let (tx, rx) = tokio::sync::oneshot::channel::<()>();
         tokio::spawn(async move {
-            axum::serve(
-                listener,
-                app.into_make_service_with_connect_info::<SocketAddr>(),
-            )
-            .with_graceful_shutdown(async {
-                let _ = rx.await;
-            })
-            .await
-            .unwrap();
+            axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>())
+                .with_graceful_shutdown(async {
+                    let _ = rx.await;
+                })
+                .await
+                .unwrap();
         });
-        Self {
-            addr,
-            state,
-            _stop: tx,
-        }
+        Self { addr, state, _stop: tx }
     }
 
     pub fn hits(&self) -> usize {
@@ -166,10 +142,7 @@ impl Upstream {
     }
 
     pub fn last(&self) -> Seen {
-        self.seen()
-            .last()
-            .cloned()
-            .expect("the upstream received nothing")
+        self.seen().last().cloned().expect("the upstream received nothing")
     }
 
     /// Lets a `/stream` response send its second chunk.
@@ -239,9 +212,7 @@ public_routes = ["GET=^/healthz$", "^/public/"]
 /// Starts the proxy in-process and waits until its keys are loaded (if `wait_keys`).
 pub async fn start_proxy(issuer: &str, upstream: &str, o: Opts, wait_keys: bool) -> Proxy {
     let text = config_text(issuer, upstream, &o);
-    let cfg = portcullis::config::load_str(&text, std::iter::empty())
-        .unwrap()
-        .config;
+    let cfg = portcullis::config::load_str(&text, std::iter::empty()).unwrap().config;
     let server = Server::start(cfg).await.unwrap();
     if wait_keys {
         for _ in 0..200 {
@@ -275,18 +246,9 @@ impl World {
     pub async fn with(o: Opts) -> Self {
         let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
         let upstream = Upstream::start().await;
-        let proxy = start_proxy(
-            &issuer.issuer(),
-            &format!("http://{}", upstream.addr),
-            o,
-            true,
-        )
-        .await;
-        Self {
-            issuer,
-            upstream,
-            proxy,
-        }
+        let proxy =
+            start_proxy(&issuer.issuer(), &format!("http://{}", upstream.addr), o, true).await;
+        Self { issuer, upstream, proxy }
     }
 
     pub fn token(&self, user: &str) -> String {
@@ -299,10 +261,7 @@ impl World {
 }
 
 pub fn client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(10))
-        .build()
-        .unwrap()
+    reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap()
 }
 
 /// A response read off a raw socket.
@@ -325,16 +284,8 @@ pub async fn raw(addr: SocketAddr, request: &str) -> RawResponse {
         .unwrap();
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
-    let status = head
-        .split(' ')
-        .nth(1)
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
-    RawResponse {
-        status,
-        head: head.to_string(),
-        body: body.to_string(),
-    }
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    RawResponse { status, head: head.to_string(), body: body.to_string() }
 }
 
 /// A GET with extra header lines, sent raw.
@@ -349,9 +300,27 @@ pub async fn raw_get(addr: SocketAddr, path: &str, headers: &[(&str, &str)]) -> 
 
 /// A free port on loopback (bound, then released).
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// The status of a GET to `url`, with a bearer token if given.
+pub async fn status_of(url: &str, token: Option<&str>) -> u16 {
+    let mut req = client().get(url);
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+/// Polls (at most 40 times, 50 ms apart) until a GET answers `want`; returns the last status.
+pub async fn eventually_status(url: &str, token: Option<&str>, want: u16) -> u16 {
+    let mut status = 0;
+    for _ in 0..40 {
+        status = status_of(url, token).await;
+        if status == want {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    status
 }

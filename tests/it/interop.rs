@@ -49,11 +49,7 @@ impl Op {
         .await
         .expect("oidc-provider did not start within 30s");
         let (issuer, kid) = ready.split_once(' ').unwrap();
-        Op {
-            child,
-            issuer: issuer.to_string(),
-            kid: kid.to_string(),
-        }
+        Op { child, issuer: issuer.to_string(), kid: kid.to_string() }
     }
 
     /// A JWT access token from the client credentials grant for `resource`.
@@ -72,11 +68,7 @@ impl Op {
         assert_eq!(r.status(), 200);
         let v: serde_json::Value = r.json().await.unwrap();
         let token = v["access_token"].as_str().unwrap().to_string();
-        assert_eq!(
-            token.split('.').count(),
-            3,
-            "expected a JWT access token, got an opaque one"
-        );
+        assert_eq!(token.split('.').count(), 3, "expected a JWT access token, got an opaque one");
         token
     }
 
@@ -87,14 +79,7 @@ impl Op {
 }
 
 async fn status(proxy: &Proxy, token: &str) -> u16 {
-    client()
-        .get(format!("{}/api/whoami", proxy.url))
-        .bearer_auth(token)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    status_of(&format!("{}/api/whoami", proxy.url), Some(token)).await
 }
 
 #[tokio::test]
@@ -105,30 +90,16 @@ async fn oidc_provider_tokens_rotation_and_outage() {
     let op = Op::start(port, &keys, false).await;
     let first_kid = op.kid.clone();
     let upstream = Upstream::start().await;
-    let proxy = start_proxy(
-        &op.issuer,
-        &format!("http://{}", upstream.addr),
-        Opts::default(),
-        true,
-    )
-    .await;
+    let proxy =
+        start_proxy(&op.issuer, &format!("http://{}", upstream.addr), Opts::default(), true).await;
 
     // discovery + JWKS from the real provider; its JWT access token is accepted
     let t1 = op.token(AUD).await;
     assert_eq!(status(&proxy, &t1).await, 200);
     let seen = upstream.last();
-    assert_eq!(
-        seen.one("x-forwarded-user").as_deref(),
-        Some("interop-service")
-    );
-    assert_eq!(
-        seen.one("x-forwarded-email").as_deref(),
-        Some("robot@example.com")
-    );
-    assert_eq!(
-        seen.one("x-forwarded-groups").as_deref(),
-        Some("robots,readers")
-    );
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("interop-service"));
+    assert_eq!(seen.one("x-forwarded-email").as_deref(), Some("robot@example.com"));
+    assert_eq!(seen.one("x-forwarded-groups").as_deref(), Some("robots,readers"));
     assert_eq!(seen.one("authorization"), None);
 
     // a token for another resource server carries another audience
@@ -142,14 +113,7 @@ async fn oidc_provider_tokens_rotation_and_outage() {
     let op = Op::start(port, &keys, true).await;
     assert_ne!(op.kid, first_kid);
     let t2 = op.token(AUD).await;
-    let mut s = 0;
-    for _ in 0..40 {
-        s = status(&proxy, &t2).await;
-        if s == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let s = eventually_status(&format!("{}/api/whoami", proxy.url), Some(&t2), 200).await;
     assert_eq!(s, 200, "token signed by the rotated key was not accepted");
     // the old key is still published, so old tokens still work
     assert_eq!(status(&proxy, &t1).await, 200);

@@ -9,130 +9,53 @@ async fn protected_requests_get_503_until_keys_load() {
     let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
     issuer.set_down(true);
     let upstream = Upstream::start().await;
-    let proxy = start_proxy(
-        &issuer.issuer(),
-        &format!("http://{}", upstream.addr),
-        Opts::default(),
-        false,
-    )
-    .await;
+    let proxy =
+        start_proxy(&issuer.issuer(), &format!("http://{}", upstream.addr), Opts::default(), false)
+            .await;
     let token = issuer.token_for("alice", AUD);
-    let c = client();
-    let r = c
-        .get(format!("{}/api", proxy.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let api = format!("{}/api", proxy.url);
+    let r = client().get(&api).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.headers().get("retry-after").is_some());
-    assert_eq!(
-        c.get(format!("{}/api", proxy.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
-    let ready = c
-        .get(format!("{}/readyz", proxy.admin))
-        .send()
-        .await
-        .unwrap();
+    assert_eq!(status_of(&api, None).await, 503);
+    let ready = client().get(format!("{}/readyz", proxy.admin)).send().await.unwrap();
     assert_eq!(ready.status(), 503);
     assert!(ready.text().await.unwrap().contains("keys"));
-    assert_eq!(
-        c.get(format!("{}/healthz", proxy.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&format!("{}/healthz", proxy.admin), None).await, 200);
     // public routes do not need keys
-    assert_eq!(
-        c.get(format!("{}/public/x", proxy.url))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(status_of(&format!("{}/public/x", proxy.url), None).await, 200);
     assert_eq!(upstream.hits(), 1);
 
     issuer.set_down(false);
-    let mut status = 0;
-    for _ in 0..100 {
-        status = c
-            .get(format!("{}/api", proxy.url))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status != 503 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 200);
-    assert_eq!(
-        c.get(format!("{}/readyz", proxy.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(eventually_status(&api, Some(&token), 200).await, 200);
+    assert_eq!(status_of(&format!("{}/readyz", proxy.admin), None).await, 200);
 }
 
 #[tokio::test]
 async fn readyz_reports_an_unreachable_upstream() {
     let issuer = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
     let port = free_port();
-    let proxy = start_proxy(
-        &issuer.issuer(),
-        &format!("http://127.0.0.1:{port}"),
-        Opts::default(),
-        true,
-    )
-    .await;
-    let r = client()
-        .get(format!("{}/readyz", proxy.admin))
-        .send()
-        .await
-        .unwrap();
+    let proxy =
+        start_proxy(&issuer.issuer(), &format!("http://127.0.0.1:{port}"), Opts::default(), true)
+            .await;
+    let r = client().get(format!("{}/readyz", proxy.admin)).send().await.unwrap();
     assert_eq!(r.status(), 503);
     assert!(r.text().await.unwrap().contains("upstream"));
     assert_eq!(
-        client()
-            .get(format!("{}/healthz", proxy.admin))
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client().get(format!("{}/healthz", proxy.admin)).send().await.unwrap().status(),
         200
     );
 }
 
 #[tokio::test]
 async fn rotation_is_followed_and_removed_keys_stop_working() {
-    let w = World::with(Opts {
-        bearer: "jwks_refresh_interval = \"100ms\"".into(),
-        ..Opts::default()
-    })
-    .await;
+    let w =
+        World::with(Opts { bearer: "jwks_refresh_interval = \"100ms\"".into(), ..Opts::default() })
+            .await;
     let old_kid = w.issuer.kids()[0].clone();
     let old_token = w.token("alice");
     assert_eq!(
-        client()
-            .get(w.url("/a"))
-            .bearer_auth(&old_token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
+        client().get(w.url("/a")).bearer_auth(&old_token).send().await.unwrap().status(),
         200
     );
 
@@ -140,53 +63,19 @@ async fn rotation_is_followed_and_removed_keys_stop_working() {
     let new_kid = w.issuer.rotate(KeyAlg::Rs256);
     let new_token = w.token("bob");
     assert!(new_token.len() > 10 && w.issuer.kids()[0] == new_kid);
-    let mut status = 0;
-    for _ in 0..40 {
-        status = client()
-            .get(w.url("/b"))
-            .bearer_auth(&new_token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == 200 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 200);
-    assert_eq!(
-        w.upstream.last().one("x-forwarded-user").as_deref(),
-        Some("bob")
-    );
+    assert_eq!(eventually_status(&w.url("/b"), Some(&new_token), 200).await, 200);
+    assert_eq!(w.upstream.last().one("x-forwarded-user").as_deref(), Some("bob"));
 
     // the old key leaves the JWKS: its (cached) token stops working
     w.issuer.remove_key(&old_kid);
-    for _ in 0..40 {
-        status = client()
-            .get(w.url("/c"))
-            .bearer_auth(&old_token)
-            .send()
-            .await
-            .unwrap()
-            .status()
-            .as_u16();
-        if status == 401 {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(status, 401);
+    assert_eq!(eventually_status(&w.url("/c"), Some(&old_token), 401).await, 401);
 }
 
 #[tokio::test]
 async fn known_keys_keep_working_while_the_issuer_is_down() {
-    let w = World::with(Opts {
-        bearer: "jwks_refresh_interval = \"50ms\"".into(),
-        ..Opts::default()
-    })
-    .await;
+    let w =
+        World::with(Opts { bearer: "jwks_refresh_interval = \"50ms\"".into(), ..Opts::default() })
+            .await;
     let token = w.token("alice");
     w.issuer.set_down(true);
     let attempts = w.issuer.discovery_fetches();
@@ -197,20 +86,8 @@ async fn known_keys_keep_working_while_the_issuer_is_down() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     // refreshes failed meanwhile; a token never seen before still verifies with the kept keys
-    assert!(
-        w.issuer.discovery_fetches() >= attempts + 2,
-        "no refresh was attempted"
-    );
-    assert_eq!(
-        client()
-            .get(w.url("/a"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert!(w.issuer.discovery_fetches() >= attempts + 2, "no refresh was attempted");
+    assert_eq!(client().get(w.url("/a")).bearer_auth(&token).send().await.unwrap().status(), 200);
 }
 
 #[tokio::test]
@@ -223,11 +100,7 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     let first = resp.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"first\n");
 
-    let World {
-        issuer: _issuer,
-        upstream,
-        proxy,
-    } = w;
+    let World { issuer: _issuer, upstream, proxy } = w;
     let shutdown = tokio::spawn(proxy.shutdown());
     // new connections are refused once the listener is closed
     let mut refused = false;
@@ -239,16 +112,10 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert!(refused, "the listener still accepts after shutdown began");
-    assert!(
-        !shutdown.is_finished(),
-        "shutdown did not wait for the in-flight request"
-    );
+    assert!(!shutdown.is_finished(), "shutdown did not wait for the in-flight request");
     // the in-flight response completes
     upstream.release_stream();
     let rest = resp.chunk().await.unwrap().unwrap();
     assert_eq!(&rest[..], b"second\n");
-    tokio::time::timeout(Duration::from_secs(5), shutdown)
-        .await
-        .unwrap()
-        .unwrap();
+    tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
 }

@@ -22,18 +22,9 @@ async fn valid_token_reaches_the_app_with_identity_headers() {
     assert_eq!(seen.method, "GET");
     assert_eq!(seen.path_and_query, "/api/items?limit=5&q=a%20b");
     assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
-    assert_eq!(
-        seen.one("x-forwarded-email").as_deref(),
-        Some("alice@example.com")
-    );
-    assert_eq!(
-        seen.one("x-forwarded-preferred-username").as_deref(),
-        Some("alice")
-    );
-    assert_eq!(
-        seen.one("x-forwarded-groups").as_deref(),
-        Some("admins,developers")
-    );
+    assert_eq!(seen.one("x-forwarded-email").as_deref(), Some("alice@example.com"));
+    assert_eq!(seen.one("x-forwarded-preferred-username").as_deref(), Some("alice"));
+    assert_eq!(seen.one("x-forwarded-groups").as_deref(), Some("admins,developers"));
     // the token is not passed on by default
     assert_eq!(seen.one("authorization"), None);
     // forwarding headers come from the connection, client-sent ones are replaced
@@ -56,38 +47,19 @@ async fn claim_map_and_pass_token_modes() {
     let mut claims = w.issuer.claims_for("bob", AUD);
     claims["tid"] = serde_json::json!("tenant-7");
     let token = w.issuer.mint(&claims);
-    let resp = client()
-        .get(w.url("/x"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().get(w.url("/x")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
     let seen = w.upstream.last();
     assert_eq!(seen.one("x-forwarded-tenant").as_deref(), Some("tenant-7"));
     assert_eq!(seen.one("x-forwarded-subject").as_deref(), Some("bob"));
-    assert_eq!(
-        seen.one("x-forwarded-access-token").as_deref(),
-        Some(token.as_str())
-    );
+    assert_eq!(seen.one("x-forwarded-access-token").as_deref(), Some(token.as_str()));
     assert_eq!(seen.one("authorization"), None);
 
-    let w = World::with(Opts {
-        identity: "pass_token = \"authorization\"",
-        ..Opts::default()
-    })
-    .await;
+    let w =
+        World::with(Opts { identity: "pass_token = \"authorization\"", ..Opts::default() }).await;
     let token = w.token("bob");
-    client()
-        .get(w.url("/x"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(
-        w.upstream.last().one("authorization"),
-        Some(format!("Bearer {token}"))
-    );
+    client().get(w.url("/x")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(w.upstream.last().one("authorization"), Some(format!("Bearer {token}")));
     assert_eq!(w.upstream.last().one("x-forwarded-access-token"), None);
 }
 
@@ -127,34 +99,17 @@ async fn bodies_stream_both_ways() {
     let token = w.token("alice");
     // upload: 8 MiB arrives whole
     let body = vec![b'x'; 8 * 1024 * 1024];
-    let resp = client()
-        .post(w.url("/upload"))
-        .bearer_auth(&token)
-        .body(body)
-        .send()
-        .await
-        .unwrap();
+    let resp = client().post(w.url("/upload")).bearer_auth(&token).body(body).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        resp.text().await.unwrap(),
-        format!("upstream ok {}", 8 * 1024 * 1024)
-    );
+    assert_eq!(resp.text().await.unwrap(), format!("upstream ok {}", 8 * 1024 * 1024));
     assert_eq!(w.upstream.last().body_len, 8 * 1024 * 1024);
 
     // download: the first chunk reaches the client while the upstream is still holding the
     // rest, so the proxy does not buffer whole responses
-    let mut resp = client()
-        .get(w.url("/stream"))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let mut resp = client().get(w.url("/stream")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(resp.status(), 200);
-    let first = tokio::time::timeout(Duration::from_secs(5), resp.chunk())
-        .await
-        .unwrap()
-        .unwrap()
-        .unwrap();
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await.unwrap().unwrap().unwrap();
     assert_eq!(&first[..], b"first\n");
     w.upstream.release_stream();
     let second = resp.chunk().await.unwrap().unwrap();
@@ -166,21 +121,12 @@ async fn upstream_connections_are_reused() {
     let w = World::new().await;
     let token = w.token("alice");
     for _ in 0..10 {
-        let r = client()
-            .get(w.url("/pool"))
-            .bearer_auth(&token)
-            .send()
-            .await
-            .unwrap();
+        let r = client().get(w.url("/pool")).bearer_auth(&token).send().await.unwrap();
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
     let peers: std::collections::HashSet<_> = w.upstream.seen().iter().map(|s| s.peer).collect();
-    assert_eq!(
-        peers.len(),
-        1,
-        "sequential requests should share one pooled connection: {peers:?}"
-    );
+    assert_eq!(peers.len(), 1, "sequential requests should share one pooled connection: {peers:?}");
 }
 
 #[tokio::test]
@@ -189,34 +135,16 @@ async fn dead_upstream_is_502_and_slow_head_is_504() {
         .await
         .unwrap();
     let port = free_port();
-    let proxy = start_proxy(
-        &issuer.issuer(),
-        &format!("http://127.0.0.1:{port}"),
-        Opts::default(),
-        true,
-    )
-    .await;
+    let proxy =
+        start_proxy(&issuer.issuer(), &format!("http://127.0.0.1:{port}"), Opts::default(), true)
+            .await;
     let token = issuer.token_for("alice", AUD);
-    let r = client()
-        .get(format!("{}/x", proxy.url))
-        .bearer_auth(&token)
-        .send()
-        .await
-        .unwrap();
+    let r = client().get(format!("{}/x", proxy.url)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("bad_gateway"));
 
-    let w = World::with(Opts {
-        upstream: "".into(),
-        ..Opts::default()
-    })
-    .await;
-    let r = client()
-        .get(w.url("/slow-head"))
-        .bearer_auth(w.token("alice"))
-        .send()
-        .await
-        .unwrap();
+    let w = World::with(Opts { upstream: "".into(), ..Opts::default() }).await;
+    let r = client().get(w.url("/slow-head")).bearer_auth(w.token("alice")).send().await.unwrap();
     // response_timeout is 2s in the test config; the upstream would answer after 5s
     assert_eq!(r.status(), 504);
     assert!(r.text().await.unwrap().contains("gateway_timeout"));
@@ -238,24 +166,8 @@ async fn public_routes_skip_auth_but_still_strip_identity() {
     assert_eq!(seen.one("x-forwarded-user"), None);
     assert_eq!(seen.one("x-auth-request-email"), None);
     // method-restricted public route
-    assert_eq!(
-        client()
-            .get(w.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
-    assert_eq!(
-        client()
-            .post(w.url("/healthz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        401
-    );
+    assert_eq!(client().get(w.url("/healthz")).send().await.unwrap().status(), 200);
+    assert_eq!(client().post(w.url("/healthz")).send().await.unwrap().status(), 401);
 }
 
 #[tokio::test]
@@ -272,33 +184,18 @@ async fn several_issuers_each_with_their_own_audiences_and_keys() {
     let proxy = start_proxy(
         &a.issuer(),
         &format!("http://{}", upstream.addr),
-        Opts {
-            bearer: extra,
-            ..Opts::default()
-        },
+        Opts { bearer: extra, ..Opts::default() },
         true,
     )
     .await;
     let get = |t: String| {
         let url = format!("{}/x", proxy.url);
-        async move {
-            client()
-                .get(url)
-                .bearer_auth(t)
-                .send()
-                .await
-                .unwrap()
-                .status()
-                .as_u16()
-        }
+        async move { client().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
     };
     assert_eq!(get(a.token_for("alice", AUD)).await, 200);
     // issuer B: keys straight from jwks_url, no discovery
     assert_eq!(get(b.token_for("bob", "api://b-only")).await, 200);
-    assert_eq!(
-        upstream.last().one("x-forwarded-user").as_deref(),
-        Some("bob")
-    );
+    assert_eq!(upstream.last().one("x-forwarded-user").as_deref(), Some("bob"));
     assert_eq!(b.discovery_fetches(), 0);
     // audiences are per issuer
     assert_eq!(get(b.token_for("bob", AUD)).await, 401);
