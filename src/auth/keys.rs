@@ -652,11 +652,12 @@ mod tests {
         let keys = Arc::new(IssuerKeys::new(
             &trusted(&dev),
             idp_client(),
-            settings(Duration::from_millis(100)),
+            settings(Duration::from_secs(1)),
         ));
         keys.refresh().await.unwrap();
-        // let the rate limit of the start-up fetch pass, so exactly one refetch is allowed
-        tokio::time::sleep(Duration::from_millis(150)).await;
+        // let the rate limit of the start-up fetch pass, so exactly one refetch is allowed (the
+        // flood then has a whole second of rate limit, far more than it needs)
+        tokio::time::sleep(Duration::from_millis(1050)).await;
         let before = dev.jwks_fetches();
         let mut tasks = Vec::new();
         for i in 0..1000 {
@@ -676,15 +677,16 @@ mod tests {
 
     #[tokio::test]
     async fn new_kid_is_found_after_rotation_and_refetch_is_rate_limited() {
-        let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
         let keys =
-            IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(100)));
+            IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_millis(500)));
         keys.refresh().await.unwrap();
-        let new_kid = dev.rotate(KeyAlg::Rs256);
+        // Ed25519: generating the key takes microseconds, well inside the interval
+        let new_kid = dev.rotate(KeyAlg::EdDsa);
         // the last fetch was just now: rate-limited
-        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::RS256).await, Lookup::Unknown));
-        tokio::time::sleep(Duration::from_millis(120)).await;
-        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::RS256).await, Lookup::Found(_)));
+        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::EdDSA).await, Lookup::Unknown));
+        tokio::time::sleep(Duration::from_millis(550)).await;
+        assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::EdDSA).await, Lookup::Found(_)));
     }
 
     #[tokio::test]

@@ -158,6 +158,8 @@ pub struct Opts {
     pub upstream: String,
     pub bearer: String,
     pub identity: &'static str,
+    /// `bearer.jwks_min_refetch_interval`; 100ms when empty.
+    pub min_refetch: &'static str,
 }
 
 pub struct Proxy {
@@ -195,7 +197,7 @@ issuer = "{issuer}"
 
 [bearer]
 audiences = ["{AUD}"]
-jwks_min_refetch_interval = "100ms"
+jwks_min_refetch_interval = "{min_refetch}"
 public_routes = ["GET=^/healthz$", "^/public/"]
 {bearer}
 
@@ -206,6 +208,7 @@ public_routes = ["GET=^/healthz$", "^/public/"]
         up = o.upstream,
         bearer = o.bearer,
         identity = o.identity,
+        min_refetch = if o.min_refetch.is_empty() { "100ms" } else { o.min_refetch },
     )
 }
 
