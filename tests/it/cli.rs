@@ -69,6 +69,10 @@ async fn check_exit_codes() {
     assert!(err.contains("leewy"), "{err}");
     let (code, _, err) = output(&["check", "--config", &bad], &[]).await;
     assert_eq!(code, 2, "{err}");
+    // run refuses it too, before serving anything
+    let (code, _, err) = output(&["--config", &bad], &[]).await;
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("leewy"), "{err}");
     // a bad value from the environment names the variable
     let good_offline = write(dir.path(), "ok.toml", "[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"https://idp.example\"\n[bearer]\naudiences = [\"a\"]\n");
     let (code, _, err) = output(
