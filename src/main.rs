@@ -100,10 +100,15 @@ fn main() -> ExitCode {
             ExitCode::from(rt.block_on(check::run(&loaded.config, offline)))
         }
         Command::Demo { listen, admin_listen, upstream } => {
-            let _guard = telemetry::init(&config::LogConfig {
-                level: "info".into(),
-                format: config::LogFormat::Text,
-            });
+            // The demo's log settings come from the environment like any config key's would.
+            let log = config::LogConfig {
+                level: std::env::var("PORTCULLIS_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
+                format: match std::env::var("PORTCULLIS_LOG_FORMAT").as_deref() {
+                    Ok("json") => config::LogFormat::Json,
+                    _ => config::LogFormat::Text,
+                },
+            };
+            let _guard = telemetry::init(&log);
             match rt.block_on(demo::run(listen, admin_listen, upstream)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
