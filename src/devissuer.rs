@@ -51,7 +51,8 @@ pub struct DevKey {
     pub alg: Algorithm,
     pub encoding: EncodingKey,
     pub jwk: Value,
-    /// The RSA public key as PEM-less DER parts, for attacks that misuse it (tests).
+    /// The public key bytes (RSA: PKCS#1 DER; EC: uncompressed point; Ed25519: raw), for tests
+    /// that misuse them, e.g. as an HMAC secret.
     pub public_bytes: Vec<u8>,
 }
 
