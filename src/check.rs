@@ -68,11 +68,7 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
             }
         }
     }
-    let target = format!(
-        "{}:{}",
-        config.upstream.url.host_str().unwrap_or_default(),
-        config.upstream.url.port_or_known_default().unwrap_or(80)
-    );
+    let target = config.upstream.connect_target();
     match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&target)).await {
         Ok(Ok(_)) => println!("ok    upstream {target} accepts connections"),
         _ => println!("note  upstream {target} does not accept connections yet (fine if the app starts after the proxy)"),

@@ -119,6 +119,17 @@ pub struct UpstreamConfig {
     pub pass_host_header: bool,
 }
 
+impl UpstreamConfig {
+    /// `host:port` to open a TCP connection to (IPv6 hosts keep their brackets).
+    pub fn connect_target(&self) -> String {
+        format!(
+            "{}:{}",
+            self.url.host_str().unwrap_or("127.0.0.1"),
+            self.url.port_or_known_default().unwrap_or(80)
+        )
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct OidcConfig {
     /// The OpenID Provider; trusted for bearer tokens (with `bearer.audiences`).
@@ -530,7 +541,8 @@ fn socket_addr(key: &str, value: Option<&str>, default: &str) -> Result<SocketAd
     })
 }
 
-fn is_loopback_host(url: &Url) -> bool {
+/// `localhost` or a loopback IP.
+pub fn is_loopback_host(url: &Url) -> bool {
     match url.host() {
         Some(url::Host::Domain(d)) => d == "localhost",
         Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
@@ -539,21 +551,24 @@ fn is_loopback_host(url: &Url) -> bool {
     }
 }
 
+/// Why `url` may not be used to reach an issuer (discovery, JWKS), if it may not: it must be
+/// https, or http on loopback, or http anywhere with `oidc.insecure_allow_http`.
+pub fn idp_url_problem(url: &Url, allow_http: bool) -> Option<String> {
+    match url.scheme() {
+        "https" => None,
+        "http" if allow_http || is_loopback_host(url) => None,
+        "http" => Some(format!(
+            "{url} uses http off loopback; use https, or set oidc.insecure_allow_http = true for development"
+        )),
+        other => Some(format!("unsupported scheme {other:?} in {url}")),
+    }
+}
+
 fn idp_url(key: &str, value: &str, allow_http: bool) -> Result<Url, ConfigError> {
     let url = Url::parse(value)
         .map_err(|e| ConfigError::new(key, format!("not a valid URL {value:?}: {e}")))?;
-    match url.scheme() {
-        "https" => {}
-        "http" if allow_http || is_loopback_host(&url) => {}
-        "http" => {
-            return Err(ConfigError::new(
-                key,
-                format!(
-                    "{value:?} uses http off loopback; use https, or set oidc.insecure_allow_http = true for development"
-                ),
-            ))
-        }
-        other => return Err(ConfigError::new(key, format!("unsupported scheme {other:?}"))),
+    if let Some(problem) = idp_url_problem(&url, allow_http) {
+        return Err(ConfigError::new(key, problem));
     }
     if url.query().is_some() || url.fragment().is_some() {
         return Err(ConfigError::new(key, "must not have a query or fragment"));

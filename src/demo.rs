@@ -81,13 +81,7 @@ pub async fn run(
     let app = match upstream {
         Some(u) => {
             let url = url::Url::parse(&u).map_err(|e| anyhow::anyhow!("--upstream {u:?}: {e}"))?;
-            let loopback = match url.host() {
-                Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
-                Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
-                Some(url::Host::Domain(d)) => d == "localhost",
-                None => false,
-            };
-            if !loopback {
+            if !config::is_loopback_host(&url) {
                 anyhow::bail!(
                     "--upstream must be on loopback (127.0.0.1, [::1] or localhost), got {u}"
                 );

@@ -130,15 +130,9 @@ impl Server {
         let admin_addr = admin_listener.local_addr()?;
         let maintenance = keys.spawn_maintenance();
 
-        // `host_str` keeps IPv6 brackets, so "[::1]:8080" parses as a socket address.
-        let upstream = format!(
-            "{}:{}",
-            config.upstream.url.host_str().unwrap_or("127.0.0.1"),
-            config.upstream.url.port_or_known_default().unwrap_or(80)
-        );
         let readiness = Arc::new(Readiness {
             keys: keys.clone(),
-            upstream,
+            upstream: config.upstream.connect_target(),
             connect_timeout: config.upstream.connect_timeout,
             draining: AtomicBool::new(false),
         });

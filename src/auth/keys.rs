@@ -456,17 +456,8 @@ impl IssuerKeys {
             what: "jwks_uri",
             detail: e.to_string(),
         })?;
-        let loopback = matches!(jwks.host(), Some(url::Host::Ipv4(ip)) if ip.is_loopback())
-            || matches!(jwks.host(), Some(url::Host::Ipv6(ip)) if ip.is_loopback())
-            || matches!(jwks.host(), Some(url::Host::Domain("localhost")));
-        if jwks.scheme() != "https"
-            && !(jwks.scheme() == "http" && (loopback || self.settings.allow_http))
-        {
-            return Err(FetchError::Invalid {
-                url: url_s,
-                what: "jwks_uri",
-                detail: format!("{jwks} is not https"),
-            });
+        if let Some(problem) = crate::config::idp_url_problem(&jwks, self.settings.allow_http) {
+            return Err(FetchError::Invalid { url: url_s, what: "jwks_uri", detail: problem });
         }
         Ok(jwks)
     }
