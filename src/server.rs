@@ -108,6 +108,7 @@ pub struct Server {
     pub admin_addr: SocketAddr,
     pub keys: Arc<KeyStore>,
     shutdown: watch::Sender<bool>,
+    admin_shutdown: watch::Sender<bool>,
     main_task: tokio::task::JoinHandle<()>,
     admin_task: tokio::task::JoinHandle<()>,
     maintenance: Vec<tokio::task::JoinHandle<()>>,
@@ -142,7 +143,8 @@ impl Server {
             .route("/healthz", get(healthz))
             .route("/readyz", get(readyz))
             .with_state(readiness.clone());
-        let mut admin_rx = rx.clone();
+        // The admin listener outlives the drain, so probes see /readyz turn 503 meanwhile.
+        let (admin_shutdown, mut admin_rx) = watch::channel(false);
         let admin_task = tokio::spawn(async move {
             let r = axum::serve(admin_listener, admin)
                 .with_graceful_shutdown(async move {
@@ -157,13 +159,24 @@ impl Server {
         let timeout = config.server.shutdown_timeout;
         let main_task = tokio::spawn(serve(listener, stack, rx, timeout, readiness));
         tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, "portcullis started");
-        Ok(Server { addr, admin_addr, keys, shutdown, main_task, admin_task, maintenance })
+        Ok(Server {
+            addr,
+            admin_addr,
+            keys,
+            shutdown,
+            admin_shutdown,
+            main_task,
+            admin_task,
+            maintenance,
+        })
     }
 
-    /// Stops accepting, drains in-flight requests (up to `server.shutdown_timeout`), stops.
+    /// Stops accepting, drains in-flight requests (up to `server.shutdown_timeout`) while
+    /// `/readyz` answers 503, then stops the admin listener too.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
         let _ = self.main_task.await;
+        let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
         for m in self.maintenance {
             m.abort();

@@ -96,6 +96,7 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     let token = w.token("alice");
     let url = w.url("/stream");
     let addr = w.proxy.addr;
+    let admin = w.proxy.admin.clone();
     let mut resp = client().get(&url).bearer_auth(&token).send().await.unwrap();
     let first = resp.chunk().await.unwrap().unwrap();
     assert_eq!(&first[..], b"first\n");
@@ -113,6 +114,11 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     }
     assert!(refused, "the listener still accepts after shutdown began");
     assert!(!shutdown.is_finished(), "shutdown did not wait for the in-flight request");
+    // while draining, probes still answer: alive, but not ready
+    let ready = client().get(format!("{admin}/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("shutting down"));
+    assert_eq!(status_of(&format!("{admin}/healthz"), None).await, 200);
     // the in-flight response completes
     upstream.release_stream();
     let rest = resp.chunk().await.unwrap().unwrap();
