@@ -104,7 +104,8 @@ where
         Box::pin(async move {
             let mut resp = fut.await?;
             resp.headers_mut().insert(X_REQUEST_ID, id.clone());
-            let latency_ms = start.elapsed().as_secs_f64() * 1000.0;
+            // milliseconds, to the microsecond
+            let latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
             let decision = resp.extensions().get::<Decision>();
             let request_id = id.to_str().unwrap_or("");
             let subject = decision
@@ -118,7 +119,7 @@ where
                 method = %method,
                 path = %path,
                 status = resp.status().as_u16(),
-                latency_ms = format_args!("{latency_ms:.3}"),
+                latency_ms,
                 subject,
                 reason,
                 detail,
