@@ -21,7 +21,11 @@ pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
 /// Installs the global subscriber. Keep the guard alive: dropping it flushes the log.
 pub fn init(cfg: &LogConfig) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    let (writer, guard) = tracing_appender::non_blocking(std::io::stdout());
+    // Buffered: the writer thread flushes once per batch of lines, not once per line.
+    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
+        64 * 1024,
+        std::io::stdout(),
+    ));
     let filter = EnvFilter::builder().parse_lossy(&cfg.level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let builder =
