@@ -229,6 +229,9 @@ async fn public_route_traversals_do_not_reach_protected_paths() {
         "/public/..%5cadmin",
         "/public/..\\admin",
         "/public/%2e%2e;/admin",
+        "/public/..%3B/admin",
+        "/public/..%3bx/admin",
+        "/public/..%00/admin",
     ] {
         let r = raw_get(w.proxy.addr, path, &[]).await;
         assert_eq!(r.status, 400, "{path} should be refused: {r:?}");
