@@ -20,6 +20,10 @@ use crate::response::{Decision, Rejection};
 use identity::Authenticated;
 use token::{TokenError, Verified, Verifier};
 
+/// Headers some frameworks take as the real method of a POST or GET.
+const METHOD_OVERRIDE_HEADERS: &[&str] =
+    &["x-http-method-override", "x-http-method", "x-method-override"];
+
 /// What [`Authenticate`] needs: the verifier and the public routes.
 #[derive(Debug)]
 pub struct AuthSettings {
@@ -90,7 +94,12 @@ fn credentials<B>(req: &Request<B>) -> Credentials {
 impl AuthSettings {
     fn is_public<B>(&self, req: &Request<B>) -> bool {
         let path = req.uri().path();
-        self.public_routes.iter().any(|r| r.matches(req.method(), path))
+        // A method-restricted public route ("GET=^/healthz$") must not let a client reach the
+        // app with another method through a method-override header.
+        let overridden = METHOD_OVERRIDE_HEADERS.iter().any(|h| req.headers().contains_key(*h));
+        self.public_routes
+            .iter()
+            .any(|r| r.matches(req.method(), path) && !(overridden && r.method.is_some()))
     }
 
     /// Decides about one request: `Ok` with the request (identity attached) to forward, or the

@@ -168,6 +168,15 @@ async fn public_routes_skip_auth_but_still_strip_identity() {
     // method-restricted public route
     assert_eq!(client().get(w.url("/healthz")).send().await.unwrap().status(), 200);
     assert_eq!(client().post(w.url("/healthz")).send().await.unwrap().status(), 401);
+    let hits = w.upstream.hits();
+    for h in ["X-HTTP-Method-Override", "X-HTTP-Method", "X-Method-Override"] {
+        let r = client().get(w.url("/healthz")).header(h, "DELETE").send().await.unwrap();
+        assert_eq!(r.status(), 401, "{h} turned a GET-only public route into DELETE");
+    }
+    assert_eq!(w.upstream.hits(), hits);
+    // routes open to every method are not affected
+    let r = client().get(w.url("/public/x")).header("X-HTTP-Method-Override", "PUT").send().await;
+    assert_eq!(r.unwrap().status(), 200);
 }
 
 #[tokio::test]
