@@ -320,3 +320,22 @@ async fn claim_with_crlf_is_left_out() {
     assert_eq!(seen.one("x-admin"), None);
     assert_eq!(seen.one("x-forwarded-preferred-username").as_deref(), Some("Zo%C3%AB"));
 }
+
+#[tokio::test]
+async fn conflicting_framing_is_not_passed_on() {
+    let w = World::new().await;
+    // Content-Length says 5, the chunked body is 11 bytes: the encoding wins (hyper drops the
+    // length on parsing), and the app gets exactly that body, nothing left over to smuggle.
+    let req = format!(
+        "POST /api HTTP/1.1\r\nHost: app.example\r\nAuthorization: Bearer {}\r\n\
+         Content-Length: 5\r\nTransfer-Encoding: chunked\r\nConnection: close\r\n\r\n\
+         b\r\nhello world\r\n0\r\n\r\n",
+        w.token("alice")
+    );
+    let r = raw(w.proxy.addr, &req).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = w.upstream.last();
+    assert_eq!(seen.body_len, 11);
+    assert_ne!(seen.one("content-length").as_deref(), Some("5"));
+    assert_eq!(w.upstream.hits(), 1);
+}
