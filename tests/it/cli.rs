@@ -259,3 +259,20 @@ async fn demo_works_without_any_outside_service() {
         tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 }
+
+#[tokio::test]
+async fn a_busy_port_is_a_clear_error() {
+    let busy = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = busy.local_addr().unwrap().port();
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = write(
+        dir.path(),
+        "p.toml",
+        &format!(
+            "[server]\nlisten = \"127.0.0.1:{port}\"\nadmin_listen = \"127.0.0.1:0\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"https://idp.example\"\n[bearer]\naudiences = [\"a\"]\n"
+        ),
+    );
+    let (code, _, err) = output(&["run", "--config", &cfg], &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("server.listen") && err.contains(&port.to_string()), "{err}");
+}
