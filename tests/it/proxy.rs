@@ -130,7 +130,7 @@ async fn upstream_connections_are_reused() {
 }
 
 #[tokio::test]
-async fn dead_upstream_is_502_and_slow_head_is_504() {
+async fn refused_or_reset_upstream_is_502_and_slow_head_is_504() {
     let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Es256])
         .await
         .unwrap();
@@ -143,7 +143,24 @@ async fn dead_upstream_is_502_and_slow_head_is_504() {
     assert_eq!(r.status(), 502);
     assert!(r.text().await.unwrap().contains("bad_gateway"));
 
-    let w = World::with(Opts { upstream: "".into(), ..Opts::default() }).await;
+    // an upstream that accepts, reads the request and resets the connection
+    let resetter = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let reset_addr = resetter.local_addr().unwrap();
+    tokio::spawn(async move {
+        use tokio::io::AsyncReadExt;
+        while let Ok((mut s, _)) = resetter.accept().await {
+            let mut buf = [0u8; 64];
+            let _ = s.read(&mut buf).await;
+            let _ = s.set_linger(Some(std::time::Duration::ZERO));
+            drop(s); // linger 0: RST, not FIN
+        }
+    });
+    let proxy =
+        start_proxy(&issuer.issuer(), &format!("http://{reset_addr}"), Opts::default(), true).await;
+    let r = client().get(format!("{}/x", proxy.url)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 502);
+
+    let w = World::new().await;
     let r = client().get(w.url("/slow-head")).bearer_auth(w.token("alice")).send().await.unwrap();
     // response_timeout is 2s in the test config; the upstream would answer after 5s
     assert_eq!(r.status(), 504);
