@@ -151,7 +151,7 @@ async fn refused_or_reset_upstream_is_502_and_slow_head_is_504() {
         while let Ok((mut s, _)) = resetter.accept().await {
             let mut buf = [0u8; 64];
             let _ = s.read(&mut buf).await;
-            let _ = s.set_linger(Some(std::time::Duration::ZERO));
+            let _ = s.set_zero_linger();
             drop(s); // linger 0: RST, not FIN
         }
     });
