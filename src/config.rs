@@ -486,6 +486,14 @@ pub fn load_str(
             ConfigError::new(key, e.into_inner().to_string())
         })?;
     let config = validate(raw)?;
+    for (i, r) in config.bearer.public_routes.iter().enumerate() {
+        if !r.path.as_str().starts_with('^') {
+            warnings.push(format!(
+                "bearer.public_routes[{i}] {:?} is not anchored with '^': it also matches paths that merely contain it",
+                r.path.as_str()
+            ));
+        }
+    }
     Ok(Loaded { config, warnings })
 }
 
@@ -1041,6 +1049,15 @@ mod tests {
             "{MINIMAL}\n[[bearer.issuers]]\nissuer = \"https://b.example\"\naudiences = []\n"
         );
         assert_eq!(err(&text, no_env()).key, "bearer.issuers[0].audiences");
+    }
+
+    #[test]
+    fn unanchored_public_route_warns() {
+        let text =
+            MINIMAL.replace("[bearer]", "[bearer]\npublic_routes = [\"^/ok\", \"GET=/public/\"]");
+        let loaded = load_str(&text, no_env()).unwrap();
+        assert_eq!(loaded.warnings.len(), 1, "{:?}", loaded.warnings);
+        assert!(loaded.warnings[0].contains("bearer.public_routes[1]"));
     }
 
     #[test]
