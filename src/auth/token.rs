@@ -286,7 +286,17 @@ impl Verifier {
             return Ok((hit.identity.clone(), Verified::Cached));
         }
         let (identity, entry) = self.verify_fresh(token, now).await?;
+        let (issuer_index, fingerprint) = (entry.issuer_index, entry.key_fingerprint);
         self.cache.insert(digest, entry, now);
+        // A refresh may have dropped the key while we verified; keep nothing it pruned.
+        let key_kept = self
+            .keys
+            .issuers
+            .get(issuer_index)
+            .is_some_and(|k| k.current().has_fingerprint(fingerprint));
+        if !key_kept {
+            self.cache.remove(&digest);
+        }
         Ok((identity, Verified::Fresh))
     }
 
