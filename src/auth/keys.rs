@@ -566,6 +566,11 @@ impl KeyStore {
         self.issuers.iter().all(|i| i.is_loaded())
     }
 
+    /// True once some issuer's keys are loaded: tokens can be checked at all.
+    pub fn any_loaded(&self) -> bool {
+        self.issuers.iter().any(|i| i.is_loaded())
+    }
+
     /// Starts each issuer's background maintenance; the tasks end when the runtime does
     /// or when the returned handles are aborted.
     pub fn spawn_maintenance(&self) -> Vec<tokio::task::JoinHandle<()>> {

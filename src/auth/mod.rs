@@ -121,7 +121,8 @@ impl AuthSettings {
                 return Err((r.into_response(&req), Decision::new("ambiguous_authorization")));
             }
             Credentials::None => {
-                if !self.verifier.keys().all_loaded() {
+                // Until some issuer's keys are in, no token could be checked: 503, not 401.
+                if !self.verifier.keys().any_loaded() {
                     return Err((
                         Rejection::NotReady.into_response(&req),
                         Decision::new("keys_not_loaded"),

@@ -125,3 +125,30 @@ async fn shutdown_drains_in_flight_requests_and_stops_accepting() {
     assert_eq!(&rest[..], b"second\n");
     tokio::time::timeout(Duration::from_secs(5), shutdown).await.unwrap().unwrap();
 }
+
+#[tokio::test]
+async fn one_issuer_down_does_not_hold_back_the_others() {
+    let a = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let b = DevIssuer::start(&[KeyAlg::Es256]).await.unwrap();
+    b.set_down(true);
+    let upstream = Upstream::start().await;
+    let extra =
+        format!("[[bearer.issuers]]\nissuer = \"{}\"\naudiences = [\"{AUD}\"]\n", b.issuer());
+    let proxy = start_proxy(
+        &a.issuer(),
+        &format!("http://{}", upstream.addr),
+        Opts { bearer: extra, ..Opts::default() },
+        false,
+    )
+    .await;
+    let ready = format!("{}/readyz", proxy.admin);
+    assert_eq!(eventually_status(&ready, None, 200).await, 200);
+    let body = client().get(&ready).send().await.unwrap().text().await.unwrap();
+    assert!(body.contains(&b.issuer()), "the missing issuer is named: {body}");
+
+    let api = format!("{}/api", proxy.url);
+    assert_eq!(status_of(&api, Some(&a.token_for("alice", AUD))).await, 200);
+    assert_eq!(status_of(&api, Some(&b.token_for("bob", AUD))).await, 503);
+    assert_eq!(status_of(&api, None).await, 401);
+    assert_eq!(upstream.hits(), 1);
+}
