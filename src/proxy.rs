@@ -19,9 +19,19 @@ use tower::{Layer, Service};
 use crate::config::UpstreamConfig;
 use crate::response::Rejection;
 
-/// The client's address, set per connection by the server.
-#[derive(Debug, Clone, Copy)]
-pub struct ClientAddr(pub SocketAddr);
+/// The client's address, set per connection by the server, with its IP already rendered as the
+/// `X-Forwarded-For` value (once per connection, not per request).
+#[derive(Debug, Clone)]
+pub struct ClientAddr {
+    pub addr: SocketAddr,
+    pub forwarded_for: Option<HeaderValue>,
+}
+
+impl ClientAddr {
+    pub fn new(addr: SocketAddr) -> Self {
+        Self { addr, forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok() }
+    }
+}
 
 static HOP_BY_HOP: [HeaderName; 9] = [
     header::CONNECTION,
@@ -157,11 +167,11 @@ impl ProxyService {
             .path_and_query(pq)
             .build()?;
         *req.version_mut() = Version::HTTP_11;
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+        let client = req.extensions().get::<ClientAddr>().and_then(|c| c.forwarded_for.clone());
         let h = req.headers_mut();
         // Client-sent forwarding headers are replaced, never appended to.
         h.remove(FORWARDED);
-        match client.and_then(|ip| HeaderValue::from_str(&ip.to_string()).ok()) {
+        match client {
             Some(v) => h.insert(X_FORWARDED_FOR, v),
             None => h.remove(X_FORWARDED_FOR),
         };
@@ -204,13 +214,17 @@ impl Service<Request<Body>> for ProxyService {
         let this = self.clone();
         Box::pin(async move {
             // Kept for error answers, which carry the request id.
-            let mut meta = Request::new(());
-            if let Some(id) = req.extensions().get::<crate::response::RequestId>() {
-                meta.extensions_mut().insert(id.clone());
-            }
+            let request_id = req.extensions().get::<crate::response::RequestId>().cloned();
+            let error = |rejection: Rejection| {
+                let mut meta = Request::new(());
+                if let Some(id) = request_id.clone() {
+                    meta.extensions_mut().insert(id);
+                }
+                rejection.into_response(&meta)
+            };
             if let Err(e) = this.prepare(&mut req) {
                 tracing::warn!(error = %e, "could not build the upstream request");
-                return Ok(Rejection::BadGateway.into_response(&meta));
+                return Ok(error(Rejection::BadGateway));
             }
             let timeout = this.target.response_timeout;
             match tokio::time::timeout(timeout, this.client.request(req)).await {
@@ -223,15 +237,15 @@ impl Service<Request<Body>> for ProxyService {
                     let detail = crate::auth::keys::error_chain(&e);
                     if is_timeout(&e) {
                         tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream connect timed out");
-                        Ok(Rejection::GatewayTimeout.into_response(&meta))
+                        Ok(error(Rejection::GatewayTimeout))
                     } else {
                         tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream failed");
-                        Ok(Rejection::BadGateway.into_response(&meta))
+                        Ok(error(Rejection::BadGateway))
                     }
                 }
                 Err(_) => {
                     tracing::warn!(upstream = %this.target.authority, timeout = ?timeout, "upstream sent no response head in time");
-                    Ok(Rejection::GatewayTimeout.into_response(&meta))
+                    Ok(error(Rejection::GatewayTimeout))
                 }
             }
         })

@@ -215,9 +215,10 @@ async fn serve(
                 // Without it, a response written in two parts waits ~40 ms for a delayed ACK.
                 let _ = stream.set_nodelay(true);
                 let stack = stack.clone();
+                let client = ClientAddr::new(peer);
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let mut req = req.map(Body::new);
-                    req.extensions_mut().insert(ClientAddr(peer));
+                    req.extensions_mut().insert(client.clone());
                     stack.clone().oneshot(req)
                 });
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));

@@ -102,8 +102,9 @@ where
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
         req.extensions_mut().insert(RequestId(id.clone()));
         let method = req.method().clone();
-        let path = req.uri().path().to_string();
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.0.ip());
+        // A clone of the URI shares its bytes: no copy of the path.
+        let uri = req.uri().clone();
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.addr.ip());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
@@ -121,14 +122,14 @@ where
             tracing::info!(
                 target: "portcullis::access",
                 method = %method,
-                path = %path,
+                path = uri.path(),
                 status = resp.status().as_u16(),
                 latency_ms,
                 subject,
                 reason,
                 detail,
                 request_id = %request_id,
-                client = %client.map(|c| c.to_string()).unwrap_or_default(),
+                client = client.map(tracing::field::display),
                 "request"
             );
             Ok(resp)
