@@ -34,16 +34,6 @@ pub enum KeyAlg {
     EdDsa,
 }
 
-impl KeyAlg {
-    pub fn algorithm(self) -> Algorithm {
-        match self {
-            KeyAlg::Rs256 => Algorithm::RS256,
-            KeyAlg::Es256 => Algorithm::ES256,
-            KeyAlg::EdDsa => Algorithm::EdDSA,
-        }
-    }
-}
-
 /// A signing key and its public JWK.
 #[derive(Clone)]
 pub struct DevKey {
@@ -165,7 +155,6 @@ struct Shared {
 /// A running development issuer on `127.0.0.1`. Stops when dropped.
 pub struct DevIssuer {
     shared: Arc<Shared>,
-    addr: SocketAddr,
     stop: Option<oneshot::Sender<()>>,
 }
 
@@ -204,11 +193,7 @@ impl DevIssuer {
                 })
                 .await;
         });
-        Ok(Self { shared, addr, stop: Some(tx) })
-    }
-
-    pub fn addr(&self) -> SocketAddr {
-        self.addr
+        Ok(Self { shared, stop: Some(tx) })
     }
 
     /// The issuer identifier (`http://127.0.0.1:PORT`).

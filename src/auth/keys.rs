@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -167,7 +167,6 @@ pub struct IssuerKeys {
     loaded: AtomicBool,
     /// Serialises fetches (single flight) and remembers when the last one started.
     fetch: tokio::sync::Mutex<Option<Instant>>,
-    fetch_count: AtomicU64,
     /// Called with the new key set after each change (the token cache prunes with it).
     on_change: RwLock<Option<OnChange>>,
 }
@@ -313,7 +312,6 @@ impl IssuerKeys {
             current: RwLock::new(Arc::new(KeySet::default())),
             loaded: AtomicBool::new(false),
             fetch: tokio::sync::Mutex::new(None),
-            fetch_count: AtomicU64::new(0),
             on_change: RwLock::new(None),
         }
     }
@@ -329,11 +327,6 @@ impl IssuerKeys {
     /// True once a fetch has succeeded.
     pub fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
-    }
-
-    /// How many fetches of the JWKS have been started (for tests and metrics).
-    pub fn fetch_count(&self) -> u64 {
-        self.fetch_count.load(Ordering::Relaxed)
     }
 
     pub fn set_on_change(&self, f: OnChange) {
@@ -377,7 +370,6 @@ impl IssuerKeys {
     }
 
     async fn fetch_and_store(&self) -> Result<usize, FetchError> {
-        self.fetch_count.fetch_add(1, Ordering::Relaxed);
         let (set, skipped, url) = self.fetch_keys().await?;
         for s in &skipped {
             tracing::debug!(issuer = %self.issuer, "JWKS {s}; skipped");
