@@ -6,6 +6,7 @@
 
 mod cli;
 mod common;
+mod deploy;
 mod interop;
 mod lifecycle;
 mod proxy;
