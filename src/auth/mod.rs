@@ -202,3 +202,89 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::identity::IdentityMapper;
+    use crate::auth::keys::{KeyCacheSettings, KeyStore};
+    use crate::config::{BearerConfig, IdentityConfig, TrustedIssuer};
+    use crate::devissuer::{DevIssuer, KeyAlg};
+    use std::convert::Infallible;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    async fn settings(dev: &DevIssuer) -> Arc<AuthSettings> {
+        let cfg = BearerConfig::with_issuers(vec![TrustedIssuer {
+            issuer: dev.issuer(),
+            audiences: vec!["api".into()],
+            jwks_url: None,
+        }]);
+        let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
+        keys.issuers[0].refresh().await.unwrap();
+        let verifier =
+            Arc::new(Verifier::new(&cfg, keys, IdentityMapper::new(IdentityConfig::default())));
+        Arc::new(AuthSettings {
+            verifier,
+            public_routes: vec![PublicRoute::parse("GET=^/open$").unwrap()],
+            realm: "r".into(),
+        })
+    }
+
+    /// Runs one request through `Authenticate` in front of a counting inner service; returns
+    /// the status, the subject the inner service saw, and how often it was called.
+    async fn run(s: Arc<AuthSettings>, req: Request<Body>) -> (u16, Option<String>, usize) {
+        let calls = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(std::sync::Mutex::new(None));
+        let (c, se) = (calls.clone(), seen.clone());
+        let svc = ServiceBuilder::new().layer(AuthenticateLayer::new(s)).service(service_fn(
+            move |req: Request<Body>| {
+                c.fetch_add(1, Ordering::SeqCst);
+                *se.lock().unwrap() =
+                    req.extensions().get::<Authenticated>().map(|a| a.identity.subject.clone());
+                async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+            },
+        ));
+        let resp = svc.oneshot(req).await.unwrap();
+        let subject = seen.lock().unwrap().clone();
+        (resp.status().as_u16(), subject, calls.load(Ordering::SeqCst))
+    }
+
+    fn get(path: &str, auth: &[&str]) -> Request<Body> {
+        let mut b = Request::get(path);
+        for a in auth {
+            b = b.header(header::AUTHORIZATION, *a);
+        }
+        b.body(Body::empty()).unwrap()
+    }
+
+    #[tokio::test]
+    async fn missing_token_is_401_and_the_app_is_not_called() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        assert_eq!(run(settings(&dev).await, get("/x", &[])).await, (401, None, 0));
+        assert_eq!(run(settings(&dev).await, get("/x", &["Basic dTpw"])).await, (401, None, 0));
+    }
+
+    #[tokio::test]
+    async fn valid_token_reaches_the_app_with_its_identity() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        let auth = format!("bEaReR  {} ", dev.token_for("alice", "api"));
+        let got = run(settings(&dev).await, get("/x", &[&auth])).await;
+        assert_eq!(got, (200, Some("alice".into()), 1));
+    }
+
+    #[tokio::test]
+    async fn two_authorization_headers_are_400() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        let t = format!("Bearer {}", dev.token_for("alice", "api"));
+        assert_eq!(run(settings(&dev).await, get("/x", &[&t, &t])).await, (400, None, 0));
+    }
+
+    #[tokio::test]
+    async fn public_route_passes_without_identity() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        assert_eq!(run(settings(&dev).await, get("/open", &[])).await, (200, None, 1));
+        let post = Request::post("/open").body(Body::empty()).unwrap();
+        assert_eq!(run(settings(&dev).await, post).await, (401, None, 0));
+    }
+}
