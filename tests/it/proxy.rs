@@ -232,3 +232,37 @@ async fn several_issuers_each_with_their_own_audiences_and_keys() {
     assert_eq!(get(b.mint(&forged)).await, 401);
     assert_eq!(upstream.hits(), 2);
 }
+
+#[tokio::test]
+async fn upstream_url_path_is_a_prefix_and_ipv6_loopback_works() {
+    let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::EdDsa])
+        .await
+        .unwrap();
+    let upstream = Upstream::start().await;
+    let proxy = start_proxy(
+        &issuer.issuer(),
+        &format!("http://{}/app/", upstream.addr),
+        Opts::default(),
+        true,
+    )
+    .await;
+    let token = issuer.token_for("alice", AUD);
+    let r = client().get(format!("{}/x/y?z=1", proxy.url)).bearer_auth(&token).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    assert_eq!(upstream.last().path_and_query, "/app/x/y?z=1");
+
+    // an app on [::1]
+    let Ok(v6) = tokio::net::TcpListener::bind("[::1]:0").await else {
+        panic!("IPv6 loopback is needed for this test");
+    };
+    let port = v6.local_addr().unwrap().port();
+    drop(v6);
+    let app = axum::Router::new().fallback(|| async { "v6 ok" });
+    let listener = tokio::net::TcpListener::bind(("::1", port)).await.unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let proxy =
+        start_proxy(&issuer.issuer(), &format!("http://[::1]:{port}"), Opts::default(), true).await;
+    let r = client().get(format!("{}/v6", proxy.url)).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.text().await.unwrap(), "v6 ok");
+    assert_eq!(status_of(&format!("{}/readyz", proxy.admin), None).await, 200);
+}
