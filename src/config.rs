@@ -19,6 +19,8 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:4180";
 pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 /// Default time in-flight requests get to finish after SIGTERM.
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+/// Upper bound for `server.workers`.
+pub const MAX_WORKERS: usize = 256;
 /// Default time to open a TCP connection to the upstream.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time to wait for the upstream's response head.
@@ -105,6 +107,9 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// How long in-flight requests may finish after SIGTERM/SIGINT. Defaults to 30 s.
     pub shutdown_timeout: Duration,
+    /// Threads serving proxied traffic, each with its own listener (`SO_REUSEPORT`) and upstream
+    /// pool. Defaults to the CPUs available to the process (cgroup limits included).
+    pub workers: usize,
 }
 
 #[derive(Debug, Clone)]
@@ -300,6 +305,7 @@ struct RawServer {
     listen: Option<String>,
     admin_listen: Option<String>,
     shutdown_timeout: Option<String>,
+    workers: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -381,6 +387,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("server", "listen", Kind::Str),
     ("server", "admin_listen", Kind::Str),
     ("server", "shutdown_timeout", Kind::Str),
+    ("server", "workers", Kind::Int),
     ("upstream", "url", Kind::Str),
     ("upstream", "connect_timeout", Kind::Str),
     ("upstream", "response_timeout", Kind::Str),
@@ -605,6 +612,20 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             raw.server.shutdown_timeout.as_deref(),
             DEFAULT_SHUTDOWN_TIMEOUT,
         )?,
+        workers: match raw.server.workers {
+            None | Some(0) => {
+                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_WORKERS)
+            }
+            Some(n) if (1..=MAX_WORKERS as i64).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ConfigError::new(
+                    "server.workers",
+                    format!(
+                        "must be between 1 and {MAX_WORKERS} (0 or unset: one per CPU), got {n}"
+                    ),
+                ))
+            }
+        },
     };
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
@@ -913,6 +934,7 @@ mod tests {
         assert_eq!(c.server.listen.to_string(), DEFAULT_LISTEN);
         assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
         assert_eq!(c.server.shutdown_timeout, Duration::from_secs(30));
+        assert!(c.server.workers >= 1);
         assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
         assert_eq!(c.upstream.response_timeout, Duration::from_secs(60));
         assert_eq!(c.bearer.algorithms, ASYMMETRIC_ALGORITHMS);

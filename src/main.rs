@@ -57,8 +57,10 @@ fn load(path: Option<&PathBuf>) -> Result<config::Loaded, ExitCode> {
     })
 }
 
+/// The control runtime: admin endpoints, key refresh, signals, `check`, the demo's helpers.
+/// Proxied traffic runs on the server's own worker threads.
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread().enable_all().build()
+    tokio::runtime::Builder::new_current_thread().enable_all().build()
 }
 
 fn main() -> ExitCode {

@@ -35,36 +35,86 @@ pub type Stack = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
 /// Slow clients get this long to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 
-/// Builds the middleware stack and the key store behind it (keys not fetched yet).
+/// What every worker's stack shares: the authentication state (keys, verified-token cache) and
+/// the settings of the layers. Each worker builds its own stack from it, with its own upstream
+/// connection pool.
+pub struct Pipeline {
+    auth: Arc<AuthSettings>,
+    identity_headers: Vec<http::HeaderName>,
+    pass_token: crate::config::PassToken,
+    upstream: crate::config::UpstreamConfig,
+}
+
+impl Pipeline {
+    /// The shared parts and the key store behind them (keys not fetched yet).
+    pub fn new(config: &Config) -> (Self, Arc<KeyStore>) {
+        let keys = Arc::new(KeyStore::new(
+            &config.bearer.issuers,
+            KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
+        ));
+        let mapper = IdentityMapper::new(config.identity.clone());
+        let identity_headers = mapper.identity_header_names();
+        let verifier = Arc::new(Verifier::new(&config.bearer, keys.clone(), mapper));
+        let auth = Arc::new(AuthSettings {
+            verifier,
+            public_routes: config.bearer.public_routes.clone(),
+            realm: config.bearer.realm.as_str().into(),
+        });
+        let pipeline = Self {
+            auth,
+            identity_headers,
+            pass_token: config.identity.pass_token,
+            upstream: config.upstream.clone(),
+        };
+        (pipeline, keys)
+    }
+
+    /// One middleware stack. Call it on the runtime that will serve it: the upstream pool spawns
+    /// its connections there.
+    pub fn stack(&self) -> anyhow::Result<Stack> {
+        let stack = ServiceBuilder::new()
+            // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
+            .layer(AccessLogLayer)
+            // Before anything reads headers: a client naming a header in `Connection` could
+            // otherwise have a header we set later removed on the way out.
+            .layer(StripHopByHopLayer)
+            // Client-sent identity headers go before any layer could trust them.
+            .layer(StripIdentityHeadersLayer::new(self.identity_headers.clone()))
+            // One canonical path for matching, logging and forwarding; ambiguous ones are 400.
+            .layer(NormalizePathLayer)
+            // Public route? Valid bearer token? Otherwise 401/400/503 here.
+            .layer(AuthenticateLayer::new(self.auth.clone()))
+            // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
+            .layer(InjectIdentityLayer::new(self.pass_token))
+            .service(ProxyService::new(&self.upstream)?);
+        Ok(BoxCloneService::new(stack))
+    }
+}
+
+/// Builds one middleware stack and the key store behind it (keys not fetched yet).
 pub fn build(config: &Config) -> anyhow::Result<(Stack, Arc<KeyStore>)> {
-    let keys = Arc::new(KeyStore::new(
-        &config.bearer.issuers,
-        KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
-    ));
-    let mapper = IdentityMapper::new(config.identity.clone());
-    let identity_headers = mapper.identity_header_names();
-    let verifier = Arc::new(Verifier::new(&config.bearer, keys.clone(), mapper));
-    let auth = Arc::new(AuthSettings {
-        verifier,
-        public_routes: config.bearer.public_routes.clone(),
-        realm: config.bearer.realm.as_str().into(),
-    });
-    let stack = ServiceBuilder::new()
-        // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
-        .layer(AccessLogLayer)
-        // Before anything reads headers: a client naming a header in `Connection` could
-        // otherwise have a header we set later removed on the way out.
-        .layer(StripHopByHopLayer)
-        // Client-sent identity headers go before any layer could trust them.
-        .layer(StripIdentityHeadersLayer::new(identity_headers))
-        // One canonical path for matching, logging and forwarding; ambiguous ones are 400.
-        .layer(NormalizePathLayer)
-        // Public route? Valid bearer token? Otherwise 401/400/503 here.
-        .layer(AuthenticateLayer::new(auth))
-        // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
-        .layer(InjectIdentityLayer::new(config.identity.pass_token))
-        .service(ProxyService::new(&config.upstream)?);
-    Ok((BoxCloneService::new(stack), keys))
+    let (pipeline, keys) = Pipeline::new(config);
+    Ok((pipeline.stack()?, keys))
+}
+
+/// Binds `n` listeners on one address with `SO_REUSEPORT`, so the kernel spreads connections
+/// over the workers. With port 0 the first socket picks the port and the others join it.
+fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Socket, Type};
+    let mut out = Vec::with_capacity(n);
+    let mut at = addr;
+    for _ in 0..n {
+        let socket = Socket::new(Domain::for_address(at), Type::STREAM, None)?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&at.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        at = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
 }
 
 /// What `/readyz` checks.
@@ -114,16 +164,21 @@ pub struct Server {
     pub keys: Arc<KeyStore>,
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
-    main_task: tokio::task::JoinHandle<()>,
+    /// One per worker thread, fired when its drain is over.
+    workers_done: Vec<tokio::sync::oneshot::Receiver<()>>,
     admin_task: tokio::task::JoinHandle<()>,
     maintenance: Vec<tokio::task::JoinHandle<()>>,
 }
 
 impl Server {
-    /// Binds both listeners, starts fetching keys, and serves.
+    /// Binds both listeners, starts fetching keys, and serves: proxied traffic on
+    /// `server.workers` threads, each with its own single-threaded runtime, listener and
+    /// upstream pool (no work-stealing between cores); the admin endpoints and the key refresh
+    /// on the caller's runtime.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let (stack, keys) = build(&config)?;
-        let listener = TcpListener::bind(config.server.listen).await.map_err(|e| {
+        let (pipeline, keys) = Pipeline::new(&config);
+        let pipeline = Arc::new(pipeline);
+        let listeners = bind_workers(config.server.listen, config.server.workers).map_err(|e| {
             anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen)
         })?;
         let admin_listener = TcpListener::bind(config.server.admin_listen).await.map_err(|e| {
@@ -132,7 +187,7 @@ impl Server {
                 config.server.admin_listen
             )
         })?;
-        let addr = listener.local_addr()?;
+        let addr = listeners[0].local_addr()?;
         let admin_addr = admin_listener.local_addr()?;
         let maintenance = keys.spawn_maintenance();
 
@@ -162,15 +217,37 @@ impl Server {
         });
 
         let timeout = config.server.shutdown_timeout;
-        let main_task = tokio::spawn(serve(listener, stack, rx, timeout, readiness));
-        tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, "portcullis started");
+        let mut workers_done = Vec::new();
+        for (i, listener) in listeners.into_iter().enumerate() {
+            let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+            let (pipeline, rx, readiness) = (pipeline.clone(), rx.clone(), readiness.clone());
+            let (done, done_rx) = tokio::sync::oneshot::channel();
+            std::thread::Builder::new().name(format!("portcullis-worker-{i}")).spawn(
+                move || {
+                    runtime.block_on(async move {
+                        let served = async {
+                            let listener = TcpListener::from_std(listener)?;
+                            let stack = pipeline.stack()?;
+                            serve(listener, stack, rx, timeout, readiness).await;
+                            anyhow::Ok(())
+                        };
+                        if let Err(e) = served.await {
+                            tracing::error!(worker = i, error = %e, "worker failed to start");
+                        }
+                    });
+                    let _ = done.send(());
+                },
+            )?;
+            workers_done.push(done_rx);
+        }
+        tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, workers = config.server.workers, "portcullis started");
         Ok(Server {
             addr,
             admin_addr,
             keys,
             shutdown,
             admin_shutdown,
-            main_task,
+            workers_done,
             admin_task,
             maintenance,
         })
@@ -180,7 +257,9 @@ impl Server {
     /// `/readyz` answers 503, then stops the admin listener too.
     pub async fn shutdown(self) {
         let _ = self.shutdown.send(true);
-        let _ = self.main_task.await;
+        for done in self.workers_done {
+            let _ = done.await;
+        }
         let _ = self.admin_shutdown.send(true);
         let _ = self.admin_task.await;
         for m in self.maintenance {
