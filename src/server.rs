@@ -177,6 +177,8 @@ impl Server {
     /// on the caller's runtime.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let (pipeline, keys) = Pipeline::new(&config);
+        // Any error building a stack shows here, before a port is bound, not in a worker.
+        pipeline.stack()?;
         let pipeline = Arc::new(pipeline);
         let listeners = bind_workers(config.server.listen, config.server.workers).map_err(|e| {
             anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen)
