@@ -5,7 +5,8 @@
 //! # Layout
 //! The modules follow a request:
 //! - [`config`]: the TOML file, `PORTCULLIS_*` overrides, validation naming the key at fault.
-//! - [`server`]: listeners, the middleware stack (and why each layer sits where it does),
+//! - [`server`]: worker threads and listeners, the middleware stack (and why each layer sits
+//!   where it does),
 //!   `/healthz` and `/readyz`, graceful shutdown.
 //! - [`telemetry`]: logging, request ids, the access log line.
 //! - [`path`]: the one normalised path that routes match and the app receives.
