@@ -6,8 +6,7 @@
 //! The modules follow a request:
 //! - [`config`]: the TOML file, `PORTCULLIS_*` overrides, validation naming the key at fault.
 //! - [`server`]: worker threads and listeners, the middleware stack (and why each layer sits
-//!   where it does),
-//!   `/healthz` and `/readyz`, graceful shutdown.
+//!   where it does), `/healthz` and `/readyz`, graceful shutdown.
 //! - [`telemetry`]: logging, request ids, the access log line.
 //! - [`path`]: the one normalised path that routes match and the app receives.
 //! - [`auth`]: `keys` (JWKS cache), `token` (JWT validation, verified-token cache),
