@@ -1,8 +1,6 @@
 //! `portcullis check`: validates the config and, unless `--offline`, probes every issuer the way
 //! the proxy will (discovery, then the JWKS), saying what failed in words a user can act on.
 
-use std::time::Duration;
-
 use crate::auth::keys::{idp_client, FetchError, IssuerKeys, KeyCacheSettings};
 use crate::config::Config;
 
@@ -69,9 +67,11 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
         }
     }
     let target = config.upstream.connect_target();
-    match tokio::time::timeout(Duration::from_secs(2), tokio::net::TcpStream::connect(&target)).await {
-        Ok(Ok(_)) => println!("ok    upstream {target} accepts connections"),
-        _ => println!("note  upstream {target} does not accept connections yet (fine if the app starts after the proxy)"),
+    match crate::proxy::upstream_reachable(&target, config.upstream.connect_timeout).await {
+        Ok(()) => println!("ok    upstream {target} accepts connections"),
+        Err(problem) => {
+            println!("note  {problem} (fine if the app starts after the proxy)")
+        }
     }
     code
 }

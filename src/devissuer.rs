@@ -257,8 +257,7 @@ impl DevIssuer {
 
     /// Signs any claims with the first key.
     pub fn mint(&self, claims: &Value) -> String {
-        let key = self.lock()[0].clone();
-        key.sign(Header::new(key.alg), claims)
+        self.shared.sign_first(claims).expect("the dev issuer publishes no key")
     }
 }
 
@@ -327,14 +326,23 @@ struct TokenForm {
     audience: Option<String>,
 }
 
+impl Shared {
+    /// Signs `claims` with the first published key; `None` when no key is published.
+    fn sign_first(&self, claims: &Value) -> Option<String> {
+        let key = self.keys.lock().unwrap_or_else(|p| p.into_inner()).first()?.clone();
+        Some(key.sign(Header::new(key.alg), claims))
+    }
+}
+
 fn issue(s: &Shared, user: &str, audience: Option<&str>) -> Response {
     let audience = audience.unwrap_or(DEV_AUDIENCE);
-    let key = match s.keys.lock().unwrap_or_else(|p| p.into_inner()).first() {
-        Some(k) => k.clone(),
-        None => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
-    };
-    let token = key.sign(Header::new(key.alg), &claims_for(&s.issuer, user, audience));
-    Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600})).into_response()
+    match s.sign_first(&claims_for(&s.issuer, user, audience)) {
+        Some(token) => {
+            Json(json!({"access_token": token, "token_type": "Bearer", "expires_in": 3600}))
+                .into_response()
+        }
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }
 
 /// `POST /token` with `grant_type=password&username=alice` or
@@ -365,10 +373,9 @@ struct DevTokenQuery {
 /// `GET /dev/token?user=bob`: the bare token, handy in a shell.
 async fn dev_token(State(s): State<Arc<Shared>>, Query(q): Query<DevTokenQuery>) -> Response {
     let user = q.user.unwrap_or_else(|| "alice".into());
-    let key = match s.keys.lock().unwrap_or_else(|p| p.into_inner()).first() {
-        Some(k) => k.clone(),
-        None => return StatusCode::SERVICE_UNAVAILABLE.into_response(),
-    };
     let audience = q.audience.unwrap_or_else(|| DEV_AUDIENCE.into());
-    key.sign(Header::new(key.alg), &claims_for(&s.issuer, &user, &audience)).into_response()
+    match s.sign_first(&claims_for(&s.issuer, &user, &audience)) {
+        Some(token) => token.into_response(),
+        None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
+    }
 }

@@ -190,10 +190,8 @@ where
             }
             Err(e) => {
                 tracing::debug!(error = %e, "refused ambiguous path");
-                let detail = e.to_string();
+                let decision = crate::response::Decision::refused("bad_path", e.to_string());
                 let mut resp = crate::response::Rejection::BadPath(e).into_response(&req);
-                let mut decision = crate::response::Decision::new("bad_path");
-                decision.detail = Some(detail);
                 resp.extensions_mut().insert(decision);
                 futures_util::future::Either::Right(Box::pin(async move { Ok(resp) }))
             }

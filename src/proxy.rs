@@ -187,6 +187,15 @@ impl ProxyService {
     }
 }
 
+/// Whether the upstream accepts a TCP connection within `timeout` (for `/readyz` and `check`).
+pub async fn upstream_reachable(target: &str, timeout: Duration) -> Result<(), String> {
+    match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err(e)) => Err(format!("upstream {target} not reachable: {e}")),
+        Err(_) => Err(format!("upstream {target} connect timed out")),
+    }
+}
+
 /// Was the connection refused/reset (502) or did it time out (504)?
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);

@@ -31,6 +31,11 @@ impl Decision {
     pub fn new(reason: &'static str) -> Self {
         Self { reason: Cow::Borrowed(reason), detail: None, identity: None }
     }
+
+    /// A refusal with its reason for the log.
+    pub fn refused(reason: &'static str, detail: String) -> Self {
+        Self { reason: Cow::Borrowed(reason), detail: Some(detail), identity: None }
+    }
 }
 
 /// A request portcullis answers itself.

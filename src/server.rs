@@ -142,11 +142,8 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
     if !r.keys.any_loaded() {
         problems.push(format!("keys of {} not loaded", missing.join(", ")));
     }
-    match tokio::time::timeout(r.connect_timeout, tokio::net::TcpStream::connect(&r.upstream)).await
-    {
-        Ok(Ok(_)) => {}
-        Ok(Err(e)) => problems.push(format!("upstream {} not reachable: {e}", r.upstream)),
-        Err(_) => problems.push(format!("upstream {} connect timed out", r.upstream)),
+    if let Err(problem) = crate::proxy::upstream_reachable(&r.upstream, r.connect_timeout).await {
+        problems.push(problem);
     }
     if !problems.is_empty() {
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))

@@ -156,8 +156,7 @@ impl AuthSettings {
     }
 
     fn invalid(&self, req: &Request<Body>, e: TokenError) -> (Response<Body>, Decision) {
-        let decision =
-            Decision { reason: e.code().into(), detail: Some(e.to_string()), identity: None };
+        let decision = Decision::refused(e.code(), e.to_string());
         let r = match e {
             TokenError::KeysNotLoaded(_) => Rejection::NotReady,
             e => Rejection::InvalidToken {
