@@ -133,6 +133,11 @@ impl Upstream {
         Self { addr, state, _stop: tx }
     }
 
+    /// `http://127.0.0.1:PORT`, for `upstream.url`.
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
     pub fn hits(&self) -> usize {
         self.state.seen.lock().unwrap().len()
     }
@@ -249,8 +254,7 @@ impl World {
     pub async fn with(o: Opts) -> Self {
         let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
         let upstream = Upstream::start().await;
-        let proxy =
-            start_proxy(&issuer.issuer(), &format!("http://{}", upstream.addr), o, true).await;
+        let proxy = start_proxy(&issuer.issuer(), &upstream.url(), o, true).await;
         Self { issuer, upstream, proxy }
     }
 

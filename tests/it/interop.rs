@@ -90,8 +90,7 @@ async fn oidc_provider_tokens_rotation_and_outage() {
     let op = Op::start(port, &keys, false).await;
     let first_kid = op.kid.clone();
     let upstream = Upstream::start().await;
-    let proxy =
-        start_proxy(&op.issuer, &format!("http://{}", upstream.addr), Opts::default(), true).await;
+    let proxy = start_proxy(&op.issuer, &upstream.url(), Opts::default(), true).await;
 
     // discovery + JWKS from the real provider; its JWT access token is accepted
     let t1 = op.token(AUD).await;

@@ -9,9 +9,7 @@ async fn protected_requests_get_503_until_keys_load() {
     let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
     issuer.set_down(true);
     let upstream = Upstream::start().await;
-    let proxy =
-        start_proxy(&issuer.issuer(), &format!("http://{}", upstream.addr), Opts::default(), false)
-            .await;
+    let proxy = start_proxy(&issuer.issuer(), &upstream.url(), Opts::default(), false).await;
     let token = issuer.token_for("alice", AUD);
     let api = format!("{}/api", proxy.url);
     let r = client().get(&api).bearer_auth(&token).send().await.unwrap();
@@ -134,13 +132,9 @@ async fn one_issuer_down_does_not_hold_back_the_others() {
     let upstream = Upstream::start().await;
     let extra =
         format!("[[bearer.issuers]]\nissuer = \"{}\"\naudiences = [\"{AUD}\"]\n", b.issuer());
-    let proxy = start_proxy(
-        &a.issuer(),
-        &format!("http://{}", upstream.addr),
-        Opts { bearer: extra, ..Opts::default() },
-        false,
-    )
-    .await;
+    let proxy =
+        start_proxy(&a.issuer(), &upstream.url(), Opts { bearer: extra, ..Opts::default() }, false)
+            .await;
     let ready = format!("{}/readyz", proxy.admin);
     assert_eq!(eventually_status(&ready, None, 200).await, 200);
     let body = client().get(&ready).send().await.unwrap().text().await.unwrap();

@@ -218,13 +218,9 @@ async fn several_issuers_each_with_their_own_audiences_and_keys() {
         b.issuer(),
         b.jwks_url()
     );
-    let proxy = start_proxy(
-        &a.issuer(),
-        &format!("http://{}", upstream.addr),
-        Opts { bearer: extra, ..Opts::default() },
-        true,
-    )
-    .await;
+    let proxy =
+        start_proxy(&a.issuer(), &upstream.url(), Opts { bearer: extra, ..Opts::default() }, true)
+            .await;
     let get = |t: String| {
         let url = format!("{}/x", proxy.url);
         async move { client().get(url).bearer_auth(t).send().await.unwrap().status().as_u16() }
