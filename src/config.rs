@@ -110,6 +110,9 @@ pub struct ServerConfig {
     /// Threads serving proxied traffic, each with its own listener (`SO_REUSEPORT`) and upstream
     /// pool. Defaults to the CPUs available to the process (cgroup limits included).
     pub workers: usize,
+    /// Peers (CIDR ranges) whose forwarding headers (`X-Forwarded-For`, `X-Real-IP`, ...) are
+    /// kept. Defaults to none: every peer's are replaced.
+    pub trusted_proxies: Vec<ipnet::IpNet>,
 }
 
 #[derive(Debug, Clone)]
@@ -306,6 +309,7 @@ struct RawServer {
     admin_listen: Option<String>,
     shutdown_timeout: Option<String>,
     workers: Option<i64>,
+    trusted_proxies: Option<Vec<String>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -388,6 +392,7 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("server", "admin_listen", Kind::Str),
     ("server", "shutdown_timeout", Kind::Str),
     ("server", "workers", Kind::Int),
+    ("server", "trusted_proxies", Kind::List),
     ("upstream", "url", Kind::Str),
     ("upstream", "connect_timeout", Kind::Str),
     ("upstream", "response_timeout", Kind::Str),
@@ -599,6 +604,27 @@ fn nonempty(key: &str, value: String) -> Result<String, ConfigError> {
     }
 }
 
+/// `server.trusted_proxies`: CIDR ranges, or single addresses.
+fn trusted_proxies(list: Vec<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> {
+    let mut out = Vec::new();
+    for (i, s) in list.iter().enumerate() {
+        let s = s.trim();
+        let net = s
+            .parse::<ipnet::IpNet>()
+            .or_else(|_| s.parse::<std::net::IpAddr>().map(ipnet::IpNet::from));
+        match net {
+            Ok(n) => out.push(n.trunc()),
+            Err(_) => {
+                return Err(ConfigError::new(
+                    format!("server.trusted_proxies[{i}]"),
+                    format!("expected a CIDR range like \"10.0.0.0/8\" or an address, got {s:?}"),
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = ServerConfig {
         listen: socket_addr("server.listen", raw.server.listen.as_deref(), DEFAULT_LISTEN)?,
@@ -626,6 +652,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 ))
             }
         },
+        trusted_proxies: trusted_proxies(raw.server.trusted_proxies.unwrap_or_default())?,
     };
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
@@ -1003,6 +1030,7 @@ mod tests {
                 (_, _, Kind::Map) => "X-A=a",
                 (_, "algorithms", _) => "RS256",
                 (_, "public_routes", _) => "^/x",
+                (_, "trusted_proxies", _) => "10.0.0.0/8, 192.168.1.1",
                 (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",
                 (_, k, _) if k.ends_with("timeout") || k.ends_with("interval") || k == "leeway" => {
                     "1s"

@@ -8,10 +8,12 @@
 //! - [`server`]: worker threads and listeners, the middleware stack (and why each layer sits
 //!   where it does), `/healthz` and `/readyz`, graceful shutdown.
 //! - [`telemetry`]: logging, request ids, the access log line.
+//! - [`headers`]: what is stripped from a request before anything reads it, and why: hop-by-hop
+//!   headers, identity headers, path overrides, forwarding headers from untrusted peers.
 //! - [`path`]: the one normalised path that routes match and the app receives.
 //! - [`auth`]: `keys` (JWKS cache), `token` (JWT validation, verified-token cache),
 //!   `identity` (stripping client-sent identity headers, setting verified ones).
-//! - [`proxy`]: hop-by-hop headers, `X-Forwarded-*`, the pooled client to the app.
+//! - [`proxy`]: `X-Forwarded-*`, the pooled client to the app.
 //! - [`response`]: every answer portcullis makes itself (401, 400, 502, ...), built in one place.
 //! - [`check`]: `portcullis check`, the config and issuer probe.
 //! - [`devissuer`], [`demo`]: the development-only issuer and echo app behind `portcullis demo`.
@@ -21,6 +23,7 @@ pub mod check;
 pub mod config;
 pub mod demo;
 pub mod devissuer;
+pub mod headers;
 pub mod path;
 pub mod proxy;
 pub mod response;

@@ -1,103 +1,60 @@
-//! Forwarding to the app: hop-by-hop headers (RFC 9110 §7.6.1), `X-Forwarded-*`, a pooled
-//! keep-alive client with `TCP_NODELAY`, streamed bodies, and 502/504 on a failing upstream.
+//! Forwarding to the app: `X-Forwarded-*`, a pooled keep-alive client with `TCP_NODELAY`,
+//! streamed bodies, and 502/504 on a failing upstream. What is stripped from requests, and why,
+//! is in [`crate::headers`].
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
-use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use tower::{Layer, Service};
+use tower::Service;
 
 use crate::config::UpstreamConfig;
 use crate::response::Rejection;
 
-/// The client's address, set per connection by the server, with its IP already rendered as the
-/// `X-Forwarded-For` value (once per connection, not per request).
+/// The client's address, set per connection by the server, with its IP already rendered (once
+/// per connection, not per request) and whether it is one of `server.trusted_proxies`.
 #[derive(Debug, Clone)]
 pub struct ClientAddr {
     pub addr: SocketAddr,
-    pub forwarded_for: Option<HeaderValue>,
+    /// The peer's IP as a header value (`X-Forwarded-For`, `X-Real-IP`).
+    pub ip: Option<HeaderValue>,
+    /// The peer is a trusted proxy: its forwarding headers are kept.
+    pub trusted: bool,
 }
 
 impl ClientAddr {
     pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, forwarded_for: HeaderValue::from_str(&addr.ip().to_string()).ok() }
+        Self { addr, ip: HeaderValue::from_str(&addr.ip().to_string()).ok(), trusted: false }
+    }
+
+    /// The peer, trusted when its IP is in one of `trusted`.
+    pub fn with_trusted(addr: SocketAddr, trusted: &[ipnet::IpNet]) -> Self {
+        let ip = canonical_ip(addr.ip());
+        Self { trusted: trusted.iter().any(|n| n.contains(&ip)), ..Self::new(addr) }
     }
 }
 
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
-];
+/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, from a dual-stack listener) as IPv4.
+fn canonical_ip(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+        v4 => v4,
+    }
+}
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
-const FORWARDED: HeaderName = HeaderName::from_static("forwarded");
-
-/// Removes hop-by-hop headers, including every header named in `Connection`.
-pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
-        .get_all(header::CONNECTION)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
-        .collect();
-    for name in named.iter().chain(HOP_BY_HOP.iter()) {
-        headers.remove(name);
-    }
-}
-
-/// Strips hop-by-hop headers from the client's request before anything else reads it, so that
-/// a client naming a header in `Connection` cannot remove one portcullis sets later.
-#[derive(Debug, Clone, Default)]
-pub struct StripHopByHopLayer;
-
-impl<S> Layer<S> for StripHopByHopLayer {
-    type Service = StripHopByHop<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        StripHopByHop { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct StripHopByHop<S> {
-    inner: S,
-}
-
-impl<S, B> Service<Request<B>> for StripHopByHop<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        remove_hop_by_hop(req.headers_mut());
-        self.inner.call(req)
-    }
-}
+pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 
 struct Target {
     scheme: Scheme,
@@ -167,19 +124,47 @@ impl ProxyService {
             .path_and_query(pq)
             .build()?;
         *req.version_mut() = Version::HTTP_11;
-        let client = req.extensions().get::<ClientAddr>().and_then(|c| c.forwarded_for.clone());
+        let client = req.extensions().get::<ClientAddr>().cloned();
         let h = req.headers_mut();
-        // Client-sent forwarding headers are replaced, never appended to.
-        h.remove(FORWARDED);
         match client {
-            Some(v) => h.insert(X_FORWARDED_FOR, v),
-            None => h.remove(X_FORWARDED_FOR),
-        };
-        h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
-        match &original_host {
-            Some(v) => h.insert(X_FORWARDED_HOST, v.clone()),
-            None => h.remove(X_FORWARDED_HOST),
-        };
+            // From a trusted proxy: its forwarding headers stay, the peer is appended to
+            // `X-Forwarded-For`, and what it did not say is filled in.
+            Some(ClientAddr { ip: Some(ip), trusted: true, .. }) => {
+                let chain = h
+                    .get_all(&X_FORWARDED_FOR)
+                    .iter()
+                    .filter_map(|v| v.to_str().ok())
+                    .chain(ip.to_str().ok())
+                    .collect::<Vec<_>>()
+                    .join(", ");
+                if let Ok(v) = HeaderValue::from_str(&chain) {
+                    h.insert(X_FORWARDED_FOR, v);
+                }
+                h.entry(X_REAL_IP).or_insert(ip);
+                h.entry(X_FORWARDED_PROTO).or_insert(HeaderValue::from_static("http"));
+                if let Some(v) = original_host {
+                    h.entry(X_FORWARDED_HOST).or_insert(v);
+                }
+            }
+            // From anyone else (their copies were stripped): what portcullis saw.
+            _ => {
+                match client.and_then(|c| c.ip) {
+                    Some(v) => {
+                        h.insert(X_FORWARDED_FOR, v.clone());
+                        h.insert(X_REAL_IP, v);
+                    }
+                    None => {
+                        h.remove(X_FORWARDED_FOR);
+                        h.remove(X_REAL_IP);
+                    }
+                };
+                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                match original_host {
+                    Some(v) => h.insert(X_FORWARDED_HOST, v),
+                    None => h.remove(X_FORWARDED_HOST),
+                };
+            }
+        }
         if !t.pass_host_header {
             h.remove(header::HOST);
         }
@@ -239,7 +224,7 @@ impl Service<Request<Body>> for ProxyService {
             match tokio::time::timeout(timeout, this.client.request(req)).await {
                 Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
-                    remove_hop_by_hop(&mut parts.headers);
+                    crate::headers::remove_hop_by_hop(&mut parts.headers);
                     Ok(Response::from_parts(parts, Body::new(body)))
                 }
                 Ok(Err(e)) => {
@@ -285,21 +270,5 @@ mod tests {
         assert!(is_timeout(&timed_out));
         let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
         assert!(!is_timeout(&refused));
-    }
-
-    #[test]
-    fn connection_named_headers_are_removed() {
-        let mut h = HeaderMap::new();
-        h.insert(header::CONNECTION, HeaderValue::from_static("keep-alive, X-Secret , close"));
-        h.insert("x-secret", HeaderValue::from_static("1"));
-        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
-        h.insert(header::TE, HeaderValue::from_static("trailers"));
-        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
-        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
-        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
-        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
-        remove_hop_by_hop(&mut h);
-        let left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
-        assert_eq!(left, vec!["accept"]);
     }
 }

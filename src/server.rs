@@ -20,13 +20,14 @@ use tokio::sync::watch;
 use tower::util::BoxCloneService;
 use tower::{ServiceBuilder, ServiceExt};
 
-use crate::auth::identity::{IdentityMapper, InjectIdentityLayer, StripIdentityHeadersLayer};
+use crate::auth::identity::{IdentityMapper, InjectIdentityLayer};
 use crate::auth::keys::{KeyCacheSettings, KeyStore};
 use crate::auth::token::Verifier;
 use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::config::Config;
+use crate::headers::{StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders};
 use crate::path::NormalizePathLayer;
-use crate::proxy::{ClientAddr, ProxyService, StripHopByHopLayer};
+use crate::proxy::{ClientAddr, ProxyService};
 use crate::telemetry::AccessLogLayer;
 
 /// The whole request path as one cloneable service.
@@ -40,7 +41,8 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection pool.
 pub struct Pipeline {
     auth: Arc<AuthSettings>,
-    identity_headers: Vec<http::HeaderName>,
+    untrusted: Arc<UntrustedHeaders>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
     pass_token: crate::config::PassToken,
     upstream: crate::config::UpstreamConfig,
 }
@@ -53,7 +55,7 @@ impl Pipeline {
             KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
         ));
         let mapper = IdentityMapper::new(config.identity.clone());
-        let identity_headers = mapper.identity_header_names();
+        let untrusted = Arc::new(UntrustedHeaders::new(&mapper.identity_header_names()));
         let verifier = Arc::new(Verifier::new(&config.bearer, keys.clone(), mapper));
         let auth = Arc::new(AuthSettings {
             verifier,
@@ -62,7 +64,8 @@ impl Pipeline {
         });
         let pipeline = Self {
             auth,
-            identity_headers,
+            untrusted,
+            trusted_proxies: config.server.trusted_proxies.clone().into(),
             pass_token: config.identity.pass_token,
             upstream: config.upstream.clone(),
         };
@@ -75,11 +78,12 @@ impl Pipeline {
         let stack = ServiceBuilder::new()
             // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
             .layer(AccessLogLayer)
-            // Before anything reads headers: a client naming a header in `Connection` could
-            // otherwise have a header we set later removed on the way out.
+            // Before anything reads headers: hop-by-hop headers and what `Connection` names
+            // (never `Host`, the request id or `X-Forwarded-*`).
             .layer(StripHopByHopLayer)
-            // Client-sent identity headers go before any layer could trust them.
-            .layer(StripIdentityHeadersLayer::new(self.identity_headers.clone()))
+            // Client-sent identity headers, path/method overrides and (unless the peer is a
+            // trusted proxy) forwarding headers go before any layer could trust them.
+            .layer(StripUntrustedLayer::new(self.untrusted.clone()))
             // One canonical path for matching, logging and forwarding; ambiguous ones are 400.
             .layer(NormalizePathLayer)
             // Public route? Valid bearer token? Otherwise 401/400/503 here.
@@ -227,7 +231,8 @@ impl Server {
                         let served = async {
                             let listener = TcpListener::from_std(listener)?;
                             let stack = pipeline.stack()?;
-                            serve(listener, stack, rx, timeout, readiness).await;
+                            let trusted = pipeline.trusted_proxies.clone();
+                            serve(listener, stack, rx, timeout, readiness, trusted).await;
                             anyhow::Ok(())
                         };
                         if let Err(e) = served.await {
@@ -273,6 +278,7 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
     timeout: Duration,
     readiness: Arc<Readiness>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
@@ -293,7 +299,7 @@ async fn serve(
                 // Without it, a response written in two parts waits ~40 ms for a delayed ACK.
                 let _ = stream.set_nodelay(true);
                 let stack = stack.clone();
-                let client = ClientAddr::new(peer);
+                let client = ClientAddr::with_trusted(peer, &trusted_proxies);
                 let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
                     let mut req = req.map(Body::new);
                     req.extensions_mut().insert(client.clone());

@@ -1,5 +1,5 @@
-//! Identity and the headers it becomes: the layer that strips every client-sent identity header
-//! (all spellings), and the layer that sets the verified ones.
+//! Identity and the headers it becomes, and the layer that sets them. Client-sent copies are
+//! stripped earlier, by [`crate::headers`].
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -18,9 +18,6 @@ pub const X_FORWARDED_PREFERRED_USERNAME: HeaderName =
 pub const X_FORWARDED_GROUPS: HeaderName = HeaderName::from_static("x-forwarded-groups");
 pub const X_FORWARDED_ACCESS_TOKEN: HeaderName =
     HeaderName::from_static("x-forwarded-access-token");
-/// Every header with this prefix is removed from client requests (oauth2-proxy's response
-/// headers for nginx `auth_request`; an app behind us must never see client-made ones).
-const X_AUTH_REQUEST_PREFIX: &str = "x-auth-request-";
 
 /// A verified caller. Built once per token, shared by the cache; headers are precomputed.
 #[derive(Debug)]
@@ -68,19 +65,6 @@ pub fn is_reserved_request_header(name: &HeaderName) -> bool {
             | "x-forwarded-proto"
             | "x-forwarded-host"
     )
-}
-
-/// `a == b` with ASCII case ignored and `_` taken as `-` (`b` must be lower-case with `-`).
-fn same_header(a: &str, b: &str) -> bool {
-    a.len() == b.len()
-        && a.bytes().zip(b.bytes()).all(|(x, y)| {
-            let x = x.to_ascii_lowercase();
-            x == y || (x == b'_' && y == b'-')
-        })
-}
-
-fn has_prefix(a: &str, prefix: &str) -> bool {
-    a.len() >= prefix.len() && same_header(&a[..prefix.len()], prefix)
 }
 
 /// Turns verified claims into an [`Identity`].
@@ -172,67 +156,6 @@ fn claim_header_value(name: &HeaderName, claim: &str, v: &Value) -> Option<Heade
     HeaderValue::from_str(&encoded).ok()
 }
 
-// ----- StripIdentityHeaders -----
-
-/// Removes every client-sent identity header before anything reads the request.
-#[derive(Debug, Clone)]
-pub struct StripIdentityHeadersLayer {
-    names: Arc<[HeaderName]>,
-}
-
-impl StripIdentityHeadersLayer {
-    pub fn new(names: Vec<HeaderName>) -> Self {
-        Self { names: names.into() }
-    }
-}
-
-impl<S> Layer<S> for StripIdentityHeadersLayer {
-    type Service = StripIdentityHeaders<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        StripIdentityHeaders { inner, names: self.names.clone() }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct StripIdentityHeaders<S> {
-    inner: S,
-    names: Arc<[HeaderName]>,
-}
-
-impl<S> StripIdentityHeaders<S> {
-    fn is_identity_header(&self, name: &str) -> bool {
-        // Every name we set starts with "x"; most request headers do not.
-        if !name.as_bytes().first().is_some_and(|b| b.eq_ignore_ascii_case(&b'x')) {
-            return false;
-        }
-        has_prefix(name, X_AUTH_REQUEST_PREFIX)
-            || self.names.iter().any(|n| same_header(name, n.as_str()))
-    }
-}
-
-impl<S, B> Service<Request<B>> for StripIdentityHeaders<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let doomed: Vec<HeaderName> =
-            req.headers().keys().filter(|n| self.is_identity_header(n.as_str())).cloned().collect();
-        for name in doomed {
-            tracing::debug!(header = %name, "stripped client-sent identity header");
-            req.headers_mut().remove(&name);
-        }
-        self.inner.call(req)
-    }
-}
-
 // ----- InjectIdentity -----
 
 /// Sets the verified identity headers (after hop-by-hop removal, so a client cannot name them in
@@ -300,8 +223,6 @@ where
 mod tests {
     use super::*;
     use serde_json::json;
-    use std::convert::Infallible;
-    use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     fn mapper(claim_headers: Vec<(HeaderName, String)>) -> IdentityMapper {
         IdentityMapper::new(IdentityConfig { claim_headers, ..IdentityConfig::default() })
@@ -349,37 +270,5 @@ mod tests {
         let m = mapper(vec![]);
         let id = m.identity("i", claims(json!({"sub": "u1", "preferred_username": "José\tx"})));
         assert_eq!(header(&id, "x-forwarded-preferred-username"), Some("Jos%C3%A9%09x"));
-    }
-
-    #[test]
-    fn header_spellings_are_compared_loosely() {
-        assert!(same_header("X_Forwarded_User", "x-forwarded-user"));
-        assert!(same_header("x-forwarded_user", "x-forwarded-user"));
-        assert!(!same_header("x-forwarded-users", "x-forwarded-user"));
-        assert!(has_prefix("x_auth_request_user", "x-auth-request-"));
-    }
-
-    #[tokio::test]
-    async fn strip_removes_every_spelling_and_keeps_the_rest() {
-        let names = mapper(vec![(HeaderName::from_static("x-forwarded-tenant"), "tid".into())])
-            .identity_header_names();
-        let svc = ServiceBuilder::new()
-            .layer(StripIdentityHeadersLayer::new(names))
-            .service(service_fn(|req: Request<()>| async move { Ok::<_, Infallible>(req) }));
-        let req = Request::builder()
-            .header("X-Forwarded-User", "evil")
-            .header("x_forwarded_user", "evil")
-            .header("X-FORWARDED_EMAIL", "evil")
-            .header("X-Auth-Request-Groups", "admins")
-            .header("x-forwarded-tenant", "evil")
-            .header("X-Forwarded-Access-Token", "evil")
-            .header("x-request-id", "keep")
-            .header("accept", "keep")
-            .body(())
-            .unwrap();
-        let out = svc.oneshot(req).await.unwrap();
-        let mut left: Vec<_> = out.headers().keys().map(|k| k.as_str().to_string()).collect();
-        left.sort();
-        assert_eq!(left, vec!["accept", "x-request-id"]);
     }
 }

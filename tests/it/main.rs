@@ -10,4 +10,5 @@ mod deploy;
 mod interop;
 mod lifecycle;
 mod proxy;
+mod review;
 mod security;

@@ -1,0 +1,355 @@
+//! Request headers portcullis removes before anything reads them, and why, in one place:
+//! hop-by-hop headers (and whatever `Connection` names, except what portcullis guarantees),
+//! every identity header portcullis can set, the headers frameworks read as the request's real
+//! path or method, and the forwarding headers only a trusted proxy may send.
+//!
+//! Names are compared case-insensitively with `_` taken as `-` (`X_Forwarded_For` is
+//! `X-Forwarded-For` to a CGI, WSGI or Rack app).
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header::{self, HeaderMap, HeaderName};
+use http::Request;
+use tower::{Layer, Service};
+
+use crate::proxy::ClientAddr;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions.
+pub static HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
+];
+
+/// Headers that Symfony, IIS, Spring filters and others take as the request's real path or
+/// method. Removed from every peer, trusted or not: ingresses pass a client's copy through.
+pub const PATH_OVERRIDE_HEADERS: &[&str] = &[
+    "x-original-url",
+    "x-original-uri",
+    "x-original-method",
+    "x-rewrite-url",
+    "x-forwarded-uri",
+    "x-forwarded-method",
+];
+
+/// Headers that say where a request came from or how it arrived. Only a peer in
+/// `server.trusted_proxies` may send them; from anyone else they are removed, and
+/// `X-Forwarded-For`, `-Proto`, `-Host` and `X-Real-IP` are set by portcullis.
+pub const TRUSTED_PROXY_HEADERS: &[&str] = &[
+    "forwarded",
+    "x-forwarded-for",
+    "x-forwarded-proto",
+    "x-forwarded-host",
+    "x-real-ip",
+    "x-forwarded-port",
+    "x-forwarded-prefix",
+    "x-forwarded-server",
+    "x-original-forwarded-for",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-proxyuser-ip",
+    "x-host",
+    "x-forwarded-scheme",
+    "front-end-https",
+    "x-url-scheme",
+    "x-forwarded-ssl",
+];
+
+/// Every header with this prefix is an identity header (oauth2-proxy's `auth_request` response
+/// headers): an app behind portcullis must never see a client-made one.
+pub const IDENTITY_PREFIX: &str = "x-auth-request-";
+
+/// `a == b` with ASCII case ignored and `_` taken as `-` (`b` must be lower-case with `-`).
+pub fn same_header(a: &str, b: &str) -> bool {
+    a.len() == b.len()
+        && a.bytes().zip(b.bytes()).all(|(x, y)| {
+            let x = x.to_ascii_lowercase();
+            x == y || (x == b'_' && y == b'-')
+        })
+}
+
+fn has_prefix(a: &str, prefix: &str) -> bool {
+    a.len() >= prefix.len() && same_header(&a[..prefix.len()], prefix)
+}
+
+/// Headers that naming them in `Connection` cannot remove: the request's `Host`, the request
+/// id and the forwarding headers portcullis sets or vouches for.
+fn is_guaranteed(name: &str) -> bool {
+    name == "host"
+        || name == "x-request-id"
+        || name == "x-real-ip"
+        || has_prefix(name, "x-forwarded-")
+}
+
+/// Removes hop-by-hop headers, and every header named in `Connection` except the guaranteed
+/// ones (see [`is_guaranteed`]).
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    if headers.contains_key(header::CONNECTION) {
+        let named: Vec<HeaderName> = headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .filter(|n| !is_guaranteed(n.as_str()))
+            .collect();
+        for name in named {
+            headers.remove(name);
+        }
+    }
+    for name in HOP_BY_HOP.iter() {
+        headers.remove(name);
+    }
+}
+
+/// Strips hop-by-hop headers from the client's request before anything else reads it.
+#[derive(Debug, Clone, Default)]
+pub struct StripHopByHopLayer;
+
+impl<S> Layer<S> for StripHopByHopLayer {
+    type Service = StripHopByHop<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StripHopByHop { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StripHopByHop<S> {
+    inner: S,
+}
+
+impl<S, B> Service<Request<B>> for StripHopByHop<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        remove_hop_by_hop(req.headers_mut());
+        self.inner.call(req)
+    }
+}
+
+/// Why a client-sent header is removed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Class {
+    /// Set by portcullis from a verified identity: never from a client.
+    Identity,
+    /// A path or method override: never forwarded.
+    PathOverride,
+    /// Forwarding information: kept only from trusted proxies.
+    TrustedProxyOnly,
+}
+
+/// The names [`StripUntrusted`] removes, by canonical spelling (lower case, `-`).
+#[derive(Debug)]
+pub struct UntrustedHeaders {
+    names: HashMap<String, Class>,
+}
+
+impl UntrustedHeaders {
+    /// `identity` are the identity headers portcullis can set (defaults and configured ones).
+    pub fn new(identity: &[HeaderName]) -> Self {
+        let mut names = HashMap::new();
+        for n in TRUSTED_PROXY_HEADERS {
+            names.insert(n.to_string(), Class::TrustedProxyOnly);
+        }
+        for n in PATH_OVERRIDE_HEADERS {
+            names.insert(n.to_string(), Class::PathOverride);
+        }
+        for n in identity {
+            names.insert(n.as_str().replace('_', "-"), Class::Identity);
+        }
+        Self { names }
+    }
+
+    /// Whether a client-sent header named `name` goes, given whether the peer is trusted.
+    fn removes(&self, name: &str, trusted_peer: bool) -> bool {
+        let folded;
+        let canonical = if name.contains('_') {
+            folded = name.to_ascii_lowercase().replace('_', "-");
+            folded.as_str()
+        } else {
+            name
+        };
+        if has_prefix(canonical, IDENTITY_PREFIX) {
+            return true;
+        }
+        match self.names.get(canonical) {
+            None => false,
+            Some(Class::Identity | Class::PathOverride) => true,
+            // A trusted proxy sends the canonical spelling; an `_` spelling is a client's
+            // copy it passed through.
+            Some(Class::TrustedProxyOnly) => !trusted_peer || name.contains('_'),
+        }
+    }
+}
+
+/// Removes every client-sent header that only portcullis or a trusted proxy may set, before any
+/// layer reads the request.
+#[derive(Debug, Clone)]
+pub struct StripUntrustedLayer {
+    names: Arc<UntrustedHeaders>,
+}
+
+impl StripUntrustedLayer {
+    pub fn new(names: Arc<UntrustedHeaders>) -> Self {
+        Self { names }
+    }
+}
+
+impl<S> Layer<S> for StripUntrustedLayer {
+    type Service = StripUntrusted<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        StripUntrusted { inner, names: self.names.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct StripUntrusted<S> {
+    inner: S,
+    names: Arc<UntrustedHeaders>,
+}
+
+impl<S, B> Service<Request<B>> for StripUntrusted<S>
+where
+    S: Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+        let trusted = req.extensions().get::<ClientAddr>().is_some_and(|c| c.trusted);
+        let doomed: Vec<HeaderName> = req
+            .headers()
+            .keys()
+            .filter(|n| self.names.removes(n.as_str(), trusted))
+            .cloned()
+            .collect();
+        for name in doomed {
+            tracing::debug!(header = %name, "stripped client-sent header");
+            req.headers_mut().remove(&name);
+        }
+        self.inner.call(req)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http::HeaderValue;
+    use std::convert::Infallible;
+    use tower::{service_fn, ServiceBuilder, ServiceExt};
+
+    #[test]
+    fn header_spellings_are_compared_loosely() {
+        assert!(same_header("X_Forwarded_User", "x-forwarded-user"));
+        assert!(same_header("x-forwarded_user", "x-forwarded-user"));
+        assert!(!same_header("x-forwarded-users", "x-forwarded-user"));
+        assert!(has_prefix("x_auth_request_user", "x-auth-request-"));
+    }
+
+    #[test]
+    fn connection_named_headers_are_removed_but_not_guaranteed_ones() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::CONNECTION,
+            HeaderValue::from_static(
+                "keep-alive, X-Secret , close, host, x-request-id, x-forwarded-host, X_Forwarded_For, x-real-ip",
+            ),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static("chunked"));
+        h.insert(header::UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("proxy-connection", HeaderValue::from_static("keep-alive"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        h.insert(header::HOST, HeaderValue::from_static("app"));
+        h.insert("x-request-id", HeaderValue::from_static("r1"));
+        h.insert("x-forwarded-host", HeaderValue::from_static("app"));
+        h.insert("x-real-ip", HeaderValue::from_static("10.0.0.1"));
+        remove_hop_by_hop(&mut h);
+        let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
+        left.sort();
+        assert_eq!(left, vec!["accept", "host", "x-forwarded-host", "x-real-ip", "x-request-id"]);
+    }
+
+    async fn strip(
+        trusted: bool,
+        headers: &[(&str, &str)],
+        identity: &[&'static str],
+    ) -> Vec<String> {
+        let identity: Vec<HeaderName> =
+            identity.iter().map(|n| HeaderName::from_static(n)).collect();
+        let svc = ServiceBuilder::new()
+            .layer(StripUntrustedLayer::new(Arc::new(UntrustedHeaders::new(&identity))))
+            .service(service_fn(|req: Request<()>| async move { Ok::<_, Infallible>(req) }));
+        let mut req = Request::builder();
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        let mut req = req.body(()).unwrap();
+        let mut addr = ClientAddr::new("10.0.0.1:5000".parse().unwrap());
+        addr.trusted = trusted;
+        req.extensions_mut().insert(addr);
+        let out = svc.oneshot(req).await.unwrap();
+        let mut left: Vec<_> = out.headers().keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        left
+    }
+
+    #[tokio::test]
+    async fn identity_and_override_headers_go_from_every_peer() {
+        let sent = [
+            ("X-Forwarded-User", "evil"),
+            ("x_forwarded_user", "evil"),
+            ("X-FORWARDED_EMAIL", "evil"),
+            ("X-Auth-Request-Groups", "admins"),
+            ("remote-user", "evil"),
+            ("Remote_User", "evil"),
+            ("X-Original-URL", "/admin"),
+            ("x_rewrite_url", "/admin"),
+            ("X-Forwarded-Method", "DELETE"),
+            ("x-request-id", "keep"),
+            ("accept", "keep"),
+        ];
+        let identity = ["x-forwarded-user", "x-forwarded-email", "remote-user"];
+        for trusted in [false, true] {
+            assert_eq!(strip(trusted, &sent, &identity).await, vec!["accept", "x-request-id"]);
+        }
+    }
+
+    #[tokio::test]
+    async fn forwarding_headers_only_from_trusted_proxies() {
+        let sent: Vec<(&str, &str)> =
+            TRUSTED_PROXY_HEADERS.iter().map(|n| (*n, "1.2.3.4")).collect();
+        assert!(strip(false, &sent, &[]).await.is_empty());
+        let mut kept: Vec<String> = TRUSTED_PROXY_HEADERS.iter().map(|s| s.to_string()).collect();
+        kept.sort();
+        assert_eq!(strip(true, &sent, &[]).await, kept);
+        // the `_` spellings go even from a trusted proxy
+        let sent = [("x_forwarded_for", "1.2.3.4"), ("True_Client_IP", "1.2.3.4")];
+        assert!(strip(true, &sent, &[]).await.is_empty());
+    }
+}
