@@ -172,6 +172,9 @@ pub struct BearerConfig {
     pub jwks_min_refetch_interval: Duration,
     /// Verified tokens kept in memory. Defaults to 10,000; 0 disables the cache.
     pub token_cache_size: usize,
+    /// JOSE `typ` values accepted besides none at all (compared case-insensitively,
+    /// `application/` optional). Defaults to `JWT` and `at+jwt` (RFC 9068).
+    pub token_types: Vec<String>,
 }
 
 impl BearerConfig {
@@ -187,8 +190,16 @@ impl BearerConfig {
             jwks_refresh_interval: DEFAULT_JWKS_REFRESH_INTERVAL,
             jwks_min_refetch_interval: DEFAULT_JWKS_MIN_REFETCH_INTERVAL,
             token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
+            token_types: default_token_types(),
         }
     }
+}
+
+/// Default `bearer.token_types`: a plain JWT and an RFC 9068 access token.
+pub const DEFAULT_TOKEN_TYPES: &[&str] = &["JWT", "at+jwt"];
+
+fn default_token_types() -> Vec<String> {
+    DEFAULT_TOKEN_TYPES.iter().map(|s| s.to_string()).collect()
 }
 
 /// One issuer whose tokens are accepted.
@@ -242,6 +253,13 @@ pub struct IdentityConfig {
     pub claim_headers: Vec<(HeaderName, String)>,
     /// What happens to the bearer token. Defaults to `none`.
     pub pass_token: PassToken,
+    /// Whether a token without `email_verified` counts as unverified (its email is then never
+    /// sent, and refused as the user). `email_verified: false` always counts as unverified.
+    /// Defaults to false (access tokens rarely carry the claim).
+    pub require_verified_email: bool,
+    /// Send the token's issuer as `X-Forwarded-Issuer` (`sub` is unique only per issuer).
+    /// Defaults to true when more than one issuer is trusted.
+    pub pass_issuer: bool,
 }
 
 impl Default for IdentityConfig {
@@ -255,6 +273,8 @@ impl Default for IdentityConfig {
             preferred_username_claim: "preferred_username".to_string(),
             claim_headers: Vec::new(),
             pass_token: PassToken::None,
+            require_verified_email: false,
+            pass_issuer: false,
         }
     }
 }
@@ -344,6 +364,7 @@ struct RawBearer {
     jwks_refresh_interval: Option<String>,
     jwks_min_refetch_interval: Option<String>,
     token_cache_size: Option<i64>,
+    token_types: Option<Vec<String>>,
     #[serde(default)]
     issuers: Vec<RawIssuer>,
 }
@@ -365,6 +386,8 @@ struct RawIdentity {
     preferred_username_claim: Option<String>,
     claim_headers: Option<BTreeMap<String, String>>,
     pass_token: Option<String>,
+    require_verified_email: Option<bool>,
+    pass_issuer: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -412,12 +435,15 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("bearer", "jwks_refresh_interval", Kind::Str),
     ("bearer", "jwks_min_refetch_interval", Kind::Str),
     ("bearer", "token_cache_size", Kind::Int),
+    ("bearer", "token_types", Kind::List),
     ("identity", "user_claim", Kind::Str),
     ("identity", "email_claim", Kind::Str),
     ("identity", "groups_claim", Kind::Str),
     ("identity", "preferred_username_claim", Kind::Str),
     ("identity", "claim_headers", Kind::Map),
     ("identity", "pass_token", Kind::Str),
+    ("identity", "require_verified_email", Kind::Bool),
+    ("identity", "pass_issuer", Kind::Bool),
     ("log", "level", Kind::Str),
     ("log", "format", Kind::Str),
 ];
@@ -860,8 +886,19 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             ))
         }
     };
+    let token_types = b.token_types.unwrap_or_else(default_token_types);
+    if token_types.is_empty() {
+        return Err(ConfigError::new(
+            "bearer.token_types",
+            "must not be empty (the default is [\"JWT\", \"at+jwt\"])",
+        ));
+    }
+    for (i, t) in token_types.iter().enumerate() {
+        nonempty(&format!("bearer.token_types[{i}]"), t.clone())?;
+    }
     let bearer = BearerConfig {
         issuers,
+        token_types,
         algorithms,
         leeway,
         required_claims,
@@ -911,6 +948,8 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
         )?,
         claim_headers,
         pass_token,
+        require_verified_email: id.require_verified_email.unwrap_or(false),
+        pass_issuer: id.pass_issuer.unwrap_or(bearer.issuers.len() > 1),
     };
 
     let level = raw.log.level.unwrap_or_else(|| "info".to_string());

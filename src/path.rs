@@ -137,6 +137,28 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
     Ok(s)
 }
 
+/// The path routes are matched on: the normalised path with every `;…` segment parameter
+/// removed (`/admin;x.css/users` → `/admin/users`), as servlet containers route it. The app
+/// still receives the normalised path with its parameters.
+pub fn route_path(normalised: &str) -> std::borrow::Cow<'_, str> {
+    if !normalised.contains(';') {
+        return std::borrow::Cow::Borrowed(normalised);
+    }
+    let mut out = String::with_capacity(normalised.len());
+    for (i, seg) in normalised.split('/').enumerate() {
+        if i > 0 {
+            out.push('/');
+        }
+        out.push_str(seg.split(';').next().unwrap_or_default());
+    }
+    std::borrow::Cow::Owned(out)
+}
+
+/// The path portcullis decided on, when it differs from the one the client sent; left in the
+/// response's extensions for the access log.
+#[derive(Debug, Clone)]
+pub struct NormalizedPath(pub String);
+
 /// Rewrites the request URI to the normalised path (query kept) or answers `400`.
 #[derive(Debug, Clone, Default)]
 pub struct NormalizePathLayer;
@@ -175,9 +197,10 @@ where
         }
         match normalize(path) {
             Ok(p) => {
+                let changed = p != path;
                 let pq = match req.uri().query() {
                     Some(q) => format!("{p}?{q}"),
-                    None => p,
+                    None => p.clone(),
                 };
                 if let Ok(pq) = pq.parse::<PathAndQuery>() {
                     let mut parts = req.uri().clone().into_parts();
@@ -186,7 +209,16 @@ where
                         *req.uri_mut() = uri;
                     }
                 }
-                futures_util::future::Either::Left(self.inner.call(req))
+                if changed && p == req.uri().path() {
+                    let fut = self.inner.call(req);
+                    futures_util::future::Either::Right(Box::pin(async move {
+                        let mut resp = fut.await?;
+                        resp.extensions_mut().insert(NormalizedPath(p));
+                        Ok(resp)
+                    }))
+                } else {
+                    futures_util::future::Either::Left(self.inner.call(req))
+                }
             }
             Err(e) => {
                 tracing::debug!(error = %e, "refused ambiguous path");

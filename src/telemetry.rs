@@ -53,13 +53,25 @@ fn new_request_id() -> HeaderValue {
         .unwrap_or(HeaderValue::from_static("0"))
 }
 
-/// A client-sent `X-Request-Id` is kept when sane (so traces join up across hops); otherwise a
+/// The longest client-sent `X-Request-Id` kept.
+pub const MAX_CLIENT_REQUEST_ID: usize = 64;
+
+/// Whether a client-sent request id is kept: short, and only characters that need no quoting
+/// in any log format (letters, digits, `-`, `_`, `.`, `:`, `/`, `+`, `=`, `@`).
+fn is_safe_request_id(b: &[u8]) -> bool {
+    !b.is_empty()
+        && b.len() <= MAX_CLIENT_REQUEST_ID
+        && b.iter().all(|c| c.is_ascii_alphanumeric() || b"-_.:/+=@".contains(c))
+}
+
+/// A client-sent `X-Request-Id` is kept when safe (so traces join up across hops); otherwise a
 /// new one is made.
 fn request_id<B>(req: &Request<B>) -> HeaderValue {
-    let keep = req.headers().get(&X_REQUEST_ID).filter(|v| {
-        let b = v.as_bytes();
-        !b.is_empty() && b.len() <= 128 && b.iter().all(|c| c.is_ascii_graphic())
-    });
+    let mut values = req.headers().get_all(&X_REQUEST_ID).iter();
+    let keep = match (values.next(), values.next()) {
+        (Some(v), None) if is_safe_request_id(v.as_bytes()) => Some(v),
+        _ => None,
+    };
     match keep {
         Some(v) => v.clone(),
         None => new_request_id(),
@@ -112,6 +124,13 @@ where
             // milliseconds, to the microsecond
             let latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
             let decision = resp.extensions().get::<Decision>();
+            // The path portcullis decided on; the client's beside it when they differ.
+            let normalized = resp.extensions().get::<crate::path::NormalizedPath>();
+            let (path, raw_path) = match normalized {
+                Some(n) => (n.0.as_str(), Some(uri.path())),
+                None => (uri.path(), None),
+            };
+            let issuer = decision.and_then(|d| d.identity.as_ref()).map(|i| i.issuer.as_str());
             let request_id = id.to_str().unwrap_or("");
             let subject = decision
                 .and_then(|d| d.identity.as_ref())
@@ -122,10 +141,12 @@ where
             tracing::info!(
                 target: "portcullis::access",
                 method = %method,
-                path = uri.path(),
+                path,
+                raw_path,
                 status = resp.status().as_u16(),
                 latency_ms,
                 subject,
+                issuer,
                 reason,
                 detail,
                 request_id = %request_id,

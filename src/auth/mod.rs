@@ -20,9 +20,28 @@ use crate::response::{Decision, Rejection};
 use identity::Authenticated;
 use token::{TokenError, Verified, Verifier};
 
-/// Headers some frameworks take as the real method of a POST or GET.
+/// Headers some frameworks take as the real method of a POST or GET (any spelling).
 const METHOD_OVERRIDE_HEADERS: &[&str] =
     &["x-http-method-override", "x-http-method", "x-method-override"];
+/// The query parameter Rails, Laravel, Symfony and others take as the real method.
+const METHOD_OVERRIDE_PARAM: &str = "_method";
+
+/// Whether the request carries a method override a framework could act on.
+fn has_method_override<B>(req: &Request<B>) -> bool {
+    let in_headers = req.headers().keys().any(|k| {
+        METHOD_OVERRIDE_HEADERS.iter().any(|h| crate::headers::same_header(k.as_str(), h))
+    });
+    in_headers
+        || req.uri().query().is_some_and(|q| {
+            url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == METHOD_OVERRIDE_PARAM)
+        })
+}
+
+/// Whether an `Authorization` value uses the `Bearer` scheme (RFC 6750 §2.1: any case).
+fn is_bearer(value: &HeaderValue) -> bool {
+    let b = value.as_bytes();
+    b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer") && (b.len() == 6 || b[6] == b' ')
+}
 
 /// What [`Authenticate`] needs: the verifier and the public routes.
 #[derive(Debug)]
@@ -93,13 +112,56 @@ fn credentials<B>(req: &Request<B>) -> Credentials {
 
 impl AuthSettings {
     fn is_public<B>(&self, req: &Request<B>) -> bool {
-        let path = req.uri().path();
+        // Matched on the path without `;` parameters: servlet containers route `/admin;x.css`
+        // to `/admin`, so it must not match a public `\.css$`.
+        let path = crate::path::route_path(req.uri().path());
+        let mut matching = self.public_routes.iter().filter(|r| r.matches(req.method(), &path));
+        let Some(first) = matching.next() else {
+            return false;
+        };
         // A method-restricted public route ("GET=^/healthz$") must not let a client reach the
-        // app with another method through a method-override header.
-        let overridden = METHOD_OVERRIDE_HEADERS.iter().any(|h| req.headers().contains_key(*h));
-        self.public_routes
-            .iter()
-            .any(|r| r.matches(req.method(), path) && !(overridden && r.method.is_some()))
+        // app with another method through a method override.
+        if first.method.is_none() {
+            return true;
+        }
+        let any_method = matching.any(|r| r.method.is_none());
+        any_method || !has_method_override(req)
+    }
+
+    /// A public route: forwarded without authentication. A bearer token on it is verified
+    /// anyway: a valid one gives the app the identity, as on a protected route; one that cannot
+    /// be verified is removed, so the app never takes it for a verified one. Other schemes
+    /// (`Basic` for the app itself) pass untouched.
+    async fn public(&self, mut req: Request<Body>) -> (Request<Body>, Decision) {
+        let mut decision = Decision::new("public_route");
+        match credentials(&req) {
+            Credentials::Bearer { authorization, token } => {
+                let verified = match token.to_str() {
+                    Ok(t) => self.verifier.verify(t).await,
+                    Err(_) => Err(TokenError::Malformed("non-ASCII token".into())),
+                };
+                match verified {
+                    Ok((identity, _)) => {
+                        decision.identity = Some(identity.clone());
+                        req.extensions_mut().insert(Authenticated {
+                            identity,
+                            authorization,
+                            token,
+                        });
+                    }
+                    Err(e) => {
+                        decision.detail = Some(format!("bearer token removed: {e}"));
+                        req.headers_mut().remove(header::AUTHORIZATION);
+                    }
+                }
+            }
+            _ if req.headers().get_all(header::AUTHORIZATION).iter().any(is_bearer) => {
+                decision.detail = Some("bearer token removed: malformed or ambiguous".into());
+                req.headers_mut().remove(header::AUTHORIZATION);
+            }
+            _ => {}
+        }
+        (req, decision)
     }
 
     /// Decides about one request: `Ok` with the request (identity attached) to forward, or the
@@ -109,7 +171,7 @@ impl AuthSettings {
         mut req: Request<Body>,
     ) -> Result<(Request<Body>, Decision), (Response<Body>, Decision)> {
         if self.is_public(&req) {
-            return Ok((req, Decision::new("public_route")));
+            return Ok(self.public(req).await);
         }
         let (authorization, token) = match credentials(&req) {
             Credentials::Bearer { authorization, token } => (authorization, token),

@@ -9,7 +9,7 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::identity::{Identity, IdentityMapper};
+use super::identity::{Identity, IdentityError, IdentityMapper};
 use super::keys::{IssuerKeys, KeySet, KeyStore, Lookup, VerifyKey};
 use crate::config::BearerConfig;
 
@@ -50,6 +50,10 @@ pub enum TokenError {
     BadClaim(String),
     #[error("keys of issuer {0:?} are not loaded yet")]
     KeysNotLoaded(String),
+    #[error("token type (typ) {0:?} is not an access token type")]
+    WrongType(String),
+    #[error(transparent)]
+    Identity(#[from] IdentityError),
 }
 
 impl TokenError {
@@ -71,6 +75,9 @@ impl TokenError {
             TokenError::MissingClaim(_) => "token_missing_claim",
             TokenError::BadClaim(_) => "token_bad_claim",
             TokenError::KeysNotLoaded(_) => "keys_not_loaded",
+            TokenError::WrongType(_) => "token_wrong_type",
+            TokenError::Identity(IdentityError::UnverifiedEmail(_)) => "email_not_verified",
+            TokenError::Identity(IdentityError::NoUser(_)) => "token_no_user",
         }
     }
 
@@ -201,6 +208,7 @@ pub struct Verifier {
     algorithms: Vec<Algorithm>,
     leeway: u64,
     required_claims: Vec<String>,
+    token_types: Vec<String>,
     cache: Arc<TokenCache>,
     mapper: IdentityMapper,
     keys: Arc<KeyStore>,
@@ -254,6 +262,7 @@ impl Verifier {
             algorithms: cfg.algorithms.clone(),
             leeway: cfg.leeway.as_secs(),
             required_claims: cfg.required_claims.clone(),
+            token_types: cfg.token_types.clone(),
             cache,
             mapper,
             keys,
@@ -319,6 +328,11 @@ impl Verifier {
         if !self.algorithms.contains(&header.alg) {
             return Err(TokenError::AlgorithmNotAllowed(format!("{:?}", header.alg)));
         }
+        if let Some(typ) = &header.typ {
+            if !self.token_types.iter().any(|t| same_media_type(t, typ)) {
+                return Err(TokenError::WrongType(typ.clone()));
+            }
+        }
         // `jku`, `x5u`, `x5c` and `jwk` are never used: keys come only from the issuer's JWKS.
         let peek: PeekIssuer = jsonwebtoken::dangerous::insecure_decode_claims(token)
             .map_err(|e| TokenError::Malformed(e.to_string()))?;
@@ -357,7 +371,7 @@ impl Verifier {
                     self.check_claims(&claims, now)?;
                     let exp = claims.get("exp").and_then(as_u64).unwrap_or(0);
                     let nbf = claims.get("nbf").and_then(as_u64);
-                    let identity = Arc::new(self.mapper.identity(&iss, claims));
+                    let identity = Arc::new(self.mapper.identity(&iss, claims)?);
                     let entry = CachedToken {
                         identity: identity.clone(),
                         exp,
@@ -398,6 +412,16 @@ impl Verifier {
         }
         Ok(())
     }
+}
+
+/// JOSE `typ` values are media types: compared case-insensitively, `application/` optional
+/// (RFC 7515 §4.1.9).
+fn same_media_type(a: &str, b: &str) -> bool {
+    let strip = |s: &str| -> String {
+        let s = s.trim().to_ascii_lowercase();
+        s.strip_prefix("application/").map(str::to_string).unwrap_or(s)
+    };
+    strip(a) == strip(b)
 }
 
 fn map_jwt_error(kind: &ErrorKind) -> TokenError {

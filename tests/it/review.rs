@@ -155,3 +155,244 @@ async fn connection_cannot_remove_host_request_id_or_forwarding_headers() {
         assert_eq!(seen.one("x-forwarded-proto").as_deref(), Some("http"));
     }
 }
+
+/// GET `path` with `token` (if any); the status and whether the app was reached.
+async fn get_with(w: &World, path: &str, token: Option<&str>) -> (u16, bool) {
+    let before = w.upstream.hits();
+    let status = status_of(&w.url(path), token).await;
+    (status, w.upstream.hits() > before)
+}
+
+fn minted(w: &World, patch: serde_json::Value) -> String {
+    let mut c = w.issuer.claims_for("alice", AUD);
+    for (k, v) in patch.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    w.issuer.mint(&c)
+}
+
+#[tokio::test]
+async fn an_unverified_email_never_reaches_the_app() {
+    let w = World::new().await;
+    for v in [json!(false), json!("false")] {
+        let t = minted(&w, json!({ "email_verified": v }));
+        assert_eq!(get_with(&w, "/api", Some(&t)).await, (200, true));
+        let seen = w.upstream.last();
+        assert_eq!(seen.one("x-forwarded-email"), None, "email_verified {v}");
+        assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    }
+    for v in [json!(true), json!("true")] {
+        let t = minted(&w, json!({ "email_verified": v }));
+        assert_eq!(get_with(&w, "/api", Some(&t)).await, (200, true));
+        assert_eq!(
+            w.upstream.last().one("x-forwarded-email").as_deref(),
+            Some("alice@example.com")
+        );
+    }
+    // absent counts as verified by default for bearer tokens
+    assert_eq!(get_with(&w, "/api", Some(&w.token("alice"))).await, (200, true));
+    assert_eq!(w.upstream.last().one("x-forwarded-email").as_deref(), Some("alice@example.com"));
+
+    // as the user: refused, nothing reaches the app
+    let w = World::with(Opts {
+        identity: "user_claim = \"email\"\nrequire_verified_email = true",
+        ..Opts::default()
+    })
+    .await;
+    assert_eq!(get_with(&w, "/api", Some(&w.token("alice"))).await, (401, false));
+    let t = minted(&w, json!({ "email_verified": "false" }));
+    assert_eq!(get_with(&w, "/api", Some(&t)).await, (401, false));
+    let t = minted(&w, json!({ "email_verified": true }));
+    assert_eq!(get_with(&w, "/api", Some(&t)).await, (200, true));
+    assert_eq!(w.upstream.last().one("x-forwarded-user").as_deref(), Some("alice@example.com"));
+}
+
+#[tokio::test]
+async fn with_several_issuers_the_app_learns_the_issuer() {
+    let other = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Es256])
+        .await
+        .unwrap();
+    let w = World::with(Opts {
+        bearer: format!(
+            "[[bearer.issuers]]\nissuer = \"{}\"\naudiences = [\"{AUD}\"]\n",
+            other.issuer()
+        ),
+        ..Opts::default()
+    })
+    .await;
+    let spoof = [("X-Forwarded-Issuer", "https://evil.example"), ("x_forwarded_issuer", "x")];
+    let r = raw_get(w.proxy.addr, "/public/x", &spoof).await;
+    assert_eq!(r.status, 200);
+    assert!(spelled(&w.upstream.last(), "x-forwarded-issuer").is_empty());
+    for (issuer, token) in
+        [(w.issuer.issuer(), w.token("alice")), (other.issuer(), other.token_for("alice", AUD))]
+    {
+        let t = format!("Bearer {token}");
+        let mut headers = spoof.to_vec();
+        headers.push(("Authorization", &t));
+        assert_eq!(raw_get(w.proxy.addr, "/api", &headers).await.status, 200);
+        let seen = w.upstream.last();
+        assert_eq!(spelled(&seen, "x-forwarded-issuer"), vec![issuer]);
+        assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    }
+    // one issuer: off by default
+    let w = World::new().await;
+    get_with(&w, "/api", Some(&w.token("alice"))).await;
+    assert_eq!(w.upstream.last().one("x-forwarded-issuer"), None);
+}
+
+#[tokio::test]
+async fn header_values_are_unambiguous_and_a_user_that_cannot_be_sent_is_refused() {
+    let w = World::new().await;
+    let t = minted(
+        &w,
+        json!({"preferred_username": " josé ", "email": "jos%C3%A9@example.com",
+               "groups": ["a,b", "c"]}),
+    );
+    assert_eq!(get_with(&w, "/api", Some(&t)).await, (200, true));
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("x-forwarded-preferred-username").as_deref(), Some("%20jos%C3%A9%20"));
+    assert_eq!(seen.one("x-forwarded-email").as_deref(), Some("jos%25C3%25A9@example.com"));
+    assert_eq!(seen.one("x-forwarded-groups").as_deref(), Some("a%2Cb,c"));
+    for sub in ["alice\r\nX-Admin: 1", "alice\u{0}", "alice\n"] {
+        let t = minted(&w, json!({ "sub": sub }));
+        assert_eq!(get_with(&w, "/api", Some(&t)).await, (401, false), "{sub:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_token_on_a_public_route_is_verified_or_removed() {
+    let down = free_port();
+    let w = World::with(Opts {
+        // a second issuer whose keys never load
+        bearer: format!(
+            "[[bearer.issuers]]\nissuer = \"http://127.0.0.1:{down}\"\naudiences = [\"{AUD}\"]\n"
+        ),
+        identity: "pass_token = \"authorization\"",
+        first_issuer_only: true,
+        ..Opts::default()
+    })
+    .await;
+    // valid: the identity, as on a protected route, and the token (pass_token)
+    let good = format!("Bearer {}", w.token("alice"));
+    assert_eq!(raw_get(w.proxy.addr, "/public/x", &[("Authorization", &good)]).await.status, 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.one("authorization"), Some(good.clone()));
+    // invalid, expired, or of an issuer whose keys are not loaded: neither identity nor token
+    let now = jsonwebtoken::get_current_timestamp();
+    let mut unloaded = w.issuer.claims_for("alice", AUD);
+    unloaded["iss"] = json!(format!("http://127.0.0.1:{down}"));
+    let bad = [
+        "Bearer not.a.token".to_string(),
+        format!("Bearer {}", minted(&w, json!({ "exp": now - 3600 }))),
+        format!("Bearer {}", w.issuer.mint(&unloaded)),
+        "Bearer ".to_string(),
+        "bearer".to_string(),
+    ];
+    for b in &bad {
+        let r = raw_get(
+            w.proxy.addr,
+            "/public/x",
+            &[("Authorization", b), ("X-Forwarded-User", "mallory")],
+        )
+        .await;
+        assert_eq!(r.status, 200, "{b}");
+        let seen = w.upstream.last();
+        assert_eq!(seen.one("authorization"), None, "{b}");
+        assert_eq!(seen.one("x-forwarded-user"), None, "{b}");
+    }
+    // two Authorization headers, one of them a bearer token: neither passes
+    let r = raw_get(
+        w.proxy.addr,
+        "/public/x",
+        &[("Authorization", "Basic dTpw"), ("Authorization", &good)],
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert!(w.upstream.last().all("authorization").is_empty());
+    // another scheme is the app's business
+    let r = raw_get(w.proxy.addr, "/public/x", &[("Authorization", "Basic dTpw")]).await;
+    assert_eq!(r.status, 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("authorization").as_deref(), Some("Basic dTpw"));
+    assert_eq!(seen.one("x-forwarded-user"), None);
+}
+
+#[tokio::test]
+async fn only_access_token_types_are_bearer_credentials() {
+    let w = World::new().await;
+    let claims = w.issuer.claims_for("alice", AUD);
+    let kid = w.issuer.kids()[0].clone();
+    let key = w.issuer.key(&kid).unwrap();
+    let with_typ = |typ: Option<&str>| {
+        let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+        h.typ = typ.map(str::to_string);
+        key.sign(h, &claims)
+    };
+    for typ in [Some("logout+jwt"), Some("secevent+jwt"), Some("id_token"), Some("JOSE")] {
+        assert_eq!(get_with(&w, "/api", Some(&with_typ(typ))).await, (401, false), "{typ:?}");
+    }
+    for typ in [None, Some("JWT"), Some("jwt"), Some("at+jwt"), Some("application/at+jwt")] {
+        assert_eq!(get_with(&w, "/api", Some(&with_typ(typ))).await, (200, true), "{typ:?}");
+    }
+    // configurable
+    let w =
+        World::with(Opts { bearer: "token_types = [\"at+jwt\"]".into(), ..Opts::default() }).await;
+    let key = w.issuer.key(&w.issuer.kids()[0]).unwrap();
+    let mut h = jsonwebtoken::Header::new(jsonwebtoken::Algorithm::RS256);
+    h.typ = Some("JWT".into());
+    let t = key.sign(h, &w.issuer.claims_for("alice", AUD));
+    assert_eq!(get_with(&w, "/api", Some(&t)).await, (401, false));
+}
+
+#[tokio::test]
+async fn method_overrides_in_every_spelling_defeat_a_method_restricted_public_route() {
+    let w = World::new().await; // public: GET=^/healthz$ and ^/public/
+    let post = |headers: &'static [(&'static str, &'static str)], path: &'static str| {
+        let w = &w;
+        async move {
+            let mut req = format!("POST {path} HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\nConnection: close\r\n");
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            req.push_str("\r\n");
+            raw(w.proxy.addr, &req).await.status
+        }
+    };
+    assert_eq!(raw_get(w.proxy.addr, "/healthz", &[]).await.status, 200);
+    let hits = w.upstream.hits();
+    for h in
+        ["X-HTTP-Method-Override", "X_HTTP_METHOD_OVERRIDE", "x_http_method", "X-Method_Override"]
+    {
+        let r = raw_get(w.proxy.addr, "/healthz", &[(h, "DELETE")]).await;
+        assert_eq!(r.status, 401, "{h}");
+    }
+    for q in ["/healthz?_method=DELETE", "/healthz?a=1&%5Fmethod=PUT", "/healthz?_method"] {
+        assert_eq!(raw_get(w.proxy.addr, q, &[]).await.status, 401, "{q}");
+    }
+    assert_eq!(post(&[], "/healthz").await, 401);
+    assert_eq!(w.upstream.hits(), hits, "an override reached the app");
+    // a route open to every method stays open
+    assert_eq!(post(&[("X-HTTP-Method-Override", "DELETE")], "/public/x").await, 200);
+}
+
+#[tokio::test]
+async fn matrix_parameters_do_not_open_public_routes() {
+    let w = World::with(Opts {
+        bearer: r#"public_routes = ["\\.css$", "^/assets/"]"#.into(),
+        ..Opts::default()
+    })
+    .await;
+    for p in ["/admin;x.css", "/admin;.css", "/admin/users;jsessionid=1.css"] {
+        let r = raw_get(w.proxy.addr, p, &[]).await;
+        assert_eq!(r.status, 401, "{p}");
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    // parameters are removed for matching only: the app gets the path as it came (normalised)
+    let r = raw_get(w.proxy.addr, "/assets;v=2/app.js", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.upstream.last().path_and_query, "/assets;v=2/app.js");
+    let r = raw_get(w.proxy.addr, "/site.css", &[]).await;
+    assert_eq!(r.status, 200);
+}
