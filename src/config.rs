@@ -21,6 +21,10 @@ pub const DEFAULT_ADMIN_LISTEN: &str = "0.0.0.0:9090";
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 /// Upper bound for `server.workers`.
 pub const MAX_WORKERS: usize = 256;
+/// Default time a client may pause while sending a request body.
+pub const DEFAULT_REQUEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Default bound on requests in flight to the upstream (per process).
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
 /// Default time to open a TCP connection to the upstream.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time to wait for the upstream's response head.
@@ -113,6 +117,9 @@ pub struct ServerConfig {
     /// Peers (CIDR ranges) whose forwarding headers (`X-Forwarded-For`, `X-Real-IP`, ...) are
     /// kept. Defaults to none: every peer's are replaced.
     pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// How long a client may send nothing while a request body is being forwarded before it
+    /// gets `408`. Defaults to 10 s.
+    pub request_body_idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -125,6 +132,9 @@ pub struct UpstreamConfig {
     pub response_timeout: Duration,
     /// Forward the client's `Host` header (else the upstream's authority). Defaults to true.
     pub pass_host_header: bool,
+    /// Requests in flight to the app at once (per process, until the response body ends);
+    /// beyond it `503`. Defaults to 1024; 0 = no limit.
+    pub max_concurrent_requests: usize,
 }
 
 impl UpstreamConfig {
@@ -330,6 +340,7 @@ struct RawServer {
     shutdown_timeout: Option<String>,
     workers: Option<i64>,
     trusted_proxies: Option<Vec<String>>,
+    request_body_idle_timeout: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -339,6 +350,7 @@ struct RawUpstream {
     connect_timeout: Option<String>,
     response_timeout: Option<String>,
     pass_host_header: Option<bool>,
+    max_concurrent_requests: Option<i64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -416,10 +428,12 @@ const ENV_KEYS: &[(&str, &str, Kind)] = &[
     ("server", "shutdown_timeout", Kind::Str),
     ("server", "workers", Kind::Int),
     ("server", "trusted_proxies", Kind::List),
+    ("server", "request_body_idle_timeout", Kind::Str),
     ("upstream", "url", Kind::Str),
     ("upstream", "connect_timeout", Kind::Str),
     ("upstream", "response_timeout", Kind::Str),
     ("upstream", "pass_host_header", Kind::Bool),
+    ("upstream", "max_concurrent_requests", Kind::Int),
     ("oidc", "issuer", Kind::Str),
     ("oidc", "jwks_url", Kind::Str),
     ("oidc", "client_id", Kind::Str),
@@ -679,7 +693,18 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             }
         },
         trusted_proxies: trusted_proxies(raw.server.trusted_proxies.unwrap_or_default())?,
+        request_body_idle_timeout: duration(
+            "server.request_body_idle_timeout",
+            raw.server.request_body_idle_timeout.as_deref(),
+            DEFAULT_REQUEST_BODY_IDLE_TIMEOUT,
+        )?,
     };
+    if server.request_body_idle_timeout.is_zero() {
+        return Err(ConfigError::new(
+            "server.request_body_idle_timeout",
+            "must be greater than zero",
+        ));
+    }
     if server.listen == server.admin_listen && server.listen.port() != 0 {
         return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
     }
@@ -712,6 +737,16 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
             DEFAULT_RESPONSE_TIMEOUT,
         )?,
         pass_host_header: raw.upstream.pass_host_header.unwrap_or(true),
+        max_concurrent_requests: match raw.upstream.max_concurrent_requests {
+            None => DEFAULT_MAX_CONCURRENT_REQUESTS,
+            Some(n) if (0..=1_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ConfigError::new(
+                    "upstream.max_concurrent_requests",
+                    format!("must be between 0 (no limit) and 1000000, got {n}"),
+                ))
+            }
+        },
     };
     for (key, d) in [
         ("upstream.connect_timeout", upstream.connect_timeout),

@@ -10,11 +10,14 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use axum::body::Body;
+use futures_util::future::{ready, Either, Ready};
 use http::header::{self, HeaderMap, HeaderName};
-use http::Request;
+use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::proxy::ClientAddr;
+use crate::response::{Decision, Rejection};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions.
 pub static HOP_BY_HOP: [HeaderName; 9] = [
@@ -111,7 +114,36 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
 }
 
-/// Strips hop-by-hop headers from the client's request before anything else reads it.
+/// The most request headers accepted; more is `431`.
+pub const MAX_REQUEST_HEADERS: usize = 100;
+/// The largest request head (header names and values) accepted; larger is `431`.
+pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
+
+/// What is wrong with a request's framing, if anything: a head over our limits, or a transfer
+/// coding other than a single `chunked` (hyper has decoded `chunked`; another coding before it,
+/// `gzip, chunked`, would reach the app as a body it cannot tell is compressed).
+pub fn framing_problem(headers: &HeaderMap) -> Option<Rejection> {
+    if headers.len() > MAX_REQUEST_HEADERS
+        || headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
+            > MAX_REQUEST_HEAD_BYTES
+    {
+        return Some(Rejection::HeadTooLarge);
+    }
+    let mut codings = headers
+        .get_all(header::TRANSFER_ENCODING)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|c| !c.is_empty());
+    match (codings.next(), codings.next()) {
+        (None, _) => None,
+        (Some(c), None) if c.eq_ignore_ascii_case(b"chunked") => None,
+        _ => Some(Rejection::UnsupportedTransferCoding),
+    }
+}
+
+/// Refuses requests whose framing portcullis will not pass on ([`framing_problem`]), then
+/// strips hop-by-hop headers from the client's request before anything else reads it.
 #[derive(Debug, Clone, Default)]
 pub struct StripHopByHopLayer;
 
@@ -127,21 +159,28 @@ pub struct StripHopByHop<S> {
     inner: S,
 }
 
-impl<S, B> Service<Request<B>> for StripHopByHop<S>
+impl<S> Service<Request<Body>> for StripHopByHop<S>
 where
-    S: Service<Request<B>>,
+    S: Service<Request<Body>, Response = Response<Body>>,
 {
-    type Response = S::Response;
+    type Response = Response<Body>;
     type Error = S::Error;
-    type Future = S::Future;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
+    fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if let Some(r) = framing_problem(req.headers()) {
+            let decision = Decision::refused("bad_framing", format!("{:?}", r));
+            tracing::debug!(reason = ?r, "refused request framing");
+            let mut resp = r.into_response(&req);
+            resp.extensions_mut().insert(decision);
+            return Either::Right(ready(Ok(resp)));
+        }
         remove_hop_by_hop(req.headers_mut());
-        self.inner.call(req)
+        Either::Left(self.inner.call(req))
     }
 }
 
@@ -160,6 +199,9 @@ enum Class {
 #[derive(Debug)]
 pub struct UntrustedHeaders {
     names: HashMap<String, Class>,
+    /// First bytes (lower case) of every name and prefix: most request headers are ruled out
+    /// by one lookup, without hashing.
+    first: [bool; 256],
 }
 
 impl UntrustedHeaders {
@@ -175,11 +217,21 @@ impl UntrustedHeaders {
         for n in identity {
             names.insert(n.as_str().replace('_', "-"), Class::Identity);
         }
-        Self { names }
+        let mut first = [false; 256];
+        for n in names.keys().map(String::as_str).chain([IDENTITY_PREFIX]) {
+            if let Some(b) = n.bytes().next() {
+                first[usize::from(b.to_ascii_lowercase())] = true;
+                first[usize::from(b.to_ascii_uppercase())] = true;
+            }
+        }
+        Self { names, first }
     }
 
     /// Whether a client-sent header named `name` goes, given whether the peer is trusted.
     fn removes(&self, name: &str, trusted_peer: bool) -> bool {
+        if !name.bytes().next().is_some_and(|b| self.first[usize::from(b)]) {
+            return false;
+        }
         let folded;
         let canonical = if name.contains('_') {
             folded = name.to_ascii_lowercase().replace('_', "-");

@@ -13,12 +13,15 @@
 //! - [`path`]: the one normalised path that routes match and the app receives.
 //! - [`auth`]: `keys` (JWKS cache), `token` (JWT validation, verified-token cache),
 //!   `identity` (stripping client-sent identity headers, setting verified ones).
-//! - [`proxy`]: `X-Forwarded-*`, the pooled client to the app.
+//! - [`proxy`]: `X-Forwarded-*`, the pooled client to the app, `upstream.max_concurrent_requests`.
+//! - [`body`]: the client's request body (idle timeout, its faults told from the app's) and the
+//!   app's response body (holding its concurrency slot until it ends).
 //! - [`response`]: every answer portcullis makes itself (401, 400, 502, ...), built in one place.
 //! - [`check`]: `portcullis check`, the config and issuer probe.
 //! - [`devissuer`], [`demo`]: the development-only issuer and echo app behind `portcullis demo`.
 
 pub mod auth;
+pub mod body;
 pub mod check;
 pub mod config;
 pub mod demo;

@@ -17,8 +17,11 @@ use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
+use crate::body::{ClientBody, ClientBodyError, Permitted};
 use crate::config::UpstreamConfig;
-use crate::response::Rejection;
+use crate::response::{Decision, Rejection};
+use http_body::Body as _;
+use tokio::sync::Semaphore;
 
 /// The client's address, set per connection by the server, with its IP already rendered (once
 /// per connection, not per request) and whether it is one of `server.trusted_proxies`.
@@ -63,6 +66,8 @@ struct Target {
     base_path: String,
     response_timeout: Duration,
     pass_host_header: bool,
+    /// `server.request_body_idle_timeout`.
+    body_idle_timeout: Duration,
 }
 
 /// The last service: sends the request to the app and streams its answer back.
@@ -70,6 +75,8 @@ struct Target {
 pub struct ProxyService {
     client: Client<HttpConnector, Body>,
     target: Arc<Target>,
+    /// Slots of `upstream.max_concurrent_requests`, shared by every worker (`None`: no limit).
+    slots: Option<Arc<Semaphore>>,
 }
 
 impl std::fmt::Debug for ProxyService {
@@ -79,7 +86,12 @@ impl std::fmt::Debug for ProxyService {
 }
 
 impl ProxyService {
-    pub fn new(cfg: &UpstreamConfig) -> anyhow::Result<Self> {
+    /// A client for the app; `slots` bounds the requests in flight across every worker.
+    pub fn new(
+        cfg: &UpstreamConfig,
+        body_idle_timeout: Duration,
+        slots: Option<Arc<Semaphore>>,
+    ) -> anyhow::Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout));
@@ -102,7 +114,9 @@ impl ProxyService {
                 base_path: cfg.url.path().trim_end_matches('/').to_string(),
                 response_timeout: cfg.response_timeout,
                 pass_host_header: cfg.pass_host_header,
+                body_idle_timeout,
             }),
+            slots,
         })
     }
 
@@ -209,37 +223,85 @@ impl Service<Request<Body>> for ProxyService {
         Box::pin(async move {
             // Kept for error answers, which carry the request id.
             let request_id = req.extensions().get::<crate::response::RequestId>().cloned();
-            let error = |rejection: Rejection| {
+            let error = |rejection: Rejection, reason: &'static str, detail: String| {
                 let mut meta = Request::new(());
                 if let Some(id) = request_id.clone() {
                     meta.extensions_mut().insert(id);
                 }
-                rejection.into_response(&meta)
+                let mut resp = rejection.into_response(&meta);
+                resp.extensions_mut().insert(Decision::refused(reason, detail));
+                resp
+            };
+            let permit = match &this.slots {
+                None => None,
+                Some(slots) => match slots.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        tracing::warn!(upstream = %this.target.authority, "upstream.max_concurrent_requests reached; answering 503");
+                        return Ok(error(
+                            Rejection::Busy,
+                            "upstream_busy",
+                            "upstream.max_concurrent_requests reached".into(),
+                        ));
+                    }
+                },
             };
             if let Err(e) = this.prepare(&mut req) {
                 tracing::warn!(error = %e, "could not build the upstream request");
-                return Ok(error(Rejection::BadGateway));
+                return Ok(error(Rejection::BadGateway, "upstream_request", e.to_string()));
+            }
+            if !req.body().is_end_stream() {
+                let idle = this.target.body_idle_timeout;
+                req = req.map(|b| Body::new(ClientBody::new(b, idle)));
             }
             let timeout = this.target.response_timeout;
             match tokio::time::timeout(timeout, this.client.request(req)).await {
                 Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
                     crate::headers::remove_hop_by_hop(&mut parts.headers);
-                    Ok(Response::from_parts(parts, Body::new(body)))
+                    let body = match permit {
+                        Some(p) => Body::new(Permitted::new(body, p)),
+                        None => Body::new(body),
+                    };
+                    Ok(Response::from_parts(parts, body))
                 }
                 Ok(Err(e)) => {
                     let detail = crate::auth::keys::error_chain(&e);
+                    // The client's fault first: its body stopped or broke while being sent.
+                    match ClientBodyError::find(&e) {
+                        Some(ClientBodyError::Idle(_)) => {
+                            tracing::info!(error = %detail, "client stopped sending its request body");
+                            return Ok(error(
+                                Rejection::RequestBodyTimeout,
+                                "client_body_timeout",
+                                detail,
+                            ));
+                        }
+                        Some(ClientBodyError::Broken(_)) => {
+                            tracing::info!(error = %detail, "client's request body broke off");
+                            return Ok(error(
+                                Rejection::BadRequestBody,
+                                "client_body_broken",
+                                detail,
+                            ));
+                        }
+                        None => {}
+                    }
                     if is_timeout(&e) {
                         tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream connect timed out");
-                        Ok(error(Rejection::GatewayTimeout))
+                        Ok(error(Rejection::GatewayTimeout, "upstream_timeout", detail))
                     } else {
                         tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream failed");
-                        Ok(error(Rejection::BadGateway))
+                        Ok(error(Rejection::BadGateway, "upstream_failed", detail))
                     }
                 }
                 Err(_) => {
                     tracing::warn!(upstream = %this.target.authority, timeout = ?timeout, "upstream sent no response head in time");
-                    Ok(error(Rejection::GatewayTimeout))
+                    Ok(error(
+                        Rejection::GatewayTimeout,
+                        "upstream_timeout",
+                        format!("no response head within {timeout:?}"),
+                    ))
                 }
             }
         })

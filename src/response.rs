@@ -51,6 +51,17 @@ pub enum Rejection {
     NotReady,
     /// An ambiguous path: `400`.
     BadPath(PathError),
+    /// A request head over our limits: `431`.
+    HeadTooLarge,
+    /// A transfer coding other than `chunked`: `501` (RFC 9112 §6.1).
+    UnsupportedTransferCoding,
+    /// The client's request body broke off or was malformed: `400`, connection closed.
+    BadRequestBody,
+    /// The client stopped sending its request body for `server.request_body_idle_timeout`:
+    /// `408`, connection closed.
+    RequestBodyTimeout,
+    /// `upstream.max_concurrent_requests` are in flight: `503` with `Retry-After`.
+    Busy,
     /// The upstream refused, reset or broke the connection: `502`.
     BadGateway,
     /// No response head within `upstream.response_timeout`: `504`.
@@ -61,8 +72,13 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
-            Rejection::InvalidRequest { .. } | Rejection::BadPath(_) => StatusCode::BAD_REQUEST,
-            Rejection::NotReady => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::InvalidRequest { .. }
+            | Rejection::BadPath(_)
+            | Rejection::BadRequestBody => StatusCode::BAD_REQUEST,
+            Rejection::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            Rejection::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
+            Rejection::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            Rejection::NotReady | Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
             Rejection::BadGateway => StatusCode::BAD_GATEWAY,
             Rejection::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -92,6 +108,17 @@ impl Rejection {
                 ("unavailable", "The proxy is starting; try again shortly".into())
             }
             Rejection::BadPath(e) => ("invalid_request", format!("Refused path: {e}").into()),
+            Rejection::HeadTooLarge => ("invalid_request", "The request head is too large".into()),
+            Rejection::UnsupportedTransferCoding => {
+                ("not_implemented", "Only the chunked transfer coding is supported".into())
+            }
+            Rejection::BadRequestBody => {
+                ("invalid_request", "The request body is malformed".into())
+            }
+            Rejection::RequestBodyTimeout => {
+                ("request_timeout", "The request body stopped arriving".into())
+            }
+            Rejection::Busy => ("unavailable", "Too many requests in flight; try again".into()),
             Rejection::BadGateway => ("bad_gateway", "The app did not answer".into()),
             Rejection::GatewayTimeout => {
                 ("gateway_timeout", "The app did not answer in time".into())
@@ -118,8 +145,24 @@ impl Rejection {
         if let Some(c) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
-        if matches!(self, Rejection::NotReady) {
+        if matches!(self, Rejection::NotReady | Rejection::Busy) {
             h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        // The connection is closed after these, and the client is told so: a body that broke
+        // off or was never sent (a refused `Expect: 100-continue`) leaves the stream unusable.
+        let expects_continue = req
+            .headers()
+            .get(header::EXPECT)
+            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
+        if expects_continue
+            || matches!(
+                self,
+                Rejection::UnsupportedTransferCoding
+                    | Rejection::BadRequestBody
+                    | Rejection::RequestBodyTimeout
+            )
+        {
+            h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
     }

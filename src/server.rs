@@ -45,6 +45,9 @@ pub struct Pipeline {
     trusted_proxies: Arc<[ipnet::IpNet]>,
     pass_token: crate::config::PassToken,
     upstream: crate::config::UpstreamConfig,
+    body_idle_timeout: Duration,
+    /// `upstream.max_concurrent_requests`, shared by every worker.
+    upstream_slots: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 impl Pipeline {
@@ -68,6 +71,11 @@ impl Pipeline {
             trusted_proxies: config.server.trusted_proxies.clone().into(),
             pass_token: config.identity.pass_token,
             upstream: config.upstream.clone(),
+            body_idle_timeout: config.server.request_body_idle_timeout,
+            upstream_slots: match config.upstream.max_concurrent_requests {
+                0 => None,
+                n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+            },
         };
         (pipeline, keys)
     }
@@ -90,7 +98,11 @@ impl Pipeline {
             .layer(AuthenticateLayer::new(self.auth.clone()))
             // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
             .layer(InjectIdentityLayer::new(self.pass_token))
-            .service(ProxyService::new(&self.upstream)?);
+            .service(ProxyService::new(
+                &self.upstream,
+                self.body_idle_timeout,
+                self.upstream_slots.clone(),
+            )?);
         Ok(BoxCloneService::new(stack))
     }
 }
@@ -282,7 +294,11 @@ async fn serve(
 ) {
     let graceful = GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    http.timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        // Above our own limit, so that most oversized heads get our 431 (with a request id).
+        .max_headers(2 * crate::headers::MAX_REQUEST_HEADERS);
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -308,6 +324,7 @@ async fn serve(
                 let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
+                        crate::telemetry::log_unparsed(peer, &e);
                         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                     }
                 });

@@ -78,6 +78,38 @@ fn request_id<B>(req: &Request<B>) -> HeaderValue {
     }
 }
 
+/// An access line for a request hyper answered on its own, before any layer saw it: a head it
+/// could not parse (`400`), one over its limits (`431`, `414`). Such answers carry no
+/// `X-Request-Id` (hyper writes them), but the line has one, so that it can be found.
+pub fn log_unparsed(client: std::net::SocketAddr, error: &hyper::Error) {
+    if !error.is_parse() || error.is_parse_version_h2() {
+        return;
+    }
+    let status: u16 = if error.is_parse_too_large() {
+        if error.to_string().contains("URI") {
+            414
+        } else {
+            431
+        }
+    } else {
+        400
+    };
+    let id = new_request_id();
+    tracing::info!(
+        target: "portcullis::access",
+        method = "-",
+        path = "-",
+        status,
+        latency_ms = 0.0,
+        subject = "-",
+        reason = "bad_request_head",
+        detail = %error,
+        request_id = %id.to_str().unwrap_or(""),
+        client = %client.ip(),
+        "request"
+    );
+}
+
 /// The outermost layer: gives every request an id (sent to the app, echoed to the client, shown
 /// in error bodies) and writes one `info` line per request on target `portcullis::access`.
 #[derive(Debug, Clone, Default)]

@@ -252,7 +252,18 @@ where
             match settings.authenticate(req).await {
                 Ok((req, decision)) => {
                     let mut resp = inner.call(req).await?;
-                    resp.extensions_mut().insert(decision);
+                    // A later layer's refusal (the proxy's 408, 502, ...) is the final decision;
+                    // it keeps the identity authentication found.
+                    match resp.extensions_mut().get_mut::<Decision>() {
+                        Some(later) => {
+                            if later.identity.is_none() {
+                                later.identity = decision.identity;
+                            }
+                        }
+                        None => {
+                            resp.extensions_mut().insert(decision);
+                        }
+                    }
                     Ok(resp)
                 }
                 Err((mut resp, decision)) => {

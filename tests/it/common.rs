@@ -347,3 +347,61 @@ pub async fn eventually_status(url: &str, token: Option<&str>, want: u16) -> u16
     }
     status
 }
+
+/// The release-shaped binary (`target/.../portcullis`) running a config, with its stdout kept.
+pub struct Binary {
+    pub addr: SocketAddr,
+    child: tokio::process::Child,
+    _dir: tempfile::TempDir,
+}
+
+impl Binary {
+    /// Starts `portcullis run` with `config`, on free loopback ports (environment overrides
+    /// replace the file's listeners) and JSON logs; waits until `/readyz` is 200.
+    pub async fn start(config: &str) -> Binary {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("portcullis.toml");
+        std::fs::write(&path, config).unwrap();
+        let (port, admin_port) = (free_port(), free_port());
+        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+            .arg("--config")
+            .arg(&path)
+            .env_remove("PORTCULLIS_CONFIG")
+            .env("PORTCULLIS_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+            .env("PORTCULLIS_SERVER_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("PORTCULLIS_LOG_FORMAT", "json")
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let admin = format!("http://127.0.0.1:{admin_port}");
+        let mut ready = false;
+        for _ in 0..200 {
+            if let Ok(r) = client().get(format!("{admin}/readyz")).send().await {
+                if r.status() == 200 {
+                    ready = true;
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(ready, "the binary did not become ready");
+        Binary { addr: ([127, 0, 0, 1], port).into(), child, _dir: dir }
+    }
+
+    /// SIGTERM, wait (at most 10 s), and return the JSON log lines.
+    pub async fn stop(mut self) -> Vec<serde_json::Value> {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.unwrap().unwrap();
+        let mut out = String::new();
+        self.child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+    }
+}
+
+/// The access lines among `logs`.
+pub fn access_lines(logs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
+    logs.iter().filter(|v| v["target"] == "portcullis::access").collect()
+}

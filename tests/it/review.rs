@@ -396,3 +396,184 @@ async fn matrix_parameters_do_not_open_public_routes() {
     let r = raw_get(w.proxy.addr, "/site.css", &[]).await;
     assert_eq!(r.status, 200);
 }
+
+/// A raw request on its own connection; returns the response and whether the proxy closed the
+/// connection after it.
+async fn raw_exchange(addr: std::net::SocketAddr, head: &str, body: &[u8]) -> (RawResponse, bool) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(std::time::Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(0)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(_)) => break true,
+            Err(_) => break false,
+        }
+    };
+    let text = String::from_utf8_lossy(&buf).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (RawResponse { status, head: head.to_string(), body: body.to_string() }, closed)
+}
+
+fn says_close(r: &RawResponse) -> bool {
+    r.head.to_ascii_lowercase().contains("\r\nconnection: close")
+}
+
+#[tokio::test]
+async fn a_client_that_stops_sending_its_body_gets_408_and_frees_the_app() {
+    let w =
+        World::with(Opts { server: "request_body_idle_timeout = \"300ms\"", ..Opts::default() })
+            .await;
+    let t = w.token("alice");
+    for (path, auth) in [
+        ("/public/upload", String::new()),
+        ("/api/upload", format!("Authorization: Bearer {t}\r\n")),
+    ] {
+        let head = format!(
+            "POST {path} HTTP/1.1\r\nHost: app.example\r\n{auth}Content-Length: 100000\r\n\r\n"
+        );
+        let started = std::time::Instant::now();
+        let (r, closed) = raw_exchange(w.proxy.addr, &head, &[b'x'; 1000]).await;
+        assert_eq!(r.status, 408, "{path}: {r:?}");
+        assert!(says_close(&r) && closed, "{path}: {r:?}");
+        assert!(r.body.contains("request_timeout"), "{r:?}");
+        // well before upstream.response_timeout (2 s here)
+        assert!(
+            started.elapsed() < std::time::Duration::from_millis(1900),
+            "{:?}",
+            started.elapsed()
+        );
+    }
+    // a body that keeps arriving, slower than the idle timeout in total, is forwarded whole
+    let head = "POST /public/upload HTTP/1.1\r\nHost: app.example\r\nContent-Length: 30\r\nConnection: close\r\n\r\n";
+    let mut s = tokio::net::TcpStream::connect(w.proxy.addr).await.unwrap();
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    s.write_all(head.as_bytes()).await.unwrap();
+    for _ in 0..3 {
+        tokio::time::sleep(std::time::Duration::from_millis(150)).await;
+        s.write_all(&[b'y'; 10]).await.unwrap();
+    }
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.unwrap();
+    assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+    assert_eq!(w.upstream.last().body_len, 30);
+}
+
+#[tokio::test]
+async fn beyond_max_concurrent_requests_the_answer_is_503_and_the_app_is_not_reached() {
+    let w = World::with(Opts { upstream: "max_concurrent_requests = 2".into(), ..Opts::default() })
+        .await;
+    let t = w.token("alice");
+    let c = client();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut r = c.get(w.url("/stream")).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"first\n");
+        held.push(r);
+    }
+    let hits = w.upstream.hits();
+    let r = c.get(w.url("/api")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(w.upstream.hits(), hits, "the app was reached beyond the limit");
+    // a slot frees when a response body ends
+    w.upstream.release_stream();
+    let mut first = held.remove(0);
+    while first.chunk().await.unwrap().is_some() {}
+    drop(first);
+    assert_eq!(eventually_status(&w.url("/api"), Some(&t), 200).await, 200);
+    w.upstream.release_stream();
+}
+
+#[tokio::test]
+async fn framing_the_proxy_cannot_pass_on_faithfully_is_refused() {
+    let w = World::new().await;
+    // a coding before chunked would reach the app as a body it cannot tell is compressed
+    for te in ["gzip, chunked", "chunked, chunked", "deflate,chunked"] {
+        let head = format!(
+            "POST /public/x HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: {te}\r\n\r\n"
+        );
+        let (r, closed) = raw_exchange(w.proxy.addr, &head, b"5\r\nhello\r\n0\r\n\r\n").await;
+        assert_eq!(r.status, 501, "{te}: {r:?}");
+        assert!(says_close(&r) && closed, "{te}: {r:?}");
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    // malformed chunked body: the client's fault, 400, not the app's 502
+    let head = "POST /public/x HTTP/1.1\r\nHost: app.example\r\nTransfer-Encoding: chunked\r\n\r\n";
+    let (r, closed) =
+        raw_exchange(w.proxy.addr, head, b"5\r\nhello\r\nzz\r\nbad\r\n0\r\n\r\n").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    assert!(says_close(&r) && closed, "{r:?}");
+    // a refused Expect: 100-continue closes the connection, and says so
+    let head = "POST /api HTTP/1.1\r\nHost: app.example\r\nExpect: 100-continue\r\nContent-Length: 10\r\n\r\n";
+    let (r, closed) = raw_exchange(w.proxy.addr, head, b"").await;
+    assert_eq!(r.status, 401, "{r:?}");
+    assert!(!r.head.contains("100 Continue"), "{r:?}");
+    assert!(says_close(&r) && closed, "{r:?}");
+    // only the malformed-body request's head reached the app
+    assert!(w.upstream.hits() <= 1);
+}
+
+#[tokio::test]
+async fn only_short_safe_request_ids_are_kept() {
+    let w = World::new().await;
+    let long = "a".repeat(65);
+    for (sent, kept) in [
+        ("abc-123_x.y:z", true),
+        ("a\"b", false),
+        ("a b", false),
+        ("a\\b", false),
+        (long.as_str(), false),
+    ] {
+        let r = raw_get(w.proxy.addr, "/public/x", &[("X-Request-Id", sent)]).await;
+        assert_eq!(r.status, 200);
+        let got = w.upstream.last().one("x-request-id").unwrap();
+        assert_eq!(got == sent, kept, "{sent:?} -> {got:?}");
+        assert!(got.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.:/+=@".contains(&b)));
+    }
+}
+
+#[tokio::test]
+async fn access_lines_record_the_decided_path_the_issuer_and_hypers_own_answers() {
+    let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Rs256])
+        .await
+        .unwrap();
+    let upstream = Upstream::start().await;
+    let bin =
+        Binary::start(&config_text(&issuer.issuer(), &upstream.url(), &Opts::default())).await;
+    // the path the decision was made on, and the raw one beside it
+    let r = raw_get(bin.addr, "/%61dmin/../public/x", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(upstream.last().path_and_query, "/public/x");
+    let t = format!("Bearer {}", issuer.token_for("alice", AUD));
+    assert_eq!(raw_get(bin.addr, "/api", &[("Authorization", &t)]).await.status, 200);
+    // too many headers: our 431, with a request id
+    let many: Vec<(String, String)> = (0..120).map(|i| (format!("x-h{i}"), "v".into())).collect();
+    let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let r = raw_get(bin.addr, "/public/x", &many).await;
+    assert_eq!(r.status, 431, "{r:?}");
+    assert!(r.head.to_ascii_lowercase().contains("x-request-id: "), "{r:?}");
+    // a head hyper cannot parse: hyper's 400, and still an access line
+    let r = raw(bin.addr, "GET / HTTP/1.1\r\nHost: app.example\r\nBad Header: x\r\n\r\n").await;
+    assert_eq!(r.status, 400, "{r:?}");
+    let hits = upstream.hits();
+    let logs = bin.stop().await;
+    assert_eq!(hits, 2);
+    let access = access_lines(&logs);
+    let public = access.iter().find(|v| v["reason"] == "public_route").expect("public line");
+    assert_eq!(public["path"], "/public/x", "{public}");
+    assert_eq!(public["raw_path"], "/%61dmin/../public/x", "{public}");
+    let verified = access.iter().find(|v| v["reason"] == "token_verified").expect("token line");
+    assert_eq!(verified["issuer"], issuer.issuer(), "{verified}");
+    assert_eq!(verified["path"], "/api");
+    assert!(verified.get("raw_path").is_none(), "{verified}");
+    assert!(access.iter().any(|v| v["status"] == 431), "{access:?}");
+    let bad = access.iter().find(|v| v["reason"] == "bad_request_head").expect("hyper's 400");
+    assert_eq!(bad["status"], 400);
+    assert!(bad["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+}

@@ -1,0 +1,185 @@
+//! The bodies portcullis wraps on their way through: the client's request body, which must
+//! keep arriving (`server.request_body_idle_timeout`) and whose failures are the client's, and
+//! the app's response body, which holds its slot of `upstream.max_concurrent_requests` until it
+//! ends.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::{Instant, Sleep};
+
+/// Why the client's request body could not be forwarded.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientBodyError {
+    /// No bytes for the idle timeout.
+    #[error("the client sent no request body bytes for {0:?}")]
+    Idle(Duration),
+    /// Malformed chunked encoding, a connection that broke off, ...
+    #[error("the client's request body broke off: {0}")]
+    Broken(axum::Error),
+}
+
+impl ClientBodyError {
+    /// The `ClientBodyError` somewhere in `e`'s source chain, if any.
+    pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        while let Some(err) = cur {
+            if let Some(found) = err.downcast_ref::<ClientBodyError>() {
+                return Some(found);
+            }
+            cur = err.source();
+        }
+        None
+    }
+}
+
+/// The client's request body with an idle timeout: each frame must arrive within `idle` of the
+/// previous one (or of the start). Errors are [`ClientBodyError`]s, so the proxy can tell the
+/// client's fault (`400`, `408`) from the app's (`502`, `504`).
+pub struct ClientBody {
+    inner: Body,
+    idle: Duration,
+    timer: Pin<Box<Sleep>>,
+}
+
+impl ClientBody {
+    pub fn new(inner: Body, idle: Duration) -> Self {
+        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)) }
+    }
+}
+
+impl http_body::Body for ClientBody {
+    type Data = Bytes;
+    type Error = ClientBodyError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, ClientBodyError>>> {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = Instant::now() + self.idle;
+                self.timer.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.timer.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(ClientBodyError::Idle(self.idle)))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// A response body that holds a permit until it ends or is dropped.
+pub struct Permitted<B> {
+    inner: B,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl<B> Permitted<B> {
+    pub fn new(inner: B, permit: OwnedSemaphorePermit) -> Self {
+        Self { inner, _permit: permit }
+    }
+}
+
+impl<B> http_body::Body for Permitted<B>
+where
+    B: http_body::Body + Unpin,
+{
+    type Data = B::Data;
+    type Error = B::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stops_arriving_times_out() {
+        let (mut tx, rx) = chunks::channel();
+        let body = ClientBody::new(Body::from_stream(rx), Duration::from_secs(10));
+        let collect = tokio::spawn(async move { body.collect().await });
+        tx.send(Ok(Bytes::from_static(b"a"))).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        tx.send(Ok(Bytes::from_static(b"b"))).await.unwrap();
+        tokio::time::sleep(Duration::from_secs(9)).await;
+        assert!(!collect.is_finished(), "timed out although bytes kept arriving");
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let err = collect.await.unwrap().expect_err("an idle body must fail");
+        assert!(matches!(err, ClientBodyError::Idle(_)), "{err}");
+        drop(tx);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_broken_body_is_the_clients_fault() {
+        let (mut tx, rx) = chunks::channel();
+        let body = ClientBody::new(Body::from_stream(rx), Duration::from_secs(10));
+        tx.send(Err(std::io::Error::other("bad chunk"))).await.unwrap();
+        let err = body.collect().await.expect_err("must fail");
+        assert!(matches!(err, ClientBodyError::Broken(_)), "{err}");
+        let wrapped: Box<dyn std::error::Error + 'static> = Box::new(err);
+        assert!(ClientBodyError::find(wrapped.as_ref()).is_some());
+    }
+
+    type Chunk = Result<Bytes, std::io::Error>;
+
+    /// A bounded channel as a `Stream` of body chunks.
+    mod chunks {
+        use super::Chunk;
+        use std::pin::Pin;
+        use std::task::{Context, Poll};
+
+        pub struct Sender(tokio::sync::mpsc::Sender<Chunk>);
+        pub struct Receiver(tokio::sync::mpsc::Receiver<Chunk>);
+
+        pub fn channel() -> (Sender, Receiver) {
+            let (tx, rx) = tokio::sync::mpsc::channel(4);
+            (Sender(tx), Receiver(rx))
+        }
+
+        impl Sender {
+            pub async fn send(&mut self, c: Chunk) -> Result<(), ()> {
+                self.0.send(c).await.map_err(|_| ())
+            }
+        }
+
+        impl futures_util::Stream for Receiver {
+            type Item = Chunk;
+            fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Chunk>> {
+                self.0.poll_recv(cx)
+            }
+        }
+    }
+}
