@@ -106,9 +106,9 @@ pub async fn run(
 portcullis demo: FOR DEVELOPMENT ONLY. The issuer below has throwaway keys and gives a token to
 anyone who asks. Everything listens on loopback.
 
-  proxy      {proxy}          (what clients call)
-  app        {app}       (the built-in echo app shows the headers it received)
-  issuer     {issuer}       (discovery, JWKS, token endpoint)
+  proxy      {proxy:<26} (what clients call)
+  app        {app:<26} (the built-in echo app shows the headers it received)
+  issuer     {issuer:<26} (discovery, JWKS, token endpoint)
   probes     http://{admin}/healthz   http://{admin}/readyz
 
 Try it:

@@ -236,6 +236,20 @@ async fn demo_works_without_any_outside_service() {
     assert!(banner.contains("DEVELOPMENT ONLY"), "{banner}");
     assert!(banner.contains("curl"), "{banner}");
     let proxy = format!("http://127.0.0.1:{port}");
+    // the README's transcript shows what the demo prints (at its default address)
+    let squeeze = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
+    let readme = squeeze(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/README.md")).unwrap(),
+    );
+    let shown: Vec<String> = banner
+        .lines()
+        .filter(|l| l.trim_start().starts_with("curl") || l.trim_start().starts_with("proxy "))
+        .map(|l| squeeze(&l.replace(&format!("127.0.0.1:{port}"), "127.0.0.1:4180")))
+        .collect();
+    assert!(shown.len() >= 4, "{banner}");
+    for line in shown {
+        assert!(readme.contains(&line), "README's demo transcript lacks {line:?}");
+    }
     assert_eq!(client().get(format!("{proxy}/hello")).send().await.unwrap().status(), 401);
     let body = client()
         .get(format!("{proxy}/hello"))
