@@ -3,32 +3,19 @@
 //! Run: cargo bench --bench token
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use jsonwebtoken::{DecodingKey, Validation};
-use portcullis::auth::identity::IdentityMapper;
-use portcullis::auth::keys::{KeyCacheSettings, KeyStore};
 use portcullis::auth::token::Verifier;
-use portcullis::config::{BearerConfig, IdentityConfig, TrustedIssuer};
 use portcullis::devissuer::{DevIssuer, KeyAlg};
 use serde_json::{Map, Value};
 
 const AUD: &str = "api://bench";
 
-fn verifier(issuer: &str, cache: usize, rt: &tokio::runtime::Runtime) -> Verifier {
-    let mut cfg = BearerConfig::with_issuers(vec![TrustedIssuer {
-        issuer: issuer.into(),
-        audiences: vec![AUD.into()],
-        jwks_url: None,
-    }]);
-    cfg.token_cache_size = cache;
-    let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
-    rt.block_on(keys.issuers[0].refresh()).unwrap();
-    let mapper = IdentityMapper::new(IdentityConfig::default());
-    Verifier::new(&cfg, keys, mapper)
+fn verifier(dev: &DevIssuer, cache: usize, rt: &tokio::runtime::Runtime) -> Verifier {
+    rt.block_on(dev.verifier(AUD, |cfg| cfg.token_cache_size = cache)).unwrap()
 }
 
 fn bench(c: &mut Criterion) {
@@ -36,8 +23,8 @@ fn bench(c: &mut Criterion) {
         tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().unwrap();
     let dev =
         rt.block_on(DevIssuer::start(&[KeyAlg::Rs256, KeyAlg::Es256, KeyAlg::EdDsa])).unwrap();
-    let cold = verifier(&dev.issuer(), 0, &rt);
-    let warm = verifier(&dev.issuer(), 10_000, &rt);
+    let cold = verifier(&dev, 0, &rt);
+    let warm = verifier(&dev, 10_000, &rt);
 
     for kid in dev.kids() {
         let key = dev.key(&kid).unwrap();

@@ -379,3 +379,28 @@ async fn dev_token(State(s): State<Arc<Shared>>, Query(q): Query<DevTokenQuery>)
         None => StatusCode::SERVICE_UNAVAILABLE.into_response(),
     }
 }
+
+impl DevIssuer {
+    /// A [`Verifier`](crate::auth::token::Verifier) trusting this issuer for `audience` with the
+    /// documented defaults (changed by `tune`) and its keys loaded: the one fixture for unit
+    /// tests and benchmarks.
+    pub async fn verifier(
+        &self,
+        audience: &str,
+        tune: impl FnOnce(&mut crate::config::BearerConfig),
+    ) -> anyhow::Result<crate::auth::token::Verifier> {
+        use crate::auth::keys::{KeyCacheSettings, KeyStore};
+        let mut cfg =
+            crate::config::BearerConfig::with_issuers(vec![crate::config::TrustedIssuer {
+                issuer: self.issuer(),
+                audiences: vec![audience.to_string()],
+                jwks_url: None,
+            }]);
+        tune(&mut cfg);
+        let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
+        keys.issuers[0].refresh().await?;
+        let mapper =
+            crate::auth::identity::IdentityMapper::new(crate::config::IdentityConfig::default());
+        Ok(crate::auth::token::Verifier::new(&cfg, keys, mapper))
+    }
+}

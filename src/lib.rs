@@ -34,4 +34,4 @@ pub mod server;
 pub mod telemetry;
 
 pub use config::Config;
-pub use server::{build, Server};
+pub use server::Server;

@@ -107,12 +107,6 @@ impl Pipeline {
     }
 }
 
-/// Builds one middleware stack and the key store behind it (keys not fetched yet).
-pub fn build(config: &Config) -> anyhow::Result<(Stack, Arc<KeyStore>)> {
-    let (pipeline, keys) = Pipeline::new(config);
-    Ok((pipeline.stack()?, keys))
-}
-
 /// Binds `n` listeners on one address with `SO_REUSEPORT`, so the kernel spreads connections
 /// over the workers. With port 0 the first socket picks the port and the others join it.
 fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {

@@ -278,24 +278,13 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::identity::IdentityMapper;
-    use crate::auth::keys::{KeyCacheSettings, KeyStore};
-    use crate::config::{BearerConfig, IdentityConfig, TrustedIssuer};
     use crate::devissuer::{DevIssuer, KeyAlg};
     use std::convert::Infallible;
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::{service_fn, ServiceBuilder, ServiceExt};
 
     async fn settings(dev: &DevIssuer) -> Arc<AuthSettings> {
-        let cfg = BearerConfig::with_issuers(vec![TrustedIssuer {
-            issuer: dev.issuer(),
-            audiences: vec!["api".into()],
-            jwks_url: None,
-        }]);
-        let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
-        keys.issuers[0].refresh().await.unwrap();
-        let verifier =
-            Arc::new(Verifier::new(&cfg, keys, IdentityMapper::new(IdentityConfig::default())));
+        let verifier = Arc::new(dev.verifier("api", |_| {}).await.unwrap());
         Arc::new(AuthSettings {
             verifier,
             public_routes: vec![PublicRoute::parse("GET=^/open$").unwrap()],

@@ -441,8 +441,6 @@ fn map_jwt_error(kind: &ErrorKind) -> TokenError {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::keys::KeyCacheSettings;
-    use crate::config::{IdentityConfig, TrustedIssuer};
     use crate::devissuer::{DevIssuer, KeyAlg};
     use base64::Engine as _;
     use jsonwebtoken::{EncodingKey, Header};
@@ -458,17 +456,13 @@ mod tests {
 
     async fn fixture(algs: &[KeyAlg], cache: usize) -> Fixture {
         let dev = DevIssuer::start(algs).await.unwrap();
-        let mut cfg = BearerConfig::with_issuers(vec![TrustedIssuer {
-            issuer: dev.issuer(),
-            audiences: vec![AUD.into()],
-            jwks_url: None,
-        }]);
-        cfg.jwks_min_refetch_interval = Duration::from_millis(50);
-        cfg.token_cache_size = cache;
-        let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
-        keys.issuers[0].refresh().await.unwrap();
-        let mapper = IdentityMapper::new(IdentityConfig::default());
-        let verifier = Verifier::new(&cfg, keys, mapper);
+        let verifier = dev
+            .verifier(AUD, |cfg| {
+                cfg.jwks_min_refetch_interval = Duration::from_millis(50);
+                cfg.token_cache_size = cache;
+            })
+            .await
+            .unwrap();
         Fixture { dev, verifier }
     }
 
