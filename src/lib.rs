@@ -17,12 +17,14 @@
 //! - [`body`]: the client's request body (idle timeout, its faults told from the app's) and the
 //!   app's response body (holding its concurrency slot until it ends).
 //! - [`response`]: every answer portcullis makes itself (401, 400, 502, ...), built in one place.
+//! - [`clock`]: Unix time, injectable, so expiry is tested with paused time.
 //! - [`check`]: `portcullis check`, the config and issuer probe.
 //! - [`devissuer`], [`demo`]: the development-only issuer and echo app behind `portcullis demo`.
 
 pub mod auth;
 pub mod body;
 pub mod check;
+pub mod clock;
 pub mod config;
 pub mod demo;
 pub mod devissuer;

@@ -584,6 +584,14 @@ mod tests {
         }
     }
 
+    /// Moves tokio's clock forward without waiting (time runs normally again afterwards, so the
+    /// HTTP client's timeouts behave).
+    async fn skip(d: Duration) {
+        tokio::time::pause();
+        tokio::time::advance(d).await;
+        tokio::time::resume();
+    }
+
     fn trusted(dev: &DevIssuer) -> TrustedIssuer {
         TrustedIssuer { issuer: dev.issuer(), audiences: vec!["api".into()], jwks_url: None }
     }
@@ -645,7 +653,7 @@ mod tests {
         keys.refresh().await.unwrap();
         // let the rate limit of the start-up fetch pass, so exactly one refetch is allowed (the
         // flood then has a whole second of rate limit, far more than it needs)
-        tokio::time::sleep(Duration::from_millis(1050)).await;
+        skip(Duration::from_millis(1050)).await;
         let before = dev.jwks_fetches();
         let mut tasks = Vec::new();
         for i in 0..1000 {
@@ -673,7 +681,7 @@ mod tests {
         let new_kid = dev.rotate(KeyAlg::EdDsa);
         // the last fetch was just now: rate-limited
         assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::EdDSA).await, Lookup::Unknown));
-        tokio::time::sleep(Duration::from_millis(550)).await;
+        skip(Duration::from_millis(550)).await;
         assert!(matches!(keys.lookup(Some(&new_kid), Algorithm::EdDSA).await, Lookup::Found(_)));
     }
 

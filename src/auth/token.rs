@@ -11,6 +11,7 @@ use serde_json::{Map, Value};
 
 use super::identity::{Identity, IdentityError, IdentityMapper};
 use super::keys::{IssuerKeys, KeySet, KeyStore, Lookup, VerifyKey};
+use crate::clock::Clock;
 use crate::config::BearerConfig;
 
 /// Tokens longer than this are refused before any parsing.
@@ -209,6 +210,7 @@ pub struct Verifier {
     leeway: u64,
     required_claims: Vec<String>,
     token_types: Vec<String>,
+    clock: Clock,
     cache: Arc<TokenCache>,
     mapper: IdentityMapper,
     keys: Arc<KeyStore>,
@@ -242,8 +244,9 @@ impl Verifier {
             for alg in &cfg.algorithms {
                 let mut v = Validation::new(*alg);
                 v.leeway = cfg.leeway.as_secs();
-                v.validate_exp = true;
-                v.validate_nbf = true;
+                // `exp`, `nbf` and `iat` are checked against our clock (check_claims).
+                v.validate_exp = false;
+                v.validate_nbf = false;
                 v.validate_aud = true;
                 v.set_issuer(&[trusted.issuer.as_str()]);
                 v.set_audience(&trusted.audiences);
@@ -263,10 +266,17 @@ impl Verifier {
             leeway: cfg.leeway.as_secs(),
             required_claims: cfg.required_claims.clone(),
             token_types: cfg.token_types.clone(),
+            clock: Clock::System,
             cache,
             mapper,
             keys,
         }
+    }
+
+    /// The same verifier reading time from `clock`.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
     }
 
     pub fn keys(&self) -> &Arc<KeyStore> {
@@ -283,7 +293,7 @@ impl Verifier {
             return Err(TokenError::TooLarge);
         }
         let digest = sha256(token);
-        let now = jsonwebtoken::get_current_timestamp();
+        let now = self.clock.now();
         if let Some(hit) = self.cache.get(&digest) {
             if hit.exp.saturating_add(self.leeway) < now {
                 self.cache.remove(&digest);
@@ -393,6 +403,19 @@ impl Verifier {
     }
 
     fn check_claims(&self, claims: &Map<String, Value>, now: u64) -> Result<(), TokenError> {
+        let exp = match claims.get("exp") {
+            None | Some(Value::Null) => return Err(TokenError::MissingClaim("exp".into())),
+            Some(v) => as_u64(v).ok_or_else(|| TokenError::BadClaim("exp".into()))?,
+        };
+        if exp.saturating_add(self.leeway) < now {
+            return Err(TokenError::Expired);
+        }
+        if let Some(nbf) = claims.get("nbf").filter(|v| !v.is_null()) {
+            let nbf = as_u64(nbf).ok_or_else(|| TokenError::BadClaim("nbf".into()))?;
+            if nbf > now.saturating_add(self.leeway) {
+                return Err(TokenError::NotYetValid);
+            }
+        }
         if let Some(iat) = claims.get("iat") {
             let iat = as_u64(iat).ok_or_else(|| TokenError::BadClaim("iat".into()))?;
             if iat > now.saturating_add(self.leeway) {
@@ -594,17 +617,30 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cached_token_still_expires() {
-        let f = fixture(&[KeyAlg::Rs256], 100).await;
-        let mut c = f.dev.claims_for("alice", AUD);
-        let now = jsonwebtoken::get_current_timestamp();
-        // valid now thanks to leeway, and stays valid for ~2 s more
-        c["exp"] = json!(now - 28);
-        let t = f.dev.mint(&c);
-        assert!(f.verifier.verify(&t).await.is_ok());
-        assert_eq!(f.verifier.cache().len(), 1);
-        tokio::time::sleep(Duration::from_millis(3100)).await;
-        assert_eq!(f.verifier.verify(&t).await.unwrap_err(), TokenError::Expired);
+    async fn expiry_and_not_before_follow_the_clock_on_fresh_and_cached_paths() {
+        let dev = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+        let clock = Clock::tokio();
+        let v = dev.verifier(AUD, |_| {}).await.unwrap().with_clock(clock);
+        let now = clock.now();
+        let mut c = dev.claims_for("alice", AUD);
+        c["exp"] = json!(now + 60);
+        c["nbf"] = json!(now + 40);
+        let t = dev.mint(&c);
+        // nbf beyond the 30 s leeway: not yet
+        assert_eq!(v.verify(&t).await.unwrap_err(), TokenError::NotYetValid);
+        tokio::time::pause();
+        tokio::time::advance(Duration::from_secs(15)).await;
+        assert_eq!(v.verify(&t).await.unwrap().1, Verified::Fresh);
+        assert_eq!(v.verify(&t).await.unwrap().1, Verified::Cached);
+        // exp + leeway passed: refused from the cache too
+        tokio::time::advance(Duration::from_secs(80)).await;
+        assert_eq!(v.verify(&t).await.unwrap_err(), TokenError::Expired);
+        assert_eq!(v.cache().len(), 0);
+        // and a fresh copy of the same claims is refused as expired on the cold path
+        let other = dev.verifier(AUD, |_| {}).await;
+        tokio::time::resume();
+        let other = other.unwrap().with_clock(clock);
+        assert_eq!(other.verify(&t).await.unwrap_err(), TokenError::Expired);
     }
 
     #[tokio::test]
