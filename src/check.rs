@@ -1,7 +1,8 @@
 //! `portcullis check`: validates the config and, unless `--offline`, probes every issuer the way
 //! the proxy will (discovery, then the JWKS), saying what failed in words a user can act on.
 
-use crate::auth::keys::{idp_client, FetchError, IssuerKeys, KeyCacheSettings};
+use crate::auth::discovery::{idp_client, FetchError};
+use crate::auth::keys::{IssuerKeys, KeyCacheSettings};
 use crate::config::Config;
 
 /// Exit code: all good.

@@ -266,7 +266,7 @@ impl Service<Request<Body>> for ProxyService {
                     Ok(Response::from_parts(parts, body))
                 }
                 Ok(Err(e)) => {
-                    let detail = crate::auth::keys::error_chain(&e);
+                    let detail = crate::auth::discovery::error_chain(&e);
                     // The client's fault first: its body stopped or broke while being sent.
                     match ClientBodyError::find(&e) {
                         Some(ClientBodyError::Idle(_)) => {

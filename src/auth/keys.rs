@@ -3,7 +3,7 @@
 
 use std::collections::hash_map::DefaultHasher;
 use std::hash::{Hash, Hasher};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
@@ -17,8 +17,6 @@ use crate::config::TrustedIssuer;
 
 /// At most this many keys without a matching `kid` are tried for a token without `kid`.
 pub const MAX_KIDLESS_CANDIDATES: usize = 4;
-/// Discovery documents and JWKS larger than this are refused.
-const MAX_DOCUMENT_BYTES: usize = 1024 * 1024;
 
 /// Which curve or key type a key is; an algorithm must fit it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -121,20 +119,8 @@ impl KeySet {
     }
 }
 
-/// Why keys could not be had.
-#[derive(Debug, thiserror::Error)]
-pub enum FetchError {
-    #[error("could not reach {url}: {detail}")]
-    Unreachable { url: String, detail: String },
-    #[error("{url} answered HTTP {status}")]
-    Status { url: String, status: u16 },
-    #[error("{url} did not return a valid {what}: {detail}")]
-    Invalid { url: String, what: &'static str, detail: String },
-    #[error("discovery at {url} names issuer {found:?}, but the configured issuer is {expected:?}; they must be equal")]
-    IssuerMismatch { url: String, found: String, expected: String },
-    #[error("{url} has no usable signing keys")]
-    NoKeys { url: String },
-}
+pub use super::discovery::FetchError;
+use super::discovery::ProviderMetadata;
 
 /// Settings shared by every issuer's key cache.
 #[derive(Debug, Clone)]
@@ -154,9 +140,6 @@ impl KeyCacheSettings {
     }
 }
 
-/// Called with an issuer's new key set.
-pub type OnChange = Arc<dyn Fn(&KeySet) + Send + Sync>;
-
 /// One issuer's keys and how to get them.
 pub struct IssuerKeys {
     pub issuer: String,
@@ -165,22 +148,19 @@ pub struct IssuerKeys {
     settings: KeyCacheSettings,
     current: RwLock<Arc<KeySet>>,
     loaded: AtomicBool,
+    /// Bumped each time the key set changes: users of the keys (cached verifications) compare
+    /// it with the one they saw, and re-check their key only when it moved.
+    generation: AtomicU64,
+    /// The provider's metadata from the last discovery (none with a configured `jwks_url`).
+    metadata: RwLock<Option<Arc<ProviderMetadata>>>,
     /// Serialises fetches (single flight) and remembers when the last one started.
     fetch: tokio::sync::Mutex<Option<Instant>>,
-    /// Called with the new key set after each change (the token cache prunes with it).
-    on_change: RwLock<Option<OnChange>>,
 }
 
 impl std::fmt::Debug for IssuerKeys {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("IssuerKeys").field("issuer", &self.issuer).finish()
     }
-}
-
-#[derive(Deserialize)]
-struct Discovery {
-    issuer: String,
-    jwks_uri: String,
 }
 
 #[derive(Deserialize)]
@@ -311,8 +291,9 @@ impl IssuerKeys {
             settings,
             current: RwLock::new(Arc::new(KeySet::default())),
             loaded: AtomicBool::new(false),
+            generation: AtomicU64::new(0),
+            metadata: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(None),
-            on_change: RwLock::new(None),
         }
     }
 
@@ -329,10 +310,14 @@ impl IssuerKeys {
         self.loaded.load(Ordering::Acquire)
     }
 
-    pub fn set_on_change(&self, f: OnChange) {
-        if let Ok(mut g) = self.on_change.write() {
-            *g = Some(f);
-        }
+    /// Changes each time the key set does (a key added, removed or replaced).
+    pub fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The provider's metadata, once discovery has succeeded.
+    pub fn metadata(&self) -> Option<Arc<ProviderMetadata>> {
+        self.metadata.read().ok().and_then(|g| g.clone())
     }
 
     /// Looks a key up; on an unknown `kid`, refetches at most once per
@@ -387,13 +372,10 @@ impl IssuerKeys {
             Ok(mut g) => *g = set.clone(),
             Err(poisoned) => *poisoned.into_inner() = set.clone(),
         }
-        self.loaded.store(true, Ordering::Release);
         if changed {
-            let cb = self.on_change.read().ok().and_then(|g| g.clone());
-            if let Some(cb) = cb {
-                cb(&set);
-            }
+            self.generation.fetch_add(1, Ordering::AcqRel);
         }
+        self.loaded.store(true, Ordering::Release);
         Ok(n)
     }
 
@@ -420,70 +402,21 @@ impl IssuerKeys {
 
     /// `issuer` without a trailing `/`, then `/.well-known/openid-configuration`.
     pub fn discovery_url(&self) -> String {
-        format!("{}/.well-known/openid-configuration", self.issuer.trim_end_matches('/'))
+        super::discovery::discovery_url(&self.issuer)
     }
 
     async fn discover(&self) -> Result<Url, FetchError> {
-        let url_s = self.discovery_url();
-        let url = Url::parse(&url_s).map_err(|e| FetchError::Invalid {
-            url: url_s.clone(),
-            what: "URL",
-            detail: e.to_string(),
-        })?;
-        let body = self.get(&url, "discovery document").await?;
-        let doc: Discovery = serde_json::from_slice(&body).map_err(|e| FetchError::Invalid {
-            url: url_s.clone(),
-            what: "discovery document",
-            detail: e.to_string(),
-        })?;
-        if doc.issuer != self.issuer {
-            return Err(FetchError::IssuerMismatch {
-                url: url_s,
-                found: doc.issuer,
-                expected: self.issuer.clone(),
-            });
-        }
-        let jwks = Url::parse(&doc.jwks_uri).map_err(|e| FetchError::Invalid {
-            url: url_s.clone(),
-            what: "jwks_uri",
-            detail: e.to_string(),
-        })?;
-        if let Some(problem) = crate::config::idp_url_problem(&jwks, self.settings.allow_http) {
-            return Err(FetchError::Invalid { url: url_s, what: "jwks_uri", detail: problem });
+        let meta =
+            super::discovery::discover(&self.http, &self.issuer, self.settings.allow_http).await?;
+        let jwks = meta.jwks_uri.clone();
+        if let Ok(mut g) = self.metadata.write() {
+            *g = Some(Arc::new(meta));
         }
         Ok(jwks)
     }
 
     async fn get(&self, url: &Url, what: &'static str) -> Result<Vec<u8>, FetchError> {
-        let unreachable = |e: reqwest::Error| FetchError::Unreachable {
-            url: url.to_string(),
-            detail: error_chain(&e),
-        };
-        let mut resp = self
-            .http
-            .get(url.clone())
-            .header(http::header::ACCEPT, "application/json")
-            .send()
-            .await
-            .map_err(unreachable)?;
-        if !resp.status().is_success() {
-            return Err(FetchError::Status {
-                url: url.to_string(),
-                status: resp.status().as_u16(),
-            });
-        }
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
-            if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-                return Err(FetchError::Invalid {
-                    url: url.to_string(),
-                    what,
-                    detail: "larger than 1 MiB".into(),
-                });
-            }
-            body.extend_from_slice(&chunk);
-        }
-        Ok(body)
+        super::discovery::get(&self.http, url, what).await
     }
 
     /// Loads the keys, retrying until it works, then refreshes every `refresh_interval`.
@@ -511,32 +444,6 @@ impl IssuerKeys {
     }
 }
 
-/// An error with its sources, for logs (never includes request data).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
-}
-
-/// The HTTP client used to talk to issuers.
-pub fn idp_client() -> reqwest::Client {
-    reqwest::Client::builder()
-        .connect_timeout(Duration::from_secs(5))
-        .timeout(Duration::from_secs(10))
-        .redirect(reqwest::redirect::Policy::none())
-        .user_agent(concat!("portcullis/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .unwrap_or_else(|_| reqwest::Client::new())
-}
-
 /// Every trusted issuer's key cache.
 #[derive(Debug)]
 pub struct KeyStore {
@@ -545,13 +452,18 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(issuers: &[TrustedIssuer], settings: KeyCacheSettings) -> Self {
-        let http = idp_client();
+        let http = super::discovery::idp_client();
         Self {
             issuers: issuers
                 .iter()
                 .map(|i| Arc::new(IssuerKeys::new(i, http.clone(), settings.clone())))
                 .collect(),
         }
+    }
+
+    /// The key cache of `issuer`, if it is trusted.
+    pub fn issuer(&self, issuer: &str) -> Option<&Arc<IssuerKeys>> {
+        self.issuers.iter().find(|i| i.issuer == issuer)
     }
 
     pub fn all_loaded(&self) -> bool {
@@ -573,6 +485,7 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::auth::discovery::idp_client;
     use crate::devissuer::{DevIssuer, KeyAlg};
     use serde_json::json;
 
@@ -629,6 +542,23 @@ mod tests {
         assert!(matches!(keys.lookup(Some(&kid), Algorithm::RS256).await, Lookup::Found(_)));
         // the right kid with an algorithm that does not fit its key is no match
         assert!(matches!(keys.current().lookup(Some(&kid), Algorithm::ES256), Lookup::Unknown));
+    }
+
+    #[tokio::test]
+    async fn discovery_metadata_is_kept_and_a_change_bumps_the_generation() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        let keys = IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_secs(30)));
+        assert!(keys.metadata().is_none());
+        keys.refresh().await.unwrap();
+        let meta = keys.metadata().unwrap();
+        assert_eq!(meta.issuer, dev.issuer());
+        assert_eq!(meta.token_endpoint.as_ref().map(|u| u.path()), Some("/token"));
+        let g = keys.generation();
+        keys.refresh().await.unwrap();
+        assert_eq!(keys.generation(), g, "the same keys are no change");
+        dev.rotate(KeyAlg::EdDsa);
+        keys.refresh().await.unwrap();
+        assert_eq!(keys.generation(), g + 1);
     }
 
     #[tokio::test]

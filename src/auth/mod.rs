@@ -1,7 +1,9 @@
-//! Authentication: who is calling. `keys` (JWKS cache) → `token` (JWT validation and the
-//! verified-token cache) → `identity` (the headers an identity becomes), and the
+//! Authentication: who is calling. `discovery` (provider metadata) → `keys` (JWKS cache) →
+//! `token` (JWT validation and the verified-token cache) → `identity` (the headers an identity
+//! becomes), and the
 //! [`Authenticate`] layer that ties them to a request.
 
+pub mod discovery;
 pub mod identity;
 pub mod keys;
 pub mod token;

@@ -10,7 +10,7 @@ use serde::Deserialize;
 use serde_json::{Map, Value};
 
 use super::identity::{Identity, IdentityError, IdentityMapper};
-use super::keys::{IssuerKeys, KeySet, KeyStore, Lookup, VerifyKey};
+use super::keys::{IssuerKeys, KeyStore, Lookup, VerifyKey};
 use crate::clock::Clock;
 use crate::config::BearerConfig;
 
@@ -98,7 +98,6 @@ struct PeekIssuer {
 
 /// One trusted issuer as the verifier sees it.
 struct IssuerPolicy {
-    index: usize,
     keys: Arc<IssuerKeys>,
     validations: HashMap<Algorithm, Validation>,
 }
@@ -108,8 +107,19 @@ struct CachedToken {
     identity: Arc<Identity>,
     exp: u64,
     nbf: Option<u64>,
-    issuer_index: usize,
+    /// The issuer's keys, their generation when the token was verified, and the key that
+    /// verified it: on a hit after the keys changed, the entry holds only while its key is
+    /// still published.
+    keys: Arc<IssuerKeys>,
+    generation: u64,
     key_fingerprint: u64,
+}
+
+impl CachedToken {
+    fn key_still_published(&self) -> bool {
+        self.keys.generation() == self.generation
+            || self.keys.current().has_fingerprint(self.key_fingerprint)
+    }
 }
 
 /// SHA-256 outputs are already uniform: use their first bytes as the hash.
@@ -179,14 +189,6 @@ impl TokenCache {
         }
     }
 
-    fn retain_keys(&self, issuer_index: usize, set: &KeySet) {
-        if let Ok(mut map) = self.map.write() {
-            map.retain(|_, e| {
-                e.issuer_index != issuer_index || set.has_fingerprint(e.key_fingerprint)
-            });
-        }
-    }
-
     pub fn len(&self) -> usize {
         self.map.read().map(|m| m.len()).unwrap_or(0)
     }
@@ -239,7 +241,11 @@ impl Verifier {
     pub fn new(cfg: &BearerConfig, keys: Arc<KeyStore>, mapper: IdentityMapper) -> Self {
         let cache = Arc::new(TokenCache::new(cfg.token_cache_size));
         let mut issuers = HashMap::new();
-        for (index, (trusted, ik)) in cfg.issuers.iter().zip(keys.issuers.iter()).enumerate() {
+        for trusted in &cfg.issuers {
+            let Some(ik) = keys.issuer(&trusted.issuer) else {
+                tracing::error!(issuer = %trusted.issuer, "no key cache for a trusted issuer; its tokens are refused");
+                continue;
+            };
             let mut validations = HashMap::new();
             for alg in &cfg.algorithms {
                 let mut v = Validation::new(*alg);
@@ -253,12 +259,7 @@ impl Verifier {
                 v.set_required_spec_claims(&["exp", "iss", "aud"]);
                 validations.insert(*alg, v);
             }
-            let c = cache.clone();
-            ik.set_on_change(Arc::new(move |set: &KeySet| c.retain_keys(index, set)));
-            issuers.insert(
-                trusted.issuer.clone(),
-                IssuerPolicy { index, keys: ik.clone(), validations },
-            );
+            issuers.insert(trusted.issuer.clone(), IssuerPolicy { keys: ik.clone(), validations });
         }
         Self {
             issuers,
@@ -302,20 +303,14 @@ impl Verifier {
             if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
                 return Err(TokenError::NotYetValid);
             }
-            return Ok((hit.identity.clone(), Verified::Cached));
-        }
-        let (identity, entry) = self.verify_fresh(token, now).await?;
-        let (issuer_index, fingerprint) = (entry.issuer_index, entry.key_fingerprint);
-        self.cache.insert(digest, entry, now);
-        // A refresh may have dropped the key while we verified; keep nothing it pruned.
-        let key_kept = self
-            .keys
-            .issuers
-            .get(issuer_index)
-            .is_some_and(|k| k.current().has_fingerprint(fingerprint));
-        if !key_kept {
+            if hit.key_still_published() {
+                return Ok((hit.identity.clone(), Verified::Cached));
+            }
+            // Its key left the JWKS: verify afresh (which refuses it, or finds the key back).
             self.cache.remove(&digest);
         }
+        let (identity, entry) = self.verify_fresh(token, now).await?;
+        self.cache.insert(digest, entry, now);
         Ok((identity, Verified::Fresh))
     }
 
@@ -357,6 +352,8 @@ impl Verifier {
         if !policy.keys.is_loaded() {
             return Err(TokenError::KeysNotLoaded(iss));
         }
+        // Read before the lookup: a change after it makes a later hit re-check the key.
+        let generation = policy.keys.generation();
         let candidates: Vec<Arc<VerifyKey>> =
             match policy.keys.lookup(header.kid.as_deref(), header.alg).await {
                 Lookup::Found(k) => vec![k],
@@ -386,7 +383,8 @@ impl Verifier {
                         identity: identity.clone(),
                         exp,
                         nbf,
-                        issuer_index: policy.index,
+                        keys: policy.keys.clone(),
+                        generation,
                         key_fingerprint: key.fingerprint,
                     };
                     return Ok((identity, entry));
@@ -644,16 +642,36 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn cache_entry_dropped_when_key_leaves_jwks() {
+    async fn a_cached_token_fails_once_its_key_leaves_the_jwks_for_every_verifier() {
         let f = fixture(&[KeyAlg::Rs256, KeyAlg::Es256], 100).await;
+        // a second verifier over the same key store (as ID-token checks will be)
+        let cfg = BearerConfig::with_issuers(vec![crate::config::TrustedIssuer {
+            issuer: f.dev.issuer(),
+            audiences: vec![AUD.into()],
+            jwks_url: None,
+        }]);
+        let mapper = IdentityMapper::new(crate::config::IdentityConfig::default());
+        let second = Verifier::new(&cfg, f.verifier.keys().clone(), mapper);
         let t = f.dev.token_for("alice", AUD);
-        f.verifier.verify(&t).await.unwrap();
-        assert_eq!(f.verifier.cache().len(), 1);
+        for v in [&f.verifier, &second] {
+            v.verify(&t).await.unwrap();
+            assert_eq!(v.verify(&t).await.unwrap().1, Verified::Cached);
+        }
         let kid = f.dev.kids()[0].clone();
         f.dev.remove_key(&kid);
         f.verifier.keys().issuers[0].refresh().await.unwrap();
-        assert_eq!(f.verifier.cache().len(), 0);
-        assert!(matches!(f.verifier.verify(&t).await, Err(TokenError::UnknownKey { .. })));
+        for v in [&f.verifier, &second] {
+            assert!(matches!(v.verify(&t).await, Err(TokenError::UnknownKey { .. })));
+            assert_eq!(v.cache().len(), 0);
+        }
+        // a token of a key that stayed keeps hitting after the change
+        let es = f.dev.kids()[0].clone();
+        let key = f.dev.key(&es).unwrap();
+        let t2 = key.sign(Header::new(key.alg), &f.dev.claims_for("bob", AUD));
+        f.verifier.verify(&t2).await.unwrap();
+        f.dev.rotate(KeyAlg::EdDsa);
+        f.verifier.keys().issuers[0].refresh().await.unwrap();
+        assert_eq!(f.verifier.verify(&t2).await.unwrap().1, Verified::Cached);
     }
 
     #[tokio::test]
