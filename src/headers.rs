@@ -17,7 +17,7 @@ use http::{Request, Response};
 use tower::{Layer, Service};
 
 use crate::proxy::ClientAddr;
-use crate::response::{Decision, Rejection};
+use crate::response::{Refusal, Rejection};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions.
 pub static HOP_BY_HOP: [HeaderName; 9] = [
@@ -173,11 +173,11 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         if let Some(r) = framing_problem(req.headers()) {
-            let decision = Decision::refused("bad_framing", format!("{:?}", r));
             tracing::debug!(reason = ?r, "refused request framing");
-            let mut resp = r.into_response(&req);
-            resp.extensions_mut().insert(decision);
-            return Either::Right(ready(Ok(resp)));
+            let detail = format!("{r:?}");
+            return Either::Right(ready(Ok(Refusal::new(r, "bad_framing")
+                .detail(detail)
+                .response())));
         }
         remove_hop_by_hop(req.headers_mut());
         Either::Left(self.inner.call(req))

@@ -7,6 +7,8 @@ use http::uri::{PathAndQuery, Uri};
 use http::Request;
 use tower::{Layer, Service};
 
+use crate::response::{Refusal, Rejection};
+
 /// Why a path was refused (answered `400`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -222,9 +224,9 @@ where
             }
             Err(e) => {
                 tracing::debug!(error = %e, "refused ambiguous path");
-                let decision = crate::response::Decision::refused("bad_path", e.to_string());
-                let mut resp = crate::response::Rejection::BadPath(e).into_response(&req);
-                resp.extensions_mut().insert(decision);
+                let detail = e.to_string();
+                let resp =
+                    Refusal::new(Rejection::BadPath(e), "bad_path").detail(detail).response();
                 futures_util::future::Either::Right(Box::pin(async move { Ok(resp) }))
             }
         }

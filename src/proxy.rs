@@ -19,7 +19,7 @@ use tower::Service;
 
 use crate::body::{ClientBody, ClientBodyError, Permitted};
 use crate::config::UpstreamConfig;
-use crate::response::{Decision, Rejection};
+use crate::response::{Refusal, Rejection};
 use http_body::Body as _;
 use tokio::sync::Semaphore;
 
@@ -221,16 +221,8 @@ impl Service<Request<Body>> for ProxyService {
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let this = self.clone();
         Box::pin(async move {
-            // Kept for error answers, which carry the request id.
-            let request_id = req.extensions().get::<crate::response::RequestId>().cloned();
             let error = |rejection: Rejection, reason: &'static str, detail: String| {
-                let mut meta = Request::new(());
-                if let Some(id) = request_id.clone() {
-                    meta.extensions_mut().insert(id);
-                }
-                let mut resp = rejection.into_response(&meta);
-                resp.extensions_mut().insert(Decision::refused(reason, detail));
-                resp
+                Refusal::new(rejection, reason).detail(detail).response()
             };
             let permit = match &this.slots {
                 None => None,

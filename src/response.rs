@@ -1,14 +1,21 @@
-//! Every answer portcullis makes itself (as opposed to forwarding the app's) is built here, from
-//! one [`Rejection`]: status, RFC 6750 challenge, and a short JSON body with the request id.
-//! The log line has the full reason; the client gets a plain one.
+//! Every answer portcullis makes itself (as opposed to forwarding the app's) is built here. A
+//! layer that refuses a request returns [`Refusal::response`]: a response that carries the
+//! [`Refusal`] (what to tell the client, [`Rejection`], and what to log, [`Decision`]). The
+//! [`Answers`] layer, just inside the access log, renders it in the form that suits who asked:
+//! status, RFC 6750 challenge and a short JSON body with the request id for API clients (and, with
+//! browser login, a redirect or a page for browsers). The log line has the full reason; the
+//! client gets a plain one.
 
 use std::borrow::Cow;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 
 use axum::body::Body;
+use futures_util::future::BoxFuture;
 use http::header::{self, HeaderValue};
 use http::{Request, Response, StatusCode};
 use serde_json::json;
+use tower::{Layer, Service};
 
 use crate::auth::identity::Identity;
 use crate::path::PathError;
@@ -38,8 +45,105 @@ impl Decision {
     }
 }
 
-/// A request portcullis answers itself.
-#[derive(Debug)]
+/// A request portcullis answers itself: what the client is told and what the log says.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub rejection: Rejection,
+    pub decision: Decision,
+}
+
+impl Refusal {
+    pub fn new(rejection: Rejection, reason: &'static str) -> Self {
+        Self { rejection, decision: Decision::new(reason) }
+    }
+
+    /// The same refusal with a detail for the log (never a token or secret).
+    pub fn detail(mut self, detail: impl Into<String>) -> Self {
+        self.decision.detail = Some(detail.into());
+        self
+    }
+
+    /// A response carrying this refusal, for [`Answers`] to render.
+    pub fn response(self) -> Response<Body> {
+        let mut resp = Response::new(Body::empty());
+        *resp.status_mut() = self.rejection.status();
+        resp.extensions_mut().insert(self);
+        resp
+    }
+}
+
+/// What a refusal's answer depends on in the request.
+#[derive(Debug, Clone, Default)]
+struct Asker {
+    request_id: Option<HeaderValue>,
+    /// The client waits for `100 Continue` before sending its body, which is never read.
+    expects_continue: bool,
+}
+
+impl Asker {
+    fn of<B>(req: &Request<B>) -> Self {
+        Self {
+            request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+            expects_continue: req
+                .headers()
+                .get(header::EXPECT)
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+        }
+    }
+}
+
+/// Renders every [`Refusal`] the layers inside it return; other responses pass untouched.
+#[derive(Debug, Clone, Default)]
+pub struct AnswersLayer;
+
+impl<S> Layer<S> for AnswersLayer {
+    type Service = Answers<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Answers { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Answers<S> {
+    inner: S,
+}
+
+impl<S> Service<Request<Body>> for Answers<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+    S::Future: Send + 'static,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = BoxFuture<'static, Result<Response<Body>, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let asker = Asker::of(&req);
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let mut resp = fut.await?;
+            Ok(match resp.extensions_mut().remove::<Refusal>() {
+                Some(refusal) => render(refusal, &asker),
+                None => resp,
+            })
+        })
+    }
+}
+
+/// The one place a refusal becomes an answer.
+fn render(refusal: Refusal, asker: &Asker) -> Response<Body> {
+    let Refusal { rejection, decision } = refusal;
+    let mut resp = rejection.api_answer(asker);
+    resp.extensions_mut().insert(decision);
+    resp
+}
+
+/// What portcullis tells the client when it answers a request itself.
+#[derive(Debug, Clone)]
 pub enum Rejection {
     /// No bearer token: `401` with a bare challenge (RFC 6750 §3.1).
     NoToken { realm: Arc<str> },
@@ -126,14 +230,10 @@ impl Rejection {
         }
     }
 
-    /// The response, with the request's id in its body.
-    pub fn into_response<B>(self, req: &Request<B>) -> Response<Body> {
-        let request_id = req
-            .extensions()
-            .get::<RequestId>()
-            .and_then(|r| r.0.to_str().ok())
-            .unwrap_or_default()
-            .to_string();
+    /// The answer for an API client: JSON with the request id, and the RFC 6750 challenge.
+    fn api_answer(&self, asker: &Asker) -> Response<Body> {
+        let request_id =
+            asker.request_id.as_ref().and_then(|r| r.to_str().ok()).unwrap_or_default();
         let (error, description) = self.body();
         let body =
             json!({"error": error, "error_description": description, "request_id": request_id});
@@ -150,11 +250,7 @@ impl Rejection {
         }
         // The connection is closed after these, and the client is told so: a body that broke
         // off or was never sent (a refused `Expect: 100-continue`) leaves the stream unusable.
-        let expects_continue = req
-            .headers()
-            .get(header::EXPECT)
-            .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"));
-        if expects_continue
+        if asker.expects_continue
             || matches!(
                 self,
                 Rejection::UnsupportedTransferCoding

@@ -28,6 +28,7 @@ use crate::config::Config;
 use crate::headers::{StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders};
 use crate::path::NormalizePathLayer;
 use crate::proxy::{ClientAddr, ProxyService};
+use crate::response::AnswersLayer;
 use crate::telemetry::AccessLogLayer;
 
 /// The whole request path as one cloneable service.
@@ -86,6 +87,9 @@ impl Pipeline {
         let stack = ServiceBuilder::new()
             // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
             .layer(AccessLogLayer)
+            // Every refusal from the layers below becomes an answer here, in one place, in the
+            // form that suits who asked; the access log then sees the final decision.
+            .layer(AnswersLayer)
             // Before anything reads headers: hop-by-hop headers and what `Connection` names
             // (never `Host`, the request id or `X-Forwarded-*`).
             .layer(StripHopByHopLayer)

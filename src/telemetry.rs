@@ -8,7 +8,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
-use http::header::{HeaderName, HeaderValue};
+use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
@@ -142,6 +142,12 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
+        // Credentials never show in a `Debug` of the request, whatever logs it.
+        for (name, value) in req.headers_mut().iter_mut() {
+            if name == header::AUTHORIZATION || name == header::COOKIE {
+                value.set_sensitive(true);
+            }
+        }
         let id = request_id(&req);
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
         req.extensions_mut().insert(RequestId(id.clone()));

@@ -1,7 +1,6 @@
 //! Identity and the headers it becomes, and the layer that sets them. Client-sent copies are
 //! stripped earlier, by [`crate::headers`].
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use http::header::{self, HeaderName, HeaderValue};
@@ -9,6 +8,7 @@ use http::Request;
 use serde_json::{Map, Value};
 use tower::{Layer, Service};
 
+use super::{Authenticated, Credential};
 use crate::config::{IdentityConfig, PassToken};
 
 pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
@@ -31,16 +31,6 @@ pub struct Identity {
     pub claims: Map<String, Value>,
     /// The identity headers to set on the forwarded request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// What the authentication layer leaves in the request's extensions for the layers after it.
-#[derive(Debug, Clone)]
-pub struct Authenticated {
-    pub identity: Arc<Identity>,
-    /// The raw `Authorization` value the client sent (for `pass_token`).
-    pub authorization: HeaderValue,
-    /// The token alone, for `X-Forwarded-Access-Token`.
-    pub token: HeaderValue,
 }
 
 /// Headers a claim may never be mapped to: framing, hop-by-hop, credentials, forwarding.
@@ -270,16 +260,23 @@ where
             for (name, value) in &auth.identity.headers {
                 headers.insert(name.clone(), value.clone());
             }
+            let Credential::Bearer(token) = &auth.credential;
             match self.pass_token {
                 PassToken::None => {
                     headers.remove(header::AUTHORIZATION);
                 }
                 PassToken::Authorization => {
-                    headers.insert(header::AUTHORIZATION, auth.authorization.clone());
+                    let mut v = Vec::with_capacity(7 + token.expose().len());
+                    v.extend_from_slice(b"Bearer ");
+                    v.extend_from_slice(token.expose().as_bytes());
+                    if let Ok(mut v) = HeaderValue::from_bytes(&v) {
+                        v.set_sensitive(true);
+                        headers.insert(header::AUTHORIZATION, v);
+                    }
                 }
                 PassToken::XForwardedAccessToken => {
                     headers.remove(header::AUTHORIZATION);
-                    headers.insert(X_FORWARDED_ACCESS_TOKEN, auth.token.clone());
+                    headers.insert(X_FORWARDED_ACCESS_TOKEN, token.expose().clone());
                 }
             }
         }

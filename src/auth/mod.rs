@@ -1,7 +1,8 @@
 //! Authentication: who is calling. `discovery` (provider metadata) → `keys` (JWKS cache) →
 //! `token` (JWT validation and the verified-token cache) → `identity` (the headers an identity
-//! becomes), and the
-//! [`Authenticate`] layer that ties them to a request.
+//! becomes). [`AuthSettings::check`] answers "who is this?" from a request head alone, as a
+//! value; the [`Authenticate`] layer applies it to proxied requests (public routes included),
+//! and a forward-auth endpoint will apply it to requests it only hears about.
 
 pub mod discovery;
 pub mod identity;
@@ -13,13 +14,13 @@ use std::task::{Context, Poll};
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
-use http::header::{self, HeaderValue};
-use http::{Request, Response};
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{request, Request, Response};
 use tower::{Layer, Service};
 
 use crate::config::PublicRoute;
-use crate::response::{Decision, Rejection};
-use identity::Authenticated;
+use crate::response::{Decision, Refusal, Rejection};
+use identity::Identity;
 use token::{TokenError, Verified, Verifier};
 
 /// Headers some frameworks take as the real method of a POST or GET (any spelling).
@@ -28,13 +29,65 @@ const METHOD_OVERRIDE_HEADERS: &[&str] =
 /// The query parameter Rails, Laravel, Symfony and others take as the real method.
 const METHOD_OVERRIDE_PARAM: &str = "_method";
 
+/// A bearer token. Its `Debug` never shows it; the header value is marked sensitive.
+#[derive(Clone)]
+pub struct Token(HeaderValue);
+
+impl Token {
+    fn new(mut value: HeaderValue) -> Self {
+        value.set_sensitive(true);
+        Self(value)
+    }
+
+    /// The token, for passing it on (`identity.pass_token`); never for a log.
+    pub fn expose(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Token {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Token([redacted])")
+    }
+}
+
+/// How the caller proved who it is.
+#[derive(Debug, Clone)]
+pub enum Credential {
+    /// A bearer JWT in `Authorization`.
+    Bearer(Token),
+}
+
+/// A caller whose credential verified: what the layers after authentication (rules, identity
+/// headers) read from the request's extensions. Nothing after it re-parses a token.
+#[derive(Debug, Clone)]
+pub struct Authenticated {
+    pub credential: Credential,
+    /// The issuer, subject, claims and the identity headers they become.
+    pub identity: Arc<Identity>,
+    /// Whether the verification was a cache hit (for the access log).
+    pub verified: Verified,
+    /// Headers authentication wants on the response (a refreshed session cookie, with login).
+    pub response_headers: HeaderMap,
+}
+
+impl Authenticated {
+    /// The access log's reason for a request let through on this credential.
+    pub fn reason(&self) -> &'static str {
+        match self.verified {
+            Verified::Cached => "token_cached",
+            Verified::Fresh => "token_verified",
+        }
+    }
+}
+
 /// Whether the request carries a method override a framework could act on.
-fn has_method_override<B>(req: &Request<B>) -> bool {
-    let in_headers = req.headers().keys().any(|k| {
+fn has_method_override(parts: &request::Parts) -> bool {
+    let in_headers = parts.headers.keys().any(|k| {
         METHOD_OVERRIDE_HEADERS.iter().any(|h| crate::headers::same_header(k.as_str(), h))
     });
     in_headers
-        || req.uri().query().is_some_and(|q| {
+        || parts.uri.query().is_some_and(|q| {
             url::form_urlencoded::parse(q.as_bytes()).any(|(k, _)| k == METHOD_OVERRIDE_PARAM)
         })
 }
@@ -45,12 +98,148 @@ fn is_bearer(value: &HeaderValue) -> bool {
     b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer") && (b.len() == 6 || b[6] == b' ')
 }
 
-/// What [`Authenticate`] needs: the verifier and the public routes.
+/// The bearer token in a request head, if any.
+enum Credentials {
+    None,
+    Bearer(HeaderValue),
+    /// More than one `Authorization` header.
+    Ambiguous,
+}
+
+fn credentials(headers: &HeaderMap) -> Credentials {
+    let mut values = headers.get_all(header::AUTHORIZATION).iter();
+    let Some(value) = values.next() else {
+        return Credentials::None;
+    };
+    if values.next().is_some() {
+        return Credentials::Ambiguous;
+    }
+    let bytes = value.as_bytes();
+    // RFC 6750 §2.1: the scheme is case-insensitive.
+    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
+        return Credentials::None;
+    }
+    let token = bytes[7..].trim_ascii();
+    match HeaderValue::from_bytes(token) {
+        Ok(t) if !token.is_empty() => Credentials::Bearer(t),
+        _ => Credentials::None,
+    }
+}
+
+/// What authentication needs: the verifier and the public routes.
 #[derive(Debug)]
 pub struct AuthSettings {
     pub verifier: Arc<Verifier>,
     pub public_routes: Vec<PublicRoute>,
     pub realm: Arc<str>,
+}
+
+impl AuthSettings {
+    /// Whether a request may skip authentication.
+    pub fn is_public(&self, parts: &request::Parts) -> bool {
+        // Matched on the path without `;` parameters: servlet containers route `/admin;x.css`
+        // to `/admin`, so it must not match a public `\.css$`.
+        let path = crate::path::route_path(parts.uri.path());
+        let mut matching = self.public_routes.iter().filter(|r| r.matches(&parts.method, &path));
+        let Some(first) = matching.next() else {
+            return false;
+        };
+        // A method-restricted public route ("GET=^/healthz$") must not let a client reach the
+        // app with another method through a method override.
+        if first.method.is_none() {
+            return true;
+        }
+        let any_method = matching.any(|r| r.method.is_none());
+        any_method || !has_method_override(parts)
+    }
+
+    /// Who is calling, from the request head alone: a verified credential, or the refusal to
+    /// answer with (`401`, `400`, `503`).
+    pub async fn check(&self, parts: &request::Parts) -> Result<Authenticated, Refusal> {
+        let token = match credentials(&parts.headers) {
+            Credentials::Bearer(token) => token,
+            Credentials::Ambiguous => {
+                let r = Rejection::InvalidRequest {
+                    realm: self.realm.clone(),
+                    description: "Send one Authorization header",
+                };
+                return Err(Refusal::new(r, "ambiguous_authorization"));
+            }
+            Credentials::None => {
+                // Until some issuer's keys are in, no token could be checked: 503, not 401.
+                if !self.verifier.keys().any_loaded() {
+                    return Err(Refusal::new(Rejection::NotReady, "keys_not_loaded"));
+                }
+                let r = Rejection::NoToken { realm: self.realm.clone() };
+                return Err(Refusal::new(r, "no_token"));
+            }
+        };
+        let verified = match token.to_str() {
+            Ok(t) => self.verifier.verify(t).await,
+            Err(_) => Err(TokenError::Malformed("non-ASCII token".into())),
+        };
+        match verified {
+            Ok((identity, verified)) => Ok(Authenticated {
+                credential: Credential::Bearer(Token::new(token)),
+                identity,
+                verified,
+                response_headers: HeaderMap::new(),
+            }),
+            Err(e) => {
+                let detail = e.to_string();
+                let code = e.code();
+                let r = match e {
+                    TokenError::KeysNotLoaded(_) => Rejection::NotReady,
+                    e => Rejection::InvalidToken {
+                        realm: self.realm.clone(),
+                        description: e.client_description(),
+                    },
+                };
+                Err(Refusal::new(r, code).detail(detail))
+            }
+        }
+    }
+
+    /// A public route: forwarded without authentication. A bearer token on it is verified
+    /// anyway: a valid one gives the app the identity, as on a protected route; one that cannot
+    /// be verified is removed, so the app never takes it for a verified one. Other schemes
+    /// (`Basic` for the app itself) pass untouched.
+    async fn public(&self, parts: &mut request::Parts) -> Decision {
+        let mut decision = Decision::new("public_route");
+        let has_bearer = parts.headers.get_all(header::AUTHORIZATION).iter().any(is_bearer);
+        if !has_bearer {
+            return decision;
+        }
+        match self.check(parts).await {
+            Ok(auth) => {
+                decision.identity = Some(auth.identity.clone());
+                parts.extensions.insert(auth);
+            }
+            Err(refusal) => {
+                let why = refusal.decision.detail.unwrap_or(refusal.decision.reason.into_owned());
+                decision.detail = Some(format!("bearer token removed: {why}"));
+                parts.headers.remove(header::AUTHORIZATION);
+            }
+        }
+        decision
+    }
+
+    /// Decides about one request: the request to forward (with [`Authenticated`] in its
+    /// extensions unless the route is public and carried no token) and the decision for the
+    /// log, or the refusal.
+    async fn authenticate(&self, parts: &mut request::Parts) -> Result<Decision, Refusal> {
+        if self.is_public(parts) {
+            return Ok(self.public(parts).await);
+        }
+        let auth = self.check(parts).await?;
+        let decision = Decision {
+            reason: auth.reason().into(),
+            detail: None,
+            identity: Some(auth.identity.clone()),
+        };
+        parts.extensions.insert(auth);
+        Ok(decision)
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -71,165 +260,12 @@ impl<S> Layer<S> for AuthenticateLayer {
     }
 }
 
-/// Lets public routes through, validates the bearer token of every other request, and leaves
-/// [`Authenticated`] in the request for the layers after it. Rejects with 401/400/503.
+/// Lets public routes through, checks every other request ([`AuthSettings::check`]) and leaves
+/// [`Authenticated`] in the request for the layers after it, or refuses it.
 #[derive(Debug, Clone)]
 pub struct Authenticate<S> {
     inner: S,
     settings: Arc<AuthSettings>,
-}
-
-/// The bearer token in a request, if any.
-enum Credentials {
-    None,
-    Bearer {
-        authorization: HeaderValue,
-        token: HeaderValue,
-    },
-    /// More than one `Authorization` header.
-    Ambiguous,
-}
-
-fn credentials<B>(req: &Request<B>) -> Credentials {
-    let mut values = req.headers().get_all(header::AUTHORIZATION).iter();
-    let Some(value) = values.next() else {
-        return Credentials::None;
-    };
-    if values.next().is_some() {
-        return Credentials::Ambiguous;
-    }
-    let bytes = value.as_bytes();
-    // RFC 6750 §2.1: the scheme is case-insensitive.
-    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
-        return Credentials::None;
-    }
-    let token = bytes[7..].trim_ascii();
-    match HeaderValue::from_bytes(token) {
-        Ok(t) if !token.is_empty() => {
-            Credentials::Bearer { authorization: value.clone(), token: t }
-        }
-        _ => Credentials::None,
-    }
-}
-
-impl AuthSettings {
-    fn is_public<B>(&self, req: &Request<B>) -> bool {
-        // Matched on the path without `;` parameters: servlet containers route `/admin;x.css`
-        // to `/admin`, so it must not match a public `\.css$`.
-        let path = crate::path::route_path(req.uri().path());
-        let mut matching = self.public_routes.iter().filter(|r| r.matches(req.method(), &path));
-        let Some(first) = matching.next() else {
-            return false;
-        };
-        // A method-restricted public route ("GET=^/healthz$") must not let a client reach the
-        // app with another method through a method override.
-        if first.method.is_none() {
-            return true;
-        }
-        let any_method = matching.any(|r| r.method.is_none());
-        any_method || !has_method_override(req)
-    }
-
-    /// A public route: forwarded without authentication. A bearer token on it is verified
-    /// anyway: a valid one gives the app the identity, as on a protected route; one that cannot
-    /// be verified is removed, so the app never takes it for a verified one. Other schemes
-    /// (`Basic` for the app itself) pass untouched.
-    async fn public(&self, mut req: Request<Body>) -> (Request<Body>, Decision) {
-        let mut decision = Decision::new("public_route");
-        match credentials(&req) {
-            Credentials::Bearer { authorization, token } => {
-                let verified = match token.to_str() {
-                    Ok(t) => self.verifier.verify(t).await,
-                    Err(_) => Err(TokenError::Malformed("non-ASCII token".into())),
-                };
-                match verified {
-                    Ok((identity, _)) => {
-                        decision.identity = Some(identity.clone());
-                        req.extensions_mut().insert(Authenticated {
-                            identity,
-                            authorization,
-                            token,
-                        });
-                    }
-                    Err(e) => {
-                        decision.detail = Some(format!("bearer token removed: {e}"));
-                        req.headers_mut().remove(header::AUTHORIZATION);
-                    }
-                }
-            }
-            _ if req.headers().get_all(header::AUTHORIZATION).iter().any(is_bearer) => {
-                decision.detail = Some("bearer token removed: malformed or ambiguous".into());
-                req.headers_mut().remove(header::AUTHORIZATION);
-            }
-            _ => {}
-        }
-        (req, decision)
-    }
-
-    /// Decides about one request: `Ok` with the request (identity attached) to forward, or the
-    /// answer to give.
-    async fn authenticate(
-        &self,
-        mut req: Request<Body>,
-    ) -> Result<(Request<Body>, Decision), (Response<Body>, Decision)> {
-        if self.is_public(&req) {
-            return Ok(self.public(req).await);
-        }
-        let (authorization, token) = match credentials(&req) {
-            Credentials::Bearer { authorization, token } => (authorization, token),
-            Credentials::Ambiguous => {
-                let r = Rejection::InvalidRequest {
-                    realm: self.realm.clone(),
-                    description: "Send one Authorization header",
-                };
-                return Err((r.into_response(&req), Decision::new("ambiguous_authorization")));
-            }
-            Credentials::None => {
-                // Until some issuer's keys are in, no token could be checked: 503, not 401.
-                if !self.verifier.keys().any_loaded() {
-                    return Err((
-                        Rejection::NotReady.into_response(&req),
-                        Decision::new("keys_not_loaded"),
-                    ));
-                }
-                let r = Rejection::NoToken { realm: self.realm.clone() };
-                return Err((r.into_response(&req), Decision::new("no_token")));
-            }
-        };
-        let token_str = match token.to_str() {
-            Ok(t) => t,
-            Err(_) => {
-                return Err(self.invalid(&req, TokenError::Malformed("non-ASCII token".into())))
-            }
-        };
-        match self.verifier.verify(token_str).await {
-            Ok((identity, how)) => {
-                let decision = Decision {
-                    reason: match how {
-                        Verified::Cached => "token_cached".into(),
-                        Verified::Fresh => "token_verified".into(),
-                    },
-                    detail: None,
-                    identity: Some(identity.clone()),
-                };
-                req.extensions_mut().insert(Authenticated { identity, authorization, token });
-                Ok((req, decision))
-            }
-            Err(e) => Err(self.invalid(&req, e)),
-        }
-    }
-
-    fn invalid(&self, req: &Request<Body>, e: TokenError) -> (Response<Body>, Decision) {
-        let decision = Decision::refused(e.code(), e.to_string());
-        let r = match e {
-            TokenError::KeysNotLoaded(_) => Rejection::NotReady,
-            e => Rejection::InvalidToken {
-                realm: self.realm.clone(),
-                description: e.client_description(),
-            },
-        };
-        (r.into_response(req), decision)
-    }
 }
 
 impl<S> Service<Request<Body>> for Authenticate<S>
@@ -251,28 +287,32 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            match settings.authenticate(req).await {
-                Ok((req, decision)) => {
-                    let mut resp = inner.call(req).await?;
-                    // A later layer's refusal (the proxy's 408, 502, ...) is the final decision;
-                    // it keeps the identity authentication found.
-                    match resp.extensions_mut().get_mut::<Decision>() {
-                        Some(later) => {
-                            if later.identity.is_none() {
-                                later.identity = decision.identity;
-                            }
-                        }
-                        None => {
-                            resp.extensions_mut().insert(decision);
-                        }
+            let (mut parts, body) = req.into_parts();
+            let decision = match settings.authenticate(&mut parts).await {
+                Ok(d) => d,
+                Err(refusal) => return Ok(refusal.response()),
+            };
+            let response_headers = parts
+                .extensions
+                .get_mut::<Authenticated>()
+                .map(|a| std::mem::take(&mut a.response_headers));
+            let mut resp = inner.call(Request::from_parts(parts, body)).await?;
+            if let Some(h) = response_headers {
+                resp.headers_mut().extend(h);
+            }
+            // A later layer's refusal (the proxy's 408, 502, ...) is the final decision; it
+            // keeps the identity authentication found.
+            match resp.extensions_mut().get_mut::<Refusal>() {
+                Some(later) => {
+                    if later.decision.identity.is_none() {
+                        later.decision.identity = decision.identity;
                     }
-                    Ok(resp)
                 }
-                Err((mut resp, decision)) => {
+                None => {
                     resp.extensions_mut().insert(decision);
-                    Ok(resp)
                 }
             }
+            Ok(resp)
         })
     }
 }
@@ -349,5 +389,25 @@ mod tests {
         assert_eq!(run(settings(&dev).await, get("/open", &[])).await, (200, None, 1));
         let post = Request::post("/open").body(Body::empty()).unwrap();
         assert_eq!(run(settings(&dev).await, post).await, (401, None, 0));
+    }
+
+    #[tokio::test]
+    async fn check_is_a_value_whose_debug_never_shows_the_token() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        let s = settings(&dev).await;
+        let token = dev.token_for("alice", "api");
+        let (parts, _) = get("/x", &[&format!("Bearer {token}")]).into_parts();
+        let auth = s.check(&parts).await.unwrap();
+        assert_eq!(auth.identity.subject, "alice");
+        assert_eq!(auth.reason(), "token_verified");
+        let Credential::Bearer(t) = &auth.credential;
+        assert!(t.expose().is_sensitive());
+        let shown = format!("{auth:?}");
+        assert!(!shown.contains(&token), "{shown}");
+        assert!(!shown.contains(token.rsplit('.').next().unwrap()), "{shown}");
+        let (parts, _) = get("/x", &["Bearer nope"]).into_parts();
+        let refusal = s.check(&parts).await.unwrap_err();
+        assert_eq!(refusal.decision.reason, "token_malformed");
+        assert_eq!(refusal.rejection.status(), 401);
     }
 }
