@@ -17,7 +17,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::util::BoxCloneService;
+use tower::util::{BoxCloneService, BoxCloneSyncService};
 use tower::{ServiceBuilder, ServiceExt};
 
 use crate::auth::identity::{IdentityMapper, InjectIdentityLayer};
@@ -84,21 +84,43 @@ impl Pipeline {
     /// One middleware stack. Call it on the runtime that will serve it: the upstream pool spawns
     /// its connections there.
     pub fn stack(&self) -> anyhow::Result<Stack> {
+        let router = Router::new()
+            // portcullis's own endpoints (under `/oauth2`); they never reach the app.
+            .merge(self.own_endpoints())
+            // Everything else is the app's, behind the protected chain.
+            .fallback_service(self.protected()?);
         let stack = ServiceBuilder::new()
             // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
             .layer(AccessLogLayer)
             // Every refusal from the layers below becomes an answer here, in one place, in the
             // form that suits who asked; the access log then sees the final decision.
             .layer(AnswersLayer)
-            // Before anything reads headers: hop-by-hop headers and what `Connection` names
-            // (never `Host`, the request id or `X-Forwarded-*`).
+            // Before anything reads headers: framing we will not pass on is refused, then
+            // hop-by-hop headers and what `Connection` names go (never `Host`, the request id
+            // or `X-Forwarded-*`).
             .layer(StripHopByHopLayer)
             // Client-sent identity headers, path/method overrides and (unless the peer is a
             // trusted proxy) forwarding headers go before any layer could trust them.
             .layer(StripUntrustedLayer::new(self.untrusted.clone()))
-            // One canonical path for matching, logging and forwarding; ambiguous ones are 400.
+            // One canonical path for routing, matching, logging and forwarding; ambiguous ones
+            // are 400.
             .layer(NormalizePathLayer)
-            // Public route? Valid bearer token? Otherwise 401/400/503 here.
+            .service(router);
+        Ok(BoxCloneService::new(stack))
+    }
+
+    /// portcullis's own endpoints, answered in place of the app (the browser login's, and
+    /// forward-auth's, go here).
+    fn own_endpoints(&self) -> Router {
+        Router::new()
+    }
+
+    /// The chain every request for the app goes through.
+    fn protected(
+        &self,
+    ) -> anyhow::Result<BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>> {
+        let chain = ServiceBuilder::new()
+            // Public route? Valid bearer token? Otherwise a refusal (401/400/503).
             .layer(AuthenticateLayer::new(self.auth.clone()))
             // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
             .layer(InjectIdentityLayer::new(self.pass_token))
@@ -107,7 +129,7 @@ impl Pipeline {
                 self.body_idle_timeout,
                 self.upstream_slots.clone(),
             )?);
-        Ok(BoxCloneService::new(stack))
+        Ok(BoxCloneSyncService::new(chain))
     }
 }
 
