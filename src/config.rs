@@ -37,6 +37,16 @@ pub const DEFAULT_JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(300);
 pub const DEFAULT_JWKS_MIN_REFETCH_INTERVAL: Duration = Duration::from_secs(30);
 /// Default number of verified tokens kept.
 pub const DEFAULT_TOKEN_CACHE_SIZE: usize = 10_000;
+/// Default `identity.user_claim`.
+pub const DEFAULT_USER_CLAIM: &str = "sub";
+/// Default `identity.email_claim`.
+pub const DEFAULT_EMAIL_CLAIM: &str = "email";
+/// Default `identity.groups_claim`.
+pub const DEFAULT_GROUPS_CLAIM: &str = "groups";
+/// Default `identity.preferred_username_claim`.
+pub const DEFAULT_PREFERRED_USERNAME_CLAIM: &str = "preferred_username";
+/// Default `log.level`.
+pub const DEFAULT_LOG_LEVEL: &str = "info";
 /// Default `realm` in `WWW-Authenticate`.
 pub const DEFAULT_REALM: &str = "portcullis";
 /// Every asymmetric algorithm portcullis verifies; the default for `bearer.algorithms`.
@@ -52,17 +62,28 @@ pub const ASYMMETRIC_ALGORITHMS: &[Algorithm] = &[
     Algorithm::EdDSA,
 ];
 
-/// A configuration problem, naming the key at fault.
+/// A configuration problem, naming the key at fault (and the environment variable that set
+/// it, when one did).
 #[derive(Debug, thiserror::Error)]
-#[error("{key}: {message}")]
 pub struct ConfigError {
     pub key: String,
+    /// The `PORTCULLIS_*` variable that set the key, if the value came from the environment.
+    pub variable: Option<String>,
     pub message: String,
 }
 
 impl ConfigError {
     fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { key: key.into(), message: message.into() }
+        Self { key: key.into(), variable: None, message: message.into() }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match &self.variable {
+            Some(v) => write!(f, "{} (set by {v}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
     }
 }
 
@@ -277,10 +298,10 @@ impl Default for IdentityConfig {
     /// `pass_token = "none"`.
     fn default() -> Self {
         Self {
-            user_claim: "sub".to_string(),
-            email_claim: "email".to_string(),
-            groups_claim: "groups".to_string(),
-            preferred_username_claim: "preferred_username".to_string(),
+            user_claim: DEFAULT_USER_CLAIM.to_string(),
+            email_claim: DEFAULT_EMAIL_CLAIM.to_string(),
+            groups_claim: DEFAULT_GROUPS_CLAIM.to_string(),
+            preferred_username_claim: DEFAULT_PREFERRED_USERNAME_CLAIM.to_string(),
             claim_headers: Vec::new(),
             pass_token: PassToken::None,
             require_verified_email: false,
@@ -315,6 +336,129 @@ pub enum LogFormat {
 
 // ----- the file's shape -----
 
+/// How an environment value becomes a TOML value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Str,
+    Bool,
+    Int,
+    /// comma-separated
+    List,
+    /// comma-separated `KEY=VALUE` pairs
+    Map,
+}
+
+/// The environment kind of a raw field's type; `None` for keys only the file can set (tables).
+trait EnvKind {
+    const KIND: Option<Kind>;
+}
+impl EnvKind for Option<String> {
+    const KIND: Option<Kind> = Some(Kind::Str);
+}
+impl EnvKind for Option<bool> {
+    const KIND: Option<Kind> = Some(Kind::Bool);
+}
+impl EnvKind for Option<i64> {
+    const KIND: Option<Kind> = Some(Kind::Int);
+}
+impl EnvKind for Option<Vec<String>> {
+    const KIND: Option<Kind> = Some(Kind::List);
+}
+impl EnvKind for Option<BTreeMap<String, String>> {
+    const KIND: Option<Kind> = Some(Kind::Map);
+}
+impl EnvKind for Option<Vec<RawIssuer>> {
+    const KIND: Option<Kind> = None;
+}
+
+/// Declares one section of the file: its shape as written (every key optional, unknown keys
+/// refused) and, from the same list, the environment variables that can set its keys
+/// (`PORTCULLIS_<SECTION>_<KEY>`). Adding a key here is all the environment needs.
+macro_rules! section {
+    ($(#[$doc:meta])* $name:ident = $section:literal { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$doc])*
+        #[derive(Debug, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name {
+            $($field: $ty,)*
+        }
+        impl $name {
+            const NAME: &'static str = $section;
+            const KEYS: &'static [SectionKey] =
+                &[$((stringify!($field), <$ty as EnvKind>::KIND),)*];
+        }
+    };
+}
+
+section!(RawServer = "server" {
+    listen: Option<String>,
+    admin_listen: Option<String>,
+    shutdown_timeout: Option<String>,
+    workers: Option<i64>,
+    trusted_proxies: Option<Vec<String>>,
+    request_body_idle_timeout: Option<String>,
+});
+
+section!(RawUpstream = "upstream" {
+    url: Option<String>,
+    connect_timeout: Option<String>,
+    response_timeout: Option<String>,
+    pass_host_header: Option<bool>,
+    max_concurrent_requests: Option<i64>,
+});
+
+section!(RawOidc = "oidc" {
+    issuer: Option<String>,
+    jwks_url: Option<String>,
+    client_id: Option<String>,
+    client_secret: Option<String>,
+    client_secret_file: Option<String>,
+    insecure_allow_http: Option<bool>,
+});
+
+section!(RawBearer = "bearer" {
+    audiences: Option<Vec<String>>,
+    algorithms: Option<Vec<String>>,
+    leeway: Option<String>,
+    required_claims: Option<Vec<String>>,
+    public_routes: Option<Vec<String>>,
+    realm: Option<String>,
+    jwks_refresh_interval: Option<String>,
+    jwks_min_refetch_interval: Option<String>,
+    token_cache_size: Option<i64>,
+    token_types: Option<Vec<String>>,
+    issuers: Option<Vec<RawIssuer>>,
+});
+
+section!(RawIdentity = "identity" {
+    user_claim: Option<String>,
+    email_claim: Option<String>,
+    groups_claim: Option<String>,
+    preferred_username_claim: Option<String>,
+    claim_headers: Option<BTreeMap<String, String>>,
+    pass_token: Option<String>,
+    require_verified_email: Option<bool>,
+    pass_issuer: Option<bool>,
+});
+
+section!(RawLog = "log" {
+    level: Option<String>,
+    format: Option<String>,
+});
+
+/// A key of a section and how the environment sets it (`None`: only the file can).
+type SectionKey = (&'static str, Option<Kind>);
+
+/// Every section's keys, for the environment overrides.
+const SECTIONS: &[(&str, &[SectionKey])] = &[
+    (RawServer::NAME, RawServer::KEYS),
+    (RawUpstream::NAME, RawUpstream::KEYS),
+    (RawOidc::NAME, RawOidc::KEYS),
+    (RawBearer::NAME, RawBearer::KEYS),
+    (RawIdentity::NAME, RawIdentity::KEYS),
+    (RawLog::NAME, RawLog::KEYS),
+];
+
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
@@ -334,133 +478,18 @@ struct RawConfig {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawServer {
-    listen: Option<String>,
-    admin_listen: Option<String>,
-    shutdown_timeout: Option<String>,
-    workers: Option<i64>,
-    trusted_proxies: Option<Vec<String>>,
-    request_body_idle_timeout: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawUpstream {
-    url: Option<String>,
-    connect_timeout: Option<String>,
-    response_timeout: Option<String>,
-    pass_host_header: Option<bool>,
-    max_concurrent_requests: Option<i64>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawOidc {
-    issuer: Option<String>,
-    jwks_url: Option<String>,
-    client_id: Option<String>,
-    client_secret: Option<String>,
-    client_secret_file: Option<String>,
-    insecure_allow_http: Option<bool>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawBearer {
-    audiences: Option<Vec<String>>,
-    algorithms: Option<Vec<String>>,
-    leeway: Option<String>,
-    required_claims: Option<Vec<String>>,
-    public_routes: Option<Vec<String>>,
-    realm: Option<String>,
-    jwks_refresh_interval: Option<String>,
-    jwks_min_refetch_interval: Option<String>,
-    token_cache_size: Option<i64>,
-    token_types: Option<Vec<String>>,
-    #[serde(default)]
-    issuers: Vec<RawIssuer>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 struct RawIssuer {
     issuer: String,
     audiences: Vec<String>,
     jwks_url: Option<String>,
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawIdentity {
-    user_claim: Option<String>,
-    email_claim: Option<String>,
-    groups_claim: Option<String>,
-    preferred_username_claim: Option<String>,
-    claim_headers: Option<BTreeMap<String, String>>,
-    pass_token: Option<String>,
-    require_verified_email: Option<bool>,
-    pass_issuer: Option<bool>,
+/// Every key an environment variable can set: (section, key, kind).
+fn env_keys() -> impl Iterator<Item = (&'static str, &'static str, Kind)> {
+    SECTIONS.iter().flat_map(|(section, keys)| {
+        keys.iter().filter_map(move |(key, kind)| kind.map(|k| (*section, *key, k)))
+    })
 }
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLog {
-    level: Option<String>,
-    format: Option<String>,
-}
-
-/// How an environment value becomes a TOML value.
-#[derive(Debug, Clone, Copy)]
-enum Kind {
-    Str,
-    Bool,
-    Int,
-    /// comma-separated
-    List,
-    /// comma-separated `KEY=VALUE` pairs
-    Map,
-}
-
-/// Every key that an environment variable can set: `PORTCULLIS_<SECTION>_<KEY>`.
-const ENV_KEYS: &[(&str, &str, Kind)] = &[
-    ("server", "listen", Kind::Str),
-    ("server", "admin_listen", Kind::Str),
-    ("server", "shutdown_timeout", Kind::Str),
-    ("server", "workers", Kind::Int),
-    ("server", "trusted_proxies", Kind::List),
-    ("server", "request_body_idle_timeout", Kind::Str),
-    ("upstream", "url", Kind::Str),
-    ("upstream", "connect_timeout", Kind::Str),
-    ("upstream", "response_timeout", Kind::Str),
-    ("upstream", "pass_host_header", Kind::Bool),
-    ("upstream", "max_concurrent_requests", Kind::Int),
-    ("oidc", "issuer", Kind::Str),
-    ("oidc", "jwks_url", Kind::Str),
-    ("oidc", "client_id", Kind::Str),
-    ("oidc", "client_secret", Kind::Str),
-    ("oidc", "client_secret_file", Kind::Str),
-    ("oidc", "insecure_allow_http", Kind::Bool),
-    ("bearer", "audiences", Kind::List),
-    ("bearer", "algorithms", Kind::List),
-    ("bearer", "leeway", Kind::Str),
-    ("bearer", "required_claims", Kind::List),
-    ("bearer", "public_routes", Kind::List),
-    ("bearer", "realm", Kind::Str),
-    ("bearer", "jwks_refresh_interval", Kind::Str),
-    ("bearer", "jwks_min_refetch_interval", Kind::Str),
-    ("bearer", "token_cache_size", Kind::Int),
-    ("bearer", "token_types", Kind::List),
-    ("identity", "user_claim", Kind::Str),
-    ("identity", "email_claim", Kind::Str),
-    ("identity", "groups_claim", Kind::Str),
-    ("identity", "preferred_username_claim", Kind::Str),
-    ("identity", "claim_headers", Kind::Map),
-    ("identity", "pass_token", Kind::Str),
-    ("identity", "require_verified_email", Kind::Bool),
-    ("identity", "pass_issuer", Kind::Bool),
-    ("log", "level", Kind::Str),
-    ("log", "format", Kind::Str),
-];
 
 /// Variables of ours that are not config keys (read by the CLI).
 const ENV_NOT_KEYS: &[&str] = &["PORTCULLIS_CONFIG"];
@@ -511,16 +540,22 @@ pub fn load_str(
     let mut env: Vec<(String, String)> =
         env.into_iter().filter(|(k, _)| k.starts_with("PORTCULLIS_")).collect();
     env.sort();
+    // (key, variable) for every key the environment set, to name the variable in errors.
+    let mut overrides: Vec<(String, String)> = Vec::new();
     for (name, value) in env {
         if ENV_NOT_KEYS.contains(&name.as_str()) {
             continue;
         }
-        let Some((section, key, kind)) = ENV_KEYS.iter().find(|(s, k, _)| env_name(s, k) == name)
-        else {
+        let Some((section, key, kind)) = env_keys().find(|(s, k, _)| env_name(s, k) == name) else {
             warnings.push(format!("ignoring unknown environment variable {name}"));
             continue;
         };
-        let value = env_value(*kind, &value).map_err(|m| ConfigError::new(name.clone(), m))?;
+        let full_key = format!("{section}.{key}");
+        let value = env_value(kind, &value).map_err(|m| ConfigError {
+            key: full_key.clone(),
+            variable: Some(name.clone()),
+            message: m,
+        })?;
         let entry = table
             .entry(section.to_string())
             .or_insert_with(|| toml::Value::Table(toml::Table::new()));
@@ -528,16 +563,29 @@ pub fn load_str(
             toml::Value::Table(t) => {
                 t.insert(key.to_string(), value);
             }
-            _ => return Err(ConfigError::new(*section, "must be a table")),
+            _ => return Err(ConfigError::new(section, "must be a table")),
         }
+        overrides.push((full_key, name));
     }
-    let raw: RawConfig =
-        serde_path_to_error::deserialize(toml::Value::Table(table)).map_err(|e| {
+    // An error in a key the environment set names the variable too.
+    let attribute = |mut e: ConfigError| {
+        e.variable = overrides
+            .iter()
+            .find(|(k, _)| {
+                e.key == *k
+                    || e.key.strip_prefix(k.as_str()).is_some_and(|r| r.starts_with(['[', '.']))
+            })
+            .map(|(_, v)| v.clone());
+        e
+    };
+    let raw: RawConfig = serde_path_to_error::deserialize(toml::Value::Table(table))
+        .map_err(|e| {
             let path = e.path().to_string();
             let key = if path == "." { "file".to_string() } else { path };
             ConfigError::new(key, e.into_inner().to_string())
-        })?;
-    let config = validate(raw)?;
+        })
+        .map_err(attribute)?;
+    let config = validate(raw).map_err(attribute)?;
     for (i, r) in config.bearer.public_routes.iter().enumerate() {
         if !r.path.as_str().starts_with('^') {
             warnings.push(format!(
@@ -665,347 +713,391 @@ fn trusted_proxies(list: Vec<String>) -> Result<Vec<ipnet::IpNet>, ConfigError> 
     Ok(out)
 }
 
-fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
-    let server = ServerConfig {
-        listen: socket_addr("server.listen", raw.server.listen.as_deref(), DEFAULT_LISTEN)?,
-        admin_listen: socket_addr(
-            "server.admin_listen",
-            raw.server.admin_listen.as_deref(),
-            DEFAULT_ADMIN_LISTEN,
-        )?,
-        shutdown_timeout: duration(
-            "server.shutdown_timeout",
-            raw.server.shutdown_timeout.as_deref(),
-            DEFAULT_SHUTDOWN_TIMEOUT,
-        )?,
-        workers: match raw.server.workers {
-            None | Some(0) => {
-                std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1).min(MAX_WORKERS)
-            }
-            Some(n) if (1..=MAX_WORKERS as i64).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(ConfigError::new(
-                    "server.workers",
-                    format!(
-                        "must be between 1 and {MAX_WORKERS} (0 or unset: one per CPU), got {n}"
-                    ),
-                ))
-            }
-        },
-        trusted_proxies: trusted_proxies(raw.server.trusted_proxies.unwrap_or_default())?,
-        request_body_idle_timeout: duration(
-            "server.request_body_idle_timeout",
-            raw.server.request_body_idle_timeout.as_deref(),
-            DEFAULT_REQUEST_BODY_IDLE_TIMEOUT,
-        )?,
-    };
-    if server.request_body_idle_timeout.is_zero() {
-        return Err(ConfigError::new(
-            "server.request_body_idle_timeout",
-            "must be greater than zero",
-        ));
-    }
-    if server.listen == server.admin_listen && server.listen.port() != 0 {
-        return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
-    }
-
-    let url_text = raw.upstream.url.ok_or_else(|| {
-        ConfigError::new("upstream.url", "is required (the app, e.g. \"http://127.0.0.1:8080\")")
-    })?;
-    let url = Url::parse(&url_text).map_err(|e| {
-        ConfigError::new("upstream.url", format!("not a valid URL {url_text:?}: {e}"))
-    })?;
-    if url.scheme() != "http" {
-        return Err(ConfigError::new(
-            "upstream.url",
-            format!("only http:// is supported for the app beside the proxy, got {url_text:?}"),
-        ));
-    }
-    if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
-        return Err(ConfigError::new("upstream.url", "needs a host and no query or fragment"));
-    }
-    let upstream = UpstreamConfig {
-        url,
-        connect_timeout: duration(
-            "upstream.connect_timeout",
-            raw.upstream.connect_timeout.as_deref(),
-            DEFAULT_CONNECT_TIMEOUT,
-        )?,
-        response_timeout: duration(
-            "upstream.response_timeout",
-            raw.upstream.response_timeout.as_deref(),
-            DEFAULT_RESPONSE_TIMEOUT,
-        )?,
-        pass_host_header: raw.upstream.pass_host_header.unwrap_or(true),
-        max_concurrent_requests: match raw.upstream.max_concurrent_requests {
-            None => DEFAULT_MAX_CONCURRENT_REQUESTS,
-            Some(n) if (0..=1_000_000).contains(&n) => n as usize,
-            Some(n) => {
-                return Err(ConfigError::new(
-                    "upstream.max_concurrent_requests",
-                    format!("must be between 0 (no limit) and 1000000, got {n}"),
-                ))
-            }
-        },
-    };
-    for (key, d) in [
-        ("upstream.connect_timeout", upstream.connect_timeout),
-        ("upstream.response_timeout", upstream.response_timeout),
-    ] {
-        if d.is_zero() {
-            return Err(ConfigError::new(key, "must be greater than zero"));
-        }
-    }
-
-    let allow_http = raw.oidc.insecure_allow_http.unwrap_or(false);
-    let client_secret = match (raw.oidc.client_secret, raw.oidc.client_secret_file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                "oidc.client_secret_file",
-                "set either oidc.client_secret or oidc.client_secret_file, not both",
-            ))
-        }
-        (Some(s), None) => Some(Secret::new(s)),
-        (None, Some(path)) => {
-            let s = std::fs::read_to_string(&path).map_err(|e| {
-                ConfigError::new("oidc.client_secret_file", format!("cannot read {path:?}: {e}"))
-            })?;
-            Some(Secret::new(s.trim_end_matches(['\r', '\n'])))
-        }
-        (None, None) => None,
-    };
-    let oidc_issuer = match raw.oidc.issuer {
-        Some(i) => {
-            let i = nonempty("oidc.issuer", i)?;
-            idp_url("oidc.issuer", &i, allow_http)?;
-            Some(i)
-        }
-        None => None,
-    };
-    let oidc_jwks = match raw.oidc.jwks_url {
-        Some(u) => Some(idp_url("oidc.jwks_url", &u, allow_http)?),
-        None => None,
-    };
-    if oidc_jwks.is_some() && oidc_issuer.is_none() {
-        return Err(ConfigError::new("oidc.jwks_url", "needs oidc.issuer"));
-    }
-    let oidc = OidcConfig {
-        issuer: oidc_issuer.clone(),
-        jwks_url: oidc_jwks.clone(),
-        client_id: raw.oidc.client_id,
-        client_secret,
-        insecure_allow_http: allow_http,
-    };
-
-    let b = raw.bearer;
-    let mut issuers = Vec::new();
-    let audiences = b.audiences.unwrap_or_default();
-    for (i, a) in audiences.iter().enumerate() {
-        nonempty(&format!("bearer.audiences[{i}]"), a.clone())?;
-    }
-    if let Some(issuer) = oidc_issuer {
-        if audiences.is_empty() {
-            return Err(ConfigError::new(
-                "bearer.audiences",
-                "needs at least one audience for tokens from oidc.issuer (e.g. [\"api://my-app\"])",
-            ));
-        }
-        issuers.push(TrustedIssuer { issuer, audiences, jwks_url: oidc_jwks });
-    } else if !audiences.is_empty() {
-        return Err(ConfigError::new(
-            "bearer.audiences",
-            "applies to oidc.issuer, which is not set",
-        ));
-    }
-    for (i, ri) in b.issuers.into_iter().enumerate() {
-        let key = format!("bearer.issuers[{i}]");
-        let issuer = nonempty(&format!("{key}.issuer"), ri.issuer)?;
-        idp_url(&format!("{key}.issuer"), &issuer, allow_http)?;
-        if ri.audiences.is_empty() || ri.audiences.iter().any(|a| a.trim().is_empty()) {
-            return Err(ConfigError::new(
-                format!("{key}.audiences"),
-                "needs at least one non-empty audience",
-            ));
-        }
-        let jwks_url = match ri.jwks_url {
-            Some(u) => Some(idp_url(&format!("{key}.jwks_url"), &u, allow_http)?),
-            None => None,
+impl ServerConfig {
+    fn from_raw(raw: RawServer) -> Result<Self, ConfigError> {
+        let server = ServerConfig {
+            listen: socket_addr("server.listen", raw.listen.as_deref(), DEFAULT_LISTEN)?,
+            admin_listen: socket_addr(
+                "server.admin_listen",
+                raw.admin_listen.as_deref(),
+                DEFAULT_ADMIN_LISTEN,
+            )?,
+            shutdown_timeout: duration(
+                "server.shutdown_timeout",
+                raw.shutdown_timeout.as_deref(),
+                DEFAULT_SHUTDOWN_TIMEOUT,
+            )?,
+            workers: match raw.workers {
+                None | Some(0) => std::thread::available_parallelism()
+                    .map(|n| n.get())
+                    .unwrap_or(1)
+                    .min(MAX_WORKERS),
+                Some(n) if (1..=MAX_WORKERS as i64).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(ConfigError::new(
+                        "server.workers",
+                        format!(
+                            "must be between 1 and {MAX_WORKERS} (0 or unset: one per CPU), got {n}"
+                        ),
+                    ))
+                }
+            },
+            trusted_proxies: trusted_proxies(raw.trusted_proxies.unwrap_or_default())?,
+            request_body_idle_timeout: duration(
+                "server.request_body_idle_timeout",
+                raw.request_body_idle_timeout.as_deref(),
+                DEFAULT_REQUEST_BODY_IDLE_TIMEOUT,
+            )?,
         };
-        if issuers.iter().any(|t: &TrustedIssuer| t.issuer == issuer) {
+        if server.request_body_idle_timeout.is_zero() {
             return Err(ConfigError::new(
-                format!("{key}.issuer"),
-                format!("{issuer:?} is configured twice"),
+                "server.request_body_idle_timeout",
+                "must be greater than zero",
             ));
         }
-        issuers.push(TrustedIssuer { issuer, audiences: ri.audiences, jwks_url });
+        if server.listen == server.admin_listen && server.listen.port() != 0 {
+            return Err(ConfigError::new("server.admin_listen", "must differ from server.listen"));
+        }
+        Ok(server)
     }
-    if issuers.is_empty() {
-        return Err(ConfigError::new(
-            "oidc.issuer",
-            "is required (or at least one [[bearer.issuers]]): portcullis needs an issuer to trust",
-        ));
-    }
+}
 
-    let algorithms = match b.algorithms {
-        None => ASYMMETRIC_ALGORITHMS.to_vec(),
-        Some(list) => {
-            if list.is_empty() {
-                return Err(ConfigError::new("bearer.algorithms", "must not be empty"));
+impl UpstreamConfig {
+    fn from_raw(raw: RawUpstream) -> Result<Self, ConfigError> {
+        let url_text = raw.url.ok_or_else(|| {
+            ConfigError::new(
+                "upstream.url",
+                "is required (the app, e.g. \"http://127.0.0.1:8080\")",
+            )
+        })?;
+        let url = Url::parse(&url_text).map_err(|e| {
+            ConfigError::new("upstream.url", format!("not a valid URL {url_text:?}: {e}"))
+        })?;
+        if url.scheme() != "http" {
+            return Err(ConfigError::new(
+                "upstream.url",
+                format!("only http:// is supported for the app beside the proxy, got {url_text:?}"),
+            ));
+        }
+        if url.host().is_none() || url.query().is_some() || url.fragment().is_some() {
+            return Err(ConfigError::new("upstream.url", "needs a host and no query or fragment"));
+        }
+        let upstream = UpstreamConfig {
+            url,
+            connect_timeout: duration(
+                "upstream.connect_timeout",
+                raw.connect_timeout.as_deref(),
+                DEFAULT_CONNECT_TIMEOUT,
+            )?,
+            response_timeout: duration(
+                "upstream.response_timeout",
+                raw.response_timeout.as_deref(),
+                DEFAULT_RESPONSE_TIMEOUT,
+            )?,
+            pass_host_header: raw.pass_host_header.unwrap_or(true),
+            max_concurrent_requests: match raw.max_concurrent_requests {
+                None => DEFAULT_MAX_CONCURRENT_REQUESTS,
+                Some(n) if (0..=1_000_000).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(ConfigError::new(
+                        "upstream.max_concurrent_requests",
+                        format!("must be between 0 (no limit) and 1000000, got {n}"),
+                    ))
+                }
+            },
+        };
+        for (key, d) in [
+            ("upstream.connect_timeout", upstream.connect_timeout),
+            ("upstream.response_timeout", upstream.response_timeout),
+        ] {
+            if d.is_zero() {
+                return Err(ConfigError::new(key, "must be greater than zero"));
             }
-            let mut out = Vec::new();
-            for (i, a) in list.iter().enumerate() {
-                let alg: Algorithm = a.trim().parse().map_err(|_| {
+        }
+        Ok(upstream)
+    }
+}
+
+impl OidcConfig {
+    fn from_raw(raw: RawOidc) -> Result<Self, ConfigError> {
+        let allow_http = raw.insecure_allow_http.unwrap_or(false);
+        let client_secret = match (raw.client_secret, raw.client_secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "oidc.client_secret_file",
+                    "set either oidc.client_secret or oidc.client_secret_file, not both",
+                ))
+            }
+            (Some(s), None) => Some(Secret::new(s)),
+            (None, Some(path)) => {
+                let s = std::fs::read_to_string(&path).map_err(|e| {
                     ConfigError::new(
-                        format!("bearer.algorithms[{i}]"),
-                        format!("unknown algorithm {a:?}; expected one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
+                        "oidc.client_secret_file",
+                        format!("cannot read {path:?}: {e}"),
                     )
                 })?;
-                if !ASYMMETRIC_ALGORITHMS.contains(&alg) {
-                    return Err(ConfigError::new(
-                        format!("bearer.algorithms[{i}]"),
-                        format!("{a:?} is refused: only asymmetric algorithms are verified against a JWKS"),
-                    ));
-                }
-                if !out.contains(&alg) {
-                    out.push(alg);
-                }
+                Some(Secret::new(s.trim_end_matches(['\r', '\n'])))
             }
-            out
+            (None, None) => None,
+        };
+        let issuer = match raw.issuer {
+            Some(i) => {
+                let i = nonempty("oidc.issuer", i)?;
+                idp_url("oidc.issuer", &i, allow_http)?;
+                Some(i)
+            }
+            None => None,
+        };
+        let jwks_url = match raw.jwks_url {
+            Some(u) => Some(idp_url("oidc.jwks_url", &u, allow_http)?),
+            None => None,
+        };
+        if jwks_url.is_some() && issuer.is_none() {
+            return Err(ConfigError::new("oidc.jwks_url", "needs oidc.issuer"));
         }
-    };
-    let leeway = duration("bearer.leeway", b.leeway.as_deref(), DEFAULT_LEEWAY)?;
-    if leeway > Duration::from_secs(300) {
-        return Err(ConfigError::new("bearer.leeway", "must be at most 5m"));
+        Ok(OidcConfig {
+            issuer,
+            jwks_url,
+            client_id: raw.client_id,
+            client_secret,
+            insecure_allow_http: allow_http,
+        })
     }
-    let required_claims = b.required_claims.unwrap_or_else(|| vec!["sub".to_string()]);
-    for (i, c) in required_claims.iter().enumerate() {
-        nonempty(&format!("bearer.required_claims[{i}]"), c.clone())?;
-    }
-    let mut public_routes = Vec::new();
-    for (i, spec) in b.public_routes.unwrap_or_default().iter().enumerate() {
-        public_routes.push(
-            PublicRoute::parse(spec)
-                .map_err(|m| ConfigError::new(format!("bearer.public_routes[{i}]"), m))?,
-        );
-    }
-    let realm = b.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
-    if realm.contains(['"', '\\']) || !realm.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
-        return Err(ConfigError::new(
-            "bearer.realm",
-            "must be printable ASCII without quotes or backslashes",
-        ));
-    }
-    let jwks_refresh_interval = duration(
-        "bearer.jwks_refresh_interval",
-        b.jwks_refresh_interval.as_deref(),
-        DEFAULT_JWKS_REFRESH_INTERVAL,
-    )?;
-    let jwks_min_refetch_interval = duration(
-        "bearer.jwks_min_refetch_interval",
-        b.jwks_min_refetch_interval.as_deref(),
-        DEFAULT_JWKS_MIN_REFETCH_INTERVAL,
-    )?;
-    if jwks_refresh_interval < Duration::from_millis(10) {
-        return Err(ConfigError::new("bearer.jwks_refresh_interval", "must be at least 10ms"));
-    }
-    if jwks_min_refetch_interval < Duration::from_millis(10) {
-        return Err(ConfigError::new("bearer.jwks_min_refetch_interval", "must be at least 10ms"));
-    }
-    let token_cache_size = match b.token_cache_size {
-        None => DEFAULT_TOKEN_CACHE_SIZE,
-        Some(n) if (0..=10_000_000).contains(&n) => n as usize,
-        Some(n) => {
-            return Err(ConfigError::new(
-                "bearer.token_cache_size",
-                format!("must be between 0 and 10000000, got {n}"),
-            ))
-        }
-    };
-    let token_types = b.token_types.unwrap_or_else(default_token_types);
-    if token_types.is_empty() {
-        return Err(ConfigError::new(
-            "bearer.token_types",
-            "must not be empty (the default is [\"JWT\", \"at+jwt\"])",
-        ));
-    }
-    for (i, t) in token_types.iter().enumerate() {
-        nonempty(&format!("bearer.token_types[{i}]"), t.clone())?;
-    }
-    let bearer = BearerConfig {
-        issuers,
-        token_types,
-        algorithms,
-        leeway,
-        required_claims,
-        public_routes,
-        realm,
-        jwks_refresh_interval,
-        jwks_min_refetch_interval,
-        token_cache_size,
-    };
+}
 
-    let id = raw.identity;
-    let claim = |key: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
-        nonempty(key, v.unwrap_or_else(|| default.to_string()))
-    };
-    let mut claim_headers = Vec::new();
-    for (name, claim_name) in id.claim_headers.unwrap_or_default() {
-        let key = format!("identity.claim_headers.{name:?}");
-        let header = HeaderName::from_bytes(name.as_bytes())
-            .map_err(|_| ConfigError::new(key.clone(), "not a valid header name"))?;
-        if crate::auth::identity::is_reserved_request_header(&header) {
+impl BearerConfig {
+    /// `oidc` is the provider section: its issuer is the first one trusted.
+    fn from_raw(b: RawBearer, oidc: &OidcConfig) -> Result<Self, ConfigError> {
+        let allow_http = oidc.insecure_allow_http;
+        let mut issuers = Vec::new();
+        let audiences = b.audiences.unwrap_or_default();
+        for (i, a) in audiences.iter().enumerate() {
+            nonempty(&format!("bearer.audiences[{i}]"), a.clone())?;
+        }
+        if let Some(issuer) = oidc.issuer.clone() {
+            if audiences.is_empty() {
+                return Err(ConfigError::new(
+                    "bearer.audiences",
+                    "needs at least one audience for tokens from oidc.issuer (e.g. [\"api://my-app\"])",
+                ));
+            }
+            issuers.push(TrustedIssuer { issuer, audiences, jwks_url: oidc.jwks_url.clone() });
+        } else if !audiences.is_empty() {
             return Err(ConfigError::new(
-                key,
-                "this header cannot carry a claim (it is hop-by-hop or framing)",
+                "bearer.audiences",
+                "applies to oidc.issuer, which is not set",
             ));
         }
-        claim_headers.push((header, nonempty(&key, claim_name)?));
-    }
-    let pass_token = match id.pass_token.as_deref().unwrap_or("none") {
-        "none" => PassToken::None,
-        "authorization" => PassToken::Authorization,
-        "x-forwarded-access-token" => PassToken::XForwardedAccessToken,
-        other => {
-            return Err(ConfigError::new(
-                "identity.pass_token",
-                format!("expected \"none\", \"authorization\" or \"x-forwarded-access-token\", got {other:?}"),
-            ))
+        for (i, ri) in b.issuers.unwrap_or_default().into_iter().enumerate() {
+            let key = format!("bearer.issuers[{i}]");
+            let issuer = nonempty(&format!("{key}.issuer"), ri.issuer)?;
+            idp_url(&format!("{key}.issuer"), &issuer, allow_http)?;
+            if ri.audiences.is_empty() || ri.audiences.iter().any(|a| a.trim().is_empty()) {
+                return Err(ConfigError::new(
+                    format!("{key}.audiences"),
+                    "needs at least one non-empty audience",
+                ));
+            }
+            let jwks_url = match ri.jwks_url {
+                Some(u) => Some(idp_url(&format!("{key}.jwks_url"), &u, allow_http)?),
+                None => None,
+            };
+            if issuers.iter().any(|t: &TrustedIssuer| t.issuer == issuer) {
+                return Err(ConfigError::new(
+                    format!("{key}.issuer"),
+                    format!("{issuer:?} is configured twice"),
+                ));
+            }
+            issuers.push(TrustedIssuer { issuer, audiences: ri.audiences, jwks_url });
         }
-    };
-    let identity = IdentityConfig {
-        user_claim: claim("identity.user_claim", id.user_claim, "sub")?,
-        email_claim: claim("identity.email_claim", id.email_claim, "email")?,
-        groups_claim: claim("identity.groups_claim", id.groups_claim, "groups")?,
-        preferred_username_claim: claim(
-            "identity.preferred_username_claim",
-            id.preferred_username_claim,
-            "preferred_username",
-        )?,
-        claim_headers,
-        pass_token,
-        require_verified_email: id.require_verified_email.unwrap_or(false),
-        pass_issuer: id.pass_issuer.unwrap_or(bearer.issuers.len() > 1),
-    };
-
-    let level = raw.log.level.unwrap_or_else(|| "info".to_string());
-    if tracing_subscriber::EnvFilter::builder().parse(&level).is_err() {
-        return Err(ConfigError::new(
-            "log.level",
-            format!("not a valid filter {level:?} (try \"info\" or \"portcullis=debug\")"),
-        ));
-    }
-    let format = match raw.log.format.as_deref().unwrap_or("text") {
-        "text" => LogFormat::Text,
-        "json" => LogFormat::Json,
-        other => {
+        if issuers.is_empty() {
             return Err(ConfigError::new(
-                "log.format",
-                format!("expected \"text\" or \"json\", got {other:?}"),
-            ))
+                "oidc.issuer",
+                "is required (or at least one [[bearer.issuers]]): portcullis needs an issuer to trust",
+            ));
         }
-    };
 
-    Ok(Config { server, upstream, oidc, bearer, identity, log: LogConfig { level, format } })
+        let algorithms = match b.algorithms {
+            None => ASYMMETRIC_ALGORITHMS.to_vec(),
+            Some(list) => {
+                if list.is_empty() {
+                    return Err(ConfigError::new("bearer.algorithms", "must not be empty"));
+                }
+                let mut out = Vec::new();
+                for (i, a) in list.iter().enumerate() {
+                    let alg: Algorithm = a.trim().parse().map_err(|_| {
+                        ConfigError::new(
+                            format!("bearer.algorithms[{i}]"),
+                            format!("unknown algorithm {a:?}; expected one of RS256, RS384, RS512, PS256, PS384, PS512, ES256, ES384, EdDSA"),
+                        )
+                    })?;
+                    if !ASYMMETRIC_ALGORITHMS.contains(&alg) {
+                        return Err(ConfigError::new(
+                            format!("bearer.algorithms[{i}]"),
+                            format!("{a:?} is refused: only asymmetric algorithms are verified against a JWKS"),
+                        ));
+                    }
+                    if !out.contains(&alg) {
+                        out.push(alg);
+                    }
+                }
+                out
+            }
+        };
+        let leeway = duration("bearer.leeway", b.leeway.as_deref(), DEFAULT_LEEWAY)?;
+        if leeway > Duration::from_secs(300) {
+            return Err(ConfigError::new("bearer.leeway", "must be at most 5m"));
+        }
+        let required_claims = b.required_claims.unwrap_or_else(|| vec!["sub".to_string()]);
+        for (i, c) in required_claims.iter().enumerate() {
+            nonempty(&format!("bearer.required_claims[{i}]"), c.clone())?;
+        }
+        let mut public_routes = Vec::new();
+        for (i, spec) in b.public_routes.unwrap_or_default().iter().enumerate() {
+            public_routes.push(
+                PublicRoute::parse(spec)
+                    .map_err(|m| ConfigError::new(format!("bearer.public_routes[{i}]"), m))?,
+            );
+        }
+        let realm = b.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
+        if realm.contains(['"', '\\']) || !realm.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {
+            return Err(ConfigError::new(
+                "bearer.realm",
+                "must be printable ASCII without quotes or backslashes",
+            ));
+        }
+        let jwks_refresh_interval = duration(
+            "bearer.jwks_refresh_interval",
+            b.jwks_refresh_interval.as_deref(),
+            DEFAULT_JWKS_REFRESH_INTERVAL,
+        )?;
+        let jwks_min_refetch_interval = duration(
+            "bearer.jwks_min_refetch_interval",
+            b.jwks_min_refetch_interval.as_deref(),
+            DEFAULT_JWKS_MIN_REFETCH_INTERVAL,
+        )?;
+        for (key, d) in [
+            ("bearer.jwks_refresh_interval", jwks_refresh_interval),
+            ("bearer.jwks_min_refetch_interval", jwks_min_refetch_interval),
+        ] {
+            if d < Duration::from_millis(10) {
+                return Err(ConfigError::new(key, "must be at least 10ms"));
+            }
+        }
+        let token_cache_size = match b.token_cache_size {
+            None => DEFAULT_TOKEN_CACHE_SIZE,
+            Some(n) if (0..=10_000_000).contains(&n) => n as usize,
+            Some(n) => {
+                return Err(ConfigError::new(
+                    "bearer.token_cache_size",
+                    format!("must be between 0 and 10000000, got {n}"),
+                ))
+            }
+        };
+        let token_types = b.token_types.unwrap_or_else(default_token_types);
+        if token_types.is_empty() {
+            return Err(ConfigError::new(
+                "bearer.token_types",
+                "must not be empty (the default is [\"JWT\", \"at+jwt\"])",
+            ));
+        }
+        for (i, t) in token_types.iter().enumerate() {
+            nonempty(&format!("bearer.token_types[{i}]"), t.clone())?;
+        }
+        Ok(BearerConfig {
+            issuers,
+            token_types,
+            algorithms,
+            leeway,
+            required_claims,
+            public_routes,
+            realm,
+            jwks_refresh_interval,
+            jwks_min_refetch_interval,
+            token_cache_size,
+        })
+    }
+}
+
+impl IdentityConfig {
+    /// `issuers` is how many issuers are trusted (`pass_issuer` defaults to on with several).
+    fn from_raw(id: RawIdentity, issuers: usize) -> Result<Self, ConfigError> {
+        let claim = |key: &str, v: Option<String>, default: &str| -> Result<String, ConfigError> {
+            nonempty(key, v.unwrap_or_else(|| default.to_string()))
+        };
+        let mut claim_headers = Vec::new();
+        for (name, claim_name) in id.claim_headers.unwrap_or_default() {
+            let key = format!("identity.claim_headers.{name:?}");
+            let header = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ConfigError::new(key.clone(), "not a valid header name"))?;
+            if crate::auth::identity::is_reserved_request_header(&header) {
+                return Err(ConfigError::new(
+                    key,
+                    "this header cannot carry a claim (it is hop-by-hop or framing)",
+                ));
+            }
+            claim_headers.push((header, nonempty(&key, claim_name)?));
+        }
+        let pass_token = match id.pass_token.as_deref().unwrap_or("none") {
+            "none" => PassToken::None,
+            "authorization" => PassToken::Authorization,
+            "x-forwarded-access-token" => PassToken::XForwardedAccessToken,
+            other => {
+                return Err(ConfigError::new(
+                    "identity.pass_token",
+                    format!("expected \"none\", \"authorization\" or \"x-forwarded-access-token\", got {other:?}"),
+                ))
+            }
+        };
+        Ok(IdentityConfig {
+            user_claim: claim("identity.user_claim", id.user_claim, DEFAULT_USER_CLAIM)?,
+            email_claim: claim("identity.email_claim", id.email_claim, DEFAULT_EMAIL_CLAIM)?,
+            groups_claim: claim("identity.groups_claim", id.groups_claim, DEFAULT_GROUPS_CLAIM)?,
+            preferred_username_claim: claim(
+                "identity.preferred_username_claim",
+                id.preferred_username_claim,
+                DEFAULT_PREFERRED_USERNAME_CLAIM,
+            )?,
+            claim_headers,
+            pass_token,
+            require_verified_email: id.require_verified_email.unwrap_or(false),
+            pass_issuer: id.pass_issuer.unwrap_or(issuers > 1),
+        })
+    }
+}
+
+impl LogConfig {
+    fn from_raw(raw: RawLog) -> Result<Self, ConfigError> {
+        let level = raw.level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
+        if tracing_subscriber::EnvFilter::builder().parse(&level).is_err() {
+            return Err(ConfigError::new(
+                "log.level",
+                format!("not a valid filter {level:?} (try \"info\" or \"portcullis=debug\")"),
+            ));
+        }
+        let format = match raw.format.as_deref().unwrap_or("text") {
+            "text" => LogFormat::Text,
+            "json" => LogFormat::Json,
+            other => {
+                return Err(ConfigError::new(
+                    "log.format",
+                    format!("expected \"text\" or \"json\", got {other:?}"),
+                ))
+            }
+        };
+        Ok(LogConfig { level, format })
+    }
+}
+
+/// Each section validates itself; what spans sections is passed in.
+fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
+    let server = ServerConfig::from_raw(raw.server)?;
+    let upstream = UpstreamConfig::from_raw(raw.upstream)?;
+    let oidc = OidcConfig::from_raw(raw.oidc)?;
+    let bearer = BearerConfig::from_raw(raw.bearer, &oidc)?;
+    let identity = IdentityConfig::from_raw(raw.identity, bearer.issuers.len())?;
+    let log = LogConfig::from_raw(raw.log)?;
+    Ok(Config { server, upstream, oidc, bearer, identity, log })
 }
 
 #[cfg(test)]
@@ -1096,8 +1188,10 @@ mod tests {
     #[test]
     fn every_env_key_is_a_real_key() {
         // Setting each documented variable to a plausible value must be accepted by the schema:
-        // a key in ENV_KEYS that the file does not know would fail as an unknown field.
-        for &(section, key, kind) in ENV_KEYS {
+        // a key with a variable that the file does not know would fail as an unknown field.
+        let mut n = 0;
+        for (section, key, kind) in env_keys() {
+            n += 1;
             let value = match (section, key, kind) {
                 (_, _, Kind::Bool) => "false",
                 (_, _, Kind::Int) => "5",
@@ -1122,6 +1216,9 @@ mod tests {
             assert!(loaded.is_ok(), "{section}.{key}: {:?}", loaded.err());
             assert!(loaded.unwrap().warnings.is_empty());
         }
+        assert!(n >= 35, "only {n} keys can be set from the environment");
+        // tables are for the file only
+        assert!(env_keys().all(|(_, k, _)| k != "issuers"));
     }
 
     #[test]
@@ -1137,10 +1234,24 @@ mod tests {
     }
 
     #[test]
-    fn bad_env_value_names_the_variable() {
+    fn bad_env_value_names_the_variable_and_the_key() {
         let env = vec![("PORTCULLIS_UPSTREAM_PASS_HOST_HEADER".to_string(), "yes".to_string())];
         let e = err(MINIMAL, env);
-        assert_eq!(e.key, "PORTCULLIS_UPSTREAM_PASS_HOST_HEADER");
+        assert_eq!(e.key, "upstream.pass_host_header");
+        assert_eq!(e.variable.as_deref(), Some("PORTCULLIS_UPSTREAM_PASS_HOST_HEADER"));
+        // a value that parses but does not validate
+        let env = vec![("PORTCULLIS_SERVER_SHUTDOWN_TIMEOUT".to_string(), "soon".to_string())];
+        let e = err(MINIMAL, env);
+        assert_eq!(e.key, "server.shutdown_timeout");
+        assert_eq!(e.variable.as_deref(), Some("PORTCULLIS_SERVER_SHUTDOWN_TIMEOUT"));
+        assert!(e.to_string().contains("set by PORTCULLIS_SERVER_SHUTDOWN_TIMEOUT"), "{e}");
+        let env = vec![("PORTCULLIS_BEARER_ALGORITHMS".to_string(), "RS256,HS256".to_string())];
+        let e = err(MINIMAL, env);
+        assert_eq!(e.key, "bearer.algorithms[1]");
+        assert_eq!(e.variable.as_deref(), Some("PORTCULLIS_BEARER_ALGORITHMS"));
+        // the file's own mistakes name no variable
+        let e = err(&format!("{MINIMAL}\n[server]\nshutdown_timeout = \"soon\"\n"), no_env());
+        assert_eq!(e.variable, None);
     }
 
     #[test]
