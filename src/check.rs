@@ -35,6 +35,15 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
         println!("  issuer        {} (audiences: {})", i.issuer, i.audiences.join(", "));
     }
     println!("  public routes {}", config.bearer.public_routes.len());
+    let policy = &config.authorization;
+    if policy.is_empty() {
+        println!("  authorization any valid token (no [authorization] requirements or rules)");
+    } else {
+        println!("  authorization every protected request: {}", policy.base.describe());
+        for r in &policy.rules {
+            println!("                {}", r.describe());
+        }
+    }
     if offline {
         return OK;
     }

@@ -13,6 +13,8 @@ use regex::Regex;
 use serde::Deserialize;
 use url::Url;
 
+use crate::auth::policy::{Policy, Requirement, Rule, RulePath};
+
 /// Default listener for proxied traffic.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4180";
 /// Default listener for `/healthz` and `/readyz`.
@@ -121,6 +123,8 @@ pub struct Config {
     pub oidc: OidcConfig,
     pub bearer: BearerConfig,
     pub identity: IdentityConfig,
+    /// `[authorization]`: requirements for every protected request and per-route rules.
+    pub authorization: Policy,
     pub log: LogConfig,
 }
 
@@ -370,6 +374,12 @@ impl EnvKind for Option<BTreeMap<String, String>> {
 impl EnvKind for Option<Vec<RawIssuer>> {
     const KIND: Option<Kind> = None;
 }
+impl EnvKind for Option<Vec<RawRule>> {
+    const KIND: Option<Kind> = None;
+}
+impl EnvKind for Option<BTreeMap<String, Vec<String>>> {
+    const KIND: Option<Kind> = None;
+}
 
 /// Declares one section of the file: its shape as written (every key optional, unknown keys
 /// refused) and, from the same list, the environment variables that can set its keys
@@ -441,6 +451,31 @@ section!(RawIdentity = "identity" {
     pass_issuer: Option<bool>,
 });
 
+section!(RawAuthorization = "authorization" {
+    issuers: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    scopes: Option<Vec<String>>,
+    emails: Option<Vec<String>>,
+    email_domains: Option<Vec<String>>,
+    claims: Option<BTreeMap<String, Vec<String>>>,
+    rules: Option<Vec<RawRule>>,
+});
+
+/// One `[[authorization.rules]]` entry as written.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRule {
+    path: Option<String>,
+    path_regex: Option<String>,
+    methods: Option<Vec<String>>,
+    issuers: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    scopes: Option<Vec<String>>,
+    emails: Option<Vec<String>>,
+    email_domains: Option<Vec<String>>,
+    claims: Option<BTreeMap<String, Vec<String>>>,
+}
+
 section!(RawLog = "log" {
     level: Option<String>,
     format: Option<String>,
@@ -456,6 +491,7 @@ const SECTIONS: &[(&str, &[SectionKey])] = &[
     (RawOidc::NAME, RawOidc::KEYS),
     (RawBearer::NAME, RawBearer::KEYS),
     (RawIdentity::NAME, RawIdentity::KEYS),
+    (RawAuthorization::NAME, RawAuthorization::KEYS),
     (RawLog::NAME, RawLog::KEYS),
 ];
 
@@ -472,6 +508,8 @@ struct RawConfig {
     bearer: RawBearer,
     #[serde(default)]
     identity: RawIdentity,
+    #[serde(default)]
+    authorization: RawAuthorization,
     #[serde(default)]
     log: RawLog,
 }
@@ -1066,6 +1104,137 @@ impl IdentityConfig {
     }
 }
 
+/// The parts of a requirement as written, at `key` (`authorization` or a rule).
+struct RawRequirement {
+    issuers: Option<Vec<String>>,
+    groups: Option<Vec<String>>,
+    scopes: Option<Vec<String>>,
+    emails: Option<Vec<String>>,
+    email_domains: Option<Vec<String>>,
+    claims: Option<BTreeMap<String, Vec<String>>>,
+}
+
+impl RawRequirement {
+    /// `trusted` are the trusted issuers: a requirement may only name those.
+    fn validate(self, key: &str, trusted: &[TrustedIssuer]) -> Result<Requirement, ConfigError> {
+        let list = |field: &str, v: Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+            let v = v.unwrap_or_default();
+            for (i, item) in v.iter().enumerate() {
+                nonempty(&format!("{key}.{field}[{i}]"), item.clone())?;
+            }
+            Ok(v)
+        };
+        let issuers = list("issuers", self.issuers)?;
+        for (i, iss) in issuers.iter().enumerate() {
+            if !trusted.iter().any(|t| &t.issuer == iss) {
+                return Err(ConfigError::new(
+                    format!("{key}.issuers[{i}]"),
+                    format!("{iss:?} is not a trusted issuer (oidc.issuer or bearer.issuers)"),
+                ));
+            }
+        }
+        let scopes = list("scopes", self.scopes)?;
+        for (i, sc) in scopes.iter().enumerate() {
+            // RFC 6749 §3.3 scope-token: no spaces, quotes or backslashes.
+            if !sc.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\') {
+                return Err(ConfigError::new(
+                    format!("{key}.scopes[{i}]"),
+                    format!("{sc:?} is not a scope token (printable ASCII, no spaces, quotes or backslashes)"),
+                ));
+            }
+        }
+        let mut claims = Vec::new();
+        for (path, values) in self.claims.unwrap_or_default() {
+            let k = format!("{key}.claims.{path:?}");
+            nonempty(&k, path.clone())?;
+            if values.is_empty() {
+                return Err(ConfigError::new(k, "needs at least one accepted value"));
+            }
+            claims.push((path, values));
+        }
+        Ok(Requirement {
+            issuers,
+            groups: list("groups", self.groups)?,
+            scopes,
+            emails: list("emails", self.emails)?,
+            email_domains: list("email_domains", self.email_domains)?,
+            claims,
+        })
+    }
+}
+
+/// `[authorization]`: the requirements every protected request must meet, and the rules.
+fn authorization_from_raw(
+    raw: RawAuthorization,
+    trusted: &[TrustedIssuer],
+) -> Result<Policy, ConfigError> {
+    let base = RawRequirement {
+        issuers: raw.issuers,
+        groups: raw.groups,
+        scopes: raw.scopes,
+        emails: raw.emails,
+        email_domains: raw.email_domains,
+        claims: raw.claims,
+    }
+    .validate("authorization", trusted)?;
+    let mut rules = Vec::new();
+    for (i, r) in raw.rules.unwrap_or_default().into_iter().enumerate() {
+        let key = format!("authorization.rules[{i}]");
+        let path = match (r.path, r.path_regex) {
+            (Some(p), None) => {
+                let normalised = crate::path::normalize(p.trim()).map_err(|e| {
+                    ConfigError::new(
+                        format!("{key}.path"),
+                        format!("{p:?} is not a clean path: {e}"),
+                    )
+                })?;
+                let trimmed = normalised.trim_end_matches('/');
+                RulePath::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+            }
+            (None, Some(re)) => RulePath::Regex(Regex::new(&re).map_err(|e| {
+                ConfigError::new(format!("{key}.path_regex"), format!("invalid regex {re:?}: {e}"))
+            })?),
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(key, "set either path or path_regex, not both"))
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    key,
+                    "needs path (a prefix like \"/admin\") or path_regex",
+                ))
+            }
+        };
+        let mut methods = Vec::new();
+        for (j, m) in r.methods.unwrap_or_default().iter().enumerate() {
+            let upper = m.trim().to_ascii_uppercase();
+            let method = Method::from_bytes(upper.as_bytes())
+                .ok()
+                .filter(|_| !upper.is_empty())
+                .ok_or_else(|| {
+                    ConfigError::new(format!("{key}.methods[{j}]"), format!("not a method: {m:?}"))
+                })?;
+            methods.push(method);
+        }
+        let require = RawRequirement {
+            issuers: r.issuers,
+            groups: r.groups,
+            scopes: r.scopes,
+            emails: r.emails,
+            email_domains: r.email_domains,
+            claims: r.claims,
+        }
+        .validate(&key, trusted)?;
+        if require.is_empty() {
+            return Err(ConfigError::new(
+                key,
+                "requires nothing: give it issuers, groups, scopes, emails, email_domains or claims",
+            ));
+        }
+        rules.push(Rule { key, path, methods, require });
+    }
+    Ok(Policy { base, rules })
+}
+
 impl LogConfig {
     fn from_raw(raw: RawLog) -> Result<Self, ConfigError> {
         let level = raw.level.unwrap_or_else(|| DEFAULT_LOG_LEVEL.to_string());
@@ -1096,8 +1265,9 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let oidc = OidcConfig::from_raw(raw.oidc)?;
     let bearer = BearerConfig::from_raw(raw.bearer, &oidc)?;
     let identity = IdentityConfig::from_raw(raw.identity, bearer.issuers.len())?;
+    let authorization = authorization_from_raw(raw.authorization, &bearer.issuers)?;
     let log = LogConfig::from_raw(raw.log)?;
-    Ok(Config { server, upstream, oidc, bearer, identity, log })
+    Ok(Config { server, upstream, oidc, bearer, identity, authorization, log })
 }
 
 #[cfg(test)]
@@ -1199,6 +1369,7 @@ mod tests {
                 (_, "algorithms", _) => "RS256",
                 (_, "public_routes", _) => "^/x",
                 (_, "trusted_proxies", _) => "10.0.0.0/8, 192.168.1.1",
+                ("authorization", "issuers", _) => "https://idp.example.com/realms/main",
                 (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",
                 (_, k, _) if k.ends_with("timeout") || k.ends_with("interval") || k == "leeway" => {
                     "1s"
@@ -1218,7 +1389,8 @@ mod tests {
         }
         assert!(n >= 35, "only {n} keys can be set from the environment");
         // tables are for the file only
-        assert!(env_keys().all(|(_, k, _)| k != "issuers"));
+        assert!(env_keys().all(|(s, k, _)| (s, k) != ("bearer", "issuers")));
+        assert!(env_keys().all(|(_, k, _)| k != "rules" && k != "claims"));
     }
 
     #[test]
@@ -1328,5 +1500,60 @@ mod tests {
         let text =
             format!("{MINIMAL}\n[identity]\nclaim_headers = {{ \"Content-Length\" = \"sub\" }}\n");
         assert!(err(&text, no_env()).key.starts_with("identity.claim_headers"));
+    }
+
+    #[test]
+    fn rules_are_read_and_their_mistakes_named() {
+        let text = format!(
+            r#"{MINIMAL}
+[authorization]
+email_domains = ["example.com"]
+[[authorization.rules]]
+path = "/admin/"
+methods = ["post", "DELETE"]
+groups = ["admins"]
+scopes = ["admin:write"]
+claims = {{ "realm_access.roles" = ["auditor"] }}
+[[authorization.rules]]
+path_regex = "^/reports/.*\\.csv$"
+issuers = ["https://idp.example.com/realms/main"]
+"#
+        );
+        let c = load_str(&text, no_env()).unwrap().config;
+        let p = &c.authorization;
+        assert_eq!(p.base.email_domains, vec!["example.com"]);
+        assert_eq!(p.rules.len(), 2);
+        assert!(matches!(&p.rules[0].path, RulePath::Prefix(x) if x == "/admin"));
+        assert_eq!(p.rules[0].methods, vec![Method::POST, Method::DELETE]);
+        assert_eq!(p.rules[0].require.claims[0].0, "realm_access.roles");
+        assert!(matches!(&p.rules[1].path, RulePath::Regex(_)));
+        let bad = |rule: &str| {
+            err(&format!("{MINIMAL}\n[[authorization.rules]]\n{rule}\n"), no_env()).key
+        };
+        assert_eq!(bad("path = \"/admin\""), "authorization.rules[0]");
+        assert_eq!(bad("groups = [\"a\"]"), "authorization.rules[0]");
+        assert_eq!(
+            bad("path_regex = \"(\"\ngroups = [\"a\"]"),
+            "authorization.rules[0].path_regex"
+        );
+        assert_eq!(
+            bad("path = \"/a\"\npath_regex = \"^/a\"\ngroups = [\"a\"]"),
+            "authorization.rules[0]"
+        );
+        assert!(bad("path = \"/a\"\ngroup = [\"a\"]").starts_with("authorization.rules[0]"));
+        assert_eq!(
+            bad("path = \"/a\"\nissuers = [\"https://elsewhere.example\"]"),
+            "authorization.rules[0].issuers[0]"
+        );
+        assert_eq!(bad("path = \"/a\"\nscopes = [\"a b\"]"), "authorization.rules[0].scopes[0]");
+        assert_eq!(
+            bad("path = \"/a\"\nmethods = [\"\"]\ngroups = [\"a\"]"),
+            "authorization.rules[0].methods[0]"
+        );
+        // the top-level requirements come from the environment too
+        let env =
+            vec![("PORTCULLIS_AUTHORIZATION_GROUPS".to_string(), "staff, admins".to_string())];
+        let c = load_str(MINIMAL, env).unwrap().config;
+        assert_eq!(c.authorization.base.groups, vec!["staff", "admins"]);
     }
 }

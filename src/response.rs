@@ -142,6 +142,9 @@ fn render(refusal: Refusal, asker: &Asker) -> Response<Body> {
     resp
 }
 
+/// What a client denied by the rules is told (the log says which rule and why).
+const FORBIDDEN: &str = "The access rules do not allow this request";
+
 /// What portcullis tells the client when it answers a request itself.
 #[derive(Debug, Clone)]
 pub enum Rejection {
@@ -151,6 +154,9 @@ pub enum Rejection {
     InvalidToken { realm: Arc<str>, description: &'static str },
     /// A malformed request (e.g. two `Authorization` headers): `400`, `error="invalid_request"`.
     InvalidRequest { realm: Arc<str>, description: &'static str },
+    /// The rules deny the request: `403`, `error="insufficient_scope"` (RFC 6750 §3.1), with
+    /// `scope` naming the scopes that were missing, if any.
+    Forbidden { realm: Arc<str>, scope: Option<String> },
     /// Keys not loaded yet: `503`.
     NotReady,
     /// An ambiguous path: `400`.
@@ -176,6 +182,7 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
+            Rejection::Forbidden { .. } => StatusCode::FORBIDDEN,
             Rejection::InvalidRequest { .. }
             | Rejection::BadPath(_)
             | Rejection::BadRequestBody => StatusCode::BAD_REQUEST,
@@ -197,6 +204,15 @@ impl Rejection {
             Rejection::InvalidRequest { realm, description } => Some(format!(
                 "Bearer realm=\"{realm}\", error=\"invalid_request\", error_description=\"{description}\""
             )),
+            Rejection::Forbidden { realm, scope } => {
+                let mut c = format!(
+                    "Bearer realm=\"{realm}\", error=\"insufficient_scope\", error_description=\"{FORBIDDEN}\""
+                );
+                if let Some(scope) = scope {
+                    c.push_str(&format!(", scope=\"{scope}\""));
+                }
+                Some(c)
+            }
             _ => None,
         }
     }
@@ -205,6 +221,7 @@ impl Rejection {
         match self {
             Rejection::NoToken { .. } => ("unauthorized", "A bearer token is required".into()),
             Rejection::InvalidToken { description, .. } => ("invalid_token", (*description).into()),
+            Rejection::Forbidden { .. } => ("insufficient_scope", FORBIDDEN.into()),
             Rejection::InvalidRequest { description, .. } => {
                 ("invalid_request", (*description).into())
             }

@@ -22,6 +22,7 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::auth::identity::{IdentityMapper, InjectIdentityLayer};
 use crate::auth::keys::{KeyCacheSettings, KeyStore};
+use crate::auth::policy::{AuthorizeLayer, Policy};
 use crate::auth::token::Verifier;
 use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::config::Config;
@@ -42,6 +43,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection pool.
 pub struct Pipeline {
     auth: Arc<AuthSettings>,
+    policy: Arc<Policy>,
     untrusted: Arc<UntrustedHeaders>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
     pass_token: crate::config::PassToken,
@@ -68,6 +70,7 @@ impl Pipeline {
         });
         let pipeline = Self {
             auth,
+            policy: Arc::new(config.authorization.clone()),
             untrusted,
             trusted_proxies: config.server.trusted_proxies.clone().into(),
             pass_token: config.identity.pass_token,
@@ -122,6 +125,9 @@ impl Pipeline {
         let chain = ServiceBuilder::new()
             // Public route? Valid bearer token? Otherwise a refusal (401/400/503).
             .layer(AuthenticateLayer::new(self.auth.clone()))
+            // [authorization] requirements and the rule for this route; 403 otherwise. Reads
+            // only the verified identity, so it holds on verified-token cache hits too.
+            .layer(AuthorizeLayer::new(self.policy.clone(), self.auth.realm.clone()))
             // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
             .layer(InjectIdentityLayer::new(self.pass_token))
             .service(ProxyService::new(

@@ -29,6 +29,12 @@ pub struct Identity {
     pub issuer: String,
     /// The verified claims, for the layers after authentication (policy).
     pub claims: Map<String, Value>,
+    /// The email, only when verified (see `identity.require_verified_email`).
+    pub email: Option<String>,
+    /// The groups (`identity.groups_claim`: a string or an array of strings).
+    pub groups: Vec<String>,
+    /// The scopes: the space-separated `scope` string, or the `scp` array (or string).
+    pub scopes: Vec<String>,
     /// The identity headers to set on the forwarded request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
 }
@@ -67,6 +73,34 @@ pub enum IdentityError {
     /// The user claim is missing, empty, or holds CR, LF or NUL.
     #[error("the user claim {0:?} is missing, empty or cannot be sent in a header")]
     NoUser(String),
+}
+
+/// The claim at `path`: an exact top-level key first (`https://example.com/groups`), else the
+/// path split on `.` (`realm_access.roles`, `resource_access.my-app.roles`).
+pub fn claim_at<'a>(claims: &'a Map<String, Value>, path: &str) -> Option<&'a Value> {
+    if let Some(v) = claims.get(path) {
+        return Some(v);
+    }
+    let mut parts = path.split('.');
+    let mut cur = claims.get(parts.next()?)?;
+    for p in parts {
+        cur = cur.as_object()?.get(p)?;
+    }
+    Some(cur)
+}
+
+/// A claim holding a string or an array of strings, as strings.
+fn strings(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
+    match v {
+        Some(Value::String(s)) if split_spaces => {
+            s.split_whitespace().map(str::to_string).collect()
+        }
+        Some(Value::String(s)) => vec![s.clone()],
+        Some(Value::Array(items)) => {
+            items.iter().filter_map(|i| i.as_str().map(str::to_string)).collect()
+        }
+        _ => Vec::new(),
+    }
 }
 
 /// Turns verified claims into an [`Identity`].
@@ -119,8 +153,7 @@ impl IdentityMapper {
     ) -> Result<Identity, IdentityError> {
         let cfg = &self.cfg;
         let email_ok = email_verified(&claims, cfg.require_verified_email);
-        let user = claims
-            .get(&cfg.user_claim)
+        let user = claim_at(&claims, &cfg.user_claim)
             .and_then(header_value)
             .filter(|v| !v.is_empty())
             .ok_or_else(|| IdentityError::NoUser(cfg.user_claim.clone()))?;
@@ -133,7 +166,7 @@ impl IdentityMapper {
                 tracing::debug!(header = %name, claim, "email not verified; header left out");
                 return;
             }
-            if let Some(v) = claims.get(claim) {
+            if let Some(v) = claim_at(&claims, claim) {
                 match header_value(v) {
                     Some(value) => headers.push((name.clone(), value)),
                     None if !v.is_null() => {
@@ -158,7 +191,16 @@ impl IdentityMapper {
             Some(Value::String(s)) => s.clone(),
             _ => String::new(),
         };
-        Ok(Identity { subject, issuer: issuer.to_string(), claims, headers })
+        let email = match claim_at(&claims, &cfg.email_claim) {
+            Some(Value::String(e)) if email_ok => Some(e.clone()),
+            _ => None,
+        };
+        let groups = strings(claim_at(&claims, &cfg.groups_claim), false);
+        let scopes = match claims.get("scope") {
+            Some(v @ Value::String(_)) => strings(Some(v), true),
+            _ => strings(claims.get("scp"), true),
+        };
+        Ok(Identity { subject, issuer: issuer.to_string(), claims, email, groups, scopes, headers })
     }
 }
 

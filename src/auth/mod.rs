@@ -7,6 +7,7 @@
 pub mod discovery;
 pub mod identity;
 pub mod keys;
+pub mod policy;
 pub mod token;
 
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use http::header::{self, HeaderMap, HeaderValue};
 use http::{request, Request, Response};
 use tower::{Layer, Service};
 
-use crate::config::PublicRoute;
+use crate::config::PublicRoute as PublicRouteSpec;
 use crate::response::{Decision, Refusal, Rejection};
 use identity::Identity;
 use token::{TokenError, Verified, Verifier};
@@ -50,6 +51,11 @@ impl std::fmt::Debug for Token {
         f.write_str("Token([redacted])")
     }
 }
+
+/// Marks a request that matched a public route: rules never deny it, even when a valid token
+/// on it gave the app an identity.
+#[derive(Debug, Clone, Copy)]
+pub struct PublicRoute;
 
 /// How the caller proved who it is.
 #[derive(Debug, Clone)]
@@ -130,7 +136,7 @@ fn credentials(headers: &HeaderMap) -> Credentials {
 #[derive(Debug)]
 pub struct AuthSettings {
     pub verifier: Arc<Verifier>,
-    pub public_routes: Vec<PublicRoute>,
+    pub public_routes: Vec<PublicRouteSpec>,
     pub realm: Arc<str>,
 }
 
@@ -229,6 +235,7 @@ impl AuthSettings {
     /// log, or the refusal.
     async fn authenticate(&self, parts: &mut request::Parts) -> Result<Decision, Refusal> {
         if self.is_public(parts) {
+            parts.extensions.insert(PublicRoute);
             return Ok(self.public(parts).await);
         }
         let auth = self.check(parts).await?;
@@ -329,7 +336,7 @@ mod tests {
         let verifier = Arc::new(dev.verifier("api", |_| {}).await.unwrap());
         Arc::new(AuthSettings {
             verifier,
-            public_routes: vec![PublicRoute::parse("GET=^/open$").unwrap()],
+            public_routes: vec![PublicRouteSpec::parse("GET=^/open$").unwrap()],
             realm: "r".into(),
         })
     }

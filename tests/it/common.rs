@@ -167,6 +167,8 @@ pub struct Opts {
     pub min_refetch: &'static str,
     /// Wait only for the first issuer's keys (the others are meant not to load).
     pub first_issuer_only: bool,
+    /// Whole sections appended at the end (e.g. `[authorization]`).
+    pub extra: String,
 }
 
 pub struct Proxy {
@@ -210,6 +212,8 @@ jwks_min_refetch_interval = "{min_refetch}"
 
 [identity]
 {identity}
+
+{extra}
 "#,
         server = o.server,
         up = o.upstream,
@@ -221,6 +225,7 @@ jwks_min_refetch_interval = "{min_refetch}"
             r#"public_routes = ["GET=^/healthz$", "^/public/"]"#
         },
         identity = o.identity,
+        extra = o.extra,
         min_refetch = if o.min_refetch.is_empty() { "100ms" } else { o.min_refetch },
     )
 }

@@ -11,4 +11,5 @@ mod interop;
 mod lifecycle;
 mod proxy;
 mod review;
+mod rules;
 mod security;

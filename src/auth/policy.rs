@@ -1,0 +1,437 @@
+//! Who may pass: the `[authorization]` requirements every protected request must meet, and at
+//! most one per-route rule on top (the first matching `path_regex` rule in file order, else the
+//! rule with the longest matching `path` prefix). Rules read the verified identity only (its
+//! groups, scopes, verified email, issuer and claims), never a header or a token.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use axum::body::Body;
+use futures_util::future::{ready, Either, Ready};
+use http::{Method, Request, Response};
+use regex::Regex;
+use serde_json::Value;
+use tower::{Layer, Service};
+
+use super::identity::{claim_at, Identity};
+use super::{Authenticated, PublicRoute};
+use crate::response::{Refusal, Rejection};
+
+/// What an identity must have. Every non-empty field must hold (`groups`, `emails` and
+/// `email_domains`: any of; `scopes`: all of; `claims`: for each claim, any of its values).
+#[derive(Debug, Clone, Default)]
+pub struct Requirement {
+    pub issuers: Vec<String>,
+    pub groups: Vec<String>,
+    pub scopes: Vec<String>,
+    pub emails: Vec<String>,
+    /// Domains of the verified email; `*` is any verified email.
+    pub email_domains: Vec<String>,
+    /// Claim paths (an exact top-level key first, else split on `.`) and accepted values.
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
+/// Why a requirement did not hold.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Unmet {
+    /// For the log: what was missing.
+    pub reason: String,
+    /// Scopes the token lacked (for `WWW-Authenticate: ... scope="..."`).
+    pub missing_scopes: Vec<String>,
+}
+
+impl Requirement {
+    pub fn is_empty(&self) -> bool {
+        self.issuers.is_empty()
+            && self.groups.is_empty()
+            && self.scopes.is_empty()
+            && self.emails.is_empty()
+            && self.email_domains.is_empty()
+            && self.claims.is_empty()
+    }
+
+    /// Whether `id` meets every part of this requirement.
+    pub fn check(&self, id: &Identity) -> Result<(), Unmet> {
+        let unmet = |reason: String| Err(Unmet { reason, missing_scopes: Vec::new() });
+        if !self.issuers.is_empty() && !self.issuers.contains(&id.issuer) {
+            return unmet(format!("issuer {:?} is not one of {:?}", id.issuer, self.issuers));
+        }
+        if !self.groups.is_empty() && !self.groups.iter().any(|g| id.groups.contains(g)) {
+            return unmet(format!("needs one of the groups {:?}", self.groups));
+        }
+        let missing: Vec<String> =
+            self.scopes.iter().filter(|s| !id.scopes.contains(s)).cloned().collect();
+        if !missing.is_empty() {
+            return Err(Unmet {
+                reason: format!("needs the scopes {missing:?}"),
+                missing_scopes: missing,
+            });
+        }
+        if !self.emails.is_empty() || !self.email_domains.is_empty() {
+            let Some(email) = id.email.as_deref() else {
+                return unmet("needs a verified email".into());
+            };
+            if !self.emails.is_empty() && !self.emails.iter().any(|e| e.eq_ignore_ascii_case(email))
+            {
+                return unmet(format!("email is not one of {:?}", self.emails));
+            }
+            if !self.email_domains.is_empty() {
+                let domain = email.rsplit_once('@').map(|(_, d)| d).unwrap_or_default();
+                let ok = self
+                    .email_domains
+                    .iter()
+                    .any(|d| d == "*" || (!domain.is_empty() && d.eq_ignore_ascii_case(domain)));
+                if !ok {
+                    return unmet(format!("email domain is not one of {:?}", self.email_domains));
+                }
+            }
+        }
+        for (path, accepted) in &self.claims {
+            let values = claim_values(claim_at(&id.claims, path));
+            if !values.iter().any(|v| accepted.contains(v)) {
+                return unmet(format!("claim {path:?} is not one of {accepted:?}"));
+            }
+        }
+        Ok(())
+    }
+
+    /// The requirement in words, for `portcullis check`.
+    pub fn describe(&self) -> String {
+        let mut parts = Vec::new();
+        let list = |v: &[String]| v.join(", ");
+        if !self.issuers.is_empty() {
+            parts.push(format!("issuer one of [{}]", list(&self.issuers)));
+        }
+        if !self.groups.is_empty() {
+            parts.push(format!("a group of [{}]", list(&self.groups)));
+        }
+        if !self.scopes.is_empty() {
+            parts.push(format!("all scopes [{}]", list(&self.scopes)));
+        }
+        if !self.emails.is_empty() {
+            parts.push(format!("verified email one of [{}]", list(&self.emails)));
+        }
+        if !self.email_domains.is_empty() {
+            parts.push(format!("verified email domain one of [{}]", list(&self.email_domains)));
+        }
+        for (path, values) in &self.claims {
+            parts.push(format!("claim {path} one of [{}]", list(values)));
+        }
+        if parts.is_empty() {
+            "nothing".into()
+        } else {
+            parts.join("; ")
+        }
+    }
+}
+
+/// A claim's value(s) as strings: a string, the strings and numbers of an array, a number or a
+/// boolean.
+fn claim_values(v: Option<&Value>) -> Vec<String> {
+    let one = |v: &Value| match v {
+        Value::String(s) => Some(s.clone()),
+        Value::Number(n) => Some(n.to_string()),
+        Value::Bool(b) => Some(b.to_string()),
+        _ => None,
+    };
+    match v {
+        Some(Value::Array(items)) => items.iter().filter_map(one).collect(),
+        Some(v) => one(v).into_iter().collect(),
+        None => Vec::new(),
+    }
+}
+
+/// Where a rule applies.
+#[derive(Debug, Clone)]
+pub enum RulePath {
+    /// A path prefix, matched at a segment boundary (`/admin` covers `/admin` and `/admin/x`,
+    /// not `/administrator`).
+    Prefix(String),
+    /// A regex on the path.
+    Regex(Regex),
+}
+
+/// One `[[authorization.rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `authorization.rules[N]`, for logs and `check`.
+    pub key: String,
+    pub path: RulePath,
+    /// Empty: every method.
+    pub methods: Vec<Method>,
+    pub require: Requirement,
+}
+
+impl Rule {
+    fn applies_to(&self, method: &Method) -> bool {
+        self.methods.is_empty() || self.methods.contains(method)
+    }
+
+    /// The rule in words, for `portcullis check`.
+    pub fn describe(&self) -> String {
+        let path = match &self.path {
+            RulePath::Prefix(p) => format!("path {p} (prefix)"),
+            RulePath::Regex(r) => format!("path_regex {}", r.as_str()),
+        };
+        let methods = if self.methods.is_empty() {
+            "any method".to_string()
+        } else {
+            self.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
+        };
+        format!("{}: {path}, {methods}: requires {}", self.key, self.require.describe())
+    }
+}
+
+/// Whether `path` is `prefix` or below it, at a segment boundary.
+fn under(path: &str, prefix: &str) -> bool {
+    prefix == "/"
+        || path.strip_prefix(prefix).is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
+}
+
+/// Why a request was denied.
+#[derive(Debug, Clone)]
+pub struct Denial {
+    /// `authorization` or `authorization.rules[N]`.
+    pub rule: String,
+    pub unmet: Unmet,
+}
+
+/// The requirements and rules of `[authorization]`.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub base: Requirement,
+    pub rules: Vec<Rule>,
+}
+
+impl Policy {
+    /// The rule that applies to `method` on `path` (the route path: normalised, `;`
+    /// parameters removed), if any.
+    pub fn rule_for(&self, method: &Method, path: &str) -> Option<&Rule> {
+        let applicable = || self.rules.iter().filter(|r| r.applies_to(method));
+        let by_regex =
+            applicable().find(|r| matches!(&r.path, RulePath::Regex(re) if re.is_match(path)));
+        by_regex.or_else(|| {
+            applicable()
+                .filter_map(|r| match &r.path {
+                    RulePath::Prefix(p) if under(path, p) => Some((p.len(), r)),
+                    _ => None,
+                })
+                // the longest prefix; the first in file order among equals
+                .fold(None, |best: Option<(usize, &Rule)>, (len, r)| match best {
+                    Some((l, _)) if l >= len => best,
+                    _ => Some((len, r)),
+                })
+                .map(|(_, r)| r)
+        })
+    }
+
+    /// Whether `id` may make this request.
+    pub fn decide(&self, method: &Method, path: &str, id: &Identity) -> Result<(), Denial> {
+        self.base.check(id).map_err(|unmet| Denial { rule: "authorization".into(), unmet })?;
+        if let Some(rule) = self.rule_for(method, path) {
+            rule.require.check(id).map_err(|unmet| Denial { rule: rule.key.clone(), unmet })?;
+        }
+        Ok(())
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.base.is_empty() && self.rules.is_empty()
+    }
+}
+
+/// Applies the [`Policy`] to authenticated requests (public routes carry no [`Authenticated`]
+/// unless they had a valid token, and are never denied); denied ones get a `403`.
+#[derive(Debug, Clone)]
+pub struct AuthorizeLayer {
+    policy: Arc<Policy>,
+    realm: Arc<str>,
+}
+
+impl AuthorizeLayer {
+    pub fn new(policy: Arc<Policy>, realm: Arc<str>) -> Self {
+        Self { policy, realm }
+    }
+}
+
+impl<S> Layer<S> for AuthorizeLayer {
+    type Service = Authorize<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Authorize { inner, policy: self.policy.clone(), realm: self.realm.clone() }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Authorize<S> {
+    inner: S,
+    policy: Arc<Policy>,
+    realm: Arc<str>,
+}
+
+impl<S> Service<Request<Body>> for Authorize<S>
+where
+    S: Service<Request<Body>, Response = Response<Body>>,
+{
+    type Response = Response<Body>;
+    type Error = S::Error;
+    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        let Some(auth) = req.extensions().get::<Authenticated>() else {
+            return Either::Left(self.inner.call(req));
+        };
+        if self.policy.is_empty() || req.extensions().get::<PublicRoute>().is_some() {
+            return Either::Left(self.inner.call(req));
+        }
+        let path = crate::path::route_path(req.uri().path());
+        match self.policy.decide(req.method(), &path, &auth.identity) {
+            Ok(()) => Either::Left(self.inner.call(req)),
+            Err(denial) => {
+                let scope = (!denial.unmet.missing_scopes.is_empty())
+                    .then(|| denial.unmet.missing_scopes.join(" "));
+                let detail = format!("{}: {}", denial.rule, denial.unmet.reason);
+                tracing::debug!(rule = %denial.rule, reason = %denial.unmet.reason, "request denied");
+                let r = Rejection::Forbidden { realm: self.realm.clone(), scope };
+                Either::Right(ready(Ok(Refusal::new(r, "forbidden").detail(detail).response())))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::identity::IdentityMapper;
+    use crate::config::IdentityConfig;
+    use serde_json::json;
+
+    fn identity(claims: Value) -> Identity {
+        let mapper = IdentityMapper::new(IdentityConfig {
+            groups_claim: "realm_access.roles".into(),
+            ..IdentityConfig::default()
+        });
+        let Value::Object(m) = claims else { unreachable!() };
+        mapper.identity("https://idp", m).unwrap()
+    }
+
+    fn rule(key: &str, path: RulePath, require: Requirement) -> Rule {
+        Rule { key: key.into(), path, methods: Vec::new(), require }
+    }
+
+    fn groups(g: &[&str]) -> Requirement {
+        Requirement { groups: g.iter().map(|s| s.to_string()).collect(), ..Default::default() }
+    }
+
+    #[test]
+    fn prefixes_match_at_segment_boundaries_and_the_longest_wins() {
+        let p = Policy {
+            base: Requirement::default(),
+            rules: vec![
+                rule("r0", RulePath::Prefix("/admin".into()), groups(&["admins"])),
+                rule("r1", RulePath::Prefix("/admin/reports".into()), groups(&["auditors"])),
+                rule("r2", RulePath::Prefix("/".into()), groups(&["staff"])),
+            ],
+        };
+        let key = |path: &str| p.rule_for(&Method::GET, path).map(|r| r.key.as_str());
+        assert_eq!(key("/admin"), Some("r0"));
+        assert_eq!(key("/admin/"), Some("r0"));
+        assert_eq!(key("/admin/users"), Some("r0"));
+        assert_eq!(key("/admin/reports/1"), Some("r1"));
+        assert_eq!(key("/administrator"), Some("r2"));
+        assert_eq!(key("/"), Some("r2"));
+    }
+
+    #[test]
+    fn the_first_matching_regex_beats_any_prefix() {
+        let re = |s: &str| RulePath::Regex(Regex::new(s).unwrap());
+        let mut post_only = rule("r2", re("^/admin/"), groups(&["writers"]));
+        post_only.methods = vec![Method::POST];
+        let p = Policy {
+            base: Requirement::default(),
+            rules: vec![
+                rule("r0", RulePath::Prefix("/admin/reports".into()), groups(&["a"])),
+                post_only,
+                rule("r3", re("^/admin/.*\\.csv$"), groups(&["b"])),
+                rule("r4", re("^/admin/"), groups(&["c"])),
+            ],
+        };
+        let key =
+            |m: Method, path: &str| p.rule_for(&m, path).map(|r| r.key.as_str()).unwrap_or("-");
+        assert_eq!(key(Method::POST, "/admin/reports/x"), "r2");
+        assert_eq!(key(Method::GET, "/admin/reports/x.csv"), "r3");
+        assert_eq!(key(Method::GET, "/admin/reports/x"), "r4");
+        assert_eq!(key(Method::GET, "/other"), "-");
+    }
+
+    #[test]
+    fn each_requirement_kind() {
+        let id = identity(json!({
+            "sub": "u1", "email": "Ops@Example.com", "email_verified": true,
+            "realm_access": {"roles": ["auditor", "staff"]},
+            "scope": "orders:read orders:write", "tenant": "a", "level": 3,
+            "https://example.com/groups": ["x"],
+        }));
+        let ok = |r: Requirement| r.check(&id).is_ok();
+        assert!(ok(groups(&["nope", "auditor"])));
+        assert!(!ok(groups(&["admins"])));
+        let scopes = |s: &[&str]| Requirement {
+            scopes: s.iter().map(|x| x.to_string()).collect(),
+            ..Default::default()
+        };
+        assert!(ok(scopes(&["orders:write", "orders:read"])));
+        let e = scopes(&["orders:write", "admin"]).check(&id).unwrap_err();
+        assert_eq!(e.missing_scopes, vec!["admin"]);
+        let emails = Requirement { emails: vec!["ops@example.com".into()], ..Default::default() };
+        assert!(ok(emails));
+        for (d, want) in [("example.com", true), ("*", true), ("ample.com", false)] {
+            let r = Requirement { email_domains: vec![d.into()], ..Default::default() };
+            assert_eq!(ok(r), want, "{d}");
+        }
+        let claims = |c: &[(&str, &[&str])]| Requirement {
+            claims: c
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.iter().map(|s| s.to_string()).collect()))
+                .collect(),
+            ..Default::default()
+        };
+        assert!(ok(claims(&[("tenant", &["b", "a"]), ("level", &["3"])])));
+        assert!(ok(claims(&[("realm_access.roles", &["staff"])])));
+        assert!(ok(claims(&[("https://example.com/groups", &["x"])])));
+        assert!(!ok(claims(&[("tenant", &["b"])])));
+        assert!(!ok(claims(&[("missing.path", &["x"])])));
+        let iss = Requirement { issuers: vec!["https://other".into()], ..Default::default() };
+        assert!(!ok(iss));
+    }
+
+    #[test]
+    fn email_rules_need_a_verified_email() {
+        let id =
+            identity(json!({"sub": "u1", "email": "ops@example.com", "email_verified": false}));
+        let r = Requirement { email_domains: vec!["*".into()], ..Default::default() };
+        assert!(r.check(&id).is_err());
+        let r = Requirement { emails: vec!["ops@example.com".into()], ..Default::default() };
+        assert!(r.check(&id).is_err());
+    }
+
+    #[test]
+    fn the_base_requirement_always_applies() {
+        let p = Policy {
+            base: Requirement { email_domains: vec!["example.com".into()], ..Default::default() },
+            rules: vec![rule("r0", RulePath::Prefix("/admin".into()), groups(&["staff"]))],
+        };
+        let inside = identity(json!({"sub": "u", "email": "a@example.com",
+                                     "realm_access": {"roles": ["staff"]}}));
+        let outside = identity(json!({"sub": "u", "email": "a@evil.example",
+                                      "realm_access": {"roles": ["staff"]}}));
+        assert!(p.decide(&Method::GET, "/admin/x", &inside).is_ok());
+        let d = p.decide(&Method::GET, "/x", &outside).unwrap_err();
+        assert_eq!(d.rule, "authorization");
+        let no_group = identity(json!({"sub": "u", "email": "a@example.com"}));
+        let d = p.decide(&Method::GET, "/admin", &no_group).unwrap_err();
+        assert_eq!(d.rule, "r0");
+        assert!(p.decide(&Method::GET, "/x", &no_group).is_ok());
+    }
+}

@@ -1,0 +1,214 @@
+//! Per-route authorization rules through the real server: what the app received when allowed,
+//! and that a denied request never reached it.
+
+use crate::common::*;
+use portcullis::devissuer::{DevIssuer, KeyAlg};
+use serde_json::{json, Value};
+
+const RULES: &str = r#"
+[authorization]
+email_domains = ["example.com"]
+
+[[authorization.rules]]
+path = "/admin"
+groups = ["admins"]
+
+[[authorization.rules]]
+path = "/admin/reports"
+claims = { "realm_access.roles" = ["auditor"] }
+
+[[authorization.rules]]
+path_regex = "^/admin/.*\\.csv$"
+claims = { "https://example.com/roles" = ["exporter"] }
+
+[[authorization.rules]]
+path = "/orders"
+methods = ["POST", "DELETE"]
+scopes = ["orders:write"]
+
+[[authorization.rules]]
+path = "/ops"
+emails = ["ops@example.com"]
+"#;
+
+struct Rules {
+    w: World,
+}
+
+impl Rules {
+    async fn new() -> Self {
+        Self { w: World::with(Opts { extra: RULES.into(), ..Opts::default() }).await }
+    }
+
+    fn token(&self, user: &str, patch: Value) -> String {
+        let mut c = self.w.issuer.claims_for(user, AUD);
+        for (k, v) in patch.as_object().unwrap() {
+            c[k] = v.clone();
+        }
+        self.w.issuer.mint(&c)
+    }
+
+    /// (status, reached the app, WWW-Authenticate)
+    async fn send(&self, method: &str, path: &str, token: &str) -> (u16, bool, String) {
+        let before = self.w.upstream.hits();
+        let r = raw(
+            self.w.proxy.addr,
+            &format!(
+                "{method} {path} HTTP/1.1\r\nHost: app.example\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+            ),
+        )
+        .await;
+        let challenge = r
+            .head
+            .lines()
+            .find_map(|l| l.strip_prefix("www-authenticate: "))
+            .unwrap_or_default()
+            .to_string();
+        (r.status, self.w.upstream.hits() > before, challenge)
+    }
+
+    async fn status(&self, method: &str, path: &str, token: &str) -> (u16, bool) {
+        let (s, reached, _) = self.send(method, path, token).await;
+        (s, reached)
+    }
+}
+
+#[tokio::test]
+async fn groups_rule_with_segment_boundaries_and_parameters() {
+    let r = Rules::new().await;
+    let alice = r.token("alice", json!({})); // admins, developers
+    let bob = r.token("bob", json!({})); // developers
+    assert_eq!(r.status("GET", "/admin", &alice).await, (200, true));
+    assert_eq!(r.w.upstream.last().one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(r.status("GET", "/admin/users", &alice).await, (200, true));
+    let (status, reached, challenge) = r.send("GET", "/admin/users", &bob).await;
+    assert_eq!((status, reached), (403, false));
+    assert!(challenge.contains("error=\"insufficient_scope\""), "{challenge}");
+    assert!(!challenge.contains(", scope="), "no scope was missing: {challenge}");
+    for p in ["/admin", "/admin/", "/admin;jsessionid=1/users", "/x/../admin", "/%61dmin"] {
+        assert_eq!(r.status("GET", p, &bob).await, (403, false), "{p}");
+    }
+    // not under /admin
+    assert_eq!(r.status("GET", "/administrator", &bob).await, (200, true));
+    assert_eq!(r.status("GET", "/other", &bob).await, (200, true));
+    // a cache hit is judged the same way
+    assert_eq!(r.status("GET", "/admin", &bob).await, (403, false));
+    assert_eq!(r.status("GET", "/admin", &alice).await, (200, true));
+}
+
+#[tokio::test]
+async fn the_longest_prefix_and_then_the_first_regex_decide() {
+    let r = Rules::new().await;
+    // /admin/reports: only its own rule (auditor role in a nested claim), not /admin's group
+    let auditor = r.token("bob", json!({"realm_access": {"roles": ["auditor"]}}));
+    let admin = r.token("alice", json!({}));
+    assert_eq!(r.status("GET", "/admin/reports/q1", &auditor).await, (200, true));
+    assert_eq!(r.status("GET", "/admin/reports/q1", &admin).await, (403, false));
+    // a regex rule beats every prefix: .csv needs the namespaced claim
+    let exporter = r.token("bob", json!({"https://example.com/roles": ["exporter"]}));
+    assert_eq!(r.status("GET", "/admin/reports/q1.csv", &auditor).await, (403, false));
+    assert_eq!(r.status("GET", "/admin/reports/q1.csv", &exporter).await, (200, true));
+    assert_eq!(r.status("GET", "/admin/x.csv", &admin).await, (403, false));
+}
+
+#[tokio::test]
+async fn scopes_rule_applies_to_its_methods_and_names_the_missing_scope() {
+    let r = Rules::new().await;
+    let reader = r.token("bob", json!({"scope": "orders:read"}));
+    let writer = r.token("bob", json!({"scope": "orders:read orders:write"}));
+    let scp = r.token("bob", json!({"scp": ["orders:write"]}));
+    assert_eq!(r.status("GET", "/orders", &reader).await, (200, true));
+    let (status, reached, challenge) = r.send("POST", "/orders", &reader).await;
+    assert_eq!((status, reached), (403, false));
+    assert!(challenge.contains("scope=\"orders:write\""), "{challenge}");
+    assert_eq!(r.status("DELETE", "/orders/7", &reader).await, (403, false));
+    assert_eq!(r.status("POST", "/orders", &writer).await, (200, true));
+    assert_eq!(r.status("POST", "/orders", &scp).await, (200, true));
+}
+
+#[tokio::test]
+async fn email_requirements_use_the_verified_email_only() {
+    let r = Rules::new().await;
+    // the base requirement: example.com, everywhere protected
+    let outsider = r.token("eve", json!({"email": "eve@evil.example"}));
+    assert_eq!(r.status("GET", "/anything", &outsider).await, (403, false));
+    let unverified = r.token("alice", json!({"email_verified": false}));
+    assert_eq!(r.status("GET", "/anything", &unverified).await, (403, false));
+    // public routes are public
+    let resp = raw_get(r.w.proxy.addr, "/public/x", &[]).await;
+    assert_eq!(resp.status, 200);
+    let ops = r.token("ops", json!({"email": "ops@example.com"}));
+    let alice = r.token("alice", json!({}));
+    assert_eq!(r.status("GET", "/ops/deploy", &ops).await, (200, true));
+    assert_eq!(r.status("GET", "/ops/deploy", &alice).await, (403, false));
+}
+
+#[tokio::test]
+async fn a_rule_naming_issuers_refuses_the_other_issuers_tokens() {
+    let other = DevIssuer::start(&[KeyAlg::Es256]).await.unwrap();
+    // the rule names the first issuer, which is only known once it runs: build the world by hand
+    let first = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let upstream = Upstream::start().await;
+    let extra = format!(
+        "{RULES}\n[[authorization.rules]]\npath = \"/tenant\"\nissuers = [\"{}\"]\n",
+        first.issuer()
+    );
+    let o = Opts {
+        bearer: format!(
+            "[[bearer.issuers]]\nissuer = \"{}\"\naudiences = [\"{AUD}\"]\n",
+            other.issuer()
+        ),
+        extra,
+        ..Opts::default()
+    };
+    let proxy = start_proxy(&first.issuer(), &upstream.url(), o, true).await;
+    let url = |p: &str| format!("{}{p}", proxy.url);
+    // same user, same groups: only the named issuer's token passes the rule
+    let t1 = first.token_for("alice", AUD);
+    let t2 = other.token_for("alice", AUD);
+    assert_eq!(status_of(&url("/tenant/x"), Some(&t1)).await, 200);
+    let hits = upstream.hits();
+    assert_eq!(status_of(&url("/tenant/x"), Some(&t2)).await, 403);
+    assert_eq!(upstream.hits(), hits);
+    // a rule without issuers applies to every issuer's tokens alike
+    assert_eq!(status_of(&url("/admin"), Some(&t2)).await, 200);
+    assert_eq!(status_of(&url("/admin"), Some(&other.token_for("bob", AUD))).await, 403);
+}
+
+#[tokio::test]
+async fn denials_are_logged_with_the_rule_and_check_prints_the_rules() {
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let upstream = Upstream::start().await;
+    let mut text = config_text(&issuer.issuer(), &upstream.url(), &Opts::default());
+    text.push_str(RULES);
+    let bin = Binary::start(&text).await;
+    let bob = issuer.token_for("bob", AUD);
+    let r = raw_get(bin.addr, "/admin/x", &[("Authorization", &format!("Bearer {bob}"))]).await;
+    assert_eq!(r.status, 403);
+    assert!(r.body.contains("insufficient_scope"), "{r:?}");
+    let logs = bin.stop().await;
+    let access = access_lines(&logs);
+    let denied = access.iter().find(|v| v["status"] == 403).expect("an access line for the 403");
+    assert_eq!(denied["reason"], "forbidden", "{denied}");
+    assert_eq!(denied["subject"], "bob", "{denied}");
+    let detail = denied["detail"].as_str().unwrap();
+    assert!(detail.contains("authorization.rules[0]") && detail.contains("admins"), "{detail}");
+    assert_eq!(upstream.hits(), 0);
+
+    // `check` prints the rules as understood
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("p.toml");
+    std::fs::write(&path, &text).unwrap();
+    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        .args(["check", "--offline", "--config"])
+        .arg(&path)
+        .env_remove("PORTCULLIS_CONFIG")
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{stdout}");
+    assert!(stdout.contains("verified email domain one of [example.com]"), "{stdout}");
+    assert!(stdout.contains("authorization.rules[0]: path /admin (prefix), any method: requires a group of [admins]"), "{stdout}");
+    assert!(stdout.contains("authorization.rules[3]: path /orders (prefix), POST, DELETE: requires all scopes [orders:write]"), "{stdout}");
+}
