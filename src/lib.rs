@@ -6,17 +6,20 @@
 //! The modules follow a request:
 //! - [`config`]: the TOML file, `PORTCULLIS_*` overrides, validation naming the key at fault.
 //! - [`server`]: worker threads and listeners, the middleware stack (and why each layer sits
-//!   where it does), `/healthz` and `/readyz`, graceful shutdown.
+//!   where it does), the router of portcullis's own endpoints with the protected chain as its
+//!   fallback, `/healthz` and `/readyz`, graceful shutdown.
 //! - [`telemetry`]: logging, request ids, the access log line.
 //! - [`headers`]: what is stripped from a request before anything reads it, and why: hop-by-hop
 //!   headers, identity headers, path overrides, forwarding headers from untrusted peers.
 //! - [`path`]: the one normalised path that routes match and the app receives.
-//! - [`auth`]: `keys` (JWKS cache), `token` (JWT validation, verified-token cache),
-//!   `identity` (stripping client-sent identity headers, setting verified ones).
+//! - [`auth`]: `check(&Parts)` (who is calling, as a value) and the `Authenticate` layer;
+//!   `discovery` (provider metadata), `keys` (JWKS cache), `token` (JWT validation,
+//!   verified-token cache), `identity` (claims → identity headers), `policy` (`[authorization]`
+//!   rules and the `Authorize` layer).
 //! - [`proxy`]: `X-Forwarded-*`, the pooled client to the app, `upstream.max_concurrent_requests`.
 //! - [`body`]: the client's request body (idle timeout, its faults told from the app's) and the
 //!   app's response body (holding its concurrency slot until it ends).
-//! - [`response`]: every answer portcullis makes itself (401, 400, 502, ...), built in one place.
+//! - [`response`]: refusals, and `Answers`, the one place they become answers (401, 403, 502, ...).
 //! - [`clock`]: Unix time, injectable, so expiry is tested with paused time.
 //! - [`check`]: `portcullis check`, the config and issuer probe.
 //! - [`devissuer`], [`demo`]: the development-only issuer and echo app behind `portcullis demo`.
