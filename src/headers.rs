@@ -94,7 +94,7 @@ fn is_guaranteed(name: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers, and every header named in `Connection` except the guaranteed
-/// ones (see [`is_guaranteed`]).
+/// ones: `Host`, `X-Request-Id`, `X-Real-IP` and `X-Forwarded-*`.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     if headers.contains_key(header::CONNECTION) {
         let named: Vec<HeaderName> = headers
