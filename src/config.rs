@@ -125,6 +125,8 @@ pub struct Config {
     pub identity: IdentityConfig,
     /// `[authorization]`: requirements for every protected request and per-route rules.
     pub authorization: Policy,
+    /// Browser login: on when `oidc.client_id` and `[session]` are both set.
+    pub login: Option<LoginConfig>,
     pub log: LogConfig,
 }
 
@@ -145,6 +147,8 @@ pub struct ServerConfig {
     /// How long a client may send nothing while a request body is being forwarded before it
     /// gets `408`. Defaults to 10 s.
     pub request_body_idle_timeout: Duration,
+    /// Page templates (`sign_in.html`, ...) that replace the embedded ones. Defaults to none.
+    pub templates_dir: Option<std::path::PathBuf>,
 }
 
 #[derive(Debug, Clone)]
@@ -185,6 +189,76 @@ pub struct OidcConfig {
     pub client_secret: Option<Secret>,
     /// Allow `http://` issuers and JWKS URLs off loopback. Defaults to false.
     pub insecure_allow_http: bool,
+}
+
+/// The login keys of `[oidc]`, checked once `[session]` says login is on.
+#[derive(Debug, Default)]
+struct RawLoginKeys {
+    redirect_url: Option<String>,
+    scopes: Option<Vec<String>>,
+    prefix: Option<String>,
+    allowed_redirect_hosts: Option<Vec<String>>,
+    post_logout_redirect_url: Option<String>,
+    skip_sign_in_page: Option<bool>,
+}
+
+/// Default `oidc.scopes`.
+pub const DEFAULT_SCOPES: &[&str] = &["openid", "email", "profile"];
+/// Default `oidc.prefix`: where portcullis's own endpoints live.
+pub const DEFAULT_PREFIX: &str = "/oauth2";
+/// Default `session.cookie_name`.
+pub const DEFAULT_COOKIE_NAME: &str = "_portcullis";
+/// Default `session.max_lifetime`.
+pub const DEFAULT_MAX_LIFETIME: Duration = Duration::from_secs(12 * 3600);
+/// Default `session.idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
+
+/// The browser login (`oidc.client_id` with `[session]`).
+#[derive(Debug, Clone)]
+pub struct LoginConfig {
+    /// `oidc.issuer`: ID tokens are verified against its keys only.
+    pub issuer: String,
+    pub client_id: String,
+    /// `None`: a public client (PKCE only).
+    pub client_secret: Option<Secret>,
+    /// `None` only on a loopback listener: then `http://<Host><prefix>/callback`.
+    pub redirect_url: Option<Url>,
+    /// Defaults to `openid email profile`.
+    pub scopes: Vec<String>,
+    /// Defaults to `/oauth2`.
+    pub prefix: String,
+    /// Hosts a redirect after login or sign-out may go to besides this one; `.example.com`
+    /// matches subdomains at a dot boundary.
+    pub allowed_redirect_hosts: Vec<String>,
+    pub post_logout_redirect_url: Option<Url>,
+    /// Go straight to the provider instead of showing the sign-in page. Defaults to false.
+    pub skip_sign_in_page: bool,
+    pub session: SessionConfig,
+    /// `server.templates_dir`: page templates overriding the embedded ones.
+    pub templates_dir: Option<std::path::PathBuf>,
+    /// Allow `http://` redirect URLs off loopback (`oidc.insecure_allow_http`).
+    pub insecure_allow_http: bool,
+}
+
+impl LoginConfig {
+    /// Whether cookies are `Secure` (and `__Host-`/`__Secure-` prefixed): over https.
+    pub fn secure_cookies(&self) -> bool {
+        self.redirect_url.as_ref().is_some_and(|u| u.scheme() == "https")
+    }
+}
+
+/// `[session]`.
+#[derive(Debug, Clone)]
+pub struct SessionConfig {
+    /// 32-byte secrets; the first encrypts, all decrypt (rotation).
+    pub secrets: Vec<Secret>,
+    /// Defaults to `_portcullis` (prefixed `__Host-` over https, `__Secure-` with a domain).
+    pub cookie_name: String,
+    pub cookie_domain: Option<String>,
+    /// Absolute lifetime. Defaults to 12 h.
+    pub max_lifetime: Duration,
+    /// Sliding idle limit. Defaults to 1 h.
+    pub idle_timeout: Duration,
 }
 
 #[derive(Debug, Clone)]
@@ -290,8 +364,9 @@ pub struct IdentityConfig {
     pub pass_token: PassToken,
     /// Whether a token without `email_verified` counts as unverified (its email is then never
     /// sent, and refused as the user). `email_verified: false` always counts as unverified.
-    /// Defaults to false (access tokens rarely carry the claim).
-    pub require_verified_email: bool,
+    /// Defaults to false for bearer tokens (access tokens rarely carry the claim) and true for
+    /// browser sessions; set, it applies to both.
+    pub require_verified_email: Option<bool>,
     /// Send the token's issuer as `X-Forwarded-Issuer` (`sub` is unique only per issuer).
     /// Defaults to true when more than one issuer is trusted.
     pub pass_issuer: bool,
@@ -308,7 +383,7 @@ impl Default for IdentityConfig {
             preferred_username_claim: DEFAULT_PREFERRED_USERNAME_CLAIM.to_string(),
             claim_headers: Vec::new(),
             pass_token: PassToken::None,
-            require_verified_email: false,
+            require_verified_email: None,
             pass_issuer: false,
         }
     }
@@ -407,6 +482,7 @@ section!(RawServer = "server" {
     workers: Option<i64>,
     trusted_proxies: Option<Vec<String>>,
     request_body_idle_timeout: Option<String>,
+    templates_dir: Option<String>,
 });
 
 section!(RawUpstream = "upstream" {
@@ -424,6 +500,22 @@ section!(RawOidc = "oidc" {
     client_secret: Option<String>,
     client_secret_file: Option<String>,
     insecure_allow_http: Option<bool>,
+    redirect_url: Option<String>,
+    scopes: Option<Vec<String>>,
+    prefix: Option<String>,
+    allowed_redirect_hosts: Option<Vec<String>>,
+    post_logout_redirect_url: Option<String>,
+    skip_sign_in_page: Option<bool>,
+});
+
+section!(RawSession = "session" {
+    secret: Option<String>,
+    secret_file: Option<String>,
+    store: Option<String>,
+    cookie_name: Option<String>,
+    cookie_domain: Option<String>,
+    max_lifetime: Option<String>,
+    idle_timeout: Option<String>,
 });
 
 section!(RawBearer = "bearer" {
@@ -489,6 +581,7 @@ const SECTIONS: &[(&str, &[SectionKey])] = &[
     (RawServer::NAME, RawServer::KEYS),
     (RawUpstream::NAME, RawUpstream::KEYS),
     (RawOidc::NAME, RawOidc::KEYS),
+    (RawSession::NAME, RawSession::KEYS),
     (RawBearer::NAME, RawBearer::KEYS),
     (RawIdentity::NAME, RawIdentity::KEYS),
     (RawAuthorization::NAME, RawAuthorization::KEYS),
@@ -504,6 +597,8 @@ struct RawConfig {
     upstream: RawUpstream,
     #[serde(default)]
     oidc: RawOidc,
+    /// Present (even empty) turns browser login on, with `oidc.client_id`.
+    session: Option<RawSession>,
     #[serde(default)]
     bearer: RawBearer,
     #[serde(default)]
@@ -786,6 +881,7 @@ impl ServerConfig {
                 raw.request_body_idle_timeout.as_deref(),
                 DEFAULT_REQUEST_BODY_IDLE_TIMEOUT,
             )?,
+            templates_dir: raw.templates_dir.filter(|d| !d.trim().is_empty()).map(Into::into),
         };
         if server.request_body_idle_timeout.is_zero() {
             return Err(ConfigError::new(
@@ -857,7 +953,15 @@ impl UpstreamConfig {
 }
 
 impl OidcConfig {
-    fn from_raw(raw: RawOidc) -> Result<Self, ConfigError> {
+    fn from_raw(mut raw: RawOidc) -> Result<(Self, RawLoginKeys), ConfigError> {
+        let login = RawLoginKeys {
+            redirect_url: raw.redirect_url.take(),
+            scopes: raw.scopes.take(),
+            prefix: raw.prefix.take(),
+            allowed_redirect_hosts: raw.allowed_redirect_hosts.take(),
+            post_logout_redirect_url: raw.post_logout_redirect_url.take(),
+            skip_sign_in_page: raw.skip_sign_in_page.take(),
+        };
         let allow_http = raw.insecure_allow_http.unwrap_or(false);
         let client_secret = match (raw.client_secret, raw.client_secret_file) {
             (Some(_), Some(_)) => {
@@ -893,13 +997,14 @@ impl OidcConfig {
         if jwks_url.is_some() && issuer.is_none() {
             return Err(ConfigError::new("oidc.jwks_url", "needs oidc.issuer"));
         }
-        Ok(OidcConfig {
+        let oidc = OidcConfig {
             issuer,
             jwks_url,
             client_id: raw.client_id,
             client_secret,
             insecure_allow_http: allow_http,
-        })
+        };
+        Ok((oidc, login))
     }
 }
 
@@ -1098,7 +1203,7 @@ impl IdentityConfig {
             )?,
             claim_headers,
             pass_token,
-            require_verified_email: id.require_verified_email.unwrap_or(false),
+            require_verified_email: id.require_verified_email,
             pass_issuer: id.pass_issuer.unwrap_or(issuers > 1),
         })
     }
@@ -1258,16 +1363,196 @@ impl LogConfig {
     }
 }
 
+/// A session secret: base64 (standard or URL-safe, padded or not) of 32 bytes.
+fn session_secret(key: &str, text: &str) -> Result<Secret, ConfigError> {
+    use base64::Engine as _;
+    let t = text.trim();
+    let decoded = base64::engine::general_purpose::STANDARD
+        .decode(t)
+        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')))
+        .map_err(|_| ConfigError::new(key, "must be base64 of 32 random bytes (e.g. `openssl rand -base64 32`)"))?;
+    if decoded.len() != 32 {
+        return Err(ConfigError::new(
+            key,
+            format!("must be 32 random bytes after base64, got {} (e.g. `openssl rand -base64 32`)", decoded.len()),
+        ));
+    }
+    if decoded.iter().all(|b| *b == decoded[0]) {
+        return Err(ConfigError::new(key, "is not random (every byte is the same)"));
+    }
+    Ok(Secret::new(t))
+}
+
+impl SessionConfig {
+    fn from_raw(raw: RawSession) -> Result<Self, ConfigError> {
+        let secrets = match (raw.secret, raw.secret_file) {
+            (Some(_), Some(_)) => {
+                return Err(ConfigError::new(
+                    "session.secret_file",
+                    "set either session.secret or session.secret_file, not both",
+                ))
+            }
+            (Some(s), None) => vec![session_secret("session.secret", &s)?],
+            (None, Some(path)) => {
+                let text = std::fs::read_to_string(&path).map_err(|e| {
+                    ConfigError::new("session.secret_file", format!("cannot read {path:?}: {e}"))
+                })?;
+                let lines: Vec<&str> =
+                    text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+                if lines.is_empty() {
+                    return Err(ConfigError::new("session.secret_file", format!("{path:?} is empty")));
+                }
+                lines
+                    .into_iter()
+                    .map(|l| session_secret("session.secret_file", l))
+                    .collect::<Result<Vec<_>, _>>()?
+            }
+            (None, None) => {
+                return Err(ConfigError::new(
+                    "session.secret",
+                    "is required for browser login (or session.secret_file): base64 of 32 random bytes",
+                ))
+            }
+        };
+        match raw.store.as_deref().unwrap_or("cookie") {
+            "cookie" => {}
+            other => {
+                return Err(ConfigError::new(
+                    "session.store",
+                    format!("expected \"cookie\" (\"redis\" comes later), got {other:?}"),
+                ))
+            }
+        }
+        let cookie_name = raw.cookie_name.unwrap_or_else(|| DEFAULT_COOKIE_NAME.to_string());
+        if cookie_name.is_empty()
+            || !cookie_name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-')
+        {
+            return Err(ConfigError::new(
+                "session.cookie_name",
+                "must be letters, digits, '_' or '-'",
+            ));
+        }
+        let cookie_domain = raw.cookie_domain.filter(|d| !d.trim().is_empty());
+        let max_lifetime =
+            duration("session.max_lifetime", raw.max_lifetime.as_deref(), DEFAULT_MAX_LIFETIME)?;
+        let idle_timeout =
+            duration("session.idle_timeout", raw.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT)?;
+        for (key, d) in [("session.max_lifetime", max_lifetime), ("session.idle_timeout", idle_timeout)] {
+            if d < Duration::from_secs(60) {
+                return Err(ConfigError::new(key, "must be at least 1m"));
+            }
+        }
+        Ok(SessionConfig { secrets, cookie_name, cookie_domain, max_lifetime, idle_timeout })
+    }
+}
+
+/// A URL portcullis redirects browsers to: https, or http on loopback or with
+/// `oidc.insecure_allow_http`.
+fn browser_url(key: &str, value: &str, allow_http: bool) -> Result<Url, ConfigError> {
+    let url = Url::parse(value)
+        .map_err(|e| ConfigError::new(key, format!("not a valid URL {value:?}: {e}")))?;
+    match url.scheme() {
+        "https" => {}
+        "http" if allow_http || is_loopback_host(&url) => {}
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                format!("{value:?} must be https (http only on loopback or with oidc.insecure_allow_http)"),
+            ))
+        }
+    }
+    if url.host().is_none() || url.fragment().is_some() {
+        return Err(ConfigError::new(key, "needs a host and no fragment"));
+    }
+    Ok(url)
+}
+
+fn login_from_raw(
+    keys: RawLoginKeys,
+    session: Option<RawSession>,
+    oidc: &OidcConfig,
+    bearer: &BearerConfig,
+    server: &ServerConfig,
+) -> Result<Option<LoginConfig>, ConfigError> {
+    let Some(session) = session else {
+        return Ok(None);
+    };
+    let client_id = oidc.client_id.clone().filter(|c| !c.trim().is_empty()).ok_or_else(|| {
+        ConfigError::new("oidc.client_id", "is required with [session] (browser login needs a client)")
+    })?;
+    let issuer = oidc.issuer.clone().ok_or_else(|| {
+        ConfigError::new("oidc.issuer", "is required for browser login (the provider to sign in with)")
+    })?;
+    if bearer.issuers.iter().any(|i| i.audiences.contains(&client_id)) {
+        return Err(ConfigError::new(
+            "oidc.client_id",
+            format!("{client_id:?} is also a bearer audience: ID tokens for the login client would pass as access tokens; give the API its own audience"),
+        ));
+    }
+    let session = SessionConfig::from_raw(session)?;
+    let allow_http = oidc.insecure_allow_http;
+    let redirect_url = match keys.redirect_url {
+        Some(u) => Some(browser_url("oidc.redirect_url", &u, allow_http)?),
+        None if server.listen.ip().is_loopback() => None,
+        None => {
+            return Err(ConfigError::new(
+                "oidc.redirect_url",
+                "is required unless server.listen is on loopback (e.g. \"https://app.example.com/oauth2/callback\")",
+            ))
+        }
+    };
+    let prefix = keys.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+    let prefix = prefix.trim_end_matches('/').to_string();
+    if !prefix.starts_with('/') || prefix.len() < 2 || crate::path::normalize(&prefix).ok().as_deref() != Some(prefix.as_str()) {
+        return Err(ConfigError::new("oidc.prefix", "must be a clean path like \"/oauth2\" (not \"/\")"));
+    }
+    let scopes = keys.scopes.unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+    if !scopes.iter().any(|s| s == "openid") {
+        return Err(ConfigError::new("oidc.scopes", "must include \"openid\""));
+    }
+    let mut allowed_redirect_hosts = Vec::new();
+    for (i, h) in keys.allowed_redirect_hosts.unwrap_or_default().into_iter().enumerate() {
+        let h = h.trim().to_ascii_lowercase();
+        let bare = h.strip_prefix('.').unwrap_or(&h);
+        if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) {
+            return Err(ConfigError::new(
+                format!("oidc.allowed_redirect_hosts[{i}]"),
+                format!("{h:?} is not a host name (\".example.com\" for subdomains)"),
+            ));
+        }
+        allowed_redirect_hosts.push(h);
+    }
+    let post_logout_redirect_url = match keys.post_logout_redirect_url {
+        Some(u) => Some(browser_url("oidc.post_logout_redirect_url", &u, allow_http)?),
+        None => None,
+    };
+    Ok(Some(LoginConfig {
+        issuer,
+        client_id,
+        client_secret: oidc.client_secret.clone(),
+        redirect_url,
+        scopes,
+        prefix,
+        allowed_redirect_hosts,
+        post_logout_redirect_url,
+        skip_sign_in_page: keys.skip_sign_in_page.unwrap_or(false),
+        session,
+        templates_dir: server.templates_dir.clone(),
+        insecure_allow_http: allow_http,
+    }))
+}
+
 /// Each section validates itself; what spans sections is passed in.
 fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = ServerConfig::from_raw(raw.server)?;
     let upstream = UpstreamConfig::from_raw(raw.upstream)?;
-    let oidc = OidcConfig::from_raw(raw.oidc)?;
+    let (oidc, login_keys) = OidcConfig::from_raw(raw.oidc)?;
     let bearer = BearerConfig::from_raw(raw.bearer, &oidc)?;
+    let login = login_from_raw(login_keys, raw.session, &oidc, &bearer, &server)?;
     let identity = IdentityConfig::from_raw(raw.identity, bearer.issuers.len())?;
     let authorization = authorization_from_raw(raw.authorization, &bearer.issuers)?;
     let log = LogConfig::from_raw(raw.log)?;
-    Ok(Config { server, upstream, oidc, bearer, identity, authorization, log })
+    Ok(Config { server, upstream, oidc, bearer, identity, authorization, login, log })
 }
 
 #[cfg(test)]

@@ -32,6 +32,7 @@ pub mod config;
 pub mod demo;
 pub mod devissuer;
 pub mod headers;
+pub mod pages;
 pub mod path;
 pub mod proxy;
 pub mod response;

@@ -107,6 +107,8 @@ fn strings(v: Option<&Value>, split_spaces: bool) -> Vec<String> {
 #[derive(Debug, Clone)]
 pub struct IdentityMapper {
     cfg: IdentityConfig,
+    /// `identity.require_verified_email`, resolved for this kind of credential.
+    require_verified_email: bool,
 }
 
 /// `email_verified` as providers send it: `true`/`false` or the strings `"true"`/`"false"`.
@@ -122,8 +124,16 @@ fn email_verified(claims: &Map<String, Value>, require: bool) -> bool {
 }
 
 impl IdentityMapper {
+    /// For bearer tokens: an absent `email_verified` counts as verified unless configured.
     pub fn new(cfg: IdentityConfig) -> Self {
-        Self { cfg }
+        let require_verified_email = cfg.require_verified_email.unwrap_or(false);
+        Self { cfg, require_verified_email }
+    }
+
+    /// For browser sessions: an absent `email_verified` counts as unverified unless configured.
+    pub fn for_sessions(cfg: IdentityConfig) -> Self {
+        let require_verified_email = cfg.require_verified_email.unwrap_or(true);
+        Self { cfg, require_verified_email }
     }
 
     /// Every header portcullis can set; client-sent copies are stripped.
@@ -152,7 +162,7 @@ impl IdentityMapper {
         claims: Map<String, Value>,
     ) -> Result<Identity, IdentityError> {
         let cfg = &self.cfg;
-        let email_ok = email_verified(&claims, cfg.require_verified_email);
+        let email_ok = email_verified(&claims, self.require_verified_email);
         let user = claim_at(&claims, &cfg.user_claim)
             .and_then(header_value)
             .filter(|v| !v.is_empty())
@@ -421,7 +431,7 @@ mod tests {
         let got = id(&m, json!({"sub": "u1", "email": "a@b.c"}));
         assert_eq!(header(&got, "x-forwarded-email"), Some("a@b.c"));
         let strict = IdentityMapper::new(IdentityConfig {
-            require_verified_email: true,
+            require_verified_email: Some(true),
             ..IdentityConfig::default()
         });
         let got = id(&strict, json!({"sub": "u1", "email": "a@b.c"}));

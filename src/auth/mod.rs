@@ -8,6 +8,7 @@ pub mod discovery;
 pub mod identity;
 pub mod keys;
 pub mod policy;
+pub mod session;
 pub mod token;
 
 use std::sync::Arc;

@@ -1,0 +1,602 @@
+//! Browser sessions in cookies: AES-256-GCM (aws-lc-rs) with a key derived (HKDF-SHA256) from
+//! each 32-byte `session.secret`, the issuer, client id, cookie name and purpose bound in as
+//! associated data (another app's cookie, made with the same secret, does not open here), split
+//! into numbered chunks when large. Also the short-lived login-attempt cookies, and removing
+//! every cookie of ours before a request reaches the app.
+
+use std::time::Duration;
+
+use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
+use aws_lc_rs::hkdf;
+use base64::Engine as _;
+use cookie::{Cookie, SameSite};
+use http::header::{self, HeaderMap, HeaderValue};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
+
+use crate::config::{LoginConfig, Secret};
+
+/// Bytes of cookie value per chunk (browsers keep about 4096 bytes per cookie, name included).
+pub const CHUNK_BYTES: usize = 3800;
+/// The most chunks a session may take; a larger session is not stored (and logged).
+pub const MAX_CHUNKS: usize = 6;
+/// The most login attempts (tabs signing in at once) kept; the oldest is dropped.
+pub const MAX_ATTEMPTS: usize = 5;
+/// How long a login attempt may take, from start to callback.
+pub const ATTEMPT_LIFETIME: Duration = Duration::from_secs(600);
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+const FORMAT_VERSION: u8 = 1;
+
+/// Why a cookie gave no session (logged at debug; the browser just signs in again).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum CookieError {
+    #[error("not base64url")]
+    Encoding,
+    #[error("too short or of an unknown format")]
+    Format,
+    #[error("does not decrypt with any session secret (tampered, truncated, swapped or foreign)")]
+    Decrypt,
+    #[error("decrypts but does not parse: {0}")]
+    Parse(String),
+    #[error("chunks missing or out of order")]
+    Chunks,
+}
+
+/// Seals and opens cookie values.
+pub struct Codec {
+    /// One per secret; the first seals.
+    keys: Vec<LessSafeKey>,
+    /// `issuer`, client id and cookie name, bound into every value.
+    context: String,
+}
+
+impl std::fmt::Debug for Codec {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Codec").field("keys", &self.keys.len()).finish()
+    }
+}
+
+fn derive_key(secret: &Secret) -> anyhow::Result<LessSafeKey> {
+    let t = secret.expose();
+    let ikm = base64::engine::general_purpose::STANDARD
+        .decode(t)
+        .or_else(|_| B64.decode(t.trim_end_matches('=')))
+        .map_err(|_| anyhow::anyhow!("session secret is not base64"))?;
+    let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"portcullis session v1").extract(&ikm);
+    let okm = prk
+        .expand(&[b"aes-256-gcm cookie key"], &AES_256_GCM)
+        .map_err(|_| anyhow::anyhow!("cannot derive the session key"))?;
+    Ok(LessSafeKey::new(UnboundKey::from(okm)))
+}
+
+impl Codec {
+    pub fn new(
+        secrets: &[Secret],
+        issuer: &str,
+        client_id: &str,
+        cookie_name: &str,
+    ) -> anyhow::Result<Self> {
+        let keys = secrets.iter().map(derive_key).collect::<anyhow::Result<Vec<_>>>()?;
+        if keys.is_empty() {
+            anyhow::bail!("no session secret");
+        }
+        Ok(Self { keys, context: format!("{issuer}\n{client_id}\n{cookie_name}") })
+    }
+
+    fn aad(&self, purpose: &str) -> Vec<u8> {
+        format!("portcullis\n{purpose}\n{}", self.context).into_bytes()
+    }
+
+    /// `plaintext` encrypted for `purpose`, as base64url.
+    pub fn seal(&self, purpose: &str, plaintext: &[u8]) -> String {
+        let mut nonce = [0u8; NONCE_LEN];
+        // aws-lc's DRBG; a failure here means the process cannot make secrets at all.
+        if aws_lc_rs::rand::fill(&mut nonce).is_err() {
+            tracing::error!("no randomness for a cookie nonce");
+        }
+        let mut buf = plaintext.to_vec();
+        let sealed = self.keys[0].seal_in_place_append_tag(
+            Nonce::assume_unique_for_key(nonce),
+            Aad::from(self.aad(purpose)),
+            &mut buf,
+        );
+        if sealed.is_err() {
+            tracing::error!("cookie encryption failed");
+            return String::new();
+        }
+        let mut out = Vec::with_capacity(1 + NONCE_LEN + buf.len());
+        out.push(FORMAT_VERSION);
+        out.extend_from_slice(&nonce);
+        out.extend_from_slice(&buf);
+        B64.encode(out)
+    }
+
+    /// The plaintext of a value sealed for `purpose` with any of the secrets.
+    pub fn open(&self, purpose: &str, text: &str) -> Result<Vec<u8>, CookieError> {
+        let raw = B64.decode(text.trim()).map_err(|_| CookieError::Encoding)?;
+        if raw.len() < 1 + NONCE_LEN + aead::AES_256_GCM.tag_len() || raw[0] != FORMAT_VERSION {
+            return Err(CookieError::Format);
+        }
+        let nonce: [u8; NONCE_LEN] =
+            raw[1..1 + NONCE_LEN].try_into().map_err(|_| CookieError::Format)?;
+        for key in &self.keys {
+            let mut buf = raw[1 + NONCE_LEN..].to_vec();
+            if let Ok(plain) = key.open_in_place(
+                Nonce::assume_unique_for_key(nonce),
+                Aad::from(self.aad(purpose)),
+                &mut buf,
+            ) {
+                return Ok(plain.to_vec());
+            }
+        }
+        Err(CookieError::Decrypt)
+    }
+
+    pub fn seal_json<T: Serialize>(&self, purpose: &str, value: &T) -> String {
+        match serde_json::to_vec(value) {
+            Ok(v) => self.seal(purpose, &v),
+            Err(_) => String::new(),
+        }
+    }
+
+    pub fn open_json<T: for<'de> Deserialize<'de>>(
+        &self,
+        purpose: &str,
+        text: &str,
+    ) -> Result<T, CookieError> {
+        let plain = self.open(purpose, text)?;
+        serde_json::from_slice(&plain).map_err(|e| CookieError::Parse(e.to_string()))
+    }
+}
+
+/// A signed-in browser. Sealed into the session cookie; tokens only as far as needed.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Session {
+    /// Random; names the session for the one-refresh-at-a-time rule.
+    pub id: String,
+    pub iss: String,
+    /// The ID token's claims merged with UserInfo's (protocol claims left out).
+    pub claims: Map<String, Value>,
+    /// When the user signed in (for `max_lifetime`).
+    pub created: u64,
+    /// Last activity (for `idle_timeout`), updated at most once a minute.
+    pub seen: u64,
+    /// When the access token expires (then the session is refreshed, if it can be).
+    pub at_exp: Option<u64>,
+    pub refresh_token: Option<String>,
+    /// For RP-initiated logout (`id_token_hint`).
+    pub id_token: Option<String>,
+    /// Only kept when `identity.pass_token` passes it on.
+    pub access_token: Option<String>,
+}
+
+impl std::fmt::Debug for Session {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Session")
+            .field("iss", &self.iss)
+            .field("sub", &self.claims.get("sub"))
+            .field("created", &self.created)
+            .field("at_exp", &self.at_exp)
+            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
+            .finish()
+    }
+}
+
+/// One login in progress (one browser tab), sealed into its own short-lived cookie.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct Attempt {
+    pub state: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    /// Where to go after login (already checked to be safe).
+    pub rd: String,
+    pub created: u64,
+}
+
+impl std::fmt::Debug for Attempt {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Attempt").field("rd", &self.rd).field("created", &self.created).finish()
+    }
+}
+
+/// The names and attributes of portcullis's cookies.
+#[derive(Debug, Clone)]
+pub struct Cookies {
+    /// The session cookie's name, prefixed `__Host-` (or `__Secure-` with a domain) over https.
+    pub name: String,
+    secure: bool,
+    domain: Option<String>,
+}
+
+/// `purpose` values bound into the encryption.
+pub const SESSION: &str = "session";
+pub const ATTEMPT: &str = "attempt";
+
+impl Cookies {
+    pub fn new(cfg: &LoginConfig) -> Self {
+        let secure = cfg.secure_cookies();
+        let domain = cfg.session.cookie_domain.clone();
+        let prefix = match (secure, &domain) {
+            (true, None) => "__Host-",
+            (true, Some(_)) => "__Secure-",
+            (false, _) => "",
+        };
+        Self { name: format!("{prefix}{}", cfg.session.cookie_name), secure, domain }
+    }
+
+    /// Whether a cookie name is one of ours (the session, its chunks, login attempts).
+    pub fn is_ours(&self, name: &str) -> bool {
+        name == self.name || name.strip_prefix(self.name.as_str()).is_some_and(|r| r.starts_with('_'))
+    }
+
+    fn chunk_name(&self, i: usize) -> String {
+        format!("{}_{i}", self.name)
+    }
+
+    /// The name of the attempt cookie for `state`.
+    pub fn attempt_name(&self, state: &str) -> String {
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, state.as_bytes());
+        let hex: String = d.as_ref()[..6].iter().map(|b| format!("{b:02x}")).collect();
+        format!("{}_login_{hex}", self.name)
+    }
+
+    fn cookie(&self, name: String, value: String, max_age: Option<Duration>) -> HeaderValue {
+        let mut c = Cookie::build((name, value))
+            .path("/")
+            .http_only(true)
+            .same_site(SameSite::Lax)
+            .secure(self.secure);
+        if let Some(d) = &self.domain {
+            c = c.domain(d.clone());
+        }
+        if let Some(age) = max_age {
+            c = c.max_age(cookie::time::Duration::seconds(age.as_secs() as i64));
+        }
+        HeaderValue::from_str(&c.build().encoded().to_string())
+            .unwrap_or_else(|_| HeaderValue::from_static(""))
+    }
+
+    fn removal(&self, name: String) -> HeaderValue {
+        self.cookie(name, String::new(), Some(Duration::ZERO))
+    }
+
+    /// `Set-Cookie` values storing the sealed session `value` for `max_age`, and clearing
+    /// chunks the request had that the new value does not use. `None` when too large.
+    pub fn set_session(
+        &self,
+        value: &str,
+        max_age: Duration,
+        request: &HeaderMap,
+    ) -> Option<Vec<HeaderValue>> {
+        let chunks: Vec<&str> = value
+            .as_bytes()
+            .chunks(CHUNK_BYTES)
+            .map(|c| std::str::from_utf8(c).unwrap_or_default())
+            .collect();
+        if chunks.len() > MAX_CHUNKS {
+            return None;
+        }
+        let mut out = Vec::new();
+        let mut written = Vec::new();
+        if chunks.len() <= 1 {
+            written.push(self.name.clone());
+            out.push(self.cookie(self.name.clone(), value.to_string(), Some(max_age)));
+        } else {
+            for (i, c) in chunks.iter().enumerate() {
+                written.push(self.chunk_name(i));
+                out.push(self.cookie(self.chunk_name(i), c.to_string(), Some(max_age)));
+            }
+        }
+        for name in self.session_names_in(request) {
+            if !written.contains(&name) {
+                out.push(self.removal(name));
+            }
+        }
+        Some(out)
+    }
+
+    /// `Set-Cookie` values removing the session and every login attempt the request carries.
+    pub fn clear_all(&self, request: &HeaderMap) -> Vec<HeaderValue> {
+        let mut names = self.session_names_in(request);
+        names.extend(self.attempts_in(request).into_iter().map(|(n, _)| n));
+        if !names.contains(&self.name) {
+            names.push(self.name.clone());
+        }
+        names.into_iter().map(|n| self.removal(n)).collect()
+    }
+
+    /// The sealed session value the request carries: the single cookie, or its chunks joined.
+    pub fn session_value(&self, request: &HeaderMap) -> Option<Result<String, CookieError>> {
+        let all = request_cookies(request);
+        if let Some((_, v)) = all.iter().find(|(n, _)| *n == self.name) {
+            return Some(Ok(v.clone()));
+        }
+        let first = self.chunk_name(0);
+        if !all.iter().any(|(n, _)| *n == first) {
+            return None;
+        }
+        let mut joined = String::new();
+        for i in 0..MAX_CHUNKS {
+            match all.iter().find(|(n, _)| *n == self.chunk_name(i)) {
+                Some((_, v)) => joined.push_str(v),
+                None => break,
+            }
+        }
+        if all.iter().any(|(n, _)| *n == self.chunk_name(MAX_CHUNKS)) {
+            return Some(Err(CookieError::Chunks));
+        }
+        Some(Ok(joined))
+    }
+
+    fn session_names_in(&self, request: &HeaderMap) -> Vec<String> {
+        request_cookies(request)
+            .into_iter()
+            .map(|(n, _)| n)
+            .filter(|n| {
+                *n == self.name
+                    || n.strip_prefix(self.name.as_str())
+                        .and_then(|r| r.strip_prefix('_'))
+                        .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
+            })
+            .collect()
+    }
+
+    /// The login-attempt cookies in a request: (name, value).
+    pub fn attempts_in(&self, request: &HeaderMap) -> Vec<(String, String)> {
+        let prefix = format!("{}_login_", self.name);
+        request_cookies(request).into_iter().filter(|(n, _)| n.starts_with(&prefix)).collect()
+    }
+
+    /// `Set-Cookie` for a new attempt, and removals of the oldest ones beyond
+    /// [`MAX_ATTEMPTS`] (`existing` are the request's attempts with their creation times).
+    pub fn set_attempt(
+        &self,
+        state: &str,
+        sealed: String,
+        mut existing: Vec<(String, u64)>,
+    ) -> Vec<HeaderValue> {
+        let mut out = vec![self.cookie(self.attempt_name(state), sealed, Some(ATTEMPT_LIFETIME))];
+        existing.sort_by_key(|(_, created)| *created);
+        let excess = (existing.len() + 1).saturating_sub(MAX_ATTEMPTS);
+        for (name, _) in existing.into_iter().take(excess) {
+            out.push(self.removal(name));
+        }
+        out
+    }
+
+    pub fn remove(&self, name: &str) -> HeaderValue {
+        self.removal(name.to_string())
+    }
+
+    /// Removes our cookies from the request's `Cookie` header(s); the app's pass untouched.
+    pub fn strip_from(&self, headers: &mut HeaderMap) {
+        if !headers.contains_key(header::COOKIE) {
+            return;
+        }
+        let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
+        let mut kept: Vec<String> = Vec::new();
+        let mut removed = false;
+        for v in &values {
+            let Ok(s) = v.to_str() else {
+                kept.push(String::from_utf8_lossy(v.as_bytes()).into_owned());
+                continue;
+            };
+            for pair in s.split(';') {
+                let name = pair.split('=').next().unwrap_or_default().trim();
+                if self.is_ours(name) {
+                    removed = true;
+                } else if !pair.trim().is_empty() {
+                    kept.push(pair.trim().to_string());
+                }
+            }
+        }
+        if !removed {
+            return;
+        }
+        headers.remove(header::COOKIE);
+        if !kept.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
+                headers.insert(header::COOKIE, v);
+            }
+        }
+    }
+}
+
+/// Every `name=value` pair of the request's `Cookie` headers.
+fn request_cookies(headers: &HeaderMap) -> Vec<(String, String)> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| Cookie::split_parse_encoded(s.to_string()).flatten())
+        .map(|c| (c.name().to_string(), c.value().to_string()))
+        .collect()
+}
+
+/// 16 random bytes as base64url (ids, states, nonces: 128 bits).
+pub fn random_token() -> String {
+    let mut b = [0u8; 32];
+    if aws_lc_rs::rand::fill(&mut b).is_err() {
+        tracing::error!("no randomness");
+    }
+    B64.encode(b)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn secret(byte: u8) -> Secret {
+        let bytes: Vec<u8> = (0..32u8).map(|i| i.wrapping_mul(7).wrapping_add(byte)).collect();
+        Secret::new(base64::engine::general_purpose::STANDARD.encode(bytes))
+    }
+
+    fn codec(secrets: &[Secret], client: &str) -> Codec {
+        Codec::new(secrets, "https://idp", client, "_portcullis").unwrap()
+    }
+
+    #[test]
+    fn sealed_values_open_only_where_they_were_made() {
+        let c = codec(&[secret(1)], "app");
+        let v = c.seal(SESSION, b"hello");
+        assert_eq!(c.open(SESSION, &v).unwrap(), b"hello");
+        // another purpose, another client, another secret: nothing
+        assert_eq!(c.open(ATTEMPT, &v), Err(CookieError::Decrypt));
+        assert_eq!(codec(&[secret(1)], "other-app").open(SESSION, &v), Err(CookieError::Decrypt));
+        assert_eq!(codec(&[secret(2)], "app").open(SESSION, &v), Err(CookieError::Decrypt));
+        // tampered and truncated
+        let mut raw = B64.decode(&v).unwrap();
+        let last = raw.len() - 1;
+        raw[last] ^= 1;
+        assert_eq!(c.open(SESSION, &B64.encode(&raw)), Err(CookieError::Decrypt));
+        assert!(c.open(SESSION, &v[..v.len() - 4]).is_err());
+        assert!(c.open(SESSION, &v[..v.len() - 3]).is_err());
+        assert_eq!(c.open(SESSION, "abc"), Err(CookieError::Format));
+        assert_eq!(c.open(SESSION, "!!!"), Err(CookieError::Encoding));
+        // two seals of the same value differ (fresh nonce)
+        assert_ne!(c.seal(SESSION, b"hello"), v);
+    }
+
+    #[test]
+    fn secret_rotation_first_seals_all_open() {
+        let old = codec(&[secret(1)], "app");
+        let v_old = old.seal(SESSION, b"x");
+        let rotated = codec(&[secret(2), secret(1)], "app");
+        assert_eq!(rotated.open(SESSION, &v_old).unwrap(), b"x");
+        let v_new = rotated.seal(SESSION, b"y");
+        assert_eq!(codec(&[secret(2)], "app").open(SESSION, &v_new).unwrap(), b"y");
+        assert_eq!(old.open(SESSION, &v_new), Err(CookieError::Decrypt));
+    }
+
+    fn cookies() -> Cookies {
+        Cookies { name: "_portcullis".into(), secure: false, domain: None }
+    }
+
+    fn request_with(set_cookies: &[HeaderValue]) -> HeaderMap {
+        // what a browser sends back: name=value of each cookie with a value
+        let pairs: Vec<String> = set_cookies
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .filter(|p| !p.ends_with('='))
+            .collect();
+        let mut h = HeaderMap::new();
+        h.insert(header::COOKIE, HeaderValue::from_str(&pairs.join("; ")).unwrap());
+        h
+    }
+
+    #[test]
+    fn large_sessions_are_chunked_and_read_back_and_stale_chunks_cleared() {
+        let c = cookies();
+        let codec = codec(&[secret(1)], "app");
+        let big = "x".repeat(9000);
+        let sealed = codec.seal(SESSION, big.as_bytes());
+        let set = c.set_session(&sealed, Duration::from_secs(60), &HeaderMap::new()).unwrap();
+        assert_eq!(set.len(), 4, "{set:?}");
+        assert!(set.iter().all(|v| v.to_str().unwrap().contains("HttpOnly")));
+        assert!(set.iter().all(|v| v.to_str().unwrap().contains("SameSite=Lax")));
+        let req = request_with(&set);
+        let back = c.session_value(&req).unwrap().unwrap();
+        assert_eq!(codec.open(SESSION, &back).unwrap(), big.as_bytes());
+        // a later small session clears the chunks
+        let small = codec.seal(SESSION, b"small");
+        let set2 = c.set_session(&small, Duration::from_secs(60), &req).unwrap();
+        let cleared: Vec<_> =
+            set2.iter().filter(|v| v.to_str().unwrap().contains("Max-Age=0")).collect();
+        assert_eq!(cleared.len(), 4, "{set2:?}");
+        // a missing middle chunk breaks the value, and it does not open
+        let mut h = HeaderMap::new();
+        let parts: Vec<String> = set
+            .iter()
+            .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+            .collect();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!("{}; {}", parts[0], parts[2])).unwrap(),
+        );
+        let broken = c.session_value(&h).unwrap().unwrap();
+        assert!(codec.open(SESSION, &broken).is_err());
+        // swapped chunks do not open either
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_str(&format!(
+                "{}; {}; {}",
+                parts[1].replacen("_1=", "_0=", 1),
+                parts[0].replacen("_0=", "_1=", 1),
+                parts[2]
+            ))
+            .unwrap(),
+        );
+        let swapped = c.session_value(&h).unwrap().unwrap();
+        assert!(codec.open(SESSION, &swapped).is_err());
+        // too large for the chunk cap
+        let huge = "y".repeat(CHUNK_BYTES * MAX_CHUNKS + 1);
+        assert!(c.set_session(&huge, Duration::from_secs(60), &HeaderMap::new()).is_none());
+    }
+
+    #[test]
+    fn our_cookies_are_stripped_and_the_apps_kept() {
+        let c = cookies();
+        let mut h = HeaderMap::new();
+        h.append(header::COOKIE, HeaderValue::from_static("app=1; _portcullis=abc; _portcullis_0=x"));
+        h.append(header::COOKIE, HeaderValue::from_static("_portcullis_login_ab12=y; theme=dark"));
+        h.append(header::COOKIE, HeaderValue::from_static("_portcullisx=keep"));
+        c.strip_from(&mut h);
+        let left: Vec<_> = h.get_all(header::COOKIE).iter().collect();
+        assert_eq!(left, vec!["app=1; theme=dark; _portcullisx=keep"]);
+        let mut only_ours = HeaderMap::new();
+        only_ours.insert(header::COOKIE, HeaderValue::from_static("_portcullis=abc"));
+        c.strip_from(&mut only_ours);
+        assert!(only_ours.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn at_most_five_attempts_are_kept_oldest_dropped() {
+        let c = cookies();
+        let existing: Vec<(String, u64)> =
+            (0..5).map(|i| (format!("_portcullis_login_{i}"), 100 + i as u64)).collect();
+        let out = c.set_attempt("state", "sealed".into(), existing);
+        let removed: Vec<_> = out
+            .iter()
+            .map(|v| v.to_str().unwrap().to_string())
+            .filter(|v| v.contains("Max-Age=0"))
+            .collect();
+        assert_eq!(removed.len(), 1);
+        assert!(removed[0].starts_with("_portcullis_login_0="), "{removed:?}");
+    }
+
+    #[test]
+    fn secure_names_over_https() {
+        let mut cfg = crate::config::load_str(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[upstream]
+url = "http://127.0.0.1:1"
+[oidc]
+issuer = "https://idp.example.com"
+client_id = "web"
+redirect_url = "https://app.example.com/oauth2/callback"
+[bearer]
+audiences = ["api"]
+[session]
+secret = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY="
+"#,
+            std::iter::empty(),
+        )
+        .unwrap()
+        .config
+        .login
+        .unwrap();
+        let c = Cookies::new(&cfg);
+        assert_eq!(c.name, "__Host-_portcullis");
+        let v = c.set_session("v", Duration::from_secs(5), &HeaderMap::new()).unwrap();
+        let v = v[0].to_str().unwrap();
+        assert!(v.contains("Secure") && v.contains("Path=/") && !v.contains("Domain"), "{v}");
+        cfg.session.cookie_domain = Some("example.com".into());
+        let c = Cookies::new(&cfg);
+        assert_eq!(c.name, "__Secure-_portcullis");
+        let _ = json!({});
+    }
+}
