@@ -1369,12 +1369,22 @@ fn session_secret(key: &str, text: &str) -> Result<Secret, ConfigError> {
     let t = text.trim();
     let decoded = base64::engine::general_purpose::STANDARD
         .decode(t)
-        .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('=')))
-        .map_err(|_| ConfigError::new(key, "must be base64 of 32 random bytes (e.g. `openssl rand -base64 32`)"))?;
+        .or_else(|_| {
+            base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('='))
+        })
+        .map_err(|_| {
+            ConfigError::new(
+                key,
+                "must be base64 of 32 random bytes (e.g. `openssl rand -base64 32`)",
+            )
+        })?;
     if decoded.len() != 32 {
         return Err(ConfigError::new(
             key,
-            format!("must be 32 random bytes after base64, got {} (e.g. `openssl rand -base64 32`)", decoded.len()),
+            format!(
+                "must be 32 random bytes after base64, got {} (e.g. `openssl rand -base64 32`)",
+                decoded.len()
+            ),
         ));
     }
     if decoded.iter().all(|b| *b == decoded[0]) {
@@ -1400,19 +1410,20 @@ impl SessionConfig {
                 let lines: Vec<&str> =
                     text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
                 if lines.is_empty() {
-                    return Err(ConfigError::new("session.secret_file", format!("{path:?} is empty")));
+                    return Err(ConfigError::new(
+                        "session.secret_file",
+                        format!("{path:?} is empty"),
+                    ));
                 }
                 lines
                     .into_iter()
                     .map(|l| session_secret("session.secret_file", l))
                     .collect::<Result<Vec<_>, _>>()?
             }
-            (None, None) => {
-                return Err(ConfigError::new(
-                    "session.secret",
-                    "is required for browser login (or session.secret_file): base64 of 32 random bytes",
-                ))
-            }
+            (None, None) => return Err(ConfigError::new(
+                "session.secret",
+                "is required for browser login (or session.secret_file): base64 of 32 random bytes",
+            )),
         };
         match raw.store.as_deref().unwrap_or("cookie") {
             "cookie" => {}
@@ -1437,7 +1448,9 @@ impl SessionConfig {
             duration("session.max_lifetime", raw.max_lifetime.as_deref(), DEFAULT_MAX_LIFETIME)?;
         let idle_timeout =
             duration("session.idle_timeout", raw.idle_timeout.as_deref(), DEFAULT_IDLE_TIMEOUT)?;
-        for (key, d) in [("session.max_lifetime", max_lifetime), ("session.idle_timeout", idle_timeout)] {
+        for (key, d) in
+            [("session.max_lifetime", max_lifetime), ("session.idle_timeout", idle_timeout)]
+        {
             if d < Duration::from_secs(60) {
                 return Err(ConfigError::new(key, "must be at least 1m"));
             }
@@ -1454,12 +1467,12 @@ fn browser_url(key: &str, value: &str, allow_http: bool) -> Result<Url, ConfigEr
     match url.scheme() {
         "https" => {}
         "http" if allow_http || is_loopback_host(&url) => {}
-        _ => {
-            return Err(ConfigError::new(
-                key,
-                format!("{value:?} must be https (http only on loopback or with oidc.insecure_allow_http)"),
-            ))
-        }
+        _ => return Err(ConfigError::new(
+            key,
+            format!(
+                "{value:?} must be https (http only on loopback or with oidc.insecure_allow_http)"
+            ),
+        )),
     }
     if url.host().is_none() || url.fragment().is_some() {
         return Err(ConfigError::new(key, "needs a host and no fragment"));
@@ -1478,10 +1491,16 @@ fn login_from_raw(
         return Ok(None);
     };
     let client_id = oidc.client_id.clone().filter(|c| !c.trim().is_empty()).ok_or_else(|| {
-        ConfigError::new("oidc.client_id", "is required with [session] (browser login needs a client)")
+        ConfigError::new(
+            "oidc.client_id",
+            "is required with [session] (browser login needs a client)",
+        )
     })?;
     let issuer = oidc.issuer.clone().ok_or_else(|| {
-        ConfigError::new("oidc.issuer", "is required for browser login (the provider to sign in with)")
+        ConfigError::new(
+            "oidc.issuer",
+            "is required for browser login (the provider to sign in with)",
+        )
     })?;
     if bearer.issuers.iter().any(|i| i.audiences.contains(&client_id)) {
         return Err(ConfigError::new(
@@ -1503,10 +1522,17 @@ fn login_from_raw(
     };
     let prefix = keys.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
     let prefix = prefix.trim_end_matches('/').to_string();
-    if !prefix.starts_with('/') || prefix.len() < 2 || crate::path::normalize(&prefix).ok().as_deref() != Some(prefix.as_str()) {
-        return Err(ConfigError::new("oidc.prefix", "must be a clean path like \"/oauth2\" (not \"/\")"));
+    if !prefix.starts_with('/')
+        || prefix.len() < 2
+        || crate::path::normalize(&prefix).ok().as_deref() != Some(prefix.as_str())
+    {
+        return Err(ConfigError::new(
+            "oidc.prefix",
+            "must be a clean path like \"/oauth2\" (not \"/\")",
+        ));
     }
-    let scopes = keys.scopes.unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
+    let scopes =
+        keys.scopes.unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
     if !scopes.iter().any(|s| s == "openid") {
         return Err(ConfigError::new("oidc.scopes", "must include \"openid\""));
     }
@@ -1514,7 +1540,9 @@ fn login_from_raw(
     for (i, h) in keys.allowed_redirect_hosts.unwrap_or_default().into_iter().enumerate() {
         let h = h.trim().to_ascii_lowercase();
         let bare = h.strip_prefix('.').unwrap_or(&h);
-        if bare.is_empty() || !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b)) {
+        if bare.is_empty()
+            || !bare.bytes().all(|b| b.is_ascii_alphanumeric() || b"-.:[]".contains(&b))
+        {
             return Err(ConfigError::new(
                 format!("oidc.allowed_redirect_hosts[{i}]"),
                 format!("{h:?} is not a host name (\".example.com\" for subdomains)"),
@@ -1567,6 +1595,15 @@ mod tests {
         [bearer]
         audiences = ["api://my-app"]
     "#;
+
+    const LOGIN_SECRET: &str = "MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=";
+
+    /// MINIMAL with browser login on.
+    fn login_config() -> String {
+        "[server]\nlisten = \"127.0.0.1:4180\"\n".to_string()
+            + &MINIMAL.replace("[oidc]", "[oidc]\nclient_id = \"web\"")
+            + &format!("\n[session]\nsecret = \"{LOGIN_SECRET}\"\n")
+    }
 
     fn no_env() -> Vec<(String, String)> {
         Vec::new()
@@ -1654,6 +1691,16 @@ mod tests {
                 (_, "algorithms", _) => "RS256",
                 (_, "public_routes", _) => "^/x",
                 (_, "trusted_proxies", _) => "10.0.0.0/8, 192.168.1.1",
+                ("session", "secret", _) => LOGIN_SECRET,
+                ("session", "secret_file", _) => continue,
+                ("session", "store", _) => "cookie",
+                ("session", "max_lifetime" | "idle_timeout", _) => "2h",
+                ("oidc", "redirect_url" | "post_logout_redirect_url", _) => {
+                    "https://app.example.com/oauth2/callback"
+                }
+                ("oidc", "scopes", _) => "openid,email",
+                ("oidc", "prefix", _) => "/auth",
+                ("server", "templates_dir", _) => "/nonexistent",
                 ("authorization", "issuers", _) => "https://idp.example.com/realms/main",
                 (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",
                 (_, k, _) if k.ends_with("timeout") || k.ends_with("interval") || k == "leeway" => {
@@ -1668,7 +1715,8 @@ mod tests {
                 _ => "x",
             };
             let env = vec![(env_name(section, key), value.to_string())];
-            let loaded = load_str(MINIMAL, env);
+            let base = if section == "session" { login_config() } else { MINIMAL.to_string() };
+            let loaded = load_str(&base, env);
             assert!(loaded.is_ok(), "{section}.{key}: {:?}", loaded.err());
             assert!(loaded.unwrap().warnings.is_empty());
         }
@@ -1840,5 +1888,56 @@ issuers = ["https://idp.example.com/realms/main"]
             vec![("PORTCULLIS_AUTHORIZATION_GROUPS".to_string(), "staff, admins".to_string())];
         let c = load_str(MINIMAL, env).unwrap().config;
         assert_eq!(c.authorization.base.groups, vec!["staff", "admins"]);
+    }
+
+    #[test]
+    fn login_start_up_errors_name_the_key() {
+        let c = load_str(&login_config(), no_env()).unwrap().config;
+        let l = c.login.unwrap();
+        assert_eq!(l.client_id, "web");
+        assert_eq!(l.prefix, "/oauth2");
+        assert_eq!(l.scopes, vec!["openid", "email", "profile"]);
+        assert!(l.redirect_url.is_none(), "on loopback the redirect URL follows the Host");
+        let key = |text: String| err(&text, no_env()).key;
+        // [session] without client_id
+        assert_eq!(
+            key(format!("{MINIMAL}\n[session]\nsecret = \"{LOGIN_SECRET}\"\n")),
+            "oidc.client_id"
+        );
+        // no secret, short or non-random secrets
+        let no_secret = login_config().replace(&format!("secret = \"{LOGIN_SECRET}\""), "");
+        assert_eq!(key(no_secret), "session.secret");
+        let short = login_config().replace(LOGIN_SECRET, "c2hvcnQ=");
+        assert_eq!(key(short), "session.secret");
+        let zeros =
+            login_config().replace(LOGIN_SECRET, "AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA=");
+        assert_eq!(key(zeros), "session.secret");
+        // the client id as a bearer audience
+        let clash =
+            login_config().replace("audiences = [\"api://my-app\"]", "audiences = [\"web\"]");
+        assert_eq!(key(clash), "oidc.client_id");
+        // a public listener without redirect_url
+        let public = login_config().replace("127.0.0.1:4180", "0.0.0.0:4180");
+        assert_eq!(key(public), "oidc.redirect_url");
+        let http = login_config()
+            .replace("[oidc]", "[oidc]\nredirect_url = \"http://app.example.com/oauth2/callback\"");
+        assert_eq!(key(http), "oidc.redirect_url");
+        let no_openid = login_config().replace("[oidc]", "[oidc]\nscopes = [\"email\"]");
+        assert_eq!(key(no_openid), "oidc.scopes");
+        // a secret file: one per line, all read
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("secrets");
+        std::fs::write(
+            &f,
+            format!("{LOGIN_SECRET}\n\nMTIzNDU2Nzg5MGFiY2RlZjEyMzQ1Njc4OTBhYmNkZWY=\n"),
+        )
+        .unwrap();
+        let text = login_config().replace(
+            &format!("secret = \"{LOGIN_SECRET}\""),
+            &format!("secret_file = {:?}", f.display().to_string()),
+        );
+        let l = load_str(&text, no_env()).unwrap().config.login.unwrap();
+        assert_eq!(l.session.secrets.len(), 2);
+        assert!(!format!("{l:?}").contains(LOGIN_SECRET));
     }
 }

@@ -32,8 +32,9 @@ impl Pages {
         let mut env = Environment::new();
         for (name, embedded) in TEMPLATES {
             let source = match dir.map(|d| d.join(name)) {
-                Some(p) if p.exists() => std::fs::read_to_string(&p)
-                    .map_err(|e| anyhow::anyhow!("server.templates_dir: cannot read {}: {e}", p.display()))?,
+                Some(p) if p.exists() => std::fs::read_to_string(&p).map_err(|e| {
+                    anyhow::anyhow!("server.templates_dir: cannot read {}: {e}", p.display())
+                })?,
                 _ => embedded.to_string(),
             };
             env.add_template_owned(*name, source)
@@ -45,14 +46,14 @@ impl Pages {
     /// `name` rendered with `ctx` as an HTML response with `status`; a template that fails to
     /// render gives a plain page (and a log line), never a panic.
     pub fn render(&self, name: &str, status: StatusCode, ctx: impl Serialize) -> Response<Body> {
-        let html = self
-            .env
-            .get_template(name)
-            .and_then(|t| t.render(ctx))
-            .unwrap_or_else(|e| {
-                tracing::error!(template = name, error = %e, "page template failed to render");
-                format!("<!doctype html><title>{}</title><p>{}</p>", status.as_u16(), status.canonical_reason().unwrap_or(""))
-            });
+        let html = self.env.get_template(name).and_then(|t| t.render(ctx)).unwrap_or_else(|e| {
+            tracing::error!(template = name, error = %e, "page template failed to render");
+            format!(
+                "<!doctype html><title>{}</title><p>{}</p>",
+                status.as_u16(),
+                status.canonical_reason().unwrap_or("")
+            )
+        });
         let mut resp = Response::new(Body::from(html));
         *resp.status_mut() = status;
         let h = resp.headers_mut();
@@ -101,7 +102,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("error.html"), "custom {{ status }}").unwrap();
         let p = Pages::load(Some(dir.path())).unwrap();
-        let html = text(p.render("error.html", StatusCode::BAD_GATEWAY, json!({"status": 502}))).await;
+        let html =
+            text(p.render("error.html", StatusCode::BAD_GATEWAY, json!({"status": 502}))).await;
         assert_eq!(html, "custom 502");
         let html = text(p.render("sign_in.html", StatusCode::OK, json!({"app_name": "x"}))).await;
         assert!(html.contains("Sign in"));

@@ -50,11 +50,13 @@ impl Decision {
 pub struct Refusal {
     pub rejection: Rejection,
     pub decision: Decision,
+    /// `Set-Cookie` values that go out with the answer (a broken session cleared).
+    pub set_cookies: Vec<HeaderValue>,
 }
 
 impl Refusal {
     pub fn new(rejection: Rejection, reason: &'static str) -> Self {
-        Self { rejection, decision: Decision::new(reason) }
+        Self { rejection, decision: Decision::new(reason), set_cookies: Vec::new() }
     }
 
     /// The same refusal with a detail for the log (never a token or secret).
@@ -64,48 +66,98 @@ impl Refusal {
     }
 
     /// A response carrying this refusal, for [`Answers`] to render.
-    pub fn response(self) -> Response<Body> {
+    pub fn response(mut self) -> Response<Body> {
         let mut resp = Response::new(Body::empty());
         *resp.status_mut() = self.rejection.status();
+        for v in std::mem::take(&mut self.set_cookies) {
+            resp.headers_mut().append(header::SET_COOKIE, v);
+        }
         resp.extensions_mut().insert(self);
         resp
     }
 }
 
-/// What a refusal's answer depends on in the request.
+/// What a refusal's answer depends on in the request: who asked, and how.
 #[derive(Debug, Clone, Default)]
 struct Asker {
     request_id: Option<HeaderValue>,
     /// The client waits for `100 Continue` before sending its body, which is never read.
     expects_continue: bool,
+    /// A browser navigating (`Sec-Fetch-Mode: navigate`, or without that header an `Accept`
+    /// with `text/html`): it can follow a redirect into login and read a page.
+    navigating: bool,
+    /// `GET` or `HEAD` without `Authorization`: a navigation that may be redirected.
+    redirectable: bool,
+    /// The path and query the client asked for (where to come back after login).
+    path_and_query: String,
+    host: Option<String>,
 }
 
 impl Asker {
     fn of<B>(req: &Request<B>) -> Self {
+        let h = req.headers();
+        let navigating = match h.get("sec-fetch-mode") {
+            Some(v) => v.as_bytes().eq_ignore_ascii_case(b"navigate"),
+            None => h
+                .get_all(header::ACCEPT)
+                .iter()
+                .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("text/html"))),
+        };
         Self {
             request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
-            expects_continue: req
-                .headers()
+            expects_continue: h
                 .get(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
+            navigating,
+            redirectable: navigating
+                && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
+                && !h.contains_key(header::AUTHORIZATION),
+            path_and_query: if navigating {
+                req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default()
+            } else {
+                String::new()
+            },
+            host: h.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string),
         }
     }
 }
 
+/// What browsers get instead of JSON, when browser login is on.
+#[derive(Clone)]
+pub struct BrowserAnswers {
+    pub login: Arc<crate::auth::login::Login>,
+}
+
 /// Renders every [`Refusal`] the layers inside it return; other responses pass untouched.
-#[derive(Debug, Clone, Default)]
-pub struct AnswersLayer;
+#[derive(Clone, Default)]
+pub struct AnswersLayer {
+    browsers: Option<BrowserAnswers>,
+}
+
+impl AnswersLayer {
+    /// With `browsers`, browser navigations are sent into login and shown pages.
+    pub fn new(browsers: Option<BrowserAnswers>) -> Self {
+        Self { browsers }
+    }
+}
+
+impl std::fmt::Debug for AnswersLayer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AnswersLayer").field("browsers", &self.browsers.is_some()).finish()
+    }
+}
 
 impl<S> Layer<S> for AnswersLayer {
     type Service = Answers<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Answers { inner }
+        Answers { inner, browsers: self.browsers.clone() }
     }
 }
 
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Answers<S> {
     inner: S,
+    browsers: Option<BrowserAnswers>,
 }
 
 impl<S> Service<Request<Body>> for Answers<S>
@@ -123,23 +175,105 @@ where
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         let asker = Asker::of(&req);
+        let browsers = self.browsers.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
             Ok(match resp.extensions_mut().remove::<Refusal>() {
-                Some(refusal) => render(refusal, &asker),
+                Some(refusal) => {
+                    let extra = std::mem::take(resp.headers_mut());
+                    let mut answer = render(refusal, &asker, browsers.as_ref());
+                    // cookies a refusing layer set (a session it cleared) still go out
+                    for v in extra.get_all(header::SET_COOKIE) {
+                        answer.headers_mut().append(header::SET_COOKIE, v.clone());
+                    }
+                    answer
+                }
                 None => resp,
             })
         })
     }
 }
 
-/// The one place a refusal becomes an answer.
-fn render(refusal: Refusal, asker: &Asker) -> Response<Body> {
-    let Refusal { rejection, decision } = refusal;
-    let mut resp = rejection.api_answer(asker);
+/// The one place a refusal becomes an answer: a redirect into login or a page for a browser,
+/// JSON with an RFC 6750 challenge for everyone else.
+fn render(refusal: Refusal, asker: &Asker, browsers: Option<&BrowserAnswers>) -> Response<Body> {
+    let Refusal { rejection, decision, .. } = refusal;
+    let mut resp = match browsers {
+        Some(b) if asker.navigating || matches!(rejection, Rejection::LoginFailed { .. }) => {
+            browser_answer(&rejection, &decision, asker, b)
+        }
+        _ => rejection.api_answer(asker),
+    };
     resp.extensions_mut().insert(decision);
     resp
+}
+
+fn browser_answer(
+    rejection: &Rejection,
+    decision: &Decision,
+    asker: &Asker,
+    b: &BrowserAnswers,
+) -> Response<Body> {
+    let login = &b.login;
+    let prefix = login.prefix();
+    let request_id = asker.request_id.as_ref().and_then(|r| r.to_str().ok()).unwrap_or_default();
+    let app_name = asker.host.clone().unwrap_or_else(|| "this app".into());
+    let sign_in_url = login.login_location(if asker.path_and_query.is_empty() {
+        "/"
+    } else {
+        &asker.path_and_query
+    });
+    match rejection {
+        Rejection::NoToken { .. } | Rejection::InvalidToken { .. } if asker.redirectable => {
+            let mut resp = Response::new(Body::empty());
+            *resp.status_mut() = StatusCode::FOUND;
+            if let Ok(v) = HeaderValue::from_str(&sign_in_url) {
+                resp.headers_mut().insert(header::LOCATION, v);
+            }
+            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+            resp
+        }
+        Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => login.pages().render(
+            "sign_in.html",
+            StatusCode::UNAUTHORIZED,
+            json!({"app_name": app_name, "provider": "your identity provider",
+                   "start_url": sign_in_url, "request_id": request_id}),
+        ),
+        Rejection::Forbidden { .. } => {
+            let user = decision
+                .identity
+                .as_ref()
+                .map(|i| i.email.clone().unwrap_or_else(|| i.subject.clone()));
+            login.pages().render(
+                "forbidden.html",
+                StatusCode::FORBIDDEN,
+                json!({"app_name": app_name, "user": user, "request_id": request_id,
+                       "sign_out_url": format!("{prefix}/sign_out")}),
+            )
+        }
+        other => {
+            let (title, message) = match other {
+                Rejection::LoginFailed { message, .. } => {
+                    ("Sign-in failed", (*message).to_string())
+                }
+                other => ("Something went wrong", other.body().1.into_owned()),
+            };
+            let sign_in =
+                matches!(other, Rejection::LoginFailed { .. }).then(|| format!("{prefix}/sign_in"));
+            let mut resp = login.pages().render(
+                "error.html",
+                other.status(),
+                json!({"app_name": app_name, "title": title, "message": message,
+                       "status": other.status().as_u16(), "request_id": request_id,
+                       "sign_in_url": sign_in}),
+            );
+            if matches!(other, Rejection::NotReady | Rejection::Busy) {
+                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            resp
+        }
+    }
 }
 
 /// What a client denied by the rules is told (the log says which rule and why).
@@ -157,6 +291,11 @@ pub enum Rejection {
     /// The rules deny the request: `403`, `error="insufficient_scope"` (RFC 6750 §3.1), with
     /// `scope` naming the scopes that were missing, if any.
     Forbidden { realm: Arc<str>, scope: Option<String> },
+    /// A login step failed (a bad state, a provider error, ...): an error page with a short
+    /// message; the log has the detail.
+    LoginFailed { status: StatusCode, message: &'static str },
+    /// A cookie-authenticated request with an unsafe method from another origin: `403`.
+    CrossSite,
     /// Keys not loaded yet: `503`.
     NotReady,
     /// An ambiguous path: `400`.
@@ -182,7 +321,8 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
-            Rejection::Forbidden { .. } => StatusCode::FORBIDDEN,
+            Rejection::Forbidden { .. } | Rejection::CrossSite => StatusCode::FORBIDDEN,
+            Rejection::LoginFailed { status, .. } => *status,
             Rejection::InvalidRequest { .. }
             | Rejection::BadPath(_)
             | Rejection::BadRequestBody => StatusCode::BAD_REQUEST,
@@ -217,11 +357,15 @@ impl Rejection {
         }
     }
 
-    fn body(&self) -> (&'static str, Cow<'static, str>) {
+    pub fn body(&self) -> (&'static str, Cow<'static, str>) {
         match self {
             Rejection::NoToken { .. } => ("unauthorized", "A bearer token is required".into()),
             Rejection::InvalidToken { description, .. } => ("invalid_token", (*description).into()),
             Rejection::Forbidden { .. } => ("insufficient_scope", FORBIDDEN.into()),
+            Rejection::CrossSite => {
+                ("forbidden", "Cross-site requests with the session cookie are refused".into())
+            }
+            Rejection::LoginFailed { message, .. } => ("login_failed", (*message).into()),
             Rejection::InvalidRequest { description, .. } => {
                 ("invalid_request", (*description).into())
             }

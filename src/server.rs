@@ -22,14 +22,16 @@ use tower::{ServiceBuilder, ServiceExt};
 
 use crate::auth::identity::{IdentityMapper, InjectIdentityLayer};
 use crate::auth::keys::{KeyCacheSettings, KeyStore};
+use crate::auth::login::Login;
 use crate::auth::policy::{AuthorizeLayer, Policy};
 use crate::auth::token::Verifier;
 use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::config::Config;
 use crate::headers::{StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders};
+use crate::pages::Pages;
 use crate::path::NormalizePathLayer;
 use crate::proxy::{ClientAddr, ProxyService};
-use crate::response::AnswersLayer;
+use crate::response::{AnswersLayer, BrowserAnswers};
 use crate::telemetry::AccessLogLayer;
 
 /// The whole request path as one cloneable service.
@@ -43,6 +45,7 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 /// connection pool.
 pub struct Pipeline {
     auth: Arc<AuthSettings>,
+    login: Option<Arc<Login>>,
     policy: Arc<Policy>,
     untrusted: Arc<UntrustedHeaders>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
@@ -55,7 +58,7 @@ pub struct Pipeline {
 
 impl Pipeline {
     /// The shared parts and the key store behind them (keys not fetched yet).
-    pub fn new(config: &Config) -> (Self, Arc<KeyStore>) {
+    pub fn new(config: &Config) -> anyhow::Result<(Self, Arc<KeyStore>)> {
         let keys = Arc::new(KeyStore::new(
             &config.bearer.issuers,
             KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
@@ -63,13 +66,28 @@ impl Pipeline {
         let mapper = IdentityMapper::new(config.identity.clone());
         let untrusted = Arc::new(UntrustedHeaders::new(&mapper.identity_header_names()));
         let verifier = Arc::new(Verifier::new(&config.bearer, keys.clone(), mapper));
+        let login = match &config.login {
+            Some(l) => {
+                let pages = Arc::new(Pages::load(l.templates_dir.as_deref())?);
+                Some(Arc::new(Login::new(
+                    l.clone(),
+                    &keys,
+                    &config.bearer,
+                    &config.identity,
+                    pages,
+                )?))
+            }
+            None => None,
+        };
         let auth = Arc::new(AuthSettings {
             verifier,
             public_routes: config.bearer.public_routes.clone(),
             realm: config.bearer.realm.as_str().into(),
+            login: login.clone(),
         });
         let pipeline = Self {
             auth,
+            login,
             policy: Arc::new(config.authorization.clone()),
             untrusted,
             trusted_proxies: config.server.trusted_proxies.clone().into(),
@@ -81,7 +99,7 @@ impl Pipeline {
                 n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
             },
         };
-        (pipeline, keys)
+        Ok((pipeline, keys))
     }
 
     /// One middleware stack. Call it on the runtime that will serve it: the upstream pool spawns
@@ -97,7 +115,7 @@ impl Pipeline {
             .layer(AccessLogLayer)
             // Every refusal from the layers below becomes an answer here, in one place, in the
             // form that suits who asked; the access log then sees the final decision.
-            .layer(AnswersLayer)
+            .layer(AnswersLayer::new(self.login.clone().map(|login| BrowserAnswers { login })))
             // Before anything reads headers: framing we will not pass on is refused, then
             // hop-by-hop headers and what `Connection` names go (never `Host`, the request id
             // or `X-Forwarded-*`).
@@ -115,7 +133,10 @@ impl Pipeline {
     /// portcullis's own endpoints, answered in place of the app (the browser login's, and
     /// forward-auth's, go here).
     fn own_endpoints(&self) -> Router {
-        Router::new()
+        match &self.login {
+            Some(login) => login.routes(),
+            None => Router::new(),
+        }
     }
 
     /// The chain every request for the app goes through.
@@ -215,7 +236,7 @@ impl Server {
     /// upstream pool (no work-stealing between cores); the admin endpoints and the key refresh
     /// on the caller's runtime.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let (pipeline, keys) = Pipeline::new(&config);
+        let (pipeline, keys) = Pipeline::new(&config)?;
         // Any error building a stack shows here, before a port is bound, not in a worker.
         pipeline.stack()?;
         let pipeline = Arc::new(pipeline);

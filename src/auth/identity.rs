@@ -312,12 +312,15 @@ where
             for (name, value) in &auth.identity.headers {
                 headers.insert(name.clone(), value.clone());
             }
-            let Credential::Bearer(token) = &auth.credential;
-            match self.pass_token {
-                PassToken::None => {
+            let token = match &auth.credential {
+                Credential::Bearer(t) => Some(t),
+                Credential::Session { access_token } => access_token.as_ref(),
+            };
+            match (self.pass_token, token) {
+                (PassToken::None, _) | (_, None) => {
                     headers.remove(header::AUTHORIZATION);
                 }
-                PassToken::Authorization => {
+                (PassToken::Authorization, Some(token)) => {
                     let mut v = Vec::with_capacity(7 + token.expose().len());
                     v.extend_from_slice(b"Bearer ");
                     v.extend_from_slice(token.expose().as_bytes());
@@ -326,7 +329,7 @@ where
                         headers.insert(header::AUTHORIZATION, v);
                     }
                 }
-                PassToken::XForwardedAccessToken => {
+                (PassToken::XForwardedAccessToken, Some(token)) => {
                     headers.remove(header::AUTHORIZATION);
                     headers.insert(X_FORWARDED_ACCESS_TOKEN, token.expose().clone());
                 }

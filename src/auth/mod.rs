@@ -7,6 +7,7 @@
 pub mod discovery;
 pub mod identity;
 pub mod keys;
+pub mod login;
 pub mod policy;
 pub mod session;
 pub mod token;
@@ -17,7 +18,7 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use http::header::{self, HeaderMap, HeaderValue};
-use http::{request, Request, Response};
+use http::{request, Method, Request, Response};
 use tower::{Layer, Service};
 
 use crate::config::PublicRoute as PublicRouteSpec;
@@ -63,6 +64,8 @@ pub struct PublicRoute;
 pub enum Credential {
     /// A bearer JWT in `Authorization`.
     Bearer(Token),
+    /// A browser session cookie; the access token is kept only when `pass_token` passes it on.
+    Session { access_token: Option<Token> },
 }
 
 /// A caller whose credential verified: what the layers after authentication (rules, identity
@@ -72,19 +75,42 @@ pub struct Authenticated {
     pub credential: Credential,
     /// The issuer, subject, claims and the identity headers they become.
     pub identity: Arc<Identity>,
-    /// Whether the verification was a cache hit (for the access log).
-    pub verified: Verified,
-    /// Headers authentication wants on the response (a refreshed session cookie, with login).
+    /// The access log's reason: `token_verified`, `token_cached`, `session`, `session_refreshed`.
+    pub reason: &'static str,
+    /// Headers authentication wants on the response (a refreshed session cookie).
     pub response_headers: HeaderMap,
 }
 
 impl Authenticated {
     /// The access log's reason for a request let through on this credential.
     pub fn reason(&self) -> &'static str {
-        match self.verified {
-            Verified::Cached => "token_cached",
-            Verified::Fresh => "token_verified",
+        self.reason
+    }
+}
+
+/// Whether a cookie-authenticated request may have effects: safe methods always; others (and
+/// WebSocket upgrades) only from the same origin (`Sec-Fetch-Site: same-origin`, or an `Origin`
+/// whose host is this request's `Host`). `SameSite=Lax` alone lets sibling subdomains through.
+fn same_origin_or_safe(parts: &request::Parts) -> bool {
+    let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
+    let upgrade = parts.headers.contains_key(header::UPGRADE);
+    if safe && !upgrade {
+        return true;
+    }
+    if let Some(site) = parts.headers.get("sec-fetch-site") {
+        return site.as_bytes().eq_ignore_ascii_case(b"same-origin");
+    }
+    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let origin = parts.headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
+    match (origin.and_then(|o| url::Url::parse(o).ok()), host) {
+        (Some(o), Some(host)) => {
+            let authority = match o.port() {
+                Some(p) => format!("{}:{p}", o.host_str().unwrap_or_default()),
+                None => o.host_str().unwrap_or_default().to_string(),
+            };
+            authority.eq_ignore_ascii_case(host)
         }
+        _ => false,
     }
 }
 
@@ -133,12 +159,13 @@ fn credentials(headers: &HeaderMap) -> Credentials {
     }
 }
 
-/// What authentication needs: the verifier and the public routes.
+/// What authentication needs: the verifier, the public routes, and browser login (sessions).
 #[derive(Debug)]
 pub struct AuthSettings {
     pub verifier: Arc<Verifier>,
     pub public_routes: Vec<PublicRouteSpec>,
     pub realm: Arc<str>,
+    pub login: Option<Arc<login::Login>>,
 }
 
 impl AuthSettings {
@@ -163,6 +190,36 @@ impl AuthSettings {
     /// Who is calling, from the request head alone: a verified credential, or the refusal to
     /// answer with (`401`, `400`, `503`).
     pub async fn check(&self, parts: &request::Parts) -> Result<Authenticated, Refusal> {
+        // A browser session, when there is no Authorization header at all.
+        let mut session_problem = None;
+        if let Some(login) =
+            self.login.as_ref().filter(|_| !parts.headers.contains_key(header::AUTHORIZATION))
+        {
+            match login.session_of(parts).await {
+                Some(Ok((session, identity, set, refreshed))) => {
+                    if !same_origin_or_safe(parts) {
+                        return Err(Refusal::new(Rejection::CrossSite, "cross_site")
+                            .detail("an unsafe method or upgrade with the session cookie from another origin"));
+                    }
+                    let access_token = session
+                        .access_token
+                        .as_deref()
+                        .and_then(|t| HeaderValue::from_str(t).ok())
+                        .map(Token::new);
+                    return Ok(Authenticated {
+                        credential: Credential::Session { access_token },
+                        identity: Arc::new(identity),
+                        reason: if refreshed { "session_refreshed" } else { "session" },
+                        response_headers: set,
+                    });
+                }
+                Some(Err(why)) => {
+                    tracing::debug!(reason = %why, "no session");
+                    session_problem = Some((why, login.cookies.clear_all(&parts.headers)));
+                }
+                None => {}
+            }
+        }
         let token = match credentials(&parts.headers) {
             Credentials::Bearer(token) => token,
             Credentials::Ambiguous => {
@@ -178,7 +235,14 @@ impl AuthSettings {
                     return Err(Refusal::new(Rejection::NotReady, "keys_not_loaded"));
                 }
                 let r = Rejection::NoToken { realm: self.realm.clone() };
-                return Err(Refusal::new(r, "no_token"));
+                return Err(match session_problem {
+                    Some((why, clear)) => {
+                        let mut refusal = Refusal::new(r, "session_invalid").detail(why);
+                        refusal.set_cookies = clear;
+                        refusal
+                    }
+                    None => Refusal::new(r, "no_token"),
+                });
             }
         };
         let verified = match token.to_str() {
@@ -189,7 +253,10 @@ impl AuthSettings {
             Ok((identity, verified)) => Ok(Authenticated {
                 credential: Credential::Bearer(Token::new(token)),
                 identity,
-                verified,
+                reason: match verified {
+                    Verified::Cached => "token_cached",
+                    Verified::Fresh => "token_verified",
+                },
                 response_headers: HeaderMap::new(),
             }),
             Err(e) => {
@@ -215,6 +282,15 @@ impl AuthSettings {
         let mut decision = Decision::new("public_route");
         let has_bearer = parts.headers.get_all(header::AUTHORIZATION).iter().any(is_bearer);
         if !has_bearer {
+            // A signed-in browser on a public route: the app learns who it is, if it can.
+            if let Some(login) = &self.login {
+                if login.cookies.session_value(&parts.headers).is_some() {
+                    if let Ok(auth) = self.check(parts).await {
+                        decision.identity = Some(auth.identity.clone());
+                        parts.extensions.insert(auth);
+                    }
+                }
+            }
             return decision;
         }
         match self.check(parts).await {
@@ -300,6 +376,10 @@ where
                 Ok(d) => d,
                 Err(refusal) => return Ok(refusal.response()),
             };
+            // The app never sees portcullis's cookies, on any route.
+            if let Some(login) = &settings.login {
+                login.cookies.strip_from(&mut parts.headers);
+            }
             let response_headers = parts
                 .extensions
                 .get_mut::<Authenticated>()
@@ -339,6 +419,7 @@ mod tests {
             verifier,
             public_routes: vec![PublicRouteSpec::parse("GET=^/open$").unwrap()],
             realm: "r".into(),
+            login: None,
         })
     }
 
@@ -408,7 +489,7 @@ mod tests {
         let auth = s.check(&parts).await.unwrap();
         assert_eq!(auth.identity.subject, "alice");
         assert_eq!(auth.reason(), "token_verified");
-        let Credential::Bearer(t) = &auth.credential;
+        let Credential::Bearer(t) = &auth.credential else { panic!("a bearer credential") };
         assert!(t.expose().is_sensitive());
         let shown = format!("{auth:?}");
         assert!(!shown.contains(&token), "{shown}");

@@ -227,7 +227,8 @@ impl Cookies {
 
     /// Whether a cookie name is one of ours (the session, its chunks, login attempts).
     pub fn is_ours(&self, name: &str) -> bool {
-        name == self.name || name.strip_prefix(self.name.as_str()).is_some_and(|r| r.starts_with('_'))
+        name == self.name
+            || name.strip_prefix(self.name.as_str()).is_some_and(|r| r.starts_with('_'))
     }
 
     fn chunk_name(&self, i: usize) -> String {
@@ -539,7 +540,10 @@ mod tests {
     fn our_cookies_are_stripped_and_the_apps_kept() {
         let c = cookies();
         let mut h = HeaderMap::new();
-        h.append(header::COOKIE, HeaderValue::from_static("app=1; _portcullis=abc; _portcullis_0=x"));
+        h.append(
+            header::COOKIE,
+            HeaderValue::from_static("app=1; _portcullis=abc; _portcullis_0=x"),
+        );
         h.append(header::COOKIE, HeaderValue::from_static("_portcullis_login_ab12=y; theme=dark"));
         h.append(header::COOKIE, HeaderValue::from_static("_portcullisx=keep"));
         c.strip_from(&mut h);

@@ -198,6 +198,15 @@ impl TokenCache {
     }
 }
 
+/// A token whose signature and claims verified.
+struct Signed {
+    issuer: String,
+    claims: Map<String, Value>,
+    keys: Arc<IssuerKeys>,
+    generation: u64,
+    key_fingerprint: u64,
+}
+
 /// How a token was accepted (for the access log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Verified {
@@ -314,11 +323,37 @@ impl Verifier {
         Ok((identity, Verified::Fresh))
     }
 
+    /// Verifies `token` without the cache and without turning it into an identity: its claims,
+    /// for tokens that are not bearer credentials (ID tokens at login).
+    pub async fn verify_claims(&self, token: &str) -> Result<Map<String, Value>, TokenError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(TokenError::TooLarge);
+        }
+        Ok(self.verify_signed(token, self.clock.now()).await?.claims)
+    }
+
     async fn verify_fresh(
         &self,
         token: &str,
         now: u64,
     ) -> Result<(Arc<Identity>, CachedToken), TokenError> {
+        let s = self.verify_signed(token, now).await?;
+        let exp = s.claims.get("exp").and_then(as_u64).unwrap_or(0);
+        let nbf = s.claims.get("nbf").and_then(as_u64);
+        let identity = Arc::new(self.mapper.identity(&s.issuer, s.claims)?);
+        let entry = CachedToken {
+            identity: identity.clone(),
+            exp,
+            nbf,
+            keys: s.keys,
+            generation: s.generation,
+            key_fingerprint: s.key_fingerprint,
+        };
+        Ok((identity, entry))
+    }
+
+    /// Header, issuer, key, signature and claim checks.
+    async fn verify_signed(&self, token: &str, now: u64) -> Result<Signed, TokenError> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| match e.kind() {
             ErrorKind::Json(_) if token.split('.').count() == 3 => {
                 // `alg` values outside the enum ("none", "HS1", ...) fail here.
@@ -376,18 +411,13 @@ impl Verifier {
                 Ok(data) => {
                     let claims = data.claims;
                     self.check_claims(&claims, now)?;
-                    let exp = claims.get("exp").and_then(as_u64).unwrap_or(0);
-                    let nbf = claims.get("nbf").and_then(as_u64);
-                    let identity = Arc::new(self.mapper.identity(&iss, claims)?);
-                    let entry = CachedToken {
-                        identity: identity.clone(),
-                        exp,
-                        nbf,
+                    return Ok(Signed {
+                        issuer: iss,
+                        claims,
                         keys: policy.keys.clone(),
                         generation,
                         key_fingerprint: key.fingerprint,
-                    };
-                    return Ok((identity, entry));
+                    });
                 }
                 Err(e) => {
                     last = map_jwt_error(e.kind());
