@@ -1467,12 +1467,14 @@ fn browser_url(key: &str, value: &str, allow_http: bool) -> Result<Url, ConfigEr
     match url.scheme() {
         "https" => {}
         "http" if allow_http || is_loopback_host(&url) => {}
-        _ => return Err(ConfigError::new(
-            key,
-            format!(
+        _ => {
+            return Err(ConfigError::new(
+                key,
+                format!(
                 "{value:?} must be https (http only on loopback or with oidc.insecure_allow_http)"
             ),
-        )),
+            ))
+        }
     }
     if url.host().is_none() || url.fragment().is_some() {
         return Err(ConfigError::new(key, "needs a host and no fragment"));

@@ -121,6 +121,16 @@ impl LoginError {
     }
 }
 
+/// Whether a session check refreshed the session (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    No,
+    /// This request's refresh reached the provider.
+    Here,
+    /// This request got the outcome of another request's refresh.
+    Shared,
+}
+
 /// A refresh in progress or just done, shared by the requests of one session.
 struct RefreshSlot {
     started: tokio::time::Instant,
@@ -323,7 +333,7 @@ impl Login {
     pub async fn session_of(
         &self,
         parts: &request::Parts,
-    ) -> Option<Result<(Session, Identity, HeaderMap, bool), String>> {
+    ) -> Option<Result<(Session, Identity, HeaderMap, Refreshed), String>> {
         let value = match self.cookies.session_value(&parts.headers)? {
             Ok(v) => v,
             Err(e) => return Some(Err(e.to_string())),
@@ -335,7 +345,7 @@ impl Login {
         &self,
         value: &str,
         request: &HeaderMap,
-    ) -> Result<(Session, Identity, HeaderMap, bool), String> {
+    ) -> Result<(Session, Identity, HeaderMap, Refreshed), String> {
         let mut s: Session = self
             .codec
             .open_json(session::SESSION, value)
@@ -348,11 +358,10 @@ impl Login {
             return Err("session idle longer than session.idle_timeout".into());
         }
         let mut write = false;
-        let mut refreshed = false;
+        let mut refreshed = Refreshed::No;
         if s.at_exp.is_some_and(|exp| exp <= t) && s.refresh_token.is_some() {
-            s = self.refresh_once(s).await?;
+            (s, refreshed) = self.refresh_once(s).await?;
             write = true;
-            refreshed = true;
         }
         if t.saturating_sub(s.seen) >= SEEN_GRANULARITY {
             s.seen = t;
@@ -373,7 +382,7 @@ impl Login {
 
     /// One refresh per session at a time in the process; requests of that moment, and those
     /// arriving with the old cookie within [`REFRESH_GRACE`], get its outcome.
-    async fn refresh_once(&self, s: Session) -> Result<Session, String> {
+    async fn refresh_once(&self, s: Session) -> Result<(Session, Refreshed), String> {
         let key = {
             let rt = s.refresh_token.as_deref().unwrap_or_default();
             let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rt.as_bytes());
@@ -395,7 +404,16 @@ impl Login {
                 })
                 .clone()
         };
-        slot.outcome.get_or_init(|| self.refresh(s)).await.clone()
+        let mut ran = false;
+        let outcome = slot
+            .outcome
+            .get_or_init(|| {
+                ran = true;
+                self.refresh(s)
+            })
+            .await
+            .clone()?;
+        Ok((outcome, if ran { Refreshed::Here } else { Refreshed::Shared }))
     }
 
     async fn refresh(&self, mut s: Session) -> Result<Session, String> {

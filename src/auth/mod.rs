@@ -209,7 +209,11 @@ impl AuthSettings {
                     return Ok(Authenticated {
                         credential: Credential::Session { access_token },
                         identity: Arc::new(identity),
-                        reason: if refreshed { "session_refreshed" } else { "session" },
+                        reason: match refreshed {
+                            login::Refreshed::No => "session",
+                            login::Refreshed::Here => "session_refreshed",
+                            login::Refreshed::Shared => "session_refresh_shared",
+                        },
                         response_headers: set,
                     });
                 }

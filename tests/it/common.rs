@@ -364,10 +364,15 @@ impl Binary {
     /// Starts `portcullis run` with `config`, on free loopback ports (environment overrides
     /// replace the file's listeners) and JSON logs; waits until `/readyz` is 200.
     pub async fn start(config: &str) -> Binary {
+        Self::start_on(config, free_port()).await
+    }
+
+    /// Like [`Binary::start`], listening on `port`.
+    pub async fn start_on(config: &str, port: u16) -> Binary {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.toml");
         std::fs::write(&path, config).unwrap();
-        let (port, admin_port) = (free_port(), free_port());
+        let admin_port = free_port();
         let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("--config")
             .arg(&path)

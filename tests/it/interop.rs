@@ -8,18 +8,28 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 
-struct Op {
+pub struct Op {
     child: Child,
-    issuer: String,
+    pub issuer: String,
     kid: String,
 }
 
-fn interop_dir() -> PathBuf {
+pub fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
 impl Op {
     async fn start(port: u16, keys_file: &Path, rotate: bool) -> Op {
+        Self::start_with(port, keys_file, rotate, &[]).await
+    }
+
+    /// Starts the provider with extra environment (the browser-login client's settings).
+    pub async fn start_with(
+        port: u16,
+        keys_file: &Path,
+        rotate: bool,
+        env: &[(&str, String)],
+    ) -> Op {
         let dir = interop_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -32,6 +42,7 @@ impl Op {
             .env("KEYS_FILE", keys_file)
             .env("AUDIENCE", AUD)
             .env("ROTATE", if rotate { "1" } else { "0" })
+            .envs(env.iter().map(|(k, v)| (*k, v.as_str())))
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .kill_on_drop(true)
@@ -72,7 +83,7 @@ impl Op {
         token
     }
 
-    async fn stop(mut self) {
+    pub async fn stop(mut self) {
         let _ = self.child.kill().await;
         let _ = self.child.wait().await;
     }

@@ -9,6 +9,7 @@ mod common;
 mod deploy;
 mod interop;
 mod lifecycle;
+mod login;
 mod proxy;
 mod review;
 mod rules;
