@@ -1,7 +1,9 @@
-//! A built-in development issuer, **for development and tests only**: OIDC discovery, a JWKS and
-//! a token endpoint minting tokens for demo users, on loopback. `portcullis demo` and the
-//! integration tests use it; production never does.
+//! A built-in development issuer, **for development and tests only**: OIDC discovery, a JWKS, a
+//! token endpoint minting tokens for demo users, and a small authorization-code flow (a login
+//! page with the demo users, PKCE S256, refresh tokens that rotate, UserInfo, logout), on
+//! loopback. `portcullis demo` and the integration tests use it; production never does.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -150,6 +152,25 @@ struct Shared {
     down: AtomicBool,
     jwks_fetches: AtomicU64,
     discovery_fetches: AtomicU64,
+    /// Authorization codes not yet exchanged.
+    codes: Mutex<HashMap<String, CodeGrant>>,
+    /// Live refresh tokens: token → (user, client).
+    refresh_tokens: Mutex<HashMap<String, (String, String)>>,
+    /// Claims merged into the next ID tokens (tests forge bad ones with it).
+    id_token_patch: Mutex<Option<Value>>,
+    /// Seconds access tokens of the code flow live.
+    access_ttl: AtomicU64,
+    refresh_grants: AtomicU64,
+}
+
+/// An authorization code and what it was issued for.
+#[derive(Debug, Clone)]
+struct CodeGrant {
+    user: String,
+    client_id: String,
+    redirect_uri: String,
+    nonce: Option<String>,
+    challenge: Option<String>,
 }
 
 /// A running development issuer on `127.0.0.1`. Stops when dropped.
@@ -178,12 +199,20 @@ impl DevIssuer {
             down: AtomicBool::new(false),
             jwks_fetches: AtomicU64::new(0),
             discovery_fetches: AtomicU64::new(0),
+            codes: Mutex::new(HashMap::new()),
+            refresh_tokens: Mutex::new(HashMap::new()),
+            id_token_patch: Mutex::new(None),
+            access_ttl: AtomicU64::new(3600),
+            refresh_grants: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
             .route("/jwks", get(jwks))
             .route("/token", post(token_endpoint))
             .route("/dev/token", get(dev_token))
+            .route("/authorize", get(authorize_page).post(authorize))
+            .route("/userinfo", get(userinfo))
+            .route("/logout", get(logout))
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -245,6 +274,21 @@ impl DevIssuer {
         self.shared.discovery_fetches.load(Ordering::SeqCst)
     }
 
+    /// Merges `patch` into the ID tokens issued from now on (`None`: back to correct ones).
+    pub fn patch_id_tokens(&self, patch: Option<Value>) {
+        *self.shared.id_token_patch.lock().unwrap_or_else(|p| p.into_inner()) = patch;
+    }
+
+    /// Sets how long access tokens of the code flow live.
+    pub fn set_access_ttl(&self, seconds: u64) {
+        self.shared.access_ttl.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Refresh-token grants served.
+    pub fn refresh_grants(&self) -> u64 {
+        self.shared.refresh_grants.load(Ordering::SeqCst)
+    }
+
     /// Standard claims for `user` and `audience`, valid for an hour.
     pub fn claims_for(&self, user: &str, audience: &str) -> Value {
         claims_for(&self.shared.issuer, user, audience)
@@ -300,10 +344,15 @@ async fn discovery(State(s): State<Arc<Shared>>) -> Response {
         "issuer": s.issuer,
         "jwks_uri": format!("{}/jwks", s.issuer),
         "token_endpoint": format!("{}/token", s.issuer),
+        "authorization_endpoint": format!("{}/authorize", s.issuer),
+        "userinfo_endpoint": format!("{}/userinfo", s.issuer),
+        "end_session_endpoint": format!("{}/logout", s.issuer),
+        "code_challenge_methods_supported": ["S256"],
+        "authorization_response_iss_parameter_supported": true,
         "response_types_supported": ["code"],
         "subject_types_supported": ["public"],
         "id_token_signing_alg_values_supported": ["RS256", "ES256", "EdDSA"],
-        "grant_types_supported": ["password", "client_credentials"],
+        "grant_types_supported": ["authorization_code", "refresh_token", "password", "client_credentials"],
     }))
     .into_response()
 }
@@ -324,6 +373,10 @@ struct TokenForm {
     username: Option<String>,
     client_id: Option<String>,
     audience: Option<String>,
+    code: Option<String>,
+    redirect_uri: Option<String>,
+    code_verifier: Option<String>,
+    refresh_token: Option<String>,
 }
 
 impl Shared {
@@ -345,9 +398,19 @@ fn issue(s: &Shared, user: &str, audience: Option<&str>) -> Response {
     }
 }
 
-/// `POST /token` with `grant_type=password&username=alice` or
-/// `grant_type=client_credentials&client_id=svc`.
-async fn token_endpoint(State(s): State<Arc<Shared>>, Form(f): Form<TokenForm>) -> Response {
+/// `POST /token` with `grant_type=password&username=alice`,
+/// `grant_type=client_credentials&client_id=svc`, `authorization_code` (PKCE S256 required) or
+/// `refresh_token` (rotated).
+async fn token_endpoint(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<TokenForm>,
+) -> Response {
+    match f.grant_type.as_deref() {
+        Some("authorization_code") => return code_grant(&s, &headers, f),
+        Some("refresh_token") => return refresh_grant(&s, &headers, f),
+        _ => {}
+    }
     let user = match f.grant_type.as_deref() {
         Some("password") => f.username,
         Some("client_credentials") => f.client_id,
@@ -402,5 +465,247 @@ impl DevIssuer {
         let mapper =
             crate::auth::identity::IdentityMapper::new(crate::config::IdentityConfig::default());
         Ok(crate::auth::token::Verifier::new(&cfg, keys, mapper))
+    }
+}
+
+// ----- the authorization code flow (development only) -----
+
+fn oauth_error(status: StatusCode, error: &str) -> Response {
+    (status, Json(json!({"error": error}))).into_response()
+}
+
+/// The client id from HTTP Basic (`client_secret_basic`) or the form; any secret is accepted.
+fn client_of(headers: &axum::http::HeaderMap, f: &TokenForm) -> Option<String> {
+    let basic = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| base64::engine::general_purpose::STANDARD.decode(b).ok())
+        .and_then(|b| String::from_utf8(b).ok())
+        .and_then(|s| s.split_once(':').map(|(id, _)| id.to_string()))
+        .map(|id| {
+            url::form_urlencoded::parse(format!("x={id}").as_bytes())
+                .next()
+                .map(|(_, v)| v.into_owned())
+                .unwrap_or(id)
+        });
+    basic.or_else(|| f.client_id.clone())
+}
+
+fn random_code() -> String {
+    let mut b = [0u8; 24];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    b64(&b)
+}
+
+/// The tokens for `user` and `client`: an ID token (with `nonce`), a JWT access token and a
+/// fresh refresh token.
+fn code_flow_tokens(s: &Shared, user: &str, client: &str, nonce: Option<&str>) -> Response {
+    let now = now();
+    let mut id = claims_for(&s.issuer, user, client);
+    id["exp"] = json!(now + 3600);
+    id["email_verified"] = json!(true);
+    if let Some(n) = nonce {
+        id["nonce"] = json!(n);
+    }
+    if let Some(Value::Object(patch)) =
+        s.id_token_patch.lock().unwrap_or_else(|p| p.into_inner()).clone()
+    {
+        for (k, v) in patch {
+            id[k] = v;
+        }
+    }
+    let ttl = s.access_ttl.load(Ordering::SeqCst);
+    let mut at = claims_for(&s.issuer, user, DEV_AUDIENCE);
+    at["exp"] = json!(now + ttl);
+    let (Some(id_token), Some(access_token)) = (s.sign_first(&id), s.sign_first(&at)) else {
+        return StatusCode::SERVICE_UNAVAILABLE.into_response();
+    };
+    let refresh = random_code();
+    s.refresh_tokens
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .insert(refresh.clone(), (user.to_string(), client.to_string()));
+    Json(json!({
+        "access_token": access_token, "token_type": "Bearer", "expires_in": ttl,
+        "id_token": id_token, "refresh_token": refresh,
+    }))
+    .into_response()
+}
+
+fn code_grant(s: &Shared, headers: &axum::http::HeaderMap, f: TokenForm) -> Response {
+    let Some(client) = client_of(headers, &f) else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    };
+    let grant =
+        f.code.as_deref().and_then(|c| s.codes.lock().unwrap_or_else(|p| p.into_inner()).remove(c));
+    let Some(grant) = grant else {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    };
+    if grant.client_id != client || Some(grant.redirect_uri.as_str()) != f.redirect_uri.as_deref() {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    // PKCE S256 (RFC 7636): required
+    let verified = match (&grant.challenge, &f.code_verifier) {
+        (Some(challenge), Some(verifier)) => {
+            let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, verifier.as_bytes());
+            b64(d.as_ref()) == *challenge
+        }
+        _ => false,
+    };
+    if !verified {
+        return oauth_error(StatusCode::BAD_REQUEST, "invalid_grant");
+    }
+    code_flow_tokens(s, &grant.user, &client, grant.nonce.as_deref())
+}
+
+fn refresh_grant(s: &Shared, headers: &axum::http::HeaderMap, f: TokenForm) -> Response {
+    let Some(client) = client_of(headers, &f) else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    };
+    // rotation: a refresh token works once
+    let owner = f
+        .refresh_token
+        .as_deref()
+        .and_then(|t| s.refresh_tokens.lock().unwrap_or_else(|p| p.into_inner()).remove(t));
+    match owner {
+        Some((user, c)) if c == client => {
+            s.refresh_grants.fetch_add(1, Ordering::SeqCst);
+            code_flow_tokens(s, &user, &client, None)
+        }
+        _ => oauth_error(StatusCode::BAD_REQUEST, "invalid_grant"),
+    }
+}
+
+#[derive(Deserialize, Default)]
+struct AuthorizeParams {
+    client_id: Option<String>,
+    redirect_uri: Option<String>,
+    state: Option<String>,
+    nonce: Option<String>,
+    code_challenge: Option<String>,
+    code_challenge_method: Option<String>,
+    user: Option<String>,
+}
+
+fn html_escape(s: &str) -> String {
+    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
+}
+
+/// The demo login page: one button per demo user. Redirect URIs must be on loopback.
+async fn authorize_page(Query(p): Query<AuthorizeParams>) -> Response {
+    let Some(redirect) = p.redirect_uri.as_deref().and_then(|r| url::Url::parse(r).ok()) else {
+        return (StatusCode::BAD_REQUEST, "redirect_uri is required").into_response();
+    };
+    if !crate::config::is_loopback_host(&redirect) {
+        return (StatusCode::BAD_REQUEST, "the development issuer only redirects to loopback")
+            .into_response();
+    }
+    if p.code_challenge_method.as_deref() != Some("S256") || p.code_challenge.is_none() {
+        return (StatusCode::BAD_REQUEST, "PKCE with S256 is required").into_response();
+    }
+    let hidden = |name: &str, v: &Option<String>| {
+        format!(
+            "<input type=\"hidden\" name=\"{name}\" value=\"{}\">",
+            html_escape(v.as_deref().unwrap_or_default())
+        )
+    };
+    let fields = [
+        hidden("client_id", &p.client_id),
+        hidden("redirect_uri", &p.redirect_uri),
+        hidden("state", &p.state),
+        hidden("nonce", &p.nonce),
+        hidden("code_challenge", &p.code_challenge),
+        hidden("code_challenge_method", &p.code_challenge_method),
+    ]
+    .concat();
+    let buttons: String = DEV_USERS
+        .iter()
+        .map(|u| {
+            format!(
+                "<button id=\"user-{n}\" name=\"user\" value=\"{n}\">Sign in as {n} <small>({g})</small></button>",
+                n = u.name,
+                g = u.groups.join(", ")
+            )
+        })
+        .collect();
+    let html = format!(
+        "<!doctype html><html><head><meta charset=\"utf-8\"><meta name=\"viewport\" content=\"width=device-width, initial-scale=1\">\
+         <title>portcullis development issuer</title><style>body{{font:16px system-ui,sans-serif;max-width:24rem;margin:3rem auto;padding:0 1rem}}\
+         button{{display:block;width:100%;margin:.5rem 0;padding:.75rem;font:inherit;cursor:pointer}}</style></head><body>\
+         <h1>Development issuer</h1><p>For development only: pick a demo user.</p>\
+         <form method=\"post\" action=\"/authorize\">{fields}{buttons}</form></body></html>"
+    );
+    axum::response::Html(html).into_response()
+}
+
+/// The button press: a code for the chosen user, back to the client with `state` and `iss`.
+async fn authorize(State(s): State<Arc<Shared>>, Form(p): Form<AuthorizeParams>) -> Response {
+    let (Some(user), Some(client), Some(redirect)) = (p.user, p.client_id, p.redirect_uri) else {
+        return (StatusCode::BAD_REQUEST, "user, client_id and redirect_uri are required")
+            .into_response();
+    };
+    let Ok(mut url) = url::Url::parse(&redirect) else {
+        return (StatusCode::BAD_REQUEST, "bad redirect_uri").into_response();
+    };
+    if !crate::config::is_loopback_host(&url) || !DEV_USERS.iter().any(|u| u.name == user) {
+        return (StatusCode::BAD_REQUEST, "unknown user or redirect off loopback").into_response();
+    }
+    let code = random_code();
+    s.codes.lock().unwrap_or_else(|p| p.into_inner()).insert(
+        code.clone(),
+        CodeGrant {
+            user,
+            client_id: client,
+            redirect_uri: redirect,
+            nonce: p.nonce,
+            challenge: p.code_challenge,
+        },
+    );
+    url.query_pairs_mut()
+        .append_pair("code", &code)
+        .append_pair("state", p.state.as_deref().unwrap_or_default())
+        .append_pair("iss", &s.issuer);
+    axum::response::Redirect::to(url.as_str()).into_response()
+}
+
+/// UserInfo for a bearer access token of this issuer (checked only for its `sub`; development).
+async fn userinfo(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) -> Response {
+    let token = headers
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "));
+    let Some(token) = token else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let Ok(claims) = jsonwebtoken::dangerous::insecure_decode_claims::<Value>(token) else {
+        return StatusCode::UNAUTHORIZED.into_response();
+    };
+    let user = claims["sub"].as_str().unwrap_or_default().to_string();
+    let mut info = claims_for(&s.issuer, &user, DEV_AUDIENCE);
+    if let Value::Object(m) = &mut info {
+        for k in ["iss", "aud", "iat", "nbf", "exp"] {
+            m.remove(k);
+        }
+        m.insert("email_verified".into(), json!(true));
+    }
+    Json(info).into_response()
+}
+
+#[derive(Deserialize)]
+struct LogoutParams {
+    post_logout_redirect_uri: Option<String>,
+}
+
+/// RP-initiated logout: back to `post_logout_redirect_uri` on loopback, or a page.
+async fn logout(Query(p): Query<LogoutParams>) -> Response {
+    match p.post_logout_redirect_uri.and_then(|u| url::Url::parse(&u).ok()) {
+        Some(u) if crate::config::is_loopback_host(&u) => {
+            axum::response::Redirect::to(u.as_str()).into_response()
+        }
+        _ => axum::response::Html(
+            "<!doctype html><title>Signed out</title><p>Signed out of the development issuer.</p>",
+        )
+        .into_response(),
     }
 }

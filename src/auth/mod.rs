@@ -503,4 +503,34 @@ mod tests {
         assert_eq!(refusal.decision.reason, "token_malformed");
         assert_eq!(refusal.rejection.status(), 401);
     }
+
+    #[test]
+    fn cookie_requests_with_effects_must_be_same_origin() {
+        let parts = |method: &str, headers: &[(&str, &str)]| {
+            let mut b =
+                Request::builder().method(method).uri("/x").header("host", "app.example:8443");
+            for (k, v) in headers {
+                b = b.header(*k, *v);
+            }
+            b.body(()).unwrap().into_parts().0
+        };
+        assert!(same_origin_or_safe(&parts("GET", &[])));
+        assert!(same_origin_or_safe(&parts("HEAD", &[("sec-fetch-site", "cross-site")])));
+        assert!(same_origin_or_safe(&parts("POST", &[("sec-fetch-site", "same-origin")])));
+        assert!(same_origin_or_safe(&parts("POST", &[("origin", "https://app.example:8443")])));
+        for bad in [
+            parts("POST", &[]),
+            parts("POST", &[("sec-fetch-site", "same-site")]),
+            parts("DELETE", &[("origin", "https://evil.example")]),
+            parts("PUT", &[("origin", "https://app.example")]),
+            parts("POST", &[("origin", "null")]),
+            parts(
+                "POST",
+                &[("sec-fetch-site", "cross-site"), ("origin", "https://app.example:8443")],
+            ),
+            parts("GET", &[("upgrade", "websocket"), ("origin", "https://evil.example")]),
+        ] {
+            assert!(!same_origin_or_safe(&bad), "{:?}", bad.headers);
+        }
+    }
 }

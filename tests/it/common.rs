@@ -169,6 +169,8 @@ pub struct Opts {
     pub first_issuer_only: bool,
     /// Whole sections appended at the end (e.g. `[authorization]`).
     pub extra: String,
+    /// Extra `[oidc]` lines (browser login).
+    pub oidc: String,
 }
 
 pub struct Proxy {
@@ -203,6 +205,7 @@ response_timeout = "2s"
 
 [oidc]
 issuer = "{issuer}"
+{oidc}
 
 [bearer]
 audiences = ["{AUD}"]
@@ -226,6 +229,7 @@ jwks_min_refetch_interval = "{min_refetch}"
         },
         identity = o.identity,
         extra = o.extra,
+        oidc = o.oidc,
         min_refetch = if o.min_refetch.is_empty() { "100ms" } else { o.min_refetch },
     )
 }
