@@ -40,6 +40,14 @@ pub async fn start_echo_app() -> anyhow::Result<SocketAddr> {
     Ok(addr)
 }
 
+/// A fresh random session secret for this run of the demo.
+fn demo_secret() -> String {
+    use base64::Engine as _;
+    let mut b = [0u8; 32];
+    let _ = aws_lc_rs::rand::fill(&mut b);
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
 /// The demo's configuration, as TOML a newcomer could copy.
 pub fn demo_config_toml(
     listen: SocketAddr,
@@ -58,11 +66,23 @@ url = "{upstream}"
 
 [oidc]
 issuer = "{issuer}"
+# browser login against the development issuer (its login page lists the demo users)
+client_id = "portcullis-demo"
+client_secret = "demo-secret-not-for-production"
 
 [bearer]
 audiences = ["{DEV_AUDIENCE}"]
 public_routes = ["^/public/"]
-"#
+
+[session]
+# a throwaway secret for the demo; in production: `openssl rand -base64 32`, from a file
+secret = "{secret}"
+
+[[authorization.rules]]
+path = "/admin"
+groups = ["admins"]
+"#,
+        secret = demo_secret(),
     )
 }
 
@@ -111,7 +131,11 @@ anyone who asks. Everything listens on loopback.
   issuer     {issuer:<26} (discovery, JWKS, token endpoint)
   probes     http://{admin}/healthz   http://{admin}/readyz
 
-Try it:
+In a browser (sign in as alice, in admins, or bob, in staff; only admins may open /admin):
+  {proxy}/hello
+  {proxy}/admin
+
+With curl:
   curl -i {proxy}/hello                      # 401: no token
   curl -s {proxy}/public/info                # public route: no token needed
   curl -s -H "Authorization: Bearer $TOKEN" {proxy}/hello

@@ -143,7 +143,7 @@ pub struct DevUser {
 /// The users `portcullis demo` knows.
 pub const DEV_USERS: &[DevUser] = &[
     DevUser { name: "alice", email: "alice@example.com", groups: &["admins", "developers"] },
-    DevUser { name: "bob", email: "bob@example.com", groups: &["developers"] },
+    DevUser { name: "bob", email: "bob@example.com", groups: &["staff"] },
 ];
 
 struct Shared {

@@ -251,6 +251,16 @@ async fn demo_works_without_any_outside_service() {
         assert!(readme.contains(&line), "README's demo transcript lacks {line:?}");
     }
     assert_eq!(client().get(format!("{proxy}/hello")).send().await.unwrap().status(), 401);
+    // a browser is sent into login; the development issuer's page lists the demo users
+    let nav =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    let r = nav.get(format!("{proxy}/admin")).header("accept", "text/html").send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(r.headers()["location"], "/oauth2/sign_in?rd=%2Fadmin");
+    let r = nav.get(format!("{proxy}/oauth2/start?rd=%2Fadmin")).send().await.unwrap();
+    let to_issuer = r.headers()["location"].to_str().unwrap().to_string();
+    let page = nav.get(&to_issuer).send().await.unwrap().text().await.unwrap();
+    assert!(page.contains("Sign in as alice") && page.contains("Sign in as bob"), "{page}");
     let body = client()
         .get(format!("{proxy}/hello"))
         .bearer_auth(&token)

@@ -523,7 +523,7 @@ async fn a_refresh_keeps_the_session_and_rule_denials_show_the_forbidden_page() 
     let p = b.request("GET", &w.url("/oauth2/userinfo"), false, None).await;
     let v: serde_json::Value = serde_json::from_str(&p.body).unwrap();
     assert_eq!(v["email"], "bob@example.com");
-    assert_eq!(v["groups"], serde_json::json!(["developers"]));
+    assert_eq!(v["groups"], serde_json::json!(["staff"]));
     // nothing under the prefix reaches the app
     let hits = w.upstream.hits();
     assert_eq!(b.request("GET", &w.url("/oauth2/nothing-here"), false, None).await.status, 404);

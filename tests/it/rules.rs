@@ -77,7 +77,7 @@ impl Rules {
 async fn groups_rule_with_segment_boundaries_and_parameters() {
     let r = Rules::new().await;
     let alice = r.token("alice", json!({})); // admins, developers
-    let bob = r.token("bob", json!({})); // developers
+    let bob = r.token("bob", json!({})); // staff
     assert_eq!(r.status("GET", "/admin", &alice).await, (200, true));
     assert_eq!(r.w.upstream.last().one("x-forwarded-user").as_deref(), Some("alice"));
     assert_eq!(r.status("GET", "/admin/users", &alice).await, (200, true));
