@@ -35,6 +35,19 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
         println!("  issuer        {} (audiences: {})", i.issuer, i.audiences.join(", "));
     }
     println!("  public routes {}", config.bearer.public_routes.len());
+    match &config.login {
+        Some(l) => println!(
+            "  browser login client {} at {}, endpoints under {}, callback {}",
+            l.client_id,
+            l.issuer,
+            l.prefix,
+            l.redirect_url
+                .as_ref()
+                .map(|u| u.to_string())
+                .unwrap_or_else(|| format!("http://<Host>{}/callback (loopback)", l.prefix)),
+        ),
+        None => println!("  browser login off (set oidc.client_id and [session] to turn it on)"),
+    }
     let policy = &config.authorization;
     if policy.is_empty() {
         println!("  authorization any valid token (no [authorization] requirements or rules)");
@@ -50,7 +63,17 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
     let settings = KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http);
     let http = idp_client();
     let mut code = OK;
-    for i in &config.bearer.issuers {
+    let mut probed = config.bearer.issuers.clone();
+    if let Some(l) = &config.login {
+        if !probed.iter().any(|i| i.issuer == l.issuer) {
+            probed.push(crate::config::TrustedIssuer {
+                issuer: l.issuer.clone(),
+                audiences: Vec::new(),
+                jwks_url: config.oidc.jwks_url.clone(),
+            });
+        }
+    }
+    for i in &probed {
         let keys = IssuerKeys::new(i, http.clone(), settings.clone());
         match keys.fetch_keys().await {
             Ok((set, skipped, url)) => {

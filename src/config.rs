@@ -1009,15 +1009,16 @@ impl OidcConfig {
 }
 
 impl BearerConfig {
-    /// `oidc` is the provider section: its issuer is the first one trusted.
-    fn from_raw(b: RawBearer, oidc: &OidcConfig) -> Result<Self, ConfigError> {
+    /// `oidc` is the provider section: its issuer is the first one trusted. With browser login
+    /// (`login`), `oidc.issuer` may sign users in without being trusted for bearer tokens.
+    fn from_raw(b: RawBearer, oidc: &OidcConfig, login: bool) -> Result<Self, ConfigError> {
         let allow_http = oidc.insecure_allow_http;
         let mut issuers = Vec::new();
         let audiences = b.audiences.unwrap_or_default();
         for (i, a) in audiences.iter().enumerate() {
             nonempty(&format!("bearer.audiences[{i}]"), a.clone())?;
         }
-        if let Some(issuer) = oidc.issuer.clone() {
+        if let Some(issuer) = oidc.issuer.clone().filter(|_| !(login && audiences.is_empty())) {
             if audiences.is_empty() {
                 return Err(ConfigError::new(
                     "bearer.audiences",
@@ -1053,7 +1054,7 @@ impl BearerConfig {
             }
             issuers.push(TrustedIssuer { issuer, audiences: ri.audiences, jwks_url });
         }
-        if issuers.is_empty() {
+        if issuers.is_empty() && !login {
             return Err(ConfigError::new(
                 "oidc.issuer",
                 "is required (or at least one [[bearer.issuers]]): portcullis needs an issuer to trust",
@@ -1577,7 +1578,7 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = ServerConfig::from_raw(raw.server)?;
     let upstream = UpstreamConfig::from_raw(raw.upstream)?;
     let (oidc, login_keys) = OidcConfig::from_raw(raw.oidc)?;
-    let bearer = BearerConfig::from_raw(raw.bearer, &oidc)?;
+    let bearer = BearerConfig::from_raw(raw.bearer, &oidc, raw.session.is_some())?;
     let login = login_from_raw(login_keys, raw.session, &oidc, &bearer, &server)?;
     let identity = IdentityConfig::from_raw(raw.identity, bearer.issuers.len())?;
     let authorization = authorization_from_raw(raw.authorization, &bearer.issuers)?;

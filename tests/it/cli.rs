@@ -45,18 +45,34 @@ async fn version_and_help() {
 #[tokio::test]
 async fn every_example_and_deploy_config_passes_offline_check() {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    // the mounted secrets the examples name, as a deployment would have them
+    let secrets = tempfile::tempdir().unwrap();
+    let session =
+        write(secrets.path(), "session", "ZGVtby1zZXNzaW9uLXNlY3JldC0zMi1ieXRlcy0hISE=\n");
+    let client = write(secrets.path(), "client", "client-secret\n");
     let mut n = 0;
     let dirs = ["config", "deploy/kubernetes", "deploy/compose"];
     for entry in dirs.iter().flat_map(|d| std::fs::read_dir(root.join(d)).unwrap()) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
+            let text = std::fs::read_to_string(&path).unwrap();
+            let mut env = Vec::new();
+            if text.contains("session-secret") {
+                env.push(("PORTCULLIS_SESSION_SECRET_FILE", session.as_str()));
+            }
+            if text.contains("client_secret_file =") {
+                env.push(("PORTCULLIS_OIDC_CLIENT_SECRET_FILE", client.as_str()));
+            }
             let (code, out, err) =
-                output(&["check", "--offline", "--config", path.to_str().unwrap()], &[]).await;
+                output(&["check", "--offline", "--config", path.to_str().unwrap()], &env).await;
             assert_eq!(code, 0, "{}: {out}{err}", path.display());
+            if text.contains("[session]") {
+                assert!(out.contains("browser login client"), "{}: {out}", path.display());
+            }
             n += 1;
         }
     }
-    assert!(n >= 7, "expected the example and deploy configs, found {n}");
+    assert!(n >= 9, "expected the example and deploy configs, found {n}");
 }
 
 #[tokio::test]
