@@ -40,6 +40,8 @@ pub struct ProviderMetadata {
     pub code_challenge_methods_supported: Vec<String>,
     /// RFC 9207: the provider sends `iss` with the authorization response.
     pub authorization_response_iss_parameter_supported: bool,
+    /// How the token endpoint authenticates clients (`client_secret_basic` when absent).
+    pub token_endpoint_auth_methods_supported: Vec<String>,
 }
 
 #[derive(Deserialize)]
@@ -55,6 +57,8 @@ struct RawMetadata {
     code_challenge_methods_supported: Vec<String>,
     #[serde(default)]
     authorization_response_iss_parameter_supported: bool,
+    #[serde(default)]
+    token_endpoint_auth_methods_supported: Vec<String>,
 }
 
 /// `issuer` without a trailing `/`, then `/.well-known/openid-configuration`.
@@ -101,6 +105,7 @@ pub fn parse_metadata(
         code_challenge_methods_supported: raw.code_challenge_methods_supported,
         authorization_response_iss_parameter_supported: raw
             .authorization_response_iss_parameter_supported,
+        token_endpoint_auth_methods_supported: raw.token_endpoint_auth_methods_supported,
     })
 }
 

@@ -277,7 +277,7 @@ impl Login {
             .set_auth_uri(AuthUrl::from_url(auth))
             .set_token_uri(TokenUrl::from_url(token))
             .set_redirect_uri(RedirectUrl::from_url(redirect))
-            .set_auth_type(AuthType::BasicAuth);
+            .set_auth_type(auth_type(meta));
         if let Some(s) = &self.cfg.client_secret {
             c = c.set_client_secret(ClientSecret::new(s.expose().to_string()));
         }
@@ -754,6 +754,19 @@ impl Login {
         let page = if self.cfg.skip_sign_in_page { "start" } else { "sign_in" };
         let rd: String = url::form_urlencoded::byte_serialize(path_and_query.as_bytes()).collect();
         format!("{}/{page}?rd={rd}", self.cfg.prefix)
+    }
+}
+
+/// `client_secret_basic` unless the provider only takes `client_secret_post`.
+fn auth_type(meta: &ProviderMetadata) -> AuthType {
+    let m = &meta.token_endpoint_auth_methods_supported;
+    if !m.is_empty()
+        && !m.iter().any(|x| x == "client_secret_basic")
+        && m.iter().any(|x| x == "client_secret_post")
+    {
+        AuthType::RequestBody
+    } else {
+        AuthType::BasicAuth
     }
 }
 

@@ -373,6 +373,29 @@ async fn the_code_flow_with_the_development_issuer_and_its_refusals() {
     let p = b.request("GET", &w.url("/oauth2/callback?error=made_up&state=x"), true, None).await;
     assert!(!p.body.contains("made_up") && p.status == 403, "{}", p.body);
 
+    // PKCE binds the code to its attempt: another attempt's verifier does not redeem it
+    let auth_a = w.start(&mut b, "/").await;
+    let auth_b = w.start(&mut b, "/").await;
+    let cb_b = w.pick(&mut b, &auth_b, "alice").await;
+    let state_a: String = reqwest::Url::parse(&auth_a)
+        .unwrap()
+        .query_pairs()
+        .find(|(k, _)| k == "state")
+        .unwrap()
+        .1
+        .into_owned();
+    let mut crossed = reqwest::Url::parse(&cb_b).unwrap();
+    let pairs: Vec<(String, String)> = crossed
+        .query_pairs()
+        .map(|(k, v)| {
+            let v = if k == "state" { state_a.clone() } else { v.into_owned() };
+            (k.into_owned(), v)
+        })
+        .collect();
+    crossed.query_pairs_mut().clear().extend_pairs(pairs);
+    let p = b.request("GET", crossed.as_str(), true, None).await;
+    assert_eq!(p.status, 502, "{}", p.body);
+
     // a wrong RFC 9207 iss parameter
     let auth = w.start(&mut b, "/").await;
     let cb = w.pick(&mut b, &auth, "alice").await;
