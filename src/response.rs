@@ -93,6 +93,11 @@ struct Asker {
     host: Option<String>,
 }
 
+/// Whether `haystack` contains `needle` (lower-case ASCII), ignoring ASCII case.
+fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
+    haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
+}
+
 impl Asker {
     fn of<B>(req: &Request<B>) -> Self {
         let h = req.headers();
@@ -101,24 +106,26 @@ impl Asker {
             None => h
                 .get_all(header::ACCEPT)
                 .iter()
-                .any(|v| v.to_str().is_ok_and(|s| s.to_ascii_lowercase().contains("text/html"))),
+                .any(|v| contains_ignore_case(v.as_bytes(), b"text/html")),
         };
-        Self {
+        let mut asker = Self {
             request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
             expects_continue: h
                 .get(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
             navigating,
-            redirectable: navigating
-                && (req.method() == http::Method::GET || req.method() == http::Method::HEAD)
-                && !h.contains_key(header::AUTHORIZATION),
-            path_and_query: if navigating {
-                req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default()
-            } else {
-                String::new()
-            },
-            host: h.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string),
+            ..Self::default()
+        };
+        // Only a browser's answer needs where it was going (API clients are the hot path).
+        if navigating {
+            asker.redirectable = (req.method() == http::Method::GET
+                || req.method() == http::Method::HEAD)
+                && !h.contains_key(header::AUTHORIZATION);
+            asker.path_and_query =
+                req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+            asker.host = h.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
         }
+        asker
     }
 }
 

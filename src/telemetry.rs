@@ -143,9 +143,11 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
         // Credentials never show in a `Debug` of the request, whatever logs it.
-        for (name, value) in req.headers_mut().iter_mut() {
-            if name == header::AUTHORIZATION || name == header::COOKIE {
-                value.set_sensitive(true);
+        for name in [header::AUTHORIZATION, header::COOKIE] {
+            if let header::Entry::Occupied(mut e) = req.headers_mut().entry(name) {
+                for v in e.iter_mut() {
+                    v.set_sensitive(true);
+                }
             }
         }
         let id = request_id(&req);
