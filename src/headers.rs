@@ -142,8 +142,40 @@ pub fn framing_problem(headers: &HeaderMap) -> Option<Rejection> {
     }
 }
 
-/// Refuses requests whose framing portcullis will not pass on ([`framing_problem`]), then
-/// strips hop-by-hop headers from the client's request before anything else reads it.
+/// The request's one `Host` (RFC 9112 §3.2): an HTTP/1.1 request needs exactly one, a valid
+/// `host[:port]` without userinfo; an absolute-form target's authority replaces it, so the app
+/// and `X-Forwarded-Host` see the same host the request was routed by.
+pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
+    if let Some(authority) = req.uri().authority() {
+        if authority.as_str().contains('@') {
+            return Err("userinfo in the request target");
+        }
+        let v = http::HeaderValue::from_str(authority.as_str())
+            .map_err(|_| "invalid authority in the request target")?;
+        req.headers_mut().insert(header::HOST, v);
+        return Ok(());
+    }
+    let mut hosts = req.headers().get_all(header::HOST).iter();
+    match (hosts.next(), hosts.next()) {
+        (Some(_), Some(_)) => Err("more than one Host header"),
+        (None, _) if req.version() == http::Version::HTTP_11 => Err("no Host header"),
+        (None, _) => Ok(()),
+        (Some(h), None) => {
+            let valid = !h.is_empty()
+                && !h.as_bytes().contains(&b'@')
+                && h.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).is_some();
+            if valid {
+                Ok(())
+            } else {
+                Err("invalid Host header")
+            }
+        }
+    }
+}
+
+/// Refuses requests whose framing portcullis will not pass on ([`framing_problem`],
+/// [`settle_host`]), then strips hop-by-hop headers from the client's request before anything
+/// else reads it.
 #[derive(Debug, Clone, Default)]
 pub struct StripHopByHopLayer;
 
@@ -178,6 +210,11 @@ where
             return Either::Right(ready(Ok(Refusal::new(r, "bad_framing")
                 .detail(detail)
                 .response())));
+        }
+        if let Err(why) = settle_host(&mut req) {
+            tracing::debug!(reason = why, "refused request host");
+            let r = Rejection::BadRequest(why);
+            return Either::Right(ready(Ok(Refusal::new(r, "bad_host").detail(why).response())));
         }
         remove_hop_by_hop(req.headers_mut());
         Either::Left(self.inner.call(req))

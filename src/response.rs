@@ -307,6 +307,8 @@ pub enum Rejection {
     NotReady,
     /// An ambiguous path: `400`.
     BadPath(PathError),
+    /// A request malformed in a way the client can be told (`Host` missing or twice): `400`.
+    BadRequest(&'static str),
     /// A request head over our limits: `431`.
     HeadTooLarge,
     /// A transfer coding other than `chunked`: `501` (RFC 9112 §6.1).
@@ -331,6 +333,7 @@ impl Rejection {
             Rejection::Forbidden { .. } | Rejection::CrossSite => StatusCode::FORBIDDEN,
             Rejection::LoginFailed { status, .. } => *status,
             Rejection::InvalidRequest { .. }
+            | Rejection::BadRequest(_)
             | Rejection::BadPath(_)
             | Rejection::BadRequestBody => StatusCode::BAD_REQUEST,
             Rejection::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
@@ -381,6 +384,7 @@ impl Rejection {
             }
             Rejection::BadPath(e) => ("invalid_request", format!("Refused path: {e}").into()),
             Rejection::HeadTooLarge => ("invalid_request", "The request head is too large".into()),
+            Rejection::BadRequest(why) => ("invalid_request", (*why).into()),
             Rejection::UnsupportedTransferCoding => {
                 ("not_implemented", "Only the chunked transfer coding is supported".into())
             }

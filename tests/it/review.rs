@@ -577,3 +577,33 @@ async fn access_lines_record_the_decided_path_the_issuer_and_hypers_own_answers(
     assert_eq!(bad["status"], 400);
     assert!(bad["request_id"].as_str().is_some_and(|s| !s.is_empty()));
 }
+
+#[tokio::test]
+async fn one_valid_host_and_absolute_form_targets_agree() {
+    let w = World::new().await;
+    for (req, case) in [
+        ("GET /public/x HTTP/1.1\r\nConnection: close\r\n\r\n", "no Host"),
+        ("GET /public/x HTTP/1.1\r\nHost: a.example\r\nHost: b.example\r\nConnection: close\r\n\r\n", "two Hosts"),
+        ("GET /public/x HTTP/1.1\r\nHost: user@a.example\r\nConnection: close\r\n\r\n", "userinfo in Host"),
+        ("GET /public/x HTTP/1.1\r\nHost: a b\r\nConnection: close\r\n\r\n", "invalid Host"),
+        ("GET http://user:pw@a.example/public/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n", "userinfo in target"),
+    ] {
+        let r = raw(w.proxy.addr, req).await;
+        assert_eq!(r.status, 400, "{case}: {r:?}");
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    // an absolute-form target's authority wins, for the app and X-Forwarded-Host alike
+    let r = raw(
+        w.proxy.addr,
+        "GET http://real.example:8443/public/x?q=1 HTTP/1.1\r\nHost: spoofed.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200, "{r:?}");
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("host").as_deref(), Some("real.example:8443"));
+    assert_eq!(seen.one("x-forwarded-host").as_deref(), Some("real.example:8443"));
+    assert_eq!(seen.path_and_query, "/public/x?q=1");
+    // HTTP/1.0 without Host is fine
+    let r = raw(w.proxy.addr, "GET /public/x HTTP/1.0\r\n\r\n").await;
+    assert_eq!(r.status, 200, "{r:?}");
+}
