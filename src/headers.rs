@@ -173,6 +173,30 @@ pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     }
 }
 
+/// An HTTP/1.1 `Upgrade: websocket` the client asked for (with `Connection: upgrade`). The
+/// hop-by-hop headers are removed like any others; the proxy puts these back when it forwards
+/// the (authenticated) request. Other upgrades are not passed on.
+#[derive(Debug, Clone)]
+pub struct WebSocketUpgrade(pub http::HeaderValue);
+
+fn websocket_upgrade(headers: &HeaderMap, version: http::Version) -> Option<WebSocketUpgrade> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let connection_says_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    let upgrade = headers.get(header::UPGRADE)?;
+    let websocket =
+        upgrade.to_str().ok()?.split(',').any(|p| {
+            p.trim().split('/').next().is_some_and(|n| n.eq_ignore_ascii_case("websocket"))
+        });
+    (connection_says_upgrade && websocket).then(|| WebSocketUpgrade(upgrade.clone()))
+}
+
 /// Refuses requests whose framing portcullis will not pass on ([`framing_problem`],
 /// [`settle_host`]), then strips hop-by-hop headers from the client's request before anything
 /// else reads it.
@@ -215,6 +239,9 @@ where
             tracing::debug!(reason = why, "refused request host");
             let r = Rejection::BadRequest(why);
             return Either::Right(ready(Ok(Refusal::new(r, "bad_host").detail(why).response())));
+        }
+        if let Some(upgrade) = websocket_upgrade(req.headers(), req.version()) {
+            req.extensions_mut().insert(upgrade);
         }
         remove_hop_by_hop(req.headers_mut());
         Either::Left(self.inner.call(req))

@@ -19,7 +19,9 @@ use tower::Service;
 
 use crate::body::{ClientBody, ClientBodyError, Permitted};
 use crate::config::UpstreamConfig;
+use crate::headers::WebSocketUpgrade;
 use crate::response::{Refusal, Rejection};
+use http::StatusCode;
 use http_body::Body as _;
 use tokio::sync::Semaphore;
 
@@ -186,6 +188,42 @@ impl ProxyService {
     }
 }
 
+/// The app switched protocols: answer the client with the app's `101` (hop-by-hop headers
+/// removed but `Connection: upgrade` and `Upgrade`), then copy bytes both ways until either side
+/// closes, and close both. The concurrency slot is held for as long.
+fn splice(
+    client_side: hyper::upgrade::OnUpgrade,
+    resp: &mut Response<hyper::body::Incoming>,
+    permit: Option<tokio::sync::OwnedSemaphorePermit>,
+) -> Response<Body> {
+    let app_side = hyper::upgrade::on(&mut *resp);
+    let mut headers = std::mem::take(resp.headers_mut());
+    let upgrade = headers.get(header::UPGRADE).cloned();
+    crate::headers::remove_hop_by_hop(&mut headers);
+    headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    if let Some(u) = upgrade {
+        headers.insert(header::UPGRADE, u);
+    }
+    tokio::spawn(async move {
+        let _permit = permit;
+        match tokio::try_join!(client_side, app_side) {
+            Ok((client, app)) => {
+                let mut client = hyper_util::rt::TokioIo::new(client);
+                let mut app = hyper_util::rt::TokioIo::new(app);
+                match tokio::io::copy_bidirectional(&mut client, &mut app).await {
+                    Ok((up, down)) => tracing::debug!(up, down, "websocket closed"),
+                    Err(e) => tracing::debug!(error = %e, "websocket ended with an error"),
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "websocket upgrade failed"),
+        }
+    });
+    let mut out = Response::new(Body::empty());
+    *out.status_mut() = StatusCode::SWITCHING_PROTOCOLS;
+    *out.headers_mut() = headers;
+    out
+}
+
 /// Whether the upstream accepts a TCP connection within `timeout` (for `/readyz` and `check`).
 pub async fn upstream_reachable(target: &str, timeout: Duration) -> Result<(), String> {
     match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(target)).await {
@@ -246,9 +284,23 @@ impl Service<Request<Body>> for ProxyService {
                 let idle = this.target.body_idle_timeout;
                 req = req.map(|b| Body::new(ClientBody::new(b, idle)));
             }
+            // A WebSocket upgrade that got this far was authenticated (and authorised): ask the
+            // app for it, and splice the two connections together if it agrees.
+            let upgrade = req.extensions_mut().remove::<WebSocketUpgrade>().map(|u| {
+                let client_side = hyper::upgrade::on(&mut req);
+                let h = req.headers_mut();
+                h.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                h.insert(header::UPGRADE, u.0);
+                client_side
+            });
             let timeout = this.target.response_timeout;
             match tokio::time::timeout(timeout, this.client.request(req)).await {
-                Ok(Ok(resp)) => {
+                Ok(Ok(mut resp)) => {
+                    if let Some(client_side) =
+                        upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
+                    {
+                        return Ok(splice(client_side, &mut resp, permit));
+                    }
                     let (mut parts, body) = resp.into_parts();
                     crate::headers::remove_hop_by_hop(&mut parts.headers);
                     let body = match permit {

@@ -14,7 +14,6 @@ use axum::Router;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tower::util::{BoxCloneService, BoxCloneSyncService};
@@ -351,7 +350,8 @@ async fn serve(
     readiness: Arc<Readiness>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
 ) {
-    let graceful = GracefulShutdown::new();
+    // Each connection task holds a sender; when all are gone, the drain is over.
+    let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new())
         .header_read_timeout(HEADER_READ_TIMEOUT)
@@ -380,9 +380,22 @@ async fn serve(
                     req.extensions_mut().insert(client.clone());
                     stack.clone().oneshot(req)
                 });
-                let conn = graceful.watch(http.serve_connection(TokioIo::new(stream), svc));
+                // With upgrades, so an authenticated WebSocket can take the connection over.
+                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                let mut stop = shutdown.clone();
+                let alive = alive.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let _alive = alive;
+                    let mut conn = std::pin::pin!(conn);
+                    let result = tokio::select! {
+                        r = conn.as_mut() => r,
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                            // finish the request in flight, then close
+                            conn.as_mut().graceful_shutdown();
+                            conn.await
+                        }
+                    };
+                    if let Err(e) = result {
                         crate::telemetry::log_unparsed(peer, &e);
                         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                     }
@@ -391,10 +404,11 @@ async fn serve(
         }
     }
     drop(listener);
+    drop(alive);
     readiness.draining.store(true, Ordering::Relaxed);
     tracing::info!(timeout = ?timeout, "shutting down: no new connections; draining in-flight requests");
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!("all connections drained"),
+        _ = drained.recv() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(timeout) => tracing::warn!("shutdown timeout reached; closing the remaining connections"),
     }
 }

@@ -93,7 +93,9 @@ impl Authenticated {
 /// whose host is this request's `Host`). `SameSite=Lax` alone lets sibling subdomains through.
 fn same_origin_or_safe(parts: &request::Parts) -> bool {
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
-    let upgrade = parts.headers.contains_key(header::UPGRADE);
+    // The Upgrade header itself is hop-by-hop and already gone; its mark is in the extensions.
+    let upgrade = parts.headers.contains_key(header::UPGRADE)
+        || parts.extensions.get::<crate::headers::WebSocketUpgrade>().is_some();
     if safe && !upgrade {
         return true;
     }
@@ -532,5 +534,10 @@ mod tests {
         ] {
             assert!(!same_origin_or_safe(&bad), "{:?}", bad.headers);
         }
+        let mut marked = parts("GET", &[("origin", "https://evil.example")]);
+        marked
+            .extensions
+            .insert(crate::headers::WebSocketUpgrade(http::HeaderValue::from_static("websocket")));
+        assert!(!same_origin_or_safe(&marked), "a marked WebSocket upgrade from another origin");
     }
 }

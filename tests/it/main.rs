@@ -10,6 +10,7 @@ mod deploy;
 mod interop;
 mod lifecycle;
 mod login;
+mod protocols;
 mod proxy;
 mod review;
 mod rules;

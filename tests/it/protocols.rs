@@ -1,0 +1,132 @@
+//! Protocols beside plain request/response: WebSockets after authentication, through the real
+//! server, with a real client and echo server (tokio-tungstenite).
+
+use crate::common::*;
+use futures_util::{SinkExt, StreamExt};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+/// The headers of one handshake.
+type Handshake = Vec<(String, String)>;
+
+/// A WebSocket echo app that records the headers of each handshake it accepts.
+struct EchoApp {
+    addr: SocketAddr,
+    handshakes: Arc<Mutex<Vec<Handshake>>>,
+    closed: Arc<Mutex<usize>>,
+}
+
+impl EchoApp {
+    async fn start() -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let handshakes = Arc::new(Mutex::new(Vec::new()));
+        let closed = Arc::new(Mutex::new(0));
+        let (h, c) = (handshakes.clone(), closed.clone());
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let (h, c) = (h.clone(), c.clone());
+                tokio::spawn(async move {
+                    let record =
+                        |req: &tokio_tungstenite::tungstenite::handshake::server::Request, resp| {
+                            h.lock().unwrap().push(
+                                req.headers()
+                                    .iter()
+                                    .map(|(k, v)| {
+                                        (k.to_string(), v.to_str().unwrap_or("").to_string())
+                                    })
+                                    .collect(),
+                            );
+                            Ok(resp)
+                        };
+                    let Ok(mut ws) = tokio_tungstenite::accept_hdr_async(stream, record).await
+                    else {
+                        return;
+                    };
+                    while let Some(Ok(msg)) = ws.next().await {
+                        match msg {
+                            Message::Text(_) | Message::Binary(_) => {
+                                if ws.send(msg).await.is_err() {
+                                    break;
+                                }
+                            }
+                            Message::Close(_) => break,
+                            _ => {}
+                        }
+                    }
+                    *c.lock().unwrap() += 1;
+                });
+            }
+        });
+        Self { addr, handshakes, closed }
+    }
+}
+
+fn header<'a>(h: &'a [(String, String)], name: &str) -> Option<&'a str> {
+    h.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+}
+
+#[tokio::test]
+async fn websockets_pass_after_authentication_and_rules() {
+    let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Rs256])
+        .await
+        .unwrap();
+    let app = EchoApp::start().await;
+    let o = Opts {
+        extra: "[[authorization.rules]]\npath = \"/admin\"\ngroups = [\"admins\"]\n".into(),
+        ..Opts::default()
+    };
+    let proxy = start_proxy(&issuer.issuer(), &format!("http://{}", app.addr), o, true).await;
+    let ws_url = |p: &str| format!("ws://{}{p}", proxy.addr);
+    let with_token = |p: &str, user: &str| {
+        let mut req = ws_url(p).into_client_request().unwrap();
+        let t = format!("Bearer {}", issuer.token_for(user, AUD));
+        req.headers_mut().insert("authorization", t.parse().unwrap());
+        req.headers_mut().insert("x-forwarded-user", "mallory".parse().unwrap());
+        req
+    };
+
+    // allowed: the handshake reaches the app with the identity, and messages echo both ways
+    let (mut ws, resp) =
+        tokio_tungstenite::connect_async(with_token("/chat", "alice")).await.unwrap();
+    assert_eq!(resp.status(), 101);
+    ws.send(Message::text("hello")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
+    ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    let big = "x".repeat(256 * 1024);
+    ws.send(Message::text(big.clone())).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(big));
+    ws.close(None).await.unwrap();
+    while ws.next().await.is_some() {}
+    let shakes = app.handshakes.lock().unwrap().clone();
+    assert_eq!(shakes.len(), 1);
+    assert_eq!(header(&shakes[0], "x-forwarded-user"), Some("alice"));
+    assert_eq!(header(&shakes[0], "authorization"), None);
+    assert!(header(&shakes[0], "upgrade").is_some_and(|u| u.eq_ignore_ascii_case("websocket")));
+    // both halves close together
+    for _ in 0..100 {
+        if *app.closed.lock().unwrap() == 1 {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    assert_eq!(*app.closed.lock().unwrap(), 1, "the app's side did not close");
+
+    // refused upgrades never reach the app
+    let no_token = tokio_tungstenite::connect_async(ws_url("/chat")).await.unwrap_err();
+    assert!(no_token.to_string().contains("401"), "{no_token}");
+    let bob = tokio_tungstenite::connect_async(with_token("/admin/feed", "bob")).await.unwrap_err();
+    assert!(bob.to_string().contains("403"), "{bob}");
+    assert_eq!(app.handshakes.lock().unwrap().len(), 1, "a refused upgrade reached the app");
+
+    // an admin may open the admin feed
+    let (mut ws, _) =
+        tokio_tungstenite::connect_async(with_token("/admin/feed", "alice")).await.unwrap();
+    ws.send(Message::text("ping")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("ping"));
+    drop(ws);
+    proxy.shutdown().await;
+}
