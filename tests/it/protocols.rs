@@ -1,6 +1,9 @@
 //! Protocols beside plain request/response: WebSockets after authentication, through the real
 //! server, with a real client and echo server (tokio-tungstenite).
 
+// tungstenite's handshake callback returns its (large) error response by value.
+#![allow(clippy::result_large_err)]
+
 use crate::common::*;
 use futures_util::{SinkExt, StreamExt};
 use std::net::SocketAddr;
