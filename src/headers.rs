@@ -382,6 +382,10 @@ mod tests {
         assert!(same_header("X_Forwarded_User", "x-forwarded-user"));
         assert!(same_header("x-forwarded_user", "x-forwarded-user"));
         assert!(!same_header("x-forwarded-users", "x-forwarded-user"));
+        // `_` stands for `-` only, and only in that place
+        assert!(!same_header("xaforwarded-user", "x-forwarded-user"));
+        assert!(!same_header("x_forwarded_usex", "x-forwarded-user"));
+        assert!(!same_header("x-forwarded-user", "x-forwarded_user".replace('_', "a").as_str()));
         assert!(has_prefix("x_auth_request_user", "x-auth-request-"));
     }
 
