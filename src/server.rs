@@ -352,12 +352,7 @@ async fn serve(
 ) {
     // Each connection task holds a sender; when all are gone, the drain is over.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        // Above our own limit, so that most oversized heads get our 431 (with a request id).
-        .max_headers(2 * crate::headers::MAX_REQUEST_HEADERS);
+    let http = connection_builder();
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -380,8 +375,9 @@ async fn serve(
                     req.extensions_mut().insert(client.clone());
                     stack.clone().oneshot(req)
                 });
-                // With upgrades, so an authenticated WebSocket can take the connection over.
-                let conn = http.serve_connection(TokioIo::new(stream), svc).with_upgrades();
+                // HTTP/1.1 or h2c with prior knowledge, told apart by the first bytes; with
+                // upgrades, so an authenticated WebSocket can take the connection over.
+                let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                 let mut stop = shutdown.clone();
                 let alive = alive.clone();
                 tokio::spawn(async move {
@@ -396,7 +392,9 @@ async fn serve(
                         }
                     };
                     if let Err(e) = result {
-                        crate::telemetry::log_unparsed(peer, &e);
+                        if let Some(e) = e.downcast_ref::<hyper::Error>() {
+                            crate::telemetry::log_unparsed(peer, e);
+                        }
                         tracing::debug!(client = %peer, error = %e, "connection ended with an error");
                     }
                 });
@@ -411,6 +409,38 @@ async fn serve(
         _ = drained.recv() => tracing::info!("all connections drained"),
         _ = tokio::time::sleep(timeout) => tracing::warn!("shutdown timeout reached; closing the remaining connections"),
     }
+}
+
+/// Most concurrent HTTP/2 streams a client connection may open.
+pub const H2_MAX_CONCURRENT_STREAMS: u32 = 256;
+/// Largest HTTP/2 header list accepted (as our HTTP/1.1 head limit).
+pub const H2_MAX_HEADER_LIST_SIZE: u32 = crate::headers::MAX_REQUEST_HEAD_BYTES as u32;
+/// Streams a client may reset before they are accepted, before the connection is closed
+/// (the "rapid reset" defence, CVE-2023-44487).
+pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
+/// Streams portcullis may reset for protocol errors before it closes the connection
+/// (CVE-2024-27316-style floods).
+pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
+
+/// The connection builder: HTTP/1.1 and h2c (prior knowledge) on one port, with limits set on
+/// purpose.
+fn connection_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
+    let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
+    b.http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .keep_alive(true)
+        // Above our own limit, so that most oversized heads get our 431 (with a request id).
+        .max_headers(2 * crate::headers::MAX_REQUEST_HEADERS);
+    b.http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
+        .max_header_list_size(H2_MAX_HEADER_LIST_SIZE)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_ACCEPT_RESET_STREAMS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_ERROR_RESET_STREAMS)
+        .keep_alive_interval(Some(Duration::from_secs(30)))
+        .keep_alive_timeout(Duration::from_secs(20));
+    b
 }
 
 /// Resolves on SIGTERM or SIGINT.

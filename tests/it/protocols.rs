@@ -130,3 +130,47 @@ async fn websockets_pass_after_authentication_and_rules() {
     drop(ws);
     proxy.shutdown().await;
 }
+
+/// One request over an h2c (prior knowledge) connection: (status, body).
+async fn h2c_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
+    use http_body_util::BodyExt;
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) = hyper::client::conn::http2::handshake(
+        hyper_util::rt::TokioExecutor::new(),
+        hyper_util::rt::TokioIo::new(stream),
+    )
+    .await
+    .unwrap();
+    tokio::spawn(conn);
+    let mut req = http::Request::get(format!("http://app.example{path}"));
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    req = req.header("x-forwarded-user", "mallory");
+    let resp = send
+        .send_request(req.body(http_body_util::Empty::<bytes::Bytes>::new()).unwrap())
+        .await
+        .unwrap();
+    assert_eq!(resp.version(), http::Version::HTTP_2);
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.unwrap().to_bytes();
+    (status, String::from_utf8_lossy(&body).into_owned())
+}
+
+#[tokio::test]
+async fn h2c_clients_are_served_on_the_same_port() {
+    let w = World::new().await;
+    let (status, body) = h2c_get(w.proxy.addr, "/api/h2?x=1", Some(&w.token("alice"))).await;
+    assert_eq!(status, 200, "{body}");
+    let seen = w.upstream.last();
+    assert_eq!(seen.path_and_query, "/api/h2?x=1");
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.one("host").as_deref(), Some("app.example"), "the :authority became Host");
+    assert_eq!(seen.one("x-forwarded-host").as_deref(), Some("app.example"));
+    let hits = w.upstream.hits();
+    let (status, body) = h2c_get(w.proxy.addr, "/api/h2", None).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(w.upstream.hits(), hits);
+    // HTTP/1.1 still works on the same port
+    assert_eq!(status_of(&w.url("/api/h1"), Some(&w.token("alice"))).await, 200);
+}
