@@ -164,6 +164,17 @@ pub struct UpstreamConfig {
     /// Requests in flight to the app at once (per process, until the response body ends);
     /// beyond it `503`. Defaults to 1024; 0 = no limit.
     pub max_concurrent_requests: usize,
+    /// How portcullis speaks to the app. Defaults to HTTP/1.1.
+    pub protocol: UpstreamProtocol,
+}
+
+/// `upstream.protocol`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamProtocol {
+    /// HTTP/1.1 over pooled keep-alive connections (`"http1"`, the default).
+    Http1,
+    /// HTTP/2 without TLS, prior knowledge (`"h2c"`): for apps that speak HTTP/2, gRPC servers.
+    H2c,
 }
 
 impl UpstreamConfig {
@@ -491,6 +502,7 @@ section!(RawUpstream = "upstream" {
     response_timeout: Option<String>,
     pass_host_header: Option<bool>,
     max_concurrent_requests: Option<i64>,
+    protocol: Option<String>,
 });
 
 section!(RawOidc = "oidc" {
@@ -936,6 +948,16 @@ impl UpstreamConfig {
                     return Err(ConfigError::new(
                         "upstream.max_concurrent_requests",
                         format!("must be between 0 (no limit) and 1000000, got {n}"),
+                    ))
+                }
+            },
+            protocol: match raw.protocol.as_deref().unwrap_or("http1") {
+                "http1" => UpstreamProtocol::Http1,
+                "h2c" => UpstreamProtocol::H2c,
+                other => {
+                    return Err(ConfigError::new(
+                        "upstream.protocol",
+                        format!("expected \"http1\" or \"h2c\", got {other:?}"),
                     ))
                 }
             },
@@ -1703,6 +1725,7 @@ mod tests {
                 }
                 ("oidc", "scopes", _) => "openid,email",
                 ("oidc", "prefix", _) => "/auth",
+                ("upstream", "protocol", _) => "h2c",
                 ("server", "templates_dir", _) => "/nonexistent",
                 ("authorization", "issuers", _) => "https://idp.example.com/realms/main",
                 (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",

@@ -173,6 +173,11 @@ pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
     }
 }
 
+/// The client sent `TE: trailers` (gRPC does): passed on to an HTTP/2 app, the one TE value
+/// HTTP/2 allows.
+#[derive(Debug, Clone, Copy)]
+pub struct TeTrailers;
+
 /// An HTTP/1.1 `Upgrade: websocket` the client asked for (with `Connection: upgrade`). The
 /// hop-by-hop headers are removed like any others; the proxy puts these back when it forwards
 /// the (authenticated) request. Other upgrades are not passed on.
@@ -242,6 +247,16 @@ where
         }
         if let Some(upgrade) = websocket_upgrade(req.headers(), req.version()) {
             req.extensions_mut().insert(upgrade);
+        }
+        let te_trailers = req
+            .headers()
+            .get_all(header::TE)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+        if te_trailers {
+            req.extensions_mut().insert(TeTrailers);
         }
         remove_hop_by_hop(req.headers_mut());
         Either::Left(self.inner.call(req))

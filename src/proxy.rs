@@ -18,7 +18,7 @@ use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
 use crate::body::{ClientBody, ClientBodyError, Permitted};
-use crate::config::UpstreamConfig;
+use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::headers::WebSocketUpgrade;
 use crate::response::{Refusal, Rejection};
 use http::StatusCode;
@@ -70,6 +70,8 @@ struct Target {
     pass_host_header: bool,
     /// `server.request_body_idle_timeout`.
     body_idle_timeout: Duration,
+    /// `upstream.protocol = "h2c"`.
+    h2c: bool,
 }
 
 /// The last service: sends the request to the app and streams its answer back.
@@ -98,10 +100,13 @@ impl ProxyService {
         connector.set_nodelay(true);
         connector.set_connect_timeout(Some(cfg.connect_timeout));
         connector.set_keepalive(Some(Duration::from_secs(60)));
+        let h2c = cfg.protocol == UpstreamProtocol::H2c;
         let client = Client::builder(TokioExecutor::new())
             .pool_idle_timeout(Duration::from_secs(90))
             .pool_max_idle_per_host(256)
             .pool_timer(hyper_util::rt::TokioTimer::new())
+            // h2c: one multiplexed connection to the app per worker.
+            .http2_only(h2c)
             .build(connector);
         let host = cfg.url.host_str().ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
         let authority = match cfg.url.port() {
@@ -117,6 +122,7 @@ impl ProxyService {
                 response_timeout: cfg.response_timeout,
                 pass_host_header: cfg.pass_host_header,
                 body_idle_timeout,
+                h2c,
             }),
             slots,
         })
@@ -139,7 +145,16 @@ impl ProxyService {
             .authority(t.authority.clone())
             .path_and_query(pq)
             .build()?;
-        *req.version_mut() = Version::HTTP_11;
+        let te_trailers = req.extensions_mut().remove::<crate::headers::TeTrailers>().is_some();
+        if t.h2c {
+            *req.version_mut() = Version::HTTP_2;
+            // the one TE HTTP/2 allows; gRPC servers look for it
+            if te_trailers {
+                req.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
+            }
+        } else {
+            *req.version_mut() = Version::HTTP_11;
+        }
         let client = req.extensions().get::<ClientAddr>().cloned();
         let h = req.headers_mut();
         match client {

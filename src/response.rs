@@ -91,6 +91,8 @@ struct Asker {
     /// The path and query the client asked for (where to come back after login).
     path_and_query: String,
     host: Option<String>,
+    /// A gRPC call (`content-type: application/grpc...`): refusals become gRPC statuses.
+    grpc: bool,
 }
 
 /// Whether `haystack` contains `needle` (lower-case ASCII), ignoring ASCII case.
@@ -114,6 +116,9 @@ impl Asker {
                 .get(header::EXPECT)
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
             navigating,
+            grpc: h
+                .get(header::CONTENT_TYPE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             ..Self::default()
         };
         // Only a browser's answer needs where it was going (API clients are the hot path).
@@ -207,6 +212,7 @@ where
 fn render(refusal: Refusal, asker: &Asker, browsers: Option<&BrowserAnswers>) -> Response<Body> {
     let Refusal { rejection, decision, .. } = refusal;
     let mut resp = match browsers {
+        _ if asker.grpc => rejection.grpc_answer(asker),
         Some(b) if asker.navigating || matches!(rejection, Rejection::LoginFailed { .. }) => {
             browser_answer(&rejection, &decision, asker, b)
         }
@@ -400,6 +406,49 @@ impl Rejection {
                 ("gateway_timeout", "The app did not answer in time".into())
             }
         }
+    }
+
+    /// The gRPC status code for this refusal.
+    fn grpc_status(&self) -> u8 {
+        match self {
+            Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => 16, // UNAUTHENTICATED
+            Rejection::Forbidden { .. } | Rejection::CrossSite => 7,          // PERMISSION_DENIED
+            Rejection::NotReady | Rejection::Busy | Rejection::BadGateway => 14, // UNAVAILABLE
+            Rejection::GatewayTimeout | Rejection::RequestBodyTimeout => 4,   // DEADLINE_EXCEEDED
+            Rejection::InvalidRequest { .. }
+            | Rejection::BadRequest(_)
+            | Rejection::BadPath(_)
+            | Rejection::BadRequestBody => 3, // INVALID_ARGUMENT
+            Rejection::UnsupportedTransferCoding => 12,                       // UNIMPLEMENTED
+            _ => 13,                                                          // INTERNAL
+        }
+    }
+
+    /// The answer for a gRPC client: HTTP `200` and a trailers-only response carrying
+    /// `grpc-status` and a percent-encoded `grpc-message` (gRPC over HTTP/2 §Responses), which
+    /// gRPC clients report as the call's status. `WWW-Authenticate` goes along for debugging.
+    fn grpc_answer(&self, asker: &Asker) -> Response<Body> {
+        let (_, description) = self.body();
+        let mut message = String::new();
+        for b in description.bytes() {
+            if (0x20..0x7f).contains(&b) && b != b'%' {
+                message.push(b as char);
+            } else {
+                message.push_str(&format!("%{b:02X}"));
+            }
+        }
+        let mut resp = Response::new(Body::empty());
+        let h = resp.headers_mut();
+        h.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/grpc"));
+        h.insert("grpc-status", HeaderValue::from(u16::from(self.grpc_status())));
+        if let Ok(v) = HeaderValue::from_str(&message) {
+            h.insert("grpc-message", v);
+        }
+        if let Some(c) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
+            h.insert(header::WWW_AUTHENTICATE, c);
+        }
+        let _ = asker;
+        resp
     }
 
     /// The answer for an API client: JSON with the request id, and the RFC 6750 challenge.

@@ -174,3 +174,92 @@ async fn h2c_clients_are_served_on_the_same_port() {
     // HTTP/1.1 still works on the same port
     assert_eq!(status_of(&w.url("/api/h1"), Some(&w.token("alice"))).await, 200);
 }
+
+/// A real gRPC server (tonic's grpc.health.v1) on loopback, speaking h2c.
+async fn grpc_app() -> (SocketAddr, tokio::sync::oneshot::Sender<()>) {
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter.set_service_status("orders", tonic_health::ServingStatus::Serving).await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+    tokio::spawn(async move {
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming_shutdown(tokio_stream_from(listener), async {
+                let _ = rx.await;
+            })
+            .await
+            .unwrap();
+    });
+    (addr, tx)
+}
+
+/// The listener as the stream of connections tonic serves.
+fn tokio_stream_from(
+    listener: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
+
+#[tokio::test]
+async fn grpc_passes_end_to_end_and_refusals_are_grpc_statuses() {
+    use tonic_health::pb::health_client::HealthClient;
+    use tonic_health::pb::HealthCheckRequest;
+    let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Rs256])
+        .await
+        .unwrap();
+    let (app, _stop) = grpc_app().await;
+    let o = Opts {
+        upstream: "protocol = \"h2c\"".into(),
+        extra: "[[authorization.rules]]\npath = \"/grpc.health.v1.Health/Watch\"\ngroups = [\"admins\"]\n".into(),
+        ..Opts::default()
+    };
+    let proxy = start_proxy(&issuer.issuer(), &format!("http://{app}"), o, true).await;
+    let channel =
+        tonic::transport::Channel::from_shared(proxy.url.clone()).unwrap().connect().await.unwrap();
+    let with = |user: Option<&str>| {
+        let auth = user.map(|u| format!("Bearer {}", issuer.token_for(u, AUD)));
+        HealthClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+            if let Some(a) = &auth {
+                req.metadata_mut().insert("authorization", a.parse().unwrap());
+            }
+            Ok(req)
+        })
+    };
+    let check = || HealthCheckRequest { service: "orders".into() };
+
+    // unary, with the response's trailers (grpc-status 0) passed back
+    let resp = with(Some("alice")).check(check()).await.unwrap();
+    assert_eq!(resp.into_inner().status, 1, "SERVING");
+    // server streaming: the first message of a watch
+    let mut watch = with(Some("alice")).watch(check()).await.unwrap().into_inner();
+    let first = tokio::time::timeout(std::time::Duration::from_secs(5), watch.message())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(first.status, 1);
+    drop(watch);
+    // a service the app does not know: the app's own gRPC status comes through its trailers
+    let err =
+        with(Some("alice")).check(HealthCheckRequest { service: "nope".into() }).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::NotFound, "{err}");
+
+    // refused by portcullis: UNAUTHENTICATED and PERMISSION_DENIED, which clients report
+    let err = with(None).check(check()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::Unauthenticated, "{err}");
+    assert!(err.message().contains("bearer token"), "{err}");
+    let err = with(Some("bob")).watch(check()).await.unwrap_err();
+    assert_eq!(err.code(), tonic::Code::PermissionDenied, "{err}");
+    let bad = format!("Bearer {}", issuer.token_for("alice", "api://someone-else"));
+    let mut c =
+        HealthClient::with_interceptor(channel.clone(), move |mut req: tonic::Request<()>| {
+            req.metadata_mut().insert("authorization", bad.parse().unwrap());
+            Ok(req)
+        });
+    assert_eq!(c.check(check()).await.unwrap_err().code(), tonic::Code::Unauthenticated);
+    proxy.shutdown().await;
+}
