@@ -161,6 +161,8 @@ struct Shared {
     /// Seconds access tokens of the code flow live.
     access_ttl: AtomicU64,
     refresh_grants: AtomicU64,
+    /// `Cache-Control` of the JWKS response, if any.
+    jwks_cache_control: Mutex<Option<String>>,
 }
 
 /// An authorization code and what it was issued for.
@@ -204,6 +206,7 @@ impl DevIssuer {
             id_token_patch: Mutex::new(None),
             access_ttl: AtomicU64::new(3600),
             refresh_grants: AtomicU64::new(0),
+            jwks_cache_control: Mutex::new(None),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -282,6 +285,12 @@ impl DevIssuer {
     /// Sets how long access tokens of the code flow live.
     pub fn set_access_ttl(&self, seconds: u64) {
         self.shared.access_ttl.store(seconds, Ordering::SeqCst);
+    }
+
+    /// Sets the JWKS response's `Cache-Control` (`None`: no header).
+    pub fn set_jwks_cache_control(&self, value: Option<&str>) {
+        *self.shared.jwks_cache_control.lock().unwrap_or_else(|p| p.into_inner()) =
+            value.map(str::to_string);
     }
 
     /// Refresh-token grants served.
@@ -364,7 +373,12 @@ async fn jwks(State(s): State<Arc<Shared>>) -> Response {
     }
     let keys: Vec<Value> =
         s.keys.lock().unwrap_or_else(|p| p.into_inner()).iter().map(|k| k.jwk.clone()).collect();
-    Json(json!({ "keys": keys })).into_response()
+    let mut resp = Json(json!({ "keys": keys })).into_response();
+    let cc = s.jwks_cache_control.lock().unwrap_or_else(|p| p.into_inner()).clone();
+    if let Some(v) = cc.and_then(|v| axum::http::HeaderValue::from_str(&v).ok()) {
+        resp.headers_mut().insert(axum::http::header::CACHE_CONTROL, v);
+    }
+    resp
 }
 
 #[derive(Deserialize)]

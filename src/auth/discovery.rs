@@ -131,6 +131,30 @@ pub async fn get(
     url: &Url,
     what: &'static str,
 ) -> Result<Vec<u8>, FetchError> {
+    Ok(get_cached(http, url, what).await?.0)
+}
+
+/// The `max-age` of a `Cache-Control` header (`no-store`/`no-cache` count as 0).
+pub fn max_age(cache_control: &str) -> Option<Duration> {
+    let mut out = None;
+    for d in cache_control.split(',').map(str::trim) {
+        let lower = d.to_ascii_lowercase();
+        if lower == "no-store" || lower == "no-cache" {
+            return Some(Duration::ZERO);
+        }
+        if let Some(v) = lower.strip_prefix("max-age=") {
+            out = v.trim_matches('"').parse::<u64>().ok().map(Duration::from_secs);
+        }
+    }
+    out
+}
+
+/// Like [`get`], with how long the response may be cached (`Cache-Control: max-age`).
+pub async fn get_cached(
+    http: &reqwest::Client,
+    url: &Url,
+    what: &'static str,
+) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
     let unreachable = |e: reqwest::Error| FetchError::Unreachable {
         url: url.to_string(),
         detail: error_chain(&e),
@@ -144,6 +168,11 @@ pub async fn get(
     if !resp.status().is_success() {
         return Err(FetchError::Status { url: url.to_string(), status: resp.status().as_u16() });
     }
+    let cache = resp
+        .headers()
+        .get(http::header::CACHE_CONTROL)
+        .and_then(|v| v.to_str().ok())
+        .and_then(max_age);
     let mut body = Vec::new();
     while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
@@ -155,7 +184,7 @@ pub async fn get(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(body)
+    Ok((body, cache))
 }
 
 /// An error with its sources, for logs (never includes request data).
@@ -194,6 +223,16 @@ mod tests {
 
     fn parse(doc: serde_json::Value) -> Result<ProviderMetadata, FetchError> {
         parse_metadata("u", doc.to_string().as_bytes(), ISS, false)
+    }
+
+    #[test]
+    fn cache_control_max_age() {
+        assert_eq!(max_age("public, max-age=600"), Some(Duration::from_secs(600)));
+        assert_eq!(max_age("Max-Age=\"30\""), Some(Duration::from_secs(30)));
+        assert_eq!(max_age("no-store"), Some(Duration::ZERO));
+        assert_eq!(max_age("max-age=60, no-cache"), Some(Duration::ZERO));
+        assert_eq!(max_age("public"), None);
+        assert_eq!(max_age("max-age=soon"), None);
     }
 
     #[test]

@@ -155,6 +155,8 @@ pub struct IssuerKeys {
     metadata: RwLock<Option<Arc<ProviderMetadata>>>,
     /// Serialises fetches (single flight) and remembers when the last one started.
     fetch: tokio::sync::Mutex<Option<Instant>>,
+    /// The last JWKS response's `Cache-Control: max-age`.
+    max_age: std::sync::Mutex<Option<Duration>>,
 }
 
 impl std::fmt::Debug for IssuerKeys {
@@ -294,6 +296,7 @@ impl IssuerKeys {
             generation: AtomicU64::new(0),
             metadata: RwLock::new(None),
             fetch: tokio::sync::Mutex::new(None),
+            max_age: std::sync::Mutex::new(None),
         }
     }
 
@@ -385,7 +388,10 @@ impl IssuerKeys {
             Some(u) => u.clone(),
             None => self.discover().await?,
         };
-        let body = self.get(&url, "JWKS").await?;
+        let (body, max_age) = super::discovery::get_cached(&self.http, &url, "JWKS").await?;
+        if let Ok(mut g) = self.max_age.lock() {
+            *g = max_age;
+        }
         let (set, skipped) = parse_jwks(&body).map_err(|detail| FetchError::Invalid {
             url: url.to_string(),
             what: "JWKS",
@@ -415,8 +421,11 @@ impl IssuerKeys {
         Ok(jwks)
     }
 
-    async fn get(&self, url: &Url, what: &'static str) -> Result<Vec<u8>, FetchError> {
-        super::discovery::get(&self.http, url, what).await
+    /// When to refresh next: the JWKS's `Cache-Control: max-age` within the configured bounds
+    /// (no sooner than `jwks_min_refetch_interval`, no later than `jwks_refresh_interval`).
+    pub fn next_refresh(&self) -> Duration {
+        let max_age = self.max_age.lock().ok().and_then(|g| *g);
+        refresh_after(max_age, self.settings.min_refetch_interval, self.settings.refresh_interval)
     }
 
     /// Loads the keys, retrying until it works, then refreshes every `refresh_interval`.
@@ -436,11 +445,19 @@ impl IssuerKeys {
             }
         }
         loop {
-            tokio::time::sleep(self.settings.refresh_interval).await;
+            tokio::time::sleep(self.next_refresh()).await;
             if let Err(e) = self.refresh().await {
                 tracing::warn!(issuer = %self.issuer, error = %e, "JWKS refresh failed; keeping the last good keys");
             }
         }
+    }
+}
+
+/// `max_age` clamped to `[min, max]`; `max` without one.
+fn refresh_after(max_age: Option<Duration>, min: Duration, max: Duration) -> Duration {
+    match max_age {
+        Some(a) => a.clamp(min, max.max(min)),
+        None => max,
     }
 }
 
@@ -559,6 +576,27 @@ mod tests {
         dev.rotate(KeyAlg::EdDsa);
         keys.refresh().await.unwrap();
         assert_eq!(keys.generation(), g + 1);
+    }
+
+    #[test]
+    fn jwks_max_age_is_honoured_within_bounds() {
+        let (min, max) = (Duration::from_secs(30), Duration::from_secs(300));
+        assert_eq!(refresh_after(None, min, max), max);
+        assert_eq!(refresh_after(Some(Duration::from_secs(60)), min, max), Duration::from_secs(60));
+        assert_eq!(refresh_after(Some(Duration::from_secs(5)), min, max), min);
+        assert_eq!(refresh_after(Some(Duration::ZERO), min, max), min);
+        assert_eq!(refresh_after(Some(Duration::from_secs(86400)), min, max), max);
+    }
+
+    #[tokio::test]
+    async fn the_jwks_cache_control_sets_the_next_refresh() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        let keys = IssuerKeys::new(&trusted(&dev), idp_client(), settings(Duration::from_secs(1)));
+        keys.refresh().await.unwrap();
+        assert_eq!(keys.next_refresh(), Duration::from_secs(3600), "no Cache-Control");
+        dev.set_jwks_cache_control(Some("public, max-age=120"));
+        keys.refresh().await.unwrap();
+        assert_eq!(keys.next_refresh(), Duration::from_secs(120));
     }
 
     #[tokio::test]
