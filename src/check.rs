@@ -63,16 +63,7 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
     let settings = KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http);
     let http = idp_client();
     let mut code = OK;
-    let mut probed = config.bearer.issuers.clone();
-    if let Some(l) = &config.login {
-        if !probed.iter().any(|i| i.issuer == l.issuer) {
-            probed.push(crate::config::TrustedIssuer {
-                issuer: l.issuer.clone(),
-                audiences: Vec::new(),
-                jwks_url: config.oidc.jwks_url.clone(),
-            });
-        }
-    }
+    let probed = config.key_issuers();
     for i in &probed {
         let keys = IssuerKeys::new(i, http.clone(), settings.clone());
         match keys.fetch_keys().await {

@@ -251,6 +251,24 @@ pub struct LoginConfig {
     pub insecure_allow_http: bool,
 }
 
+impl Config {
+    /// Every issuer whose keys portcullis needs: the bearer issuers, and the login provider
+    /// (which may sign users in without being trusted for bearer tokens).
+    pub fn key_issuers(&self) -> Vec<TrustedIssuer> {
+        let mut out = self.bearer.issuers.clone();
+        if let Some(l) = &self.login {
+            if !out.iter().any(|i| i.issuer == l.issuer) {
+                out.push(TrustedIssuer {
+                    issuer: l.issuer.clone(),
+                    audiences: Vec::new(),
+                    jwks_url: self.oidc.jwks_url.clone(),
+                });
+            }
+        }
+        out
+    }
+}
+
 impl LoginConfig {
     /// Whether cookies are `Secure` (and `__Host-`/`__Secure-` prefixed): over https.
     pub fn secure_cookies(&self) -> bool {

@@ -58,18 +58,7 @@ pub struct Pipeline {
 impl Pipeline {
     /// The shared parts and the key store behind them (keys not fetched yet).
     pub fn new(config: &Config) -> anyhow::Result<(Self, Arc<KeyStore>)> {
-        // Every trusted issuer's keys, and the login provider's (which may sign users in without
-        // being trusted for bearer tokens).
-        let mut key_issuers = config.bearer.issuers.clone();
-        if let Some(l) = &config.login {
-            if !key_issuers.iter().any(|i| i.issuer == l.issuer) {
-                key_issuers.push(crate::config::TrustedIssuer {
-                    issuer: l.issuer.clone(),
-                    audiences: Vec::new(),
-                    jwks_url: config.oidc.jwks_url.clone(),
-                });
-            }
-        }
+        let key_issuers = config.key_issuers();
         let keys = Arc::new(KeyStore::new(
             &key_issuers,
             KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
