@@ -404,6 +404,17 @@ impl Binary {
         Binary { addr: ([127, 0, 0, 1], port).into(), child, _dir: dir }
     }
 
+    /// The process's peak resident memory so far (`VmHWM`), in KiB.
+    pub fn peak_rss_kib(&self) -> u64 {
+        let pid = self.child.id().unwrap();
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap()
+    }
+
     /// SIGTERM, wait (at most 10 s), and return the JSON log lines.
     pub async fn stop(mut self) -> Vec<serde_json::Value> {
         let pid = self.child.id().unwrap().to_string();
