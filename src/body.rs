@@ -11,7 +11,10 @@ use std::time::Duration;
 use axum::body::Body;
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
+use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
+
+use crate::headers::{clean_trailers, UntrustedHeaders};
 use tokio::time::{Instant, Sleep};
 
 /// Why the client's request body could not be forwarded.
@@ -46,11 +49,30 @@ pub struct ClientBody {
     inner: Body,
     idle: Duration,
     timer: Pin<Box<Sleep>>,
+    /// Trailer fields a client may not send (identity, forwarding, ...).
+    untrusted: Option<Arc<UntrustedHeaders>>,
 }
 
 impl ClientBody {
     pub fn new(inner: Body, idle: Duration) -> Self {
-        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)) }
+        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), untrusted: None }
+    }
+
+    /// The same body, its trailers cleaned of what only portcullis may set.
+    pub fn cleaning_trailers(mut self, untrusted: Arc<UntrustedHeaders>) -> Self {
+        self.untrusted = Some(untrusted);
+        self
+    }
+}
+
+/// Cleans a trailers frame (see [`clean_trailers`]); data frames pass.
+fn clean_frame<D>(frame: Frame<D>, untrusted: Option<&UntrustedHeaders>) -> Frame<D> {
+    match frame.into_trailers() {
+        Ok(mut t) => {
+            clean_trailers(&mut t, untrusted);
+            Frame::trailers(t)
+        }
+        Err(frame) => frame,
     }
 }
 
@@ -66,7 +88,7 @@ impl http_body::Body for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let next = Instant::now() + self.idle;
                 self.timer.as_mut().reset(next);
-                Poll::Ready(Some(Ok(frame)))
+                Poll::Ready(Some(Ok(clean_frame(frame, self.untrusted.as_deref()))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),
             Poll::Ready(None) => Poll::Ready(None),
@@ -86,14 +108,15 @@ impl http_body::Body for ClientBody {
     }
 }
 
-/// A response body that holds a permit until it ends or is dropped.
+/// The app's response body: holds its concurrency slot (if any) until it ends or is dropped,
+/// and cleans its trailers of hop-by-hop, framing and credential fields.
 pub struct Permitted<B> {
     inner: B,
-    _permit: OwnedSemaphorePermit,
+    _permit: Option<OwnedSemaphorePermit>,
 }
 
 impl<B> Permitted<B> {
-    pub fn new(inner: B, permit: OwnedSemaphorePermit) -> Self {
+    pub fn new(inner: B, permit: Option<OwnedSemaphorePermit>) -> Self {
         Self { inner, _permit: permit }
     }
 }
@@ -109,7 +132,10 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
+        match Pin::new(&mut self.inner).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(clean_frame(frame, None)))),
+            other => other,
+        }
     }
 
     fn is_end_stream(&self) -> bool {

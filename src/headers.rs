@@ -19,18 +19,84 @@ use tower::{Layer, Service};
 use crate::proxy::ClientAddr;
 use crate::response::{Refusal, Rejection};
 
-/// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions.
-pub static HOP_BY_HOP: [HeaderName; 9] = [
+/// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions. (`Trailer` is not one: it
+/// declares the trailer fields to come, and is cleaned like them, see [`clean_trailers`].)
+pub static HOP_BY_HOP: [HeaderName; 8] = [
     header::CONNECTION,
     HeaderName::from_static("keep-alive"),
     HeaderName::from_static("proxy-connection"),
     header::PROXY_AUTHENTICATE,
     header::PROXY_AUTHORIZATION,
     header::TE,
-    header::TRAILER,
     header::TRANSFER_ENCODING,
     header::UPGRADE,
 ];
+
+/// Fields that never travel in trailers through portcullis (RFC 9110 §6.5.1 forbids framing,
+/// routing, authentication and control fields there; portcullis adds its own).
+fn forbidden_in_trailers(name: &str) -> bool {
+    matches!(
+        name,
+        "host"
+            | "content-length"
+            | "content-type"
+            | "content-encoding"
+            | "content-range"
+            | "trailer"
+            | "authorization"
+            | "cookie"
+            | "set-cookie"
+            | "x-request-id"
+            | "www-authenticate"
+            | "expect"
+            | "cache-control"
+            | "location"
+    ) || HOP_BY_HOP.iter().any(|h| h.as_str() == name)
+        || has_prefix(name, "x-forwarded-")
+}
+
+/// Removes from trailer fields everything that must not travel there: hop-by-hop, framing and
+/// credential fields, and (with `untrusted`, for requests) every header only portcullis or a
+/// trusted proxy may set.
+pub fn clean_trailers(trailers: &mut HeaderMap, untrusted: Option<&UntrustedHeaders>) {
+    let doomed: Vec<HeaderName> = trailers
+        .keys()
+        .filter(|n| {
+            forbidden_in_trailers(n.as_str())
+                || untrusted.is_some_and(|u| u.removes(n.as_str(), false))
+        })
+        .cloned()
+        .collect();
+    for n in doomed {
+        tracing::debug!(trailer = %n, "removed trailer field");
+        trailers.remove(&n);
+    }
+}
+
+/// Rewrites a `Trailer` header to declare only the fields [`clean_trailers`] lets through.
+pub fn clean_trailer_declaration(headers: &mut HeaderMap, untrusted: Option<&UntrustedHeaders>) {
+    if !headers.contains_key(header::TRAILER) {
+        return;
+    }
+    let kept: Vec<String> = headers
+        .get_all(header::TRAILER)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .map(|n| n.trim().to_ascii_lowercase())
+        .filter(|n| {
+            !n.is_empty()
+                && !forbidden_in_trailers(n)
+                && !untrusted.is_some_and(|u| u.removes(n, false))
+        })
+        .collect();
+    headers.remove(header::TRAILER);
+    if let Ok(v) = http::HeaderValue::from_str(&kept.join(", ")) {
+        if !kept.is_empty() {
+            headers.insert(header::TRAILER, v);
+        }
+    }
+}
 
 /// Headers that Symfony, IIS, Spring filters and others take as the request's real path or
 /// method. Removed from every peer, trusted or not: ingresses pass a client's copy through.

@@ -81,6 +81,8 @@ pub struct ProxyService {
     target: Arc<Target>,
     /// Slots of `upstream.max_concurrent_requests`, shared by every worker (`None`: no limit).
     slots: Option<Arc<Semaphore>>,
+    /// What a client may not send, in trailers either.
+    untrusted: Arc<crate::headers::UntrustedHeaders>,
 }
 
 impl std::fmt::Debug for ProxyService {
@@ -95,6 +97,7 @@ impl ProxyService {
         cfg: &UpstreamConfig,
         body_idle_timeout: Duration,
         slots: Option<Arc<Semaphore>>,
+        untrusted: Arc<crate::headers::UntrustedHeaders>,
     ) -> anyhow::Result<Self> {
         let mut connector = HttpConnector::new();
         connector.set_nodelay(true);
@@ -125,6 +128,7 @@ impl ProxyService {
                 h2c,
             }),
             slots,
+            untrusted,
         })
     }
 
@@ -146,14 +150,12 @@ impl ProxyService {
             .path_and_query(pq)
             .build()?;
         let te_trailers = req.extensions_mut().remove::<crate::headers::TeTrailers>().is_some();
-        if t.h2c {
-            *req.version_mut() = Version::HTTP_2;
-            // the one TE HTTP/2 allows; gRPC servers look for it
-            if te_trailers {
-                req.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
-            }
-        } else {
-            *req.version_mut() = Version::HTTP_11;
+        crate::headers::clean_trailer_declaration(req.headers_mut(), Some(&self.untrusted));
+        *req.version_mut() = if t.h2c { Version::HTTP_2 } else { Version::HTTP_11 };
+        // The client accepts trailers, and portcullis passes them on: tell the app (the one TE
+        // HTTP/2 allows; gRPC servers look for it).
+        if te_trailers {
+            req.headers_mut().insert(header::TE, HeaderValue::from_static("trailers"));
         }
         let client = req.extensions().get::<ClientAddr>().cloned();
         let h = req.headers_mut();
@@ -297,7 +299,8 @@ impl Service<Request<Body>> for ProxyService {
             }
             if !req.body().is_end_stream() {
                 let idle = this.target.body_idle_timeout;
-                req = req.map(|b| Body::new(ClientBody::new(b, idle)));
+                let untrusted = this.untrusted.clone();
+                req = req.map(|b| Body::new(ClientBody::new(b, idle).cleaning_trailers(untrusted)));
             }
             // A WebSocket upgrade that got this far was authenticated (and authorised): ask the
             // app for it, and splice the two connections together if it agrees.
@@ -318,10 +321,8 @@ impl Service<Request<Body>> for ProxyService {
                     }
                     let (mut parts, body) = resp.into_parts();
                     crate::headers::remove_hop_by_hop(&mut parts.headers);
-                    let body = match permit {
-                        Some(p) => Body::new(Permitted::new(body, p)),
-                        None => Body::new(body),
-                    };
+                    crate::headers::clean_trailer_declaration(&mut parts.headers, None);
+                    let body = Body::new(Permitted::new(body, permit));
                     Ok(Response::from_parts(parts, body))
                 }
                 Ok(Err(e)) => {

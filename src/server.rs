@@ -155,6 +155,7 @@ impl Pipeline {
                 &self.upstream,
                 self.body_idle_timeout,
                 self.upstream_slots.clone(),
+                self.untrusted.clone(),
             )?);
         Ok(BoxCloneSyncService::new(chain))
     }

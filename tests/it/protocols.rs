@@ -385,3 +385,66 @@ async fn a_gibibyte_each_way_keeps_memory_flat_over_http1_and_h2() {
     assert!(grown < 48 * 1024, "peak RSS grew by {grown} KiB while streaming");
     bin.stop().await;
 }
+
+/// An app that echoes the trailers it received (as a header list in the body) and answers with
+/// trailers of its own.
+async fn trailer_app() -> SocketAddr {
+    use axum::routing::post;
+    use http_body_util::BodyExt;
+    let app = axum::Router::new().route(
+        "/{*path}",
+        post(|body: axum::body::Body| async move {
+            let collected = body.collect().await.unwrap();
+            let got: Vec<String> = collected
+                .trailers()
+                .map(|t| t.iter().map(|(k, v)| format!("{k}={}", v.to_str().unwrap())).collect())
+                .unwrap_or_default();
+            let mut trailers = http::HeaderMap::new();
+            trailers.insert("x-digest", "sha-256=abc".parse().unwrap());
+            trailers.insert("x-forwarded-user", "from-the-app".parse().unwrap());
+            trailers.insert("content-length", "5".parse().unwrap());
+            let frames = vec![
+                Ok::<_, std::convert::Infallible>(hyper::body::Frame::data(bytes::Bytes::from(
+                    got.join(";"),
+                ))),
+                Ok(hyper::body::Frame::trailers(trailers)),
+            ];
+            axum::response::Response::builder()
+                .header("trailer", "x-digest, x-forwarded-user, content-length")
+                .body(axum::body::Body::new(http_body_util::StreamBody::new(
+                    futures_util::stream::iter(frames),
+                )))
+                .unwrap()
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    addr
+}
+
+#[tokio::test]
+async fn trailers_pass_both_ways_over_http1_without_what_portcullis_sets() {
+    let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Rs256])
+        .await
+        .unwrap();
+    let app = trailer_app().await;
+    let proxy =
+        start_proxy(&issuer.issuer(), &format!("http://{app}"), Opts::default(), true).await;
+    let req = String::from(
+        "POST /public/t HTTP/1.1\r\nHost: app.example\r\nTE: trailers\r\nTransfer-Encoding: chunked\r\n\
+         Trailer: X-Checksum, X-Forwarded-User, X_Auth_Request_Email\r\nConnection: close\r\n\r\n\
+         5\r\nhello\r\n0\r\nX-Checksum: abc\r\nX-Forwarded-User: mallory\r\nX_Auth_Request_Email: m@evil.example\r\n\r\n"
+    );
+    let r = raw(proxy.addr, &req).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    // the app got the client's checksum and nothing portcullis strips or sets
+    assert!(r.body.contains("x-checksum=abc"), "{r:?}");
+    assert!(!r.body.contains("mallory") && !r.body.contains("evil.example"), "{r:?}");
+    // the app's trailers reach the client, without the forbidden ones
+    let tail = r.body.to_ascii_lowercase();
+    assert!(tail.contains("x-digest: sha-256=abc"), "{r:?}");
+    assert!(!tail.contains("from-the-app"), "{r:?}");
+    assert!(!tail.contains("content-length: 5"), "{r:?}");
+    proxy.shutdown().await;
+}
