@@ -1471,7 +1471,7 @@ impl SessionConfig {
             other => {
                 return Err(ConfigError::new(
                     "session.store",
-                    format!("expected \"cookie\" (\"redis\" comes later), got {other:?}"),
+                    format!("expected \"cookie\" (the only store so far), got {other:?}"),
                 ))
             }
         }
