@@ -553,4 +553,38 @@ mod tests {
         let sent = [("x_forwarded_for", "1.2.3.4"), ("True_Client_IP", "1.2.3.4")];
         assert!(strip(true, &sent, &[]).await.is_empty());
     }
+
+    #[test]
+    fn framing_limits_and_codings() {
+        let mut h = HeaderMap::new();
+        for i in 0..MAX_REQUEST_HEADERS {
+            h.insert(
+                HeaderName::from_bytes(format!("x-h{i}").as_bytes()).unwrap(),
+                HeaderValue::from_static("v"),
+            );
+        }
+        assert!(framing_problem(&h).is_none(), "exactly the limit is fine");
+        h.insert("x-one-more", HeaderValue::from_static("v"));
+        assert!(matches!(framing_problem(&h), Some(Rejection::HeadTooLarge)));
+        // bytes: name + value + 4 per line
+        let mut h = HeaderMap::new();
+        let value = "v".repeat(MAX_REQUEST_HEAD_BYTES - "x-big".len() - 4);
+        h.insert("x-big", HeaderValue::from_str(&value).unwrap());
+        assert!(framing_problem(&h).is_none(), "exactly the byte limit is fine");
+        let value = "v".repeat(MAX_REQUEST_HEAD_BYTES - "x-big".len() - 3);
+        h.insert("x-big", HeaderValue::from_str(&value).unwrap());
+        assert!(matches!(framing_problem(&h), Some(Rejection::HeadTooLarge)));
+        let te = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
+            framing_problem(&h)
+        };
+        assert!(te("chunked").is_none());
+        assert!(te("Chunked").is_none());
+        assert!(te(" chunked , ").is_none());
+        for bad in ["gzip, chunked", "chunked, chunked", "gzip", "identity"] {
+            assert!(matches!(te(bad), Some(Rejection::UnsupportedTransferCoding)), "{bad}");
+        }
+        assert!(framing_problem(&HeaderMap::new()).is_none());
+    }
 }

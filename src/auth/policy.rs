@@ -434,4 +434,90 @@ mod tests {
         assert_eq!(d.rule, "r0");
         assert!(p.decide(&Method::GET, "/x", &no_group).is_ok());
     }
+
+    #[test]
+    fn claims_of_every_scalar_kind_and_empty_policies() {
+        let id = identity(json!({"sub": "u", "admin": true, "level": 3, "tags": ["a", 7, false]}));
+        let claims = |k: &str, v: &str| Requirement {
+            claims: vec![(k.to_string(), vec![v.to_string()])],
+            ..Default::default()
+        };
+        assert!(claims("admin", "true").check(&id).is_ok());
+        assert!(claims("admin", "false").check(&id).is_err());
+        assert!(claims("level", "3").check(&id).is_ok());
+        assert!(claims("tags", "7").check(&id).is_ok());
+        assert!(claims("tags", "false").check(&id).is_ok());
+        assert!(Policy::default().is_empty());
+        assert!(!Policy { base: claims("admin", "true"), rules: vec![] }.is_empty());
+        let only_rule = Policy {
+            base: Requirement::default(),
+            rules: vec![rule("r", RulePath::Prefix("/a".into()), groups(&["g"]))],
+        };
+        assert!(!only_rule.is_empty());
+    }
+
+    #[test]
+    fn descriptions_say_what_is_required() {
+        let r = Requirement {
+            issuers: vec!["https://i".into()],
+            groups: vec!["g1".into(), "g2".into()],
+            scopes: vec!["s".into()],
+            emails: vec!["a@b".into()],
+            email_domains: vec!["b".into()],
+            claims: vec![("c.d".into(), vec!["x".into()])],
+        };
+        assert_eq!(
+            r.describe(),
+            "issuer one of [https://i]; a group of [g1, g2]; all scopes [s]; verified email one of [a@b]; verified email domain one of [b]; claim c.d one of [x]"
+        );
+        assert_eq!(Requirement::default().describe(), "nothing");
+        let mut rule =
+            rule("authorization.rules[0]", RulePath::Prefix("/admin".into()), groups(&["admins"]));
+        rule.methods = vec![Method::POST];
+        assert_eq!(
+            rule.describe(),
+            "authorization.rules[0]: path /admin (prefix), POST: requires a group of [admins]"
+        );
+    }
+
+    #[tokio::test]
+    async fn the_layer_denies_only_authenticated_requests_off_public_routes() {
+        use crate::auth::{Authenticated, Credential};
+        use std::convert::Infallible;
+        use tower::{service_fn, ServiceBuilder, ServiceExt};
+        let policy = Arc::new(Policy {
+            base: Requirement::default(),
+            rules: vec![rule("r0", RulePath::Prefix("/".into()), groups(&["admins"]))],
+        });
+        let run = |public: bool, authenticated: bool| {
+            let policy = policy.clone();
+            async move {
+                let svc = ServiceBuilder::new()
+                    .layer(AuthorizeLayer::new(policy, "r".into()))
+                    .service(service_fn(|_req: Request<Body>| async {
+                        Ok::<_, Infallible>(Response::new(Body::from("app")))
+                    }));
+                let mut req = Request::get("/x").body(Body::empty()).unwrap();
+                if authenticated {
+                    req.extensions_mut().insert(Authenticated {
+                        credential: Credential::Session { access_token: None },
+                        identity: Arc::new(identity(json!({"sub": "u"}))),
+                        reason: "session",
+                        response_headers: http::HeaderMap::new(),
+                    });
+                }
+                if public {
+                    req.extensions_mut().insert(PublicRoute);
+                }
+                let resp = svc.oneshot(req).await.unwrap();
+                (
+                    resp.status().as_u16(),
+                    resp.extensions().get::<Refusal>().map(|r| r.decision.reason.to_string()),
+                )
+            }
+        };
+        assert_eq!(run(false, true).await, (403, Some("forbidden".into())));
+        assert_eq!(run(true, true).await, (200, None), "public routes are never denied");
+        assert_eq!(run(false, false).await, (200, None), "no identity: authentication decided");
+    }
 }
