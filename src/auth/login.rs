@@ -303,11 +303,18 @@ impl Login {
                     .map_err(|e| HttpError(error_chain(&e)))?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                let body = resp.bytes().await.map_err(|e| HttpError(error_chain(&e)))?;
-                if body.len() > super::discovery::MAX_DOCUMENT_BYTES {
-                    return Err(HttpError("response larger than 1 MiB".into()));
+                // read in chunks, so a huge answer is refused before it is held
+                let mut resp = resp;
+                let mut body = Vec::new();
+                while let Some(chunk) =
+                    resp.chunk().await.map_err(|e| HttpError(error_chain(&e)))?
+                {
+                    if body.len() + chunk.len() > super::discovery::MAX_DOCUMENT_BYTES {
+                        return Err(HttpError("response larger than 1 MiB".into()));
+                    }
+                    body.extend_from_slice(&chunk);
                 }
-                let mut out = http::Response::new(body.to_vec());
+                let mut out = http::Response::new(body);
                 *out.status_mut() = status;
                 *out.headers_mut() = headers;
                 Ok(out)
@@ -697,9 +704,13 @@ impl Login {
         if !resp.status().is_success() {
             return Err(fail(format!("UserInfo answered HTTP {}", resp.status().as_u16())));
         }
-        let body = resp.bytes().await.map_err(|e| fail(error_chain(&e)))?;
-        if body.len() > super::discovery::MAX_DOCUMENT_BYTES {
-            return Err(fail("UserInfo larger than 1 MiB".into()));
+        let mut resp = resp;
+        let mut body = Vec::new();
+        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(error_chain(&e)))? {
+            if body.len() + chunk.len() > super::discovery::MAX_DOCUMENT_BYTES {
+                return Err(fail("UserInfo larger than 1 MiB".into()));
+            }
+            body.extend_from_slice(&chunk);
         }
         serde_json::from_slice(&body)
             .map_err(|e| fail(format!("UserInfo is not a JSON object: {e}")))
