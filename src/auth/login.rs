@@ -263,7 +263,12 @@ impl Login {
             .map_err(|e| LoginError::new("bad_host", format!("cannot build the redirect URL: {e}")))
     }
 
-    fn client(&self, meta: &ProviderMetadata, redirect: Url) -> Result<OidcClient, LoginError> {
+    /// The `oauth2` client for the provider; `redirect` for the code flow (a refresh needs none).
+    fn client(
+        &self,
+        meta: &ProviderMetadata,
+        redirect: Option<Url>,
+    ) -> Result<OidcClient, LoginError> {
         let unavailable = |what: &str| {
             LoginError::new("login_unavailable", format!("the provider publishes no {what}"))
                 .status(StatusCode::SERVICE_UNAVAILABLE)
@@ -276,8 +281,10 @@ impl Login {
         let mut c = oauth2::Client::new(ClientId::new(self.cfg.client_id.clone()))
             .set_auth_uri(AuthUrl::from_url(auth))
             .set_token_uri(TokenUrl::from_url(token))
-            .set_redirect_uri(RedirectUrl::from_url(redirect))
             .set_auth_type(auth_type(meta));
+        if let Some(r) = redirect {
+            c = c.set_redirect_uri(RedirectUrl::from_url(r));
+        }
         if let Some(s) = &self.cfg.client_secret {
             c = c.set_client_secret(ClientSecret::new(s.expose().to_string()));
         }
@@ -425,10 +432,7 @@ impl Login {
 
     async fn refresh(&self, mut s: Session) -> Result<Session, String> {
         let meta = self.metadata().map_err(|e| e.detail)?;
-        let redirect = self.cfg.redirect_url.clone().unwrap_or_else(|| {
-            Url::parse("http://127.0.0.1/").unwrap_or_else(|_| meta.jwks_uri.clone())
-        });
-        let client = self.client(&meta, redirect).map_err(|e| e.detail)?;
+        let client = self.client(&meta, None).map_err(|e| e.detail)?;
         let rt = RefreshToken::new(s.refresh_token.clone().unwrap_or_default());
         self.refresh_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let http = self.http_client();
@@ -484,7 +488,7 @@ impl Login {
         let rd = self.safe_rd(parts, query_param(parts, "rd").as_deref());
         let meta = self.metadata()?;
         let redirect = self.redirect_url(&parts.headers)?;
-        let client = self.client(&meta, redirect)?;
+        let client = self.client(&meta, Some(redirect))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = session::random_token();
         let nonce = session::random_token();
@@ -593,7 +597,7 @@ impl Login {
         let code = query_param(parts, "code")
             .ok_or_else(|| LoginError::new("login_no_code", "the callback has no code"))?;
         let redirect = self.redirect_url(&parts.headers)?;
-        let client = self.client(&meta, redirect)?;
+        let client = self.client(&meta, Some(redirect))?;
         let http = self.http_client();
         let tokens = client
             .exchange_code(AuthorizationCode::new(code))
@@ -721,8 +725,7 @@ impl Login {
             Some(Ok(v)) => self.codec.open_json::<Session>(session::SESSION, &v).ok(),
             _ => None,
         };
-        let rd = query_param(parts, "rd")
-            .map(|_| self.safe_rd(parts, query_param(parts, "rd").as_deref()));
+        let rd = query_param(parts, "rd").map(|rd| self.safe_rd(parts, Some(&rd)));
         let end_session = self.keys.metadata().and_then(|m| m.end_session_endpoint.clone());
         let mut resp = match (end_session, session.as_ref().and_then(|s| s.id_token.clone())) {
             (Some(mut url), Some(hint)) => {
