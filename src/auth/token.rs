@@ -1,7 +1,6 @@
 //! Bearer JWT validation (jsonwebtoken, `aws_lc_rs`) and the verified-token cache.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::{Arc, RwLock};
 
 use jsonwebtoken::errors::ErrorKind;
@@ -122,30 +121,15 @@ impl CachedToken {
     }
 }
 
-/// SHA-256 outputs are already uniform: use their first bytes as the hash.
-#[derive(Default)]
-struct DigestHasher(u64);
-
-impl Hasher for DigestHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-    fn write(&mut self, bytes: &[u8]) {
-        for chunk in bytes.chunks(8).take(1) {
-            let mut b = [0u8; 8];
-            b[..chunk.len()].copy_from_slice(chunk);
-            self.0 ^= u64::from_le_bytes(b);
-        }
-    }
-    fn write_usize(&mut self, _: usize) {}
-}
-
-type Digest = [u8; 32];
-
-/// Bounded map from SHA-256(token) to the verified identity. `exp` and `nbf` are re-checked on
-/// every hit; entries whose key leaves the JWKS are dropped.
+/// Bounded map from a token to its verified identity. `exp` and `nbf` are re-checked on every
+/// hit; entries whose key left the JWKS are dropped on their next hit.
+///
+/// Keyed by the token itself: hashed with SipHash under a random per-process key (the standard
+/// library's `RandomState`, so clients cannot aim tokens at one bucket), and compared in full on
+/// a hit, so only the very same token can ever hit. That costs the token's bytes per entry (at
+/// most `token_cache_size` times 16 KiB) and far less work per request than a SHA-256 of it.
 pub struct TokenCache {
-    map: RwLock<HashMap<Digest, Arc<CachedToken>, BuildHasherDefault<DigestHasher>>>,
+    map: RwLock<HashMap<Box<str>, Arc<CachedToken>>>,
     capacity: usize,
 }
 
@@ -154,14 +138,14 @@ impl TokenCache {
         Self { map: RwLock::new(HashMap::default()), capacity }
     }
 
-    fn get(&self, d: &Digest) -> Option<Arc<CachedToken>> {
+    fn get(&self, token: &str) -> Option<Arc<CachedToken>> {
         if self.capacity == 0 {
             return None;
         }
-        self.map.read().ok()?.get(d).cloned()
+        self.map.read().ok()?.get(token).cloned()
     }
 
-    fn insert(&self, d: Digest, entry: CachedToken, now: u64) {
+    fn insert(&self, token: &str, entry: CachedToken, now: u64) {
         if self.capacity == 0 {
             return;
         }
@@ -174,18 +158,18 @@ impl TokenCache {
                 // Still full of live tokens: drop an arbitrary eighth (HashMap order is
                 // unrelated to age or use, so no client can pin entries).
                 let drop_n = (self.capacity / 8).max(1);
-                let doomed: Vec<Digest> = map.keys().take(drop_n).copied().collect();
+                let doomed: Vec<Box<str>> = map.keys().take(drop_n).cloned().collect();
                 for k in doomed {
                     map.remove(&k);
                 }
             }
         }
-        map.insert(d, Arc::new(entry));
+        map.insert(token.into(), Arc::new(entry));
     }
 
-    fn remove(&self, d: &Digest) {
+    fn remove(&self, token: &str) {
         if let Ok(mut map) = self.map.write() {
-            map.remove(d);
+            map.remove(token);
         }
     }
 
@@ -233,13 +217,6 @@ impl std::fmt::Debug for Verifier {
             .field("issuers", &self.issuers.keys().collect::<Vec<_>>())
             .finish()
     }
-}
-
-fn sha256(token: &str) -> Digest {
-    let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, token.as_bytes());
-    let mut out = [0u8; 32];
-    out.copy_from_slice(d.as_ref());
-    out
 }
 
 fn as_u64(v: &Value) -> Option<u64> {
@@ -297,16 +274,15 @@ impl Verifier {
         &self.cache
     }
 
-    /// Validates `token`; a cache hit costs a SHA-256 and a map lookup.
+    /// Validates `token`; a cache hit costs a keyed hash, a map lookup and a comparison.
     pub async fn verify(&self, token: &str) -> Result<(Arc<Identity>, Verified), TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
-        let digest = sha256(token);
         let now = self.clock.now();
-        if let Some(hit) = self.cache.get(&digest) {
+        if let Some(hit) = self.cache.get(token) {
             if hit.exp.saturating_add(self.leeway) < now {
-                self.cache.remove(&digest);
+                self.cache.remove(token);
                 return Err(TokenError::Expired);
             }
             if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
@@ -316,10 +292,10 @@ impl Verifier {
                 return Ok((hit.identity.clone(), Verified::Cached));
             }
             // Its key left the JWKS: verify afresh (which refuses it, or finds the key back).
-            self.cache.remove(&digest);
+            self.cache.remove(token);
         }
         let (identity, entry) = self.verify_fresh(token, now).await?;
-        self.cache.insert(digest, entry, now);
+        self.cache.insert(token, entry, now);
         Ok((identity, Verified::Fresh))
     }
 
@@ -702,6 +678,24 @@ mod tests {
         f.dev.rotate(KeyAlg::EdDsa);
         f.verifier.keys().issuers[0].refresh().await.unwrap();
         assert_eq!(f.verifier.verify(&t2).await.unwrap().1, Verified::Cached);
+    }
+
+    #[tokio::test]
+    async fn only_the_very_same_token_hits_the_cache() {
+        let f = fixture(&[KeyAlg::Rs256], 100).await;
+        let good = f.dev.token_for("alice", AUD);
+        assert_eq!(f.verifier.verify(&good).await.unwrap().1, Verified::Fresh);
+        assert_eq!(f.verifier.verify(&good).await.unwrap().1, Verified::Cached);
+        // one byte of the signature flipped: a different token, verified (and refused) afresh
+        let (head, sig) = good.rsplit_once('.').unwrap();
+        let mut raw = base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(sig).unwrap();
+        raw[5] ^= 1;
+        let forged = format!("{head}.{}", b64(&raw));
+        assert_eq!(f.verifier.verify(&forged).await.unwrap_err(), TokenError::BadSignature);
+        // a prefix or an extension of a cached token is not it either
+        assert!(f.verifier.verify(&good[..good.len() - 1]).await.is_err());
+        assert!(f.verifier.verify(&format!("{good}A")).await.is_err());
+        assert_eq!(f.verifier.cache().len(), 1);
     }
 
     #[tokio::test]
