@@ -238,6 +238,8 @@ impl Server {
     /// on the caller's runtime.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
         let (pipeline, keys) = Pipeline::new(&config)?;
+        // Seed the random generator now, not on the first request.
+        crate::telemetry::request_id_prefix();
         // Any error building a stack shows here, before a port is bound, not in a worker.
         pipeline.stack()?;
         let pipeline = Arc::new(pipeline);

@@ -37,7 +37,10 @@ pub fn init(cfg: &LogConfig) -> Option<tracing_appender::non_blocking::WorkerGua
     ok.then_some(guard)
 }
 
-fn request_id_prefix() -> &'static str {
+/// This process's request-id prefix (random). The first call seeds aws-lc's random generator,
+/// which takes a while: [`crate::server::Server::start`] makes it before serving, so no request
+/// pays for it.
+pub fn request_id_prefix() -> &'static str {
     static PREFIX: OnceLock<String> = OnceLock::new();
     PREFIX.get_or_init(|| {
         let mut b = [0u8; 4];
