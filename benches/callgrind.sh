@@ -1,0 +1,51 @@
+#!/usr/bin/env bash
+# Instructions per proxied request, counted by valgrind's callgrind (repeatable, whatever else
+# the machine is doing): the release binary's demo mode on one CPU (one worker), a static nginx
+# upstream, N keep-alive requests with a valid RS256 token, minus the same run with none. Only
+# the threads other than the main one are counted (the worker and the log writer): the demo's
+# issuer makes a fresh RSA key on the main thread at start-up, whose cost varies from run to
+# run. Needs valgrind, nginx and python3 (apt-get install valgrind nginx).
+#   usage: benches/callgrind.sh [requests=2000] [binary=target/release/portcullis]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+n=${1:-2000}; bin=${2:-target/release/portcullis}
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+work=$(mktemp -d); pids=()
+cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+cat > "$work/nginx.conf" <<NGINX
+worker_processes 1; daemon off; pid $work/nginx.pid; error_log $work/error.log warn;
+events { worker_connections 1024; }
+http { access_log off; server { listen 127.0.0.1:18281; location / { return 200 "ok\n"; } } }
+NGINX
+nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+
+count() { # requests -> instructions of the whole run
+  local reqs=$1 out="$work/cg.$1"
+  PORTCULLIS_LOG_LEVEL=${LOG_LEVEL:-info} taskset -c 0 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" \
+    "$bin" demo --listen 127.0.0.1:18280 --admin-listen 127.0.0.1:18290 --upstream http://127.0.0.1:18281 \
+    > "$work/p.$reqs.log" 2>&1 &
+  local pid=$!
+  for _ in $(seq 600); do grep -q '^  TOKEN=' "$work/p.$reqs.log" 2>/dev/null && break; sleep 0.1; done
+  local token; token=$(grep -m1 '^  TOKEN=' "$work/p.$reqs.log" | cut -d= -f2)
+  python3 - "$reqs" "$token" <<'PY'
+import http.client, sys
+n, token = int(sys.argv[1]), sys.argv[2]
+c = http.client.HTTPConnection("127.0.0.1", 18280, timeout=60)
+for _ in range(n):
+    c.request("GET", "/", headers={"Authorization": "Bearer " + token})
+    r = c.getresponse(); r.read()
+    assert r.status == 200, r.status
+PY
+  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  local total=0
+  for f in "$out"-*; do
+    case "$f" in *-01) continue ;; esac   # the main thread
+    local t; t=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
+    total=$((total + ${t:-0}))
+  done
+  echo "$total"
+}
+base=$(count 0); full=$(count "$n")
+echo "instructions: $full with $n requests, $base with none"
+awk -v a="$full" -v b="$base" -v n="$n" 'BEGIN {printf "instructions per proxied request: %.0f\n", (a-b)/n}'
