@@ -31,14 +31,7 @@ pub enum ClientBodyError {
 impl ClientBodyError {
     /// The `ClientBodyError` somewhere in `e`'s source chain, if any.
     pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
-        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-        while let Some(err) = cur {
-            if let Some(found) = err.downcast_ref::<ClientBodyError>() {
-                return Some(found);
-            }
-            cur = err.source();
-        }
-        None
+        crate::auth::discovery::find_in_chain(e)
     }
 }
 

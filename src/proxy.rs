@@ -252,16 +252,10 @@ pub async fn upstream_reachable(target: &str, timeout: Duration) -> Result<(), S
 
 /// Was the connection refused/reset (502) or did it time out (504)?
 fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
-    while let Some(err) = cur {
-        if let Some(io) = err.downcast_ref::<std::io::Error>() {
-            if io.kind() == std::io::ErrorKind::TimedOut {
-                return true;
-            }
-        }
-        cur = err.source();
-    }
-    false
+    crate::auth::discovery::sources(e).any(|err| {
+        err.downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
+    })
 }
 
 impl Service<Request<Body>> for ProxyService {

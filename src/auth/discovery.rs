@@ -173,18 +173,47 @@ pub async fn get_cached(
         .get(http::header::CACHE_CONTROL)
         .and_then(|v| v.to_str().ok())
         .and_then(max_age);
+    let body = read_bounded(&mut resp).await.map_err(|e| match e {
+        ReadError::Transport(e) => unreachable(e),
+        ReadError::TooLarge => {
+            FetchError::Invalid { url: url.to_string(), what, detail: "larger than 1 MiB".into() }
+        }
+    })?;
+    Ok((body, cache))
+}
+
+/// Why a provider's answer could not be read.
+#[derive(Debug)]
+pub enum ReadError {
+    Transport(reqwest::Error),
+    /// More than [`MAX_DOCUMENT_BYTES`]: refused before it is held.
+    TooLarge,
+}
+
+/// A provider's answer body, read in chunks and refused past [`MAX_DOCUMENT_BYTES`].
+pub async fn read_bounded(resp: &mut reqwest::Response) -> Result<Vec<u8>, ReadError> {
     let mut body = Vec::new();
-    while let Some(chunk) = resp.chunk().await.map_err(unreachable)? {
+    while let Some(chunk) = resp.chunk().await.map_err(ReadError::Transport)? {
         if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
-            return Err(FetchError::Invalid {
-                url: url.to_string(),
-                what,
-                detail: "larger than 1 MiB".into(),
-            });
+            return Err(ReadError::TooLarge);
         }
         body.extend_from_slice(&chunk);
     }
-    Ok((body, cache))
+    Ok(body)
+}
+
+/// `e` and its sources, outermost first.
+pub fn sources<'a>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(e), |e| e.source())
+}
+
+/// The first error of type `T` in `e`'s source chain, `e` included.
+pub fn find_in_chain<'a, T: std::error::Error + 'static>(
+    e: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a T> {
+    sources(e).find_map(|e| e.downcast_ref::<T>())
 }
 
 /// An error with its sources, for logs (never includes request data).

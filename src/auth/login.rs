@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::discovery::{error_chain, ProviderMetadata};
+use super::discovery::{error_chain, read_bounded, ProviderMetadata, ReadError};
 use super::identity::{Identity, IdentityMapper};
 use super::keys::{IssuerKeys, KeyStore};
 use super::session::{self, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
@@ -310,17 +310,11 @@ impl Login {
                     .map_err(|e| HttpError(error_chain(&e)))?;
                 let status = resp.status();
                 let headers = resp.headers().clone();
-                // read in chunks, so a huge answer is refused before it is held
                 let mut resp = resp;
-                let mut body = Vec::new();
-                while let Some(chunk) =
-                    resp.chunk().await.map_err(|e| HttpError(error_chain(&e)))?
-                {
-                    if body.len() + chunk.len() > super::discovery::MAX_DOCUMENT_BYTES {
-                        return Err(HttpError("response larger than 1 MiB".into()));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
+                let body = read_bounded(&mut resp).await.map_err(|e| match e {
+                    ReadError::Transport(e) => HttpError(error_chain(&e)),
+                    ReadError::TooLarge => HttpError("response larger than 1 MiB".into()),
+                })?;
                 let mut out = http::Response::new(body);
                 *out.status_mut() = status;
                 *out.headers_mut() = headers;
@@ -709,13 +703,10 @@ impl Login {
             return Err(fail(format!("UserInfo answered HTTP {}", resp.status().as_u16())));
         }
         let mut resp = resp;
-        let mut body = Vec::new();
-        while let Some(chunk) = resp.chunk().await.map_err(|e| fail(error_chain(&e)))? {
-            if body.len() + chunk.len() > super::discovery::MAX_DOCUMENT_BYTES {
-                return Err(fail("UserInfo larger than 1 MiB".into()));
-            }
-            body.extend_from_slice(&chunk);
-        }
+        let body = read_bounded(&mut resp).await.map_err(|e| match e {
+            ReadError::Transport(e) => fail(error_chain(&e)),
+            ReadError::TooLarge => fail("UserInfo larger than 1 MiB".into()),
+        })?;
         serde_json::from_slice(&body)
             .map_err(|e| fail(format!("UserInfo is not a JSON object: {e}")))
     }
