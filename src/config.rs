@@ -1404,21 +1404,24 @@ impl LogConfig {
     }
 }
 
-/// A session secret: base64 (standard or URL-safe, padded or not) of 32 bytes.
-fn session_secret(key: &str, text: &str) -> Result<Secret, ConfigError> {
+/// The bytes of a base64 secret: standard or URL-safe alphabet, padded or not.
+pub fn secret_bytes(text: &str) -> Option<Vec<u8>> {
     use base64::Engine as _;
     let t = text.trim();
-    let decoded = base64::engine::general_purpose::STANDARD
+    base64::engine::general_purpose::STANDARD
         .decode(t)
         .or_else(|_| {
             base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t.trim_end_matches('='))
         })
-        .map_err(|_| {
-            ConfigError::new(
-                key,
-                "must be base64 of 32 random bytes (e.g. `openssl rand -base64 32`)",
-            )
-        })?;
+        .ok()
+}
+
+/// A session secret: base64 (standard or URL-safe, padded or not) of 32 bytes.
+fn session_secret(key: &str, text: &str) -> Result<Secret, ConfigError> {
+    let t = text.trim();
+    let decoded = secret_bytes(t).ok_or_else(|| {
+        ConfigError::new(key, "must be base64 of 32 random bytes (e.g. `openssl rand -base64 32`)")
+    })?;
     if decoded.len() != 32 {
         return Err(ConfigError::new(
             key,

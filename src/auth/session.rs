@@ -58,11 +58,8 @@ impl std::fmt::Debug for Codec {
 }
 
 fn derive_key(secret: &Secret) -> anyhow::Result<LessSafeKey> {
-    let t = secret.expose();
-    let ikm = base64::engine::general_purpose::STANDARD
-        .decode(t)
-        .or_else(|_| B64.decode(t.trim_end_matches('=')))
-        .map_err(|_| anyhow::anyhow!("session secret is not base64"))?;
+    let ikm = crate::config::secret_bytes(secret.expose())
+        .ok_or_else(|| anyhow::anyhow!("session secret is not base64"))?;
     let prk = hkdf::Salt::new(hkdf::HKDF_SHA256, b"portcullis session v1").extract(&ikm);
     let okm = prk
         .expand(&[b"aes-256-gcm cookie key"], &AES_256_GCM)
