@@ -11,6 +11,7 @@ cd "$(dirname "$0")/.."
 n=${1:-2000}; bin=${2:-target/release/portcullis}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 work=$(mktemp -d); pids=()
+keep=${KEEP:-}
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 cat > "$work/nginx.conf" <<NGINX
@@ -44,6 +45,7 @@ PY
     local t; t=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
     total=$((total + ${t:-0}))
   done
+  [ -n "$keep" ] && cp "$out"-* "$keep"/ 2>/dev/null || true
   echo "$total"
 }
 base=$(count 0); full=$(count "$n")
