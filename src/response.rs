@@ -194,7 +194,11 @@ where
             Ok(match resp.extensions_mut().remove::<Refusal>() {
                 Some(refusal) => {
                     let extra = std::mem::take(resp.headers_mut());
+                    // what the layers noted for the log (the normalised path) stays
+                    let mut noted = std::mem::take(resp.extensions_mut());
                     let mut answer = render(refusal, &asker, browsers.as_ref());
+                    noted.extend(std::mem::take(answer.extensions_mut()));
+                    *answer.extensions_mut() = noted;
                     // cookies a refusing layer set (a session it cleared) still go out
                     for v in extra.get_all(header::SET_COOKIE) {
                         answer.headers_mut().append(header::SET_COOKIE, v.clone());
