@@ -293,6 +293,7 @@ impl Server {
                         let served = async {
                             let listener = TcpListener::from_std(listener)?;
                             let stack = pipeline.stack()?;
+                            crate::telemetry::spawn_access_flusher();
                             let trusted = pipeline.trusted_proxies.clone();
                             serve(listener, stack, rx, timeout, readiness, trusted).await;
                             anyhow::Ok(())
@@ -301,6 +302,7 @@ impl Server {
                             tracing::error!(worker = i, error = %e, "worker failed to start");
                         }
                     });
+                    crate::telemetry::flush_access_lines();
                     let _ = done.send(());
                 },
             )?;

@@ -1,8 +1,10 @@
 //! Logs: the subscriber (non-blocking writer), the request id, and one access line per request.
 //! Headers, tokens, cookies and query strings are never logged.
 
+use std::cell::RefCell;
+use std::io::Write as _;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::time::Instant;
 
@@ -28,13 +30,265 @@ pub fn init(cfg: &LogConfig) -> Option<tracing_appender::non_blocking::WorkerGua
     ));
     let filter = EnvFilter::builder().parse_lossy(&cfg.level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
+    let access_writer = writer.clone();
     let builder =
         tracing_subscriber::fmt().with_env_filter(filter).with_writer(writer).with_ansi(ansi);
     let ok = match cfg.format {
         LogFormat::Json => builder.json().flatten_event(true).try_init().is_ok(),
         LogFormat::Text => builder.try_init().is_ok(),
     };
+    if ok {
+        let enabled = tracing::enabled!(target: ACCESS_TARGET, tracing::Level::INFO);
+        let _ = SINK.set(Sink { writer: access_writer, format: cfg.format, enabled });
+    }
     ok.then_some(guard)
+}
+
+/// The access log's target: `PORTCULLIS_LOG_LEVEL=info,portcullis::access=off` turns it off.
+pub const ACCESS_TARGET: &str = "portcullis::access";
+
+/// Where access lines go once [`init`] has run: the same non-blocking writer as every other
+/// line, but formatted here, in batches.
+struct Sink {
+    writer: tracing_appender::non_blocking::NonBlocking,
+    format: LogFormat,
+    /// Whether the filter lets `portcullis::access` at `info` through (it does not change).
+    enabled: bool,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// A worker's access lines are flushed this long after the first one of a batch, or as soon as
+/// [`ACCESS_BATCH_BYTES`] are waiting (nginx's `access_log ... buffer= flush=`).
+const ACCESS_FLUSH_DELAY: std::time::Duration = std::time::Duration::from_millis(50);
+const ACCESS_BATCH_BYTES: usize = 32 * 1024;
+
+/// This thread's access lines not written yet, and what makes them written.
+struct Batch {
+    buf: Vec<u8>,
+    /// Set on worker threads: wakes the task that writes the batch after [`ACCESS_FLUSH_DELAY`].
+    /// Without one, every line is written at once.
+    flusher: Option<Arc<tokio::sync::Notify>>,
+    /// The current second as RFC 3339 (`2026-11-30T15:37:43`), made once a second.
+    second: u64,
+    second_text: String,
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = const {
+        RefCell::new(Batch { buf: Vec::new(), flusher: None, second: u64::MAX, second_text: String::new() })
+    };
+}
+
+/// Writes what this thread has batched (a worker calls it when its runtime is done).
+pub fn flush_access_lines() {
+    let Some(sink) = SINK.get() else { return };
+    BATCH.with(|b| {
+        let mut b = b.borrow_mut();
+        if !b.buf.is_empty() {
+            let mut w = sink.writer.clone();
+            let _ = w.write_all(&b.buf);
+            b.buf.clear();
+        }
+    });
+}
+
+/// On a worker's runtime: batch this thread's access lines, and write each batch shortly after
+/// its first line (one write for many lines, never on the request's path).
+pub fn spawn_access_flusher() {
+    if SINK.get().is_none() {
+        return;
+    }
+    let notify = Arc::new(tokio::sync::Notify::new());
+    BATCH.with(|b| b.borrow_mut().flusher = Some(notify.clone()));
+    tokio::spawn(async move {
+        loop {
+            notify.notified().await;
+            tokio::time::sleep(ACCESS_FLUSH_DELAY).await;
+            flush_access_lines();
+        }
+    });
+}
+
+/// One access line's fields.
+pub struct AccessLine<'a> {
+    pub method: &'a str,
+    /// The path portcullis decided on.
+    pub path: &'a str,
+    /// The client's path, when it differs.
+    pub raw_path: Option<&'a str>,
+    pub status: u16,
+    pub latency_ms: f64,
+    pub subject: &'a str,
+    pub issuer: Option<&'a str>,
+    pub reason: &'a str,
+    pub detail: &'a str,
+    pub request_id: &'a str,
+    /// The peer's IP, rendered once per connection ([`ClientAddr::ip`]).
+    pub client: Option<&'a str>,
+}
+
+impl AccessLine<'_> {
+    /// Writes the line: formatted here and batched when logging is set up ([`init`]), as a
+    /// `tracing` event otherwise (tests that collect events, embedders with their own subscriber).
+    pub fn emit(&self) {
+        let Some(sink) = SINK.get() else {
+            return self.event();
+        };
+        if !sink.enabled {
+            return;
+        }
+        BATCH.with(|b| {
+            let mut b = b.borrow_mut();
+            let was_empty = b.buf.is_empty();
+            let Batch { buf, second, second_text, .. } = &mut *b;
+            let micros = timestamp(second, second_text);
+            match sink.format {
+                LogFormat::Json => self.write_json(buf, second_text, micros),
+                LogFormat::Text => self.write_text(buf, second_text, micros),
+            }
+            if b.buf.len() >= ACCESS_BATCH_BYTES || b.flusher.is_none() {
+                let mut w = sink.writer.clone();
+                let _ = w.write_all(&b.buf);
+                b.buf.clear();
+            } else if was_empty {
+                if let Some(f) = &b.flusher {
+                    f.notify_one();
+                }
+            }
+        });
+    }
+
+    fn event(&self) {
+        tracing::info!(
+            target: "portcullis::access",
+            method = self.method,
+            path = self.path,
+            raw_path = self.raw_path,
+            status = self.status,
+            latency_ms = self.latency_ms,
+            subject = self.subject,
+            issuer = self.issuer,
+            reason = self.reason,
+            detail = self.detail,
+            request_id = self.request_id,
+            client = self.client,
+            "request"
+        );
+    }
+
+    /// The shape `tracing-subscriber`'s flattened JSON gives every other line. (Written without
+    /// `core::fmt`: this runs once per request, on the worker.)
+    fn write_json(&self, out: &mut Vec<u8>, second: &str, micros: u32) {
+        out.extend_from_slice(b"{\"timestamp\":\"");
+        push_time(out, second, micros);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
+        json_str(out, self.method);
+        out.extend_from_slice(b",\"path\":");
+        json_str(out, self.path);
+        if let Some(raw) = self.raw_path {
+            out.extend_from_slice(b",\"raw_path\":");
+            json_str(out, raw);
+        }
+        out.extend_from_slice(b",\"status\":");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.extend_from_slice(b",\"latency_ms\":");
+        out.extend_from_slice(ryu::Buffer::new().format(self.latency_ms).as_bytes());
+        out.extend_from_slice(b",\"subject\":");
+        json_str(out, self.subject);
+        if let Some(issuer) = self.issuer {
+            out.extend_from_slice(b",\"issuer\":");
+            json_str(out, issuer);
+        }
+        out.extend_from_slice(b",\"reason\":");
+        json_str(out, self.reason);
+        out.extend_from_slice(b",\"detail\":");
+        json_str(out, self.detail);
+        out.extend_from_slice(b",\"request_id\":");
+        json_str(out, self.request_id);
+        if let Some(client) = self.client {
+            out.extend_from_slice(b",\"client\":");
+            json_str(out, client);
+        }
+        out.extend_from_slice(b",\"target\":\"portcullis::access\"}\n");
+    }
+
+    /// The shape of `tracing-subscriber`'s text lines (without colours): `Display` for the
+    /// method, the request id and the client, `Debug` (quoted) for the other strings.
+    fn write_text(&self, out: &mut Vec<u8>, second: &str, micros: u32) {
+        push_time(out, second, micros);
+        out.extend_from_slice(b"  INFO portcullis::access: request method=");
+        out.extend_from_slice(self.method.as_bytes());
+        out.extend_from_slice(b" path=");
+        debug_str(out, self.path);
+        if let Some(raw) = self.raw_path {
+            out.extend_from_slice(b" raw_path=");
+            debug_str(out, raw);
+        }
+        out.extend_from_slice(b" status=");
+        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
+        out.extend_from_slice(b" latency_ms=");
+        out.extend_from_slice(ryu::Buffer::new().format(self.latency_ms).as_bytes());
+        out.extend_from_slice(b" subject=");
+        debug_str(out, self.subject);
+        if let Some(issuer) = self.issuer {
+            out.extend_from_slice(b" issuer=");
+            debug_str(out, issuer);
+        }
+        out.extend_from_slice(b" reason=");
+        debug_str(out, self.reason);
+        out.extend_from_slice(b" detail=");
+        debug_str(out, self.detail);
+        out.extend_from_slice(b" request_id=");
+        out.extend_from_slice(self.request_id.as_bytes());
+        if let Some(client) = self.client {
+            out.extend_from_slice(b" client=");
+            out.extend_from_slice(client.as_bytes());
+        }
+        out.push(b'\n');
+    }
+}
+
+/// `2026-11-30T15:37:43.587726Z`
+fn push_time(out: &mut Vec<u8>, second: &str, micros: u32) {
+    out.extend_from_slice(second.as_bytes());
+    let mut digits = *b".000000Z";
+    let mut m = micros.min(999_999);
+    for d in digits[1..7].iter_mut().rev() {
+        *d = b'0' + (m % 10) as u8;
+        m /= 10;
+    }
+    out.extend_from_slice(&digits);
+}
+
+/// A JSON string.
+fn json_str(out: &mut Vec<u8>, s: &str) {
+    let _ = serde_json::to_writer(&mut *out, s);
+}
+
+/// A string as `Debug` quotes it; printable ASCII without `"` or `\` is copied as it is.
+fn debug_str(out: &mut Vec<u8>, s: &str) {
+    if s.bytes().all(|b| (b' '..=b'~').contains(&b) && b != b'"' && b != b'\\') {
+        out.push(b'"');
+        out.extend_from_slice(s.as_bytes());
+        out.push(b'"');
+    } else {
+        let _ = write!(out, "{s:?}");
+    }
+}
+
+/// Updates the cached `YYYY-MM-DDTHH:MM:SS` of the current second if needed; returns the
+/// microseconds within it.
+fn timestamp(second: &mut u64, text: &mut String) -> u32 {
+    let now = std::time::SystemTime::now();
+    let since = now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    if since.as_secs() != *second {
+        *second = since.as_secs();
+        text.clear();
+        let full = humantime::format_rfc3339_seconds(now).to_string();
+        text.push_str(full.trim_end_matches('Z'));
+    }
+    since.subsec_micros()
 }
 
 /// This process's request-id prefix (random). The first call seeds aws-lc's random generator,
@@ -49,11 +303,21 @@ pub fn request_id_prefix() -> &'static str {
     })
 }
 
+/// `<prefix>-<counter in hex>`, unique within the process and across restarts.
 fn new_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
     let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    HeaderValue::from_str(&format!("{}-{n:x}", request_id_prefix()))
-        .unwrap_or(HeaderValue::from_static("0"))
+    let prefix = request_id_prefix().as_bytes();
+    let mut id = [0u8; 8 + 1 + 16];
+    id[..prefix.len()].copy_from_slice(prefix);
+    id[prefix.len()] = b'-';
+    let digits = (64 - n.leading_zeros()).div_ceil(4).max(1) as usize;
+    let start = prefix.len() + 1;
+    for (i, d) in id[start..start + digits].iter_mut().enumerate() {
+        let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
+        *d = b"0123456789abcdef"[nibble as usize];
+    }
+    HeaderValue::from_bytes(&id[..start + digits]).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// The longest client-sent `X-Request-Id` kept.
@@ -98,19 +362,20 @@ pub fn log_unparsed(client: std::net::SocketAddr, error: &hyper::Error) {
         400
     };
     let id = new_request_id();
-    tracing::info!(
-        target: "portcullis::access",
-        method = "-",
-        path = "-",
+    AccessLine {
+        method: "-",
+        path: "-",
+        raw_path: None,
         status,
-        latency_ms = 0.0,
-        subject = "-",
-        reason = "bad_request_head",
-        detail = %error,
-        request_id = %id.to_str().unwrap_or(""),
-        client = %client.ip(),
-        "request"
-    );
+        latency_ms: 0.0,
+        subject: "-",
+        issuer: None,
+        reason: "bad_request_head",
+        detail: &error.to_string(),
+        request_id: id.to_str().unwrap_or(""),
+        client: Some(&client.ip().to_string()),
+    }
+    .emit();
 }
 
 /// The outermost layer: gives every request an id (sent to the app, echoed to the client, shown
@@ -159,7 +424,7 @@ where
         let method = req.method().clone();
         // A clone of the URI shares its bytes: no copy of the path.
         let uri = req.uri().clone();
-        let client = req.extensions().get::<ClientAddr>().map(|c| c.addr.ip());
+        let client = req.extensions().get::<ClientAddr>().and_then(|c| c.ip.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let mut resp = fut.await?;
@@ -173,30 +438,114 @@ where
                 Some(n) => (n.0.as_str(), Some(uri.path())),
                 None => (uri.path(), None),
             };
-            let issuer = decision.and_then(|d| d.identity.as_ref()).map(|i| i.issuer.as_str());
-            let request_id = id.to_str().unwrap_or("");
-            let subject = decision
-                .and_then(|d| d.identity.as_ref())
-                .map(|i| i.subject.as_str())
-                .unwrap_or("-");
-            let reason = decision.map(|d| d.reason.as_ref()).unwrap_or("-");
-            let detail = decision.and_then(|d| d.detail.as_deref()).unwrap_or("");
-            tracing::info!(
-                target: "portcullis::access",
-                method = %method,
+            let identity = decision.and_then(|d| d.identity.as_ref());
+            AccessLine {
+                method: method.as_str(),
                 path,
                 raw_path,
-                status = resp.status().as_u16(),
+                status: resp.status().as_u16(),
                 latency_ms,
-                subject,
-                issuer,
-                reason,
-                detail,
-                request_id = %request_id,
-                client = client.map(tracing::field::display),
-                "request"
-            );
+                subject: identity.map(|i| i.subject.as_str()).unwrap_or("-"),
+                issuer: identity.map(|i| i.issuer.as_str()),
+                reason: decision.map(|d| d.reason.as_ref()).unwrap_or("-"),
+                detail: decision.and_then(|d| d.detail.as_deref()).unwrap_or(""),
+                request_id: id.to_str().unwrap_or(""),
+                client: client.as_ref().and_then(|c| c.to_str().ok()),
+            }
+            .emit();
             Ok(resp)
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn line<'a>(path: &'a str, detail: &'a str, issuer: Option<&'a str>) -> AccessLine<'a> {
+        AccessLine {
+            method: "GET",
+            path,
+            raw_path: Some("/%61"),
+            status: 403,
+            latency_ms: 0.125,
+            subject: "alice",
+            issuer,
+            reason: "forbidden",
+            detail,
+            request_id: "0a1b2c3d-ff",
+            client: Some("127.0.0.1"),
+        }
+    }
+
+    #[test]
+    fn json_lines_are_json_with_every_field() {
+        let mut out = Vec::new();
+        line("/a\"b\\c\u{1}é", "no \"group\"\n", Some("https://idp")).write_json(
+            &mut out,
+            "2026-11-30T15:37:43",
+            7,
+        );
+        assert_eq!(out.last(), Some(&b'\n'));
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert_eq!(v["timestamp"], "2026-11-30T15:37:43.000007Z");
+        assert_eq!(v["level"], "INFO");
+        assert_eq!(v["target"], ACCESS_TARGET);
+        assert_eq!(v["path"], "/a\"b\\c\u{1}é");
+        assert_eq!(v["raw_path"], "/%61");
+        assert_eq!(v["status"], 403);
+        assert_eq!(v["latency_ms"], 0.125);
+        assert_eq!(v["detail"], "no \"group\"\n");
+        assert_eq!(v["issuer"], "https://idp");
+        assert_eq!(v["client"], "127.0.0.1");
+        assert_eq!(v["request_id"], "0a1b2c3d-ff");
+        let mut out = Vec::new();
+        line("/", "", None).write_json(&mut out, "2026-11-30T15:37:43", 0);
+        let v: serde_json::Value = serde_json::from_slice(&out).unwrap();
+        assert!(v.get("issuer").is_none(), "{v}");
+    }
+
+    #[test]
+    fn text_lines_quote_like_debug() {
+        for s in ["/plain/path", "/a\"b", "/back\\slash", "/ctl\u{7}", "/é", "", "/tab\t"] {
+            let mut out = Vec::new();
+            debug_str(&mut out, s);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("{s:?}"));
+        }
+        let mut out = Vec::new();
+        line("/x", "d", Some("i")).write_text(&mut out, "2026-11-30T15:37:43", 123_456);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            "2026-11-30T15:37:43.123456Z  INFO portcullis::access: request method=GET path=\"/x\" \
+             raw_path=\"/%61\" status=403 latency_ms=0.125 subject=\"alice\" issuer=\"i\" \
+             reason=\"forbidden\" detail=\"d\" request_id=0a1b2c3d-ff client=127.0.0.1\n"
+        );
+    }
+
+    #[test]
+    fn request_ids_are_the_prefix_and_a_hex_counter() {
+        let prefix = request_id_prefix();
+        assert_eq!(prefix.len(), 8);
+        let a = new_request_id();
+        let b = new_request_id();
+        let n = |v: &HeaderValue| {
+            let s = v.to_str().unwrap();
+            let (p, n) = s.split_once('-').unwrap();
+            assert_eq!(p, prefix);
+            assert!(!n.starts_with('0') || n == "0", "{s}");
+            u64::from_str_radix(n, 16).unwrap()
+        };
+        assert!(n(&b) > n(&a));
+    }
+
+    #[test]
+    fn timestamps_cache_the_second() {
+        let (mut second, mut text) = (u64::MAX, String::new());
+        timestamp(&mut second, &mut text);
+        assert_eq!(text.len(), "2026-11-30T15:37:43".len(), "{text}");
+        assert!(text.as_bytes()[10] == b'T' && !text.ends_with('Z'), "{text}");
+        let first = second;
+        timestamp(&mut second, &mut text);
+        assert!(second == first || second == first + 1);
     }
 }

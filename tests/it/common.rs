@@ -361,6 +361,7 @@ pub async fn eventually_status(url: &str, token: Option<&str>, want: u16) -> u16
 pub struct Binary {
     pub addr: SocketAddr,
     child: tokio::process::Child,
+    out: Option<tokio::io::BufReader<tokio::process::ChildStdout>>,
     _dir: tempfile::TempDir,
 }
 
@@ -401,7 +402,7 @@ impl Binary {
             tokio::time::sleep(Duration::from_millis(25)).await;
         }
         assert!(ready, "the binary did not become ready");
-        Binary { addr: ([127, 0, 0, 1], port).into(), child, _dir: dir }
+        Binary { addr: ([127, 0, 0, 1], port).into(), child, out: None, _dir: dir }
     }
 
     /// The process's peak resident memory so far (`VmHWM`), in KiB.
@@ -415,13 +416,36 @@ impl Binary {
             .unwrap()
     }
 
-    /// SIGTERM, wait (at most 10 s), and return the JSON log lines.
+    /// The next JSON log line the running binary writes, within `within`.
+    pub async fn next_log_line(&mut self, within: Duration) -> Option<serde_json::Value> {
+        use tokio::io::AsyncBufReadExt;
+        let out = self.out.get_or_insert_with(|| {
+            tokio::io::BufReader::new(self.child.stdout.take().expect("stdout"))
+        });
+        let mut line = String::new();
+        loop {
+            line.clear();
+            match tokio::time::timeout(within, out.read_line(&mut line)).await {
+                Ok(Ok(n)) if n > 0 => {
+                    if let Ok(v) = serde_json::from_str(&line) {
+                        return Some(v);
+                    }
+                }
+                _ => return None,
+            }
+        }
+    }
+
+    /// SIGTERM, wait (at most 10 s), and return the JSON log lines not read yet.
     pub async fn stop(mut self) -> Vec<serde_json::Value> {
         let pid = self.child.id().unwrap().to_string();
         std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.unwrap().unwrap();
         let mut out = String::new();
-        self.child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+        match self.out.take() {
+            Some(mut r) => r.read_to_string(&mut out).await.unwrap(),
+            None => self.child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap(),
+        };
         out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }

@@ -552,6 +552,8 @@ async fn access_lines_record_the_decided_path_the_issuer_and_hypers_own_answers(
     assert_eq!(upstream.last().path_and_query, "/public/x");
     let t = format!("Bearer {}", issuer.token_for("alice", AUD));
     assert_eq!(raw_get(bin.addr, "/api", &[("Authorization", &t)]).await.status, 200);
+    // a refusal is logged with the decided path too
+    assert_eq!(raw_get(bin.addr, "/%61pi/../private", &[]).await.status, 401);
     // too many headers: our 431, with a request id
     let many: Vec<(String, String)> = (0..120).map(|i| (format!("x-h{i}"), "v".into())).collect();
     let many: Vec<(&str, &str)> = many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
@@ -572,10 +574,58 @@ async fn access_lines_record_the_decided_path_the_issuer_and_hypers_own_answers(
     assert_eq!(verified["issuer"], issuer.issuer(), "{verified}");
     assert_eq!(verified["path"], "/api");
     assert!(verified.get("raw_path").is_none(), "{verified}");
+    let refused = access.iter().find(|v| v["status"] == 401).expect("the refusal's line");
+    assert_eq!(refused["path"], "/private", "{refused}");
+    assert_eq!(refused["raw_path"], "/%61pi/../private", "{refused}");
     assert!(access.iter().any(|v| v["status"] == 431), "{access:?}");
     let bad = access.iter().find(|v| v["reason"] == "bad_request_head").expect("hyper's 400");
     assert_eq!(bad["status"], 400);
     assert!(bad["request_id"].as_str().is_some_and(|s| !s.is_empty()));
+}
+
+#[tokio::test]
+async fn access_lines_are_written_while_serving_in_batches_and_none_is_lost() {
+    let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Rs256])
+        .await
+        .unwrap();
+    let upstream = Upstream::start().await;
+    let mut bin =
+        Binary::start(&config_text(&issuer.issuer(), &upstream.url(), &Opts::default())).await;
+    // one request: its line shows up shortly, without waiting for more or for shutdown
+    assert_eq!(raw_get(bin.addr, "/public/first", &[]).await.status, 200);
+    let mut first = None;
+    while let Some(v) = bin.next_log_line(std::time::Duration::from_secs(5)).await {
+        if v["target"] == "portcullis::access" {
+            first = Some(v);
+            break;
+        }
+    }
+    let first = first.expect("the access line was written while the server ran");
+    assert_eq!(first["path"], "/public/first", "{first}");
+    // a burst from many connections at once: one line each, none lost or torn
+    let t = format!("Bearer {}", issuer.token_for("alice", AUD));
+    let burst: Vec<_> = (0..200)
+        .map(|i| {
+            let (addr, t) = (bin.addr, t.clone());
+            tokio::spawn(async move {
+                raw_get(addr, &format!("/api/{i}"), &[("Authorization", &t)]).await.status
+            })
+        })
+        .collect();
+    for r in burst {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    let logs = bin.stop().await;
+    let access = access_lines(&logs);
+    let mut paths: Vec<&str> = access.iter().filter_map(|v| v["path"].as_str()).collect();
+    paths.sort_unstable();
+    paths.dedup();
+    assert_eq!(paths.len(), 200, "{paths:?}");
+    let mut ids: Vec<&str> = access.iter().filter_map(|v| v["request_id"].as_str()).collect();
+    ids.sort_unstable();
+    ids.dedup();
+    assert_eq!(ids.len(), 200);
+    assert_eq!(upstream.hits(), 201);
 }
 
 #[tokio::test]
