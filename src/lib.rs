@@ -16,9 +16,10 @@
 //!   `discovery` (provider metadata), `keys` (JWKS cache), `token` (JWT validation,
 //!   verified-token cache), `identity` (claims → identity headers), `policy` (`[authorization]`
 //!   rules and the `Authorize` layer).
-//! - [`proxy`]: `X-Forwarded-*`, the pooled client to the app, `upstream.max_concurrent_requests`.
+//! - [`proxy`]: `X-Forwarded-*`, the request to the app, `upstream.max_concurrent_requests`.
+//! - [`upstream`]: each worker's own connections to the app (HTTP/1.1 kept alive, or h2c).
 //! - [`body`]: the client's request body (idle timeout, its faults told from the app's) and the
-//!   app's response body (holding its concurrency slot until it ends).
+//!   app's response body (holding its concurrency slot, and its connection, until it ends).
 //! - [`response`]: refusals, and `Answers`, the one place they become answers (401, 403, 502, ...).
 //! - [`clock`]: Unix time, injectable, so expiry is tested with paused time.
 //! - [`check`]: `portcullis check`, the config and issuer probe.
@@ -38,6 +39,7 @@ pub mod proxy;
 pub mod response;
 pub mod server;
 pub mod telemetry;
+pub mod upstream;
 
 pub use config::Config;
 pub use server::Server;

@@ -1,5 +1,5 @@
-//! Forwarding to the app: `X-Forwarded-*`, a pooled keep-alive client with `TCP_NODELAY`,
-//! streamed bodies, and 502/504 on a failing upstream. What is stripped from requests, and why,
+//! Forwarding to the app: `X-Forwarded-*`, the worker's own connections to it
+//! ([`crate::upstream`]), streamed bodies, and 502/504 on a failing upstream. What is stripped from requests, and why,
 //! is in [`crate::headers`].
 
 use std::net::{IpAddr, SocketAddr};
@@ -12,15 +12,13 @@ use futures_util::future::BoxFuture;
 use http::header::{self, HeaderName, HeaderValue};
 use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{Request, Response, Version};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::client::legacy::Client;
-use hyper_util::rt::TokioExecutor;
 use tower::Service;
 
-use crate::body::{ClientBody, ClientBodyError, Permitted};
+use crate::body::{AppBody, ClientBody, ClientBodyError};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::headers::WebSocketUpgrade;
 use crate::response::{Refusal, Rejection};
+use crate::upstream::Upstream;
 use http::StatusCode;
 use http_body::Body as _;
 use tokio::sync::Semaphore;
@@ -64,6 +62,8 @@ pub const X_REAL_IP: HeaderName = HeaderName::from_static("x-real-ip");
 struct Target {
     scheme: Scheme,
     authority: Authority,
+    /// The authority as a `Host` header (when the client's is not passed on).
+    host: HeaderValue,
     /// The upstream URL's path without a trailing `/` ("" for the root).
     base_path: String,
     response_timeout: Duration,
@@ -77,7 +77,7 @@ struct Target {
 /// The last service: sends the request to the app and streams its answer back.
 #[derive(Clone)]
 pub struct ProxyService {
-    client: Client<HttpConnector, Body>,
+    upstream: Upstream,
     target: Arc<Target>,
     /// Slots of `upstream.max_concurrent_requests`, shared by every worker (`None`: no limit).
     slots: Option<Arc<Semaphore>>,
@@ -99,27 +99,19 @@ impl ProxyService {
         slots: Option<Arc<Semaphore>>,
         untrusted: Arc<crate::headers::UntrustedHeaders>,
     ) -> anyhow::Result<Self> {
-        let mut connector = HttpConnector::new();
-        connector.set_nodelay(true);
-        connector.set_connect_timeout(Some(cfg.connect_timeout));
-        connector.set_keepalive(Some(Duration::from_secs(60)));
         let h2c = cfg.protocol == UpstreamProtocol::H2c;
-        let client = Client::builder(TokioExecutor::new())
-            .pool_idle_timeout(Duration::from_secs(90))
-            .pool_max_idle_per_host(256)
-            .pool_timer(hyper_util::rt::TokioTimer::new())
-            // h2c: one multiplexed connection to the app per worker.
-            .http2_only(h2c)
-            .build(connector);
+        // h2c: one multiplexed connection to the app per worker.
+        let upstream = Upstream::new(cfg.connect_target(), cfg.connect_timeout, h2c);
         let host = cfg.url.host_str().ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
         let authority = match cfg.url.port() {
             Some(p) => format!("{host}:{p}"),
             None => host.to_string(),
         };
         Ok(Self {
-            client,
+            upstream,
             target: Arc::new(Target {
                 scheme: Scheme::HTTP,
+                host: HeaderValue::from_str(&authority)?,
                 authority: authority.parse()?,
                 base_path: cfg.url.path().trim_end_matches('/').to_string(),
                 response_timeout: cfg.response_timeout,
@@ -144,11 +136,17 @@ impl ProxyService {
             req.headers().get(header::HOST).cloned().or_else(|| {
                 req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
-        *req.uri_mut() = Uri::builder()
-            .scheme(t.scheme.clone())
-            .authority(t.authority.clone())
-            .path_and_query(pq)
-            .build()?;
+        // HTTP/1.1 in origin-form (`/path?query`, with `Host`); h2c with `:scheme` and
+        // `:authority` from an absolute URI.
+        *req.uri_mut() = if t.h2c {
+            Uri::builder()
+                .scheme(t.scheme.clone())
+                .authority(t.authority.clone())
+                .path_and_query(pq)
+                .build()?
+        } else {
+            Uri::from(pq)
+        };
         let te_trailers = req.extensions_mut().remove::<crate::headers::TeTrailers>().is_some();
         crate::headers::clean_trailer_declaration(req.headers_mut(), Some(&self.untrusted));
         *req.version_mut() = if t.h2c { Version::HTTP_2 } else { Version::HTTP_11 };
@@ -199,7 +197,13 @@ impl ProxyService {
             }
         }
         if !t.pass_host_header {
-            h.remove(header::HOST);
+            if t.h2c {
+                h.remove(header::HOST);
+            } else {
+                h.insert(header::HOST, t.host.clone());
+            }
+        } else if !t.h2c && !h.contains_key(header::HOST) {
+            h.insert(header::HOST, t.host.clone());
         }
         Ok(())
     }
@@ -250,14 +254,6 @@ pub async fn upstream_reachable(target: &str, timeout: Duration) -> Result<(), S
     }
 }
 
-/// Was the connection refused/reset (502) or did it time out (504)?
-fn is_timeout(e: &(dyn std::error::Error + 'static)) -> bool {
-    crate::auth::discovery::sources(e).any(|err| {
-        err.downcast_ref::<std::io::Error>()
-            .is_some_and(|io| io.kind() == std::io::ErrorKind::TimedOut)
-    })
-}
-
 impl Service<Request<Body>> for ProxyService {
     type Response = Response<Body>;
     type Error = std::convert::Infallible;
@@ -306,17 +302,19 @@ impl Service<Request<Body>> for ProxyService {
                 client_side
             });
             let timeout = this.target.response_timeout;
-            match tokio::time::timeout(timeout, this.client.request(req)).await {
-                Ok(Ok(mut resp)) => {
+            match tokio::time::timeout(timeout, this.upstream.send(req)).await {
+                Ok(Ok((mut resp, lease))) => {
                     if let Some(client_side) =
                         upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
                     {
+                        // the connection is the WebSocket's now: never back in the pool
+                        drop(lease);
                         return Ok(splice(client_side, &mut resp, permit));
                     }
                     let (mut parts, body) = resp.into_parts();
                     crate::headers::remove_hop_by_hop(&mut parts.headers);
                     crate::headers::clean_trailer_declaration(&mut parts.headers, None);
-                    let body = Body::new(Permitted::new(body, permit));
+                    let body = Body::new(AppBody::new(body, permit, lease));
                     Ok(Response::from_parts(parts, body))
                 }
                 Ok(Err(e)) => {
@@ -341,7 +339,7 @@ impl Service<Request<Body>> for ProxyService {
                         }
                         None => {}
                     }
-                    if is_timeout(&e) {
+                    if e.is_timeout() {
                         tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream connect timed out");
                         Ok(error(Rejection::GatewayTimeout, "upstream_timeout", detail))
                     } else {
@@ -359,32 +357,5 @@ impl Service<Request<Body>> for ProxyService {
                 }
             }
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[derive(Debug)]
-    struct Wrapper(std::io::Error);
-    impl std::fmt::Display for Wrapper {
-        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-            f.write_str("client error (Connect)")
-        }
-    }
-    impl std::error::Error for Wrapper {
-        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
-            Some(&self.0)
-        }
-    }
-
-    #[test]
-    fn connect_timeout_is_told_apart_from_refusal() {
-        let timed_out =
-            Wrapper(std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timeout"));
-        assert!(is_timeout(&timed_out));
-        let refused = Wrapper(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
-        assert!(!is_timeout(&refused));
     }
 }

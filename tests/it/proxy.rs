@@ -1,6 +1,7 @@
 //! Forwarding: identity headers, X-Forwarded-*, hop-by-hop, streaming, pooling, 502/504.
 
 use crate::common::*;
+use std::sync::Arc;
 use std::time::Duration;
 
 #[tokio::test]
@@ -132,6 +133,11 @@ async fn upstream_connections_are_reused() {
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
+    // answers without a body (HEAD) hand their connection back too
+    for _ in 0..5 {
+        let r = c.head(w.url("/pool")).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200);
+    }
     assert_eq!(peers(&w).len(), 1, "sequential requests should share one pooled connection");
     // a new client connection per request lands on either worker: at most one upstream
     // connection per worker, not one per request
@@ -140,6 +146,61 @@ async fn upstream_connections_are_reused() {
         r.bytes().await.unwrap();
     }
     assert!(peers(&w).len() <= 2, "{:?}", peers(&w));
+}
+
+#[tokio::test]
+async fn a_half_read_body_or_a_connection_the_app_closed_is_never_reused() {
+    let w = World::new().await;
+    let token = w.token("alice");
+    // the client stops reading a streamed answer half-way: that connection still has the
+    // rest of it in flight, so the next request must not go there
+    let mut resp = client().get(w.url("/stream")).bearer_auth(&token).send().await.unwrap();
+    let first =
+        tokio::time::timeout(Duration::from_secs(5), resp.chunk()).await.unwrap().unwrap().unwrap();
+    assert_eq!(&first[..], b"first\n");
+    drop(resp);
+    let streamed_on = w.upstream.last().peer;
+    let r = client().get(w.url("/after")).bearer_auth(&token).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.text().await.unwrap(), "upstream ok 0");
+    assert_ne!(w.upstream.last().peer, streamed_on);
+
+    // an app that closes every connection after one answer (without saying so): each request
+    // still gets its answer, and reaches the app exactly once
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let app_addr = app.local_addr().unwrap();
+    let served = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let counter = served.clone();
+    tokio::spawn(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        while let Ok((mut s, _)) = app.accept().await {
+            let counter = counter.clone();
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match s.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                counter.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let _ = s.write_all(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok").await;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            });
+        }
+    });
+    let issuer = &w.issuer;
+    let proxy =
+        start_proxy(&issuer.issuer(), &format!("http://{app_addr}"), Opts::default(), true).await;
+    let c = client();
+    for i in 0..5 {
+        let r = c.get(format!("{}/x", proxy.url)).bearer_auth(&token).send().await.unwrap();
+        assert_eq!(r.status(), 200, "request {i}");
+        assert_eq!(r.text().await.unwrap(), "ok");
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    assert_eq!(served.load(std::sync::atomic::Ordering::SeqCst), 5);
 }
 
 #[tokio::test]
