@@ -346,7 +346,7 @@ async fn serve(
 ) {
     // Each connection task holds a sender; when all are gone, the drain is over.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let http = connection_builder();
+    let http = Arc::new(connection_builder());
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -369,14 +369,29 @@ async fn serve(
                     req.extensions_mut().insert(client.clone());
                     stack.clone().oneshot(req)
                 });
-                // HTTP/1.1 or h2c with prior knowledge, told apart by the first bytes; with
-                // upgrades, so an authenticated WebSocket can take the connection over.
-                let conn = http.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned();
                 let mut stop = shutdown.clone();
                 let alive = alive.clone();
+                let http = http.clone();
                 tokio::spawn(async move {
                     let _alive = alive;
-                    let mut conn = std::pin::pin!(conn);
+                    // Nothing is set up for a connection until its first bytes arrive (hyper
+                    // reserves its buffers at once): an open connection that has sent nothing
+                    // costs this small task. Silent past the header timeout, or still silent
+                    // when the drain starts: closed.
+                    tokio::select! {
+                        r = tokio::time::timeout(HEADER_READ_TIMEOUT, stream.readable()) => {
+                            if !matches!(r, Ok(Ok(()))) {
+                                return;
+                            }
+                        }
+                        _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+                    }
+                    // HTTP/1.1 or h2c with prior knowledge, told apart by the first bytes; with
+                    // upgrades, so an authenticated WebSocket can take the connection over.
+                    // Boxed, so the task itself stays small while it waits above.
+                    let mut conn = Box::pin(
+                        http.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned(),
+                    );
                     let result = tokio::select! {
                         r = conn.as_mut() => r,
                         _ = async { let _ = stop.wait_for(|s| *s).await; } => {

@@ -146,3 +146,25 @@ async fn one_issuer_down_does_not_hold_back_the_others() {
     assert_eq!(status_of(&api, None).await, 401);
     assert_eq!(upstream.hits(), 1);
 }
+
+#[tokio::test]
+async fn connections_that_never_sent_a_byte_do_not_hold_up_shutdown() {
+    let w = World::new().await;
+    let addr = w.proxy.addr;
+    // open and silent, and one that made a request and is now idle
+    let mut silent = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let r =
+        raw(addr, "GET /public/x HTTP/1.1\r\nHost: a.example\r\nConnection: close\r\n\r\n").await;
+    assert_eq!(r.status, 200);
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    let World { issuer: _issuer, upstream: _upstream, proxy } = w;
+    // shutdown_timeout is 5 s: a silent connection must not make the drain wait for it
+    tokio::time::timeout(Duration::from_secs(2), proxy.shutdown())
+        .await
+        .expect("the drain waited for a connection that never sent a request");
+    // and it was closed
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf)).await.unwrap();
+    assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
+}
