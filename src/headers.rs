@@ -160,22 +160,39 @@ fn is_guaranteed(name: &str) -> bool {
 }
 
 /// Removes hop-by-hop headers, and every header named in `Connection` except the guaranteed
-/// ones: `Host`, `X-Request-Id`, `X-Real-IP` and `X-Forwarded-*`.
+/// ones: `Host`, `X-Request-Id`, `X-Real-IP` and `X-Forwarded-*`. One pass over the names
+/// finds which are there (usually none in a request, `Connection` in a response).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    if headers.contains_key(header::CONNECTION) {
+    let mut present = [false; HOP_BY_HOP.len()];
+    for name in headers.keys() {
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            present[i] = true;
+        }
+    }
+    if present == [false; HOP_BY_HOP.len()] {
+        return;
+    }
+    // HOP_BY_HOP[0] is `Connection`
+    if present[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .flat_map(|v| v.split(','))
-            .filter_map(|n| HeaderName::from_bytes(n.trim().as_bytes()).ok())
+            .map(str::trim)
+            // connection options that name no header, or one removed below anyway
+            .filter(|n| {
+                !n.eq_ignore_ascii_case("close")
+                    && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str()))
+            })
+            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
             .filter(|n| !is_guaranteed(n.as_str()))
             .collect();
         for name in named {
             headers.remove(name);
         }
     }
-    for name in HOP_BY_HOP.iter() {
+    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
@@ -494,6 +511,14 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "host", "x-forwarded-host", "x-real-ip", "x-request-id"]);
+        // one without `Connection`, and one with none at all
+        let mut h = HeaderMap::new();
+        h.insert(header::TE, HeaderValue::from_static("trailers"));
+        h.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.keys().map(|k| k.as_str()).collect::<Vec<_>>(), vec!["accept"]);
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
     }
 
     async fn strip(

@@ -105,11 +105,12 @@ impl Pipeline {
     /// One middleware stack. Call it on the runtime that will serve it: the upstream pool spawns
     /// its connections there.
     pub fn stack(&self) -> anyhow::Result<Stack> {
-        let router = Router::new()
-            // portcullis's own endpoints (under `/oauth2`); they never reach the app.
-            .merge(self.own_endpoints())
-            // Everything else is the app's, behind the protected chain.
-            .fallback_service(self.protected()?);
+        // portcullis's own endpoints (under `/oauth2`; they never reach the app), or the app's,
+        // behind the protected chain.
+        let router = OwnOrApp {
+            own: self.login.as_ref().map(|l| (format!("{}/", l.prefix()).into(), l.routes())),
+            app: self.protected()?,
+        };
         let stack = ServiceBuilder::new()
             // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
             .layer(AccessLogLayer)
@@ -130,19 +131,8 @@ impl Pipeline {
         Ok(BoxCloneService::new(stack))
     }
 
-    /// portcullis's own endpoints, answered in place of the app (the browser login's, and
-    /// forward-auth's, go here).
-    fn own_endpoints(&self) -> Router {
-        match &self.login {
-            Some(login) => login.routes(),
-            None => Router::new(),
-        }
-    }
-
     /// The chain every request for the app goes through.
-    fn protected(
-        &self,
-    ) -> anyhow::Result<BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>> {
+    fn protected(&self) -> anyhow::Result<Protected> {
         let chain = ServiceBuilder::new()
             // Public route? Valid bearer token? Otherwise a refusal (401/400/503).
             .layer(AuthenticateLayer::new(self.auth.clone()))
@@ -158,6 +148,46 @@ impl Pipeline {
                 self.untrusted.clone(),
             )?);
         Ok(BoxCloneSyncService::new(chain))
+    }
+}
+
+type Protected = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// Sends a request to portcullis's own endpoints (a router, for the paths under their prefix)
+/// or to the protected chain: one prefix comparison, not a router lookup, for each request to
+/// the app.
+#[derive(Clone)]
+struct OwnOrApp {
+    /// The prefix with its trailing `/`, and the router of what is under it.
+    own: Option<(Arc<str>, Router)>,
+    app: Protected,
+}
+
+impl tower::Service<Request<Body>> for OwnOrApp {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        <Router as tower::Service<Request<Body>>>::Future,
+        <Protected as tower::Service<Request<Body>>>::Future,
+    >;
+
+    /// Both are always ready (axum's router; the protected chain ends in the proxy, whose
+    /// limits answer 503 instead of waiting).
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use futures_util::future::Either;
+        if let Some((prefix, router)) = &mut self.own {
+            if req.uri().path().starts_with(&**prefix) {
+                return Either::Left(router.call(req));
+            }
+        }
+        Either::Right(self.app.call(req))
     }
 }
 

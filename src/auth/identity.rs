@@ -307,15 +307,20 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        if let Some(auth) = req.extensions().get::<Authenticated>().cloned() {
+        let found = req.extensions().get::<Authenticated>().map(|auth| {
+            let token = match &auth.credential {
+                Credential::Bearer(t) => Some(t.clone()),
+                Credential::Session { access_token } => access_token.clone(),
+            };
+            (auth.identity.clone(), token)
+        });
+        if let Some((identity, token)) = found {
             let headers = req.headers_mut();
-            for (name, value) in &auth.identity.headers {
+            headers.reserve(identity.headers.len());
+            for (name, value) in &identity.headers {
                 headers.insert(name.clone(), value.clone());
             }
-            let token = match &auth.credential {
-                Credential::Bearer(t) => Some(t),
-                Credential::Session { access_token } => access_token.as_ref(),
-            };
+            let token = token.as_ref();
             match (self.pass_token, token) {
                 (PassToken::None, _) | (_, None) => {
                     headers.remove(header::AUTHORIZATION);
