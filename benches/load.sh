@@ -1,31 +1,79 @@
 #!/usr/bin/env bash
-# Load comparison on loopback: portcullis (validating an RS256 bearer JWT on every request)
-# against a plain nginx reverse proxy, both in front of the same nginx `return 200` upstream.
-# Runs are interleaved; medians and the ratio are printed. Needs nginx and wrk (apt-get install
-# nginx wrk) and the release binary (cargo build --release).
-#   usage: benches/load.sh [rounds=5] [seconds=10] [connections=64]
+# Load comparison on loopback: portcullis (verifying an RS256 bearer JWT on every request)
+# against a plain nginx reverse proxy (no authentication), both in front of the same nginx
+# `return 200` app, like for like: the same client, the same number of workers (2), access logs
+# on in both or off in both. Rounds are interleaved (nginx, portcullis, nginx, ...); the ratio is
+# the median of each round's portcullis/nginx ratio. CPU time per request comes from /proc
+# (user + system of every process of each proxy); peak RSS from VmHWM.
+#
+# Needs nginx, wrk and h2load (apt-get install nginx wrk nghttp2-client) and the release binary
+# (cargo build --release).
+#
+#   usage: [PORTCULLIS_BIN=...] benches/load.sh [--rounds 5] [--secs 10] [--conns 64] [--logs on|off] [--tokens 1]
+#                          [--h2]
+#     --conns 16,64,256   a sweep: one table row per count
+#     --tokens 1000       rotate over that many distinct valid tokens (a wrk Lua script, used
+#                         for both proxies)
+#     --logs on           nginx `access_log ... buffer=64k` to a file; portcullis its default
+#                         access line to a file. off: no access log in either.
+#     --h2                HTTP/2 with prior knowledge (h2load -m 10): nginx `http2` proxy
+#                         against portcullis's h2c
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=${1:-5}; secs=${2:-10}; conns=${3:-64}
-bin=target/release/portcullis
+rounds=5 secs=10 conns=64 logs=off tokens=1 h2=0
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --rounds) rounds=$2; shift 2 ;;
+    --secs) secs=$2; shift 2 ;;
+    --conns) conns=$2; shift 2 ;;
+    --logs) logs=$2; shift 2 ;;
+    --tokens) tokens=$2; shift 2 ;;
+    --h2) h2=1; shift ;;
+    *) echo "unknown option $1 (see the head of $0)" >&2; exit 2 ;;
+  esac
+done
+case "$logs" in on|off) ;; *) echo "--logs on|off" >&2; exit 2 ;; esac
+bin=${PORTCULLIS_BIN:-target/release/portcullis}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+command -v wrk >/dev/null && command -v nginx >/dev/null || { echo "needs nginx and wrk" >&2; exit 1; }
+[ "$h2" = 0 ] || command -v h2load >/dev/null || { echo "needs h2load (nghttp2-client)" >&2; exit 1; }
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 work=$(mktemp -d)
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
+if [ "$logs" = on ]; then
+  nginx_log="access_log $work/nginx-access.log combined buffer=64k;"
+  p_level=info
+else
+  nginx_log="access_log off;"
+  p_level=warn
+fi
+h2flag=""; [ "$h2" = 1 ] && h2flag="http2"
+# the app: its own nginx, the same for both proxies, never logging
+cat > "$work/app.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $work/app.pid;
+error_log $work/app-error.log warn;
+events { worker_connections 4096; }
+http { access_log off; server { listen 127.0.0.1:18081; location / { return 200 "ok\n"; } } }
+NGINX
+mkdir -p "$work/app" "$work/proxy"
+nginx -c "$work/app.conf" -p "$work/app" & pids+=($!)
+# the plain reverse proxy, as a user would set it up in portcullis's place
 cat > "$work/nginx.conf" <<NGINX
-worker_processes auto;
+worker_processes 2;
 daemon off;
 pid $work/nginx.pid;
 error_log $work/error.log warn;
 events { worker_connections 4096; }
 http {
-  access_log off;
   upstream app { server 127.0.0.1:18081; keepalive 128; }
-  server { listen 127.0.0.1:18081; location / { return 200 "ok\n"; } }
   server {
-    listen 127.0.0.1:18082;
+    listen 127.0.0.1:18082 $h2flag;
+    $nginx_log
     location / {
       proxy_pass http://app;
       proxy_http_version 1.1;
@@ -36,40 +84,122 @@ http {
   }
 }
 NGINX
-nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+nginx -c "$work/nginx.conf" -p "$work/proxy" & pids+=($!)
 
-"$bin" demo --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:18090 --upstream http://127.0.0.1:18081 > "$work/portcullis.log" 2>&1 & pids+=($!)
+PORTCULLIS_LOG_LEVEL=$p_level "$bin" demo --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:18090 \
+  --upstream http://127.0.0.1:18081 > "$work/portcullis.log" 2>&1 & ppid=$!; pids+=($ppid)
+# the demo prints its token and issuer whatever the level (to stdout, before logging starts)
 for _ in $(seq 100); do grep -q '^  TOKEN=' "$work/portcullis.log" 2>/dev/null && break; sleep 0.1; done
 token=$(grep -m1 '^  TOKEN=' "$work/portcullis.log" | cut -d= -f2)
+issuer=$(grep -m1 -o "http://127.0.0.1:[0-9]*/dev/token" "$work/portcullis.log" | sed 's|/dev/token||')
 [ -n "$token" ] || { echo "portcullis demo did not start"; cat "$work/portcullis.log"; exit 1; }
 curl -fsS -o /dev/null -H "Authorization: Bearer $token" http://127.0.0.1:18080/ || { echo "portcullis refused the token"; exit 1; }
-curl -fsS -o /dev/null http://127.0.0.1:18082/
+for _ in $(seq 50); do curl -fsS -o /dev/null http://127.0.0.1:18081/ 2>/dev/null && break; sleep 0.1; done
 
-run() { # url -> "rps p99_ms"
-  wrk -t2 -c"$conns" -d"${secs}s" --latency -H "Authorization: Bearer $token" "$1" > "$work/wrk.out"
-  local rps p99
-  rps=$(awk '/Requests\/sec/ {print $2}' "$work/wrk.out")
-  p99=$(awk '$1=="99%" {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/wrk.out")
-  if grep -q "Non-2xx" "$work/wrk.out"; then echo "non-2xx answers from $1" >&2; grep "Non-2xx" "$work/wrk.out" >&2; fi
-  echo "$rps $p99"
+# --tokens N: N distinct tokens (one subject each) from the demo's issuer, rotated per request
+: > "$work/tokens"
+if [ "$tokens" -gt 1 ]; then
+  python3 - "$issuer" "$tokens" > "$work/tokens" <<'PY'
+import http.client, sys, urllib.parse
+u = urllib.parse.urlsplit(sys.argv[1])
+c = http.client.HTTPConnection(u.hostname, u.port, timeout=10)
+for i in range(int(sys.argv[2])):
+    c.request("GET", f"/dev/token?user=bench-{i}")
+    r = c.getresponse(); t = r.read().decode()
+    assert r.status == 200, r.status
+    print(t)
+PY
+  cat > "$work/tokens.lua" <<LUA
+local tokens = {}
+for line in io.lines("$work/tokens") do tokens[#tokens + 1] = line end
+local i = math.random(#tokens)
+request = function()
+  i = i % #tokens + 1
+  return wrk.format(nil, nil, { ["Authorization"] = "Bearer " .. tokens[i] })
+end
+LUA
+  wrk_auth=(-s "$work/tokens.lua")
+else
+  wrk_auth=(-H "Authorization: Bearer $token")
+fi
+
+proc_pids() { # proxy -> its pids
+  if [ "$1" = nginx ]; then
+    echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"
+  else
+    echo "$ppid"
+  fi
+}
+cpu_ticks() { # proxy -> "user system" clock ticks, all its processes
+  local u=0 s=0
+  for p in $(proc_pids "$1"); do
+    read -r pu ps < <(awk '{print $14, $15}' "/proc/$p/stat"); u=$((u + pu)); s=$((s + ps))
+  done
+  echo "$u $s"
+}
+hwm_kib() { local t=0; for p in $(proc_pids "$1"); do t=$((t + $(awk '/VmHWM/ {print $2}' "/proc/$p/status"))); done; echo "$t"; }
+hz=$(getconf CLK_TCK)
+
+run() { # proxy url conns -> "rps p50_ms p99_ms cpu_us_per_request user_us system_us"
+  local proxy=$1 url=$2 c=$3 before after reqs rps p50 p99
+  before=$(cpu_ticks "$proxy")
+  if [ "$h2" = 1 ]; then
+    local hdr=()
+    [ "$tokens" -gt 1 ] && echo "note: --h2 uses the first token only" >&2
+    hdr=(-H "Authorization: Bearer $token")
+    h2load -D "$secs" -c "$c" -m 10 -t 2 "${hdr[@]}" "$url" > "$work/load.out" 2>&1
+    reqs=$(awk '/^requests:/ {print $8}' "$work/load.out")
+    rps=$(awk '/^finished in/ {gsub(",","",$4); print $4}' "$work/load.out")
+    # h2load gives the mean and sd of request times, not percentiles
+    p50=$(awk '/^time for request:/ {v=$5; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else {sub(/ms/,"",v)}; print v}' "$work/load.out")
+    p99=-
+    if ! grep -q "^status codes: [0-9]* 2xx, 0 3xx, 0 4xx, 0 5xx" "$work/load.out"; then
+      echo "non-2xx answers from $url" >&2; grep "^status codes" "$work/load.out" >&2
+    fi
+  else
+    wrk -t2 -c"$c" -d"${secs}s" --latency "${wrk_auth[@]}" "$url" > "$work/load.out"
+    reqs=$(awk '/requests in/ {print $1}' "$work/load.out")
+    rps=$(awk '/Requests\/sec/ {print $2}' "$work/load.out")
+    ms() { awk -v k="$1" '$1==k {v=$2; if (v ~ /us$/) {sub(/us/,"",v); v=v/1000} else if (v ~ /ms$/) {sub(/ms/,"",v)} else if (v ~ /s$/) {sub(/s/,"",v); v=v*1000}; print v}' "$work/load.out"; }
+    p50=$(ms 50%); p99=$(ms 99%)
+    if grep -q "Non-2xx" "$work/load.out"; then echo "non-2xx answers from $url" >&2; grep "Non-2xx" "$work/load.out" >&2; fi
+  fi
+  after=$(cpu_ticks "$proxy")
+  awk -v r="$rps" -v a="$p50" -v b="$p99" -v before="$before" -v after="$after" -v n="$reqs" -v hz="$hz" \
+    'BEGIN {split(before, x, " "); split(after, y, " "); u = (y[1] - x[1]) / hz / n * 1e6; s = (y[2] - x[2]) / hz / n * 1e6;
+            printf "%s %s %s %.1f %.1f %.1f\n", r, a, b, u + s, u, s}'
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
+range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
 
-# warm-up
-wrk -t2 -c"$conns" -d2s -H "Authorization: Bearer $token" http://127.0.0.1:18082/ >/dev/null
-wrk -t2 -c"$conns" -d2s -H "Authorization: Bearer $token" http://127.0.0.1:18080/ >/dev/null
-: > "$work/nginx.txt"; : > "$work/portcullis.txt"
-for i in $(seq "$rounds"); do
-  run http://127.0.0.1:18082/ >> "$work/nginx.txt"
-  run http://127.0.0.1:18080/ >> "$work/portcullis.txt"
-  echo "round $i: nginx $(tail -1 "$work/nginx.txt")  portcullis $(tail -1 "$work/portcullis.txt")  (req/s p99_ms)"
-done
-n_rps=$(cut -d' ' -f1 "$work/nginx.txt" | median); p_rps=$(cut -d' ' -f1 "$work/portcullis.txt" | median)
-n_p99=$(cut -d' ' -f2 "$work/nginx.txt" | median); p_p99=$(cut -d' ' -f2 "$work/portcullis.txt" | median)
-rss=$(ps -o rss= -p "$(pgrep -f "$bin demo --listen 127.0.0.1:18080" | head -1)" 2>/dev/null || echo 0)
+proto=HTTP/1.1; [ "$h2" = 1 ] && proto="HTTP/2 (h2c, h2load -m 10)"
+echo "portcullis against a plain nginx proxy: $proto, $rounds interleaved rounds of ${secs}s, access logs $logs in both, $tokens token(s)"
 echo
-echo "median of $rounds interleaved runs, wrk -t2 -c$conns -d${secs}s, everything on 2 shared cores:"
-echo "  nginx proxy      $n_rps req/s   p99 ${n_p99} ms"
-echo "  portcullis       $p_rps req/s   p99 ${p_p99} ms   (RS256 bearer JWT on every request; access log on)"
-awk -v p="$p_rps" -v n="$n_rps" 'BEGIN {printf "  throughput ratio portcullis/nginx: %.2f\n", p/n}'
-echo "  portcullis RSS after the runs: $((rss / 1024)) MiB"
+lat="p50/p99 ms"; [ "$h2" = 1 ] && lat="mean ms"
+printf '%-6s | %-24s | %-24s | %-19s | %-14s | %s\n' conns "nginx req/s ($lat)" "portcullis req/s" "ratio (range)" "p99 over nginx" "CPU µs/req, user+sys: nginx / portcullis"
+IFS=, read -r -a sweep <<< "$conns"
+for c in "${sweep[@]}"; do
+  # warm-up, both
+  run nginx http://127.0.0.1:18082/ "$c" > /dev/null
+  run portcullis http://127.0.0.1:18080/ "$c" > /dev/null
+  : > "$work/n.txt"; : > "$work/p.txt"; : > "$work/ratio.txt"
+  for i in $(seq "$rounds"); do
+    n=$(run nginx http://127.0.0.1:18082/ "$c"); p=$(run portcullis http://127.0.0.1:18080/ "$c")
+    echo "$n" >> "$work/n.txt"; echo "$p" >> "$work/p.txt"
+    awk -v p="${p%% *}" -v n="${n%% *}" 'BEGIN {printf "%.4f\n", p/n}' >> "$work/ratio.txt"
+    echo "  c=$c round $i: nginx $n  portcullis $p  (req/s p50_ms p99_ms cpu_us user_us sys_us)" >&2
+  done
+  col() { cut -d' ' -f"$2" "$work/$1.txt" | median; }
+  n_p99=$(col n 3); p_p99=$(col p 3)
+  over=$(awk -v a="$p_p99" -v b="$n_p99" 'BEGIN {if (a == "-" || b == "-") print "-"; else printf "%+.2f ms", a - b}')
+  lat_n="$(col n 2)/$n_p99"; lat_p="$(col p 2)/$p_p99"
+  [ "$h2" = 1 ] && { lat_n=$(col n 2); lat_p=$(col p 2); }
+  printf '%-6s | %-24s | %-24s | %-19s | %-14s | %s (%s+%s) / %s (%s+%s)\n' "$c" \
+    "$(col n 1) ($lat_n)" "$(col p 1) ($lat_p)" \
+    "$(median < "$work/ratio.txt" | awk '{printf "%.2f", $1}')× ($(range < "$work/ratio.txt"))" "$over" \
+    "$(col n 4)" "$(col n 5)" "$(col n 6)" "$(col p 4)" "$(col p 5)" "$(col p 6)"
+done
+echo
+echo "peak RSS: nginx (master + workers) $(( $(hwm_kib nginx) / 1024 )) MiB, portcullis $(( $(hwm_kib portcullis) / 1024 )) MiB"
+[ "$logs" = on ] && echo "access lines written (nginx's last 64 KiB may still be buffered): nginx $(wc -l < "$work/nginx-access.log"), portcullis $(grep -c 'portcullis::access' "$work/portcullis.log")"
+exit 0
