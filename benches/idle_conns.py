@@ -46,7 +46,8 @@ def main():
             if not got.startswith(b"HTTP/1.1 200"):
                 raise SystemExit(f"connection {i}: {got[:80]!r}")
         conns.append(s)
-    time.sleep(1.0)
+    # idle HTTP/1.1 connections are parked after one to two seconds
+    time.sleep(3.0)
     after = rss_kib(pids)
     for s in conns:
         s.close()

@@ -8,6 +8,8 @@
 //! - [`server`]: worker threads and listeners, the middleware stack (and why each layer sits
 //!   where it does), the router of portcullis's own endpoints with the protected chain as its
 //!   fallback, `/healthz` and `/readyz`, graceful shutdown.
+//! - [`conn`]: one client connection: HTTP/1.1 or h2c, and idle HTTP/1.1 connections parked
+//!   without hyper's buffers.
 //! - [`telemetry`]: logging, request ids, the access log line.
 //! - [`headers`]: what is stripped from a request before anything reads it, and why: hop-by-hop
 //!   headers, identity headers, path overrides, forwarding headers from untrusted peers.
@@ -30,6 +32,7 @@ pub mod body;
 pub mod check;
 pub mod clock;
 pub mod config;
+pub mod conn;
 pub mod demo;
 pub mod devissuer;
 pub mod headers;

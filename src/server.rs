@@ -12,12 +12,11 @@ use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
 use http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::util::{BoxCloneService, BoxCloneSyncService};
-use tower::{ServiceBuilder, ServiceExt};
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
 
 use crate::auth::identity::{IdentityMapper, InjectIdentityLayer};
 use crate::auth::keys::{KeyCacheSettings, KeyStore};
@@ -34,7 +33,7 @@ use crate::response::{AnswersLayer, BrowserAnswers};
 use crate::telemetry::AccessLogLayer;
 
 /// The whole request path as one cloneable service.
-pub type Stack = BoxCloneService<Request<Body>, Response<Body>, Infallible>;
+pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 
 /// Slow clients get this long to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -128,7 +127,7 @@ impl Pipeline {
             // are 400.
             .layer(NormalizePathLayer)
             .service(router);
-        Ok(BoxCloneService::new(stack))
+        Ok(BoxCloneSyncService::new(stack))
     }
 
     /// The chain every request for the app goes through.
@@ -259,6 +258,7 @@ pub struct Server {
     workers_done: Vec<tokio::sync::oneshot::Receiver<()>>,
     admin_task: tokio::task::JoinHandle<()>,
     maintenance: Vec<tokio::task::JoinHandle<()>>,
+    connections: Arc<crate::conn::Counts>,
 }
 
 impl Server {
@@ -312,10 +312,12 @@ impl Server {
         });
 
         let timeout = config.server.shutdown_timeout;
+        let connections = Arc::new(crate::conn::Counts::default());
         let mut workers_done = Vec::new();
         for (i, listener) in listeners.into_iter().enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
             let (pipeline, rx, readiness) = (pipeline.clone(), rx.clone(), readiness.clone());
+            let counts = connections.clone();
             let (done, done_rx) = tokio::sync::oneshot::channel();
             std::thread::Builder::new().name(format!("portcullis-worker-{i}")).spawn(
                 move || {
@@ -325,7 +327,7 @@ impl Server {
                             let stack = pipeline.stack()?;
                             crate::telemetry::spawn_access_flusher();
                             let trusted = pipeline.trusted_proxies.clone();
-                            serve(listener, stack, rx, timeout, readiness, trusted).await;
+                            serve(listener, stack, rx, timeout, readiness, trusted, counts).await;
                             anyhow::Ok(())
                         };
                         if let Err(e) = served.await {
@@ -348,7 +350,17 @@ impl Server {
             workers_done,
             admin_task,
             maintenance,
+            connections,
         })
+    }
+
+    /// Client connections open now, and how many of them are parked (idle HTTP/1.1 keep-alive
+    /// connections holding no buffers, see [`crate::conn`]).
+    pub fn connections(&self) -> (usize, usize) {
+        (
+            self.connections.open.load(Ordering::Relaxed),
+            self.connections.parked.load(Ordering::Relaxed),
+        )
     }
 
     /// Stops accepting, drains in-flight requests (up to `server.shutdown_timeout`) while
@@ -373,10 +385,20 @@ async fn serve(
     timeout: Duration,
     readiness: Arc<Readiness>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
+    counts: Arc<crate::conn::Counts>,
 ) {
     // Each connection task holds a sender; when all are gone, the drain is over.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let http = Arc::new(connection_builder());
+    let sweeper = crate::conn::Sweeper::default();
+    let sweep = tokio::spawn(sweeper.clone().run());
+    let serving = Arc::new(crate::conn::Serving {
+        stack,
+        http1: http1_builder(),
+        auto: connection_builder(),
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        sweeper,
+        counts,
+    });
     loop {
         tokio::select! {
             _ = shutdown.changed() => break,
@@ -392,54 +414,16 @@ async fn serve(
                 };
                 // Without it, a response written in two parts waits ~40 ms for a delayed ACK.
                 let _ = stream.set_nodelay(true);
-                let stack = stack.clone();
                 let client = ClientAddr::with_trusted(peer, &trusted_proxies);
-                let svc = hyper::service::service_fn(move |req: Request<Incoming>| {
-                    let mut req = req.map(Body::new);
-                    req.extensions_mut().insert(client.clone());
-                    stack.clone().oneshot(req)
-                });
-                let mut stop = shutdown.clone();
-                let alive = alive.clone();
-                let http = http.clone();
+                let (serving, stop, alive) = (serving.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
                     let _alive = alive;
-                    // Nothing is set up for a connection until its first bytes arrive (hyper
-                    // reserves its buffers at once): an open connection that has sent nothing
-                    // costs this small task. Silent past the header timeout, or still silent
-                    // when the drain starts: closed.
-                    tokio::select! {
-                        r = tokio::time::timeout(HEADER_READ_TIMEOUT, stream.readable()) => {
-                            if !matches!(r, Ok(Ok(()))) {
-                                return;
-                            }
-                        }
-                        _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
-                    }
-                    // HTTP/1.1 or h2c with prior knowledge, told apart by the first bytes; with
-                    // upgrades, so an authenticated WebSocket can take the connection over.
-                    // Boxed, so the task itself stays small while it waits above.
-                    let mut conn = Box::pin(
-                        http.serve_connection_with_upgrades(TokioIo::new(stream), svc).into_owned(),
-                    );
-                    let result = tokio::select! {
-                        r = conn.as_mut() => r,
-                        _ = async { let _ = stop.wait_for(|s| *s).await; } => {
-                            // finish the request in flight, then close
-                            conn.as_mut().graceful_shutdown();
-                            conn.await
-                        }
-                    };
-                    if let Err(e) = result {
-                        if let Some(e) = e.downcast_ref::<hyper::Error>() {
-                            crate::telemetry::log_unparsed(peer, e);
-                        }
-                        tracing::debug!(client = %peer, error = %e, "connection ended with an error");
-                    }
+                    crate::conn::serve(serving, stream, client, stop).await;
                 });
             }
         }
     }
+    sweep.abort();
     drop(listener);
     drop(alive);
     readiness.draining.store(true, Ordering::Relaxed);
@@ -461,16 +445,29 @@ pub const H2_MAX_PENDING_ACCEPT_RESET_STREAMS: usize = 20;
 /// (CVE-2024-27316-style floods).
 pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 
-/// The connection builder: HTTP/1.1 and h2c (prior knowledge) on one port, with limits set on
-/// purpose.
+/// The HTTP/1.1 settings, for hyper's own builder and hyper-util's auto builder alike.
+macro_rules! http1_settings {
+    ($b:expr) => {
+        $b.timer(TokioTimer::new())
+            .header_read_timeout(HEADER_READ_TIMEOUT)
+            .keep_alive(true)
+            // Above our own limit, so that most oversized heads get our 431 (with a request id).
+            .max_headers(2 * crate::headers::MAX_REQUEST_HEADERS)
+    };
+}
+
+/// HTTP/1.1 connections (most of them): hyper's builder, so an idle one can be parked.
+fn http1_builder() -> hyper::server::conn::http1::Builder {
+    let mut b = hyper::server::conn::http1::Builder::new();
+    http1_settings!(b);
+    b
+}
+
+/// Connections that start like HTTP/2's preface: HTTP/1.1 and h2c (prior knowledge), told apart
+/// by hyper-util, with limits set on purpose.
 fn connection_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    b.http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
-        .keep_alive(true)
-        // Above our own limit, so that most oversized heads get our 431 (with a request id).
-        .max_headers(2 * crate::headers::MAX_REQUEST_HEADERS);
+    http1_settings!(b.http1());
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)

@@ -168,3 +168,82 @@ async fn connections_that_never_sent_a_byte_do_not_hold_up_shutdown() {
     let n = tokio::time::timeout(Duration::from_secs(2), silent.read(&mut buf)).await.unwrap();
     assert!(matches!(n, Ok(0) | Err(_)), "{n:?}");
 }
+
+/// Reads one HTTP/1.1 response with a Content-Length body from `s`.
+async fn read_response(s: &mut tokio::net::TcpStream) -> String {
+    use tokio::io::AsyncReadExt;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let n =
+            tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap();
+        assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&buf[..n]);
+        let text = String::from_utf8_lossy(&got).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length: ")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .unwrap_or(0);
+            if got.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}
+
+#[tokio::test]
+async fn idle_keep_alive_connections_are_parked_and_serve_their_next_request() {
+    use tokio::io::AsyncWriteExt;
+    let w = World::new().await;
+    let token = w.token("alice");
+    let server = || w.proxy.server.as_ref().unwrap();
+    let req = format!(
+        "GET /api/a HTTP/1.1\r\nHost: app.example\r\nAuthorization: Bearer {token}\r\n\r\n"
+    );
+    let mut s = tokio::net::TcpStream::connect(w.proxy.addr).await.unwrap();
+    s.write_all(req.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    assert_eq!(server().connections(), (1, 0));
+    // idle for longer than two sweeps: parked, still open
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(server().connections(), (1, 1), "the idle connection was not parked");
+    // the next request on the same connection is served as usual
+    s.write_all(req.replace("/api/a", "/api/b").as_bytes()).await.unwrap();
+    let second = read_response(&mut s).await;
+    assert!(second.starts_with("HTTP/1.1 200"), "{second}");
+    assert!(second.ends_with("upstream ok 0"), "{second}");
+    assert_eq!(w.upstream.last().path_and_query, "/api/b");
+    assert_eq!(server().connections(), (1, 0));
+    // two requests in one write, after parking: both answered, in order
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(server().connections().1, 1);
+    let two = format!("{}{}", req.replace("/api/a", "/api/c"), req.replace("/api/a", "/api/d"));
+    s.write_all(two.as_bytes()).await.unwrap();
+    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let paths: Vec<String> = w.upstream.seen().iter().map(|x| x.path_and_query.clone()).collect();
+    assert_eq!(paths[paths.len() - 2..], ["/api/c".to_string(), "/api/d".to_string()]);
+    drop(s);
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    assert_eq!(server().connections(), (0, 0));
+}
+
+#[tokio::test]
+async fn a_response_still_streaming_to_a_silent_client_is_not_parked() {
+    let w = World::new().await;
+    let token = w.token("alice");
+    let mut resp = client().get(w.url("/stream")).bearer_auth(&token).send().await.unwrap();
+    let first = resp.chunk().await.unwrap().unwrap();
+    assert_eq!(&first[..], b"first\n");
+    // neither side sends a byte for longer than parking takes
+    tokio::time::sleep(Duration::from_millis(2600)).await;
+    assert_eq!(w.proxy.server.as_ref().unwrap().connections().1, 0);
+    w.upstream.release_stream();
+    let rest = resp.chunk().await.unwrap().unwrap();
+    assert_eq!(&rest[..], b"second\n");
+}

@@ -96,6 +96,12 @@ async fn websockets_pass_after_authentication_and_rules() {
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("hello"));
     ws.send(Message::binary(vec![0u8, 1, 2, 255])).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::binary(vec![0u8, 1, 2, 255]));
+    // silent on both sides for longer than an idle HTTP/1.1 connection takes to be parked:
+    // an upgraded connection is never parked
+    tokio::time::sleep(std::time::Duration::from_millis(2500)).await;
+    assert_eq!(proxy.server.as_ref().unwrap().connections().1, 0);
+    ws.send(Message::text("still here")).await.unwrap();
+    assert_eq!(ws.next().await.unwrap().unwrap(), Message::text("still here"));
     let big = "x".repeat(256 * 1024);
     ws.send(Message::text(big.clone())).await.unwrap();
     assert_eq!(ws.next().await.unwrap().unwrap(), Message::text(big));

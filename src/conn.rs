@@ -1,0 +1,405 @@
+//! One client connection, from its first byte to its close, and what it costs while idle.
+//!
+//! hyper reserves an 8 KiB read buffer and an 8 KiB write buffer for every HTTP/1 connection and
+//! keeps them for as long as the connection lives, idle or not. So a connection gets hyper only
+//! once its first bytes arrive, and an HTTP/1 keep-alive connection that has been idle for a
+//! second or two is *parked*: hyper is told the client closed (it has nothing buffered then, so
+//! it ends cleanly, without shutting the socket down), it hands the socket back, and everything
+//! it held is freed. The socket then waits for readability in a small task, and its next request
+//! gets a fresh hyper connection. Nothing is read that hyper does not get, and a connection with
+//! a request in flight (until its response body has ended), or that was upgraded, is never
+//! parked.
+//!
+//! Each worker sweeps its connections once a second ([`Sweeper`]): one that was waiting for a
+//! request at two sweeps in a row is asked to park. HTTP/2 connections (told apart by the
+//! preface) are served by hyper-util's auto builder and not parked.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use axum::body::Body;
+use bytes::Bytes;
+use futures_util::task::AtomicWaker;
+use http::{Request, Response, StatusCode};
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+
+use crate::proxy::ClientAddr;
+use crate::server::Stack;
+
+/// How often a worker looks for idle connections to park.
+const SWEEP_EVERY: Duration = Duration::from_secs(1);
+
+/// What a connection's socket, its service and the worker's sweep share.
+#[derive(Default)]
+struct Activity {
+    /// Requests whose response (body included) has not ended.
+    in_flight: AtomicUsize,
+    /// hyper is waiting for the next request: its last read found nothing while no request was
+    /// in flight. Cleared by the next byte read (writes cannot start a request: a response
+    /// only follows one, and counts in flight until its body ends).
+    waiting: AtomicBool,
+    /// Seen waiting by the last sweep.
+    seen_waiting: AtomicBool,
+    /// The sweep asks the connection to park.
+    park: AtomicBool,
+    /// The connection was upgraded (a WebSocket): its socket is the upgrade's now.
+    pinned: AtomicBool,
+    /// hyper's pending read, woken to park.
+    reader: AtomicWaker,
+}
+
+/// Client connections across the workers: open, and parked among them.
+#[derive(Debug, Default)]
+pub struct Counts {
+    pub open: AtomicUsize,
+    pub parked: AtomicUsize,
+}
+
+/// A worker's live connections, swept once a second.
+#[derive(Clone, Default)]
+pub struct Sweeper {
+    live: Arc<Mutex<Vec<Weak<Activity>>>>,
+}
+
+impl Sweeper {
+    fn register(&self, a: &Arc<Activity>) {
+        if let Ok(mut live) = self.live.lock() {
+            live.push(Arc::downgrade(a));
+        }
+    }
+
+    /// Runs on the worker until it stops.
+    pub async fn run(self) {
+        let mut tick = tokio::time::interval(SWEEP_EVERY);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tick.tick().await;
+            let Ok(mut live) = self.live.lock() else { return };
+            live.retain(|w| {
+                let Some(a) = w.upgrade() else { return false };
+                let waiting = a.waiting.load(Ordering::Acquire)
+                    && a.in_flight.load(Ordering::Acquire) == 0
+                    && !a.pinned.load(Ordering::Acquire);
+                if waiting && a.seen_waiting.swap(true, Ordering::AcqRel) {
+                    a.park.store(true, Ordering::Release);
+                    a.reader.wake();
+                } else if !waiting {
+                    a.seen_waiting.store(false, Ordering::Release);
+                }
+                true
+            });
+        }
+    }
+}
+
+/// The client's socket as hyper sees it: every byte passes through; while parking, a read that
+/// finds nothing is reported as the client's close, and the shutdown that follows is not done.
+struct Parkable {
+    stream: TcpStream,
+    activity: Arc<Activity>,
+    parked: bool,
+}
+
+impl Parkable {
+    /// Bytes arrived: hyper is no longer waiting.
+    fn moved(&self) {
+        if self.activity.waiting.load(Ordering::Relaxed) {
+            self.activity.waiting.store(false, Ordering::Relaxed);
+            self.activity.seen_waiting.store(false, Ordering::Relaxed);
+        }
+    }
+}
+
+impl AsyncRead for Parkable {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        match Pin::new(&mut self.stream).poll_read(cx, buf) {
+            Poll::Ready(Ok(())) => {
+                if buf.filled().len() > before {
+                    self.moved();
+                }
+                Poll::Ready(Ok(()))
+            }
+            Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
+            Poll::Pending => {
+                let a = &self.activity;
+                let idle =
+                    a.in_flight.load(Ordering::Acquire) == 0 && !a.pinned.load(Ordering::Acquire);
+                if idle && a.park.load(Ordering::Acquire) {
+                    // Nothing to read and nothing in flight: hyper ends the connection as if
+                    // the client had closed it, and gives the socket back.
+                    self.parked = true;
+                    return Poll::Ready(Ok(()));
+                }
+                if idle {
+                    a.waiting.store(true, Ordering::Release);
+                    a.reader.register(cx.waker());
+                }
+                Poll::Pending
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Parkable {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.parked {
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// One request in flight on a connection, from its head until its response body ends (or is
+/// dropped, or the request's future is).
+struct InFlight(Arc<Activity>);
+
+impl InFlight {
+    fn new(a: &Arc<Activity>) -> Self {
+        a.in_flight.fetch_add(1, Ordering::AcqRel);
+        Self(a.clone())
+    }
+}
+
+impl Drop for InFlight {
+    fn drop(&mut self) {
+        self.0.in_flight.fetch_sub(1, Ordering::AcqRel);
+    }
+}
+
+/// A response body that keeps its request in flight until it ends.
+struct Tracked {
+    inner: Body,
+    in_flight: Option<InFlight>,
+}
+
+impl Tracked {
+    fn done(&mut self) {
+        self.in_flight = None;
+    }
+}
+
+impl http_body::Body for Tracked {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let polled = Pin::new(&mut self.inner).poll_frame(cx);
+        if matches!(polled, Poll::Ready(None) | Poll::Ready(Some(Err(_))))
+            || (polled.is_ready() && self.inner.is_end_stream())
+        {
+            self.done();
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The HTTP/2 connection preface (RFC 9113 §3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// How a worker serves its connections.
+pub struct Serving {
+    pub stack: Stack,
+    pub http1: hyper::server::conn::http1::Builder,
+    pub auto: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
+    pub header_read_timeout: Duration,
+    pub sweeper: Sweeper,
+    pub counts: Arc<Counts>,
+}
+
+/// Counts a connection open (and parked while it is) for as long as it lives.
+struct Counted<'a> {
+    counts: &'a Counts,
+    parked: bool,
+}
+
+impl<'a> Counted<'a> {
+    fn new(counts: &'a Counts) -> Self {
+        counts.open.fetch_add(1, Ordering::Relaxed);
+        Self { counts, parked: false }
+    }
+
+    fn set_parked(&mut self, parked: bool) {
+        if parked != self.parked {
+            self.parked = parked;
+            if parked {
+                self.counts.parked.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.counts.parked.fetch_sub(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+impl Drop for Counted<'_> {
+    fn drop(&mut self) {
+        self.set_parked(false);
+        self.counts.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Serves one client connection until it closes, the drain ends it, or it stays silent for
+/// the header timeout.
+pub async fn serve(
+    serving: Arc<Serving>,
+    stream: TcpStream,
+    client: ClientAddr,
+    mut stop: watch::Receiver<bool>,
+) {
+    let mut counted = Counted::new(&serving.counts);
+    let activity = Arc::new(Activity::default());
+    serving.sweeper.register(&activity);
+    let mut stream = stream;
+    loop {
+        // Nothing is set up until the first bytes arrive: an open connection that has sent
+        // nothing (or a parked one) costs this small task. Silent past the header timeout, or
+        // still silent when the drain starts: closed.
+        let mut first = [0u8; H2_PREFACE.len()];
+        let seen = tokio::select! {
+            r = tokio::time::timeout(serving.header_read_timeout, stream.peek(&mut first)) => {
+                match r {
+                    Ok(Ok(n)) if n > 0 => n,
+                    _ => return,
+                }
+            }
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
+        };
+        counted.set_parked(false);
+        let svc = service(&serving.stack, &client, &activity);
+        // HTTP/2 with prior knowledge (or too few bytes to tell): hyper-util's auto builder
+        // tells them apart and serves either, with upgrades; not parked.
+        if first[..seen] == H2_PREFACE[..seen] {
+            let conn = serving.auto.serve_connection_with_upgrades(TokioIo::new(stream), svc);
+            let mut conn = Box::pin(conn.into_owned());
+            let result = tokio::select! {
+                r = conn.as_mut() => r,
+                _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                    conn.as_mut().graceful_shutdown();
+                    conn.await
+                }
+            };
+            if let Err(e) = result {
+                connection_error(&client, e.downcast_ref::<hyper::Error>(), &*e);
+            }
+            return;
+        }
+        activity.park.store(false, Ordering::Release);
+        activity.waiting.store(false, Ordering::Release);
+        activity.seen_waiting.store(false, Ordering::Release);
+        let io = Parkable { stream, activity: activity.clone(), parked: false };
+        // Boxed, so the task itself stays small while it waits above.
+        let mut conn =
+            Box::pin(serving.http1.serve_connection(TokioIo::new(io), svc).with_upgrades());
+        let result = tokio::select! {
+            r = conn.as_mut() => r,
+            _ = async { let _ = stop.wait_for(|s| *s).await; } => {
+                // finish the request in flight, then close
+                conn.as_mut().graceful_shutdown();
+                conn.as_mut().await
+            }
+        };
+        if let Err(e) = result {
+            connection_error(&client, Some(&e), &e);
+            return;
+        }
+        // Ended as parked: take the socket back and wait for its next request.
+        let Some(parts) = Pin::into_inner(conn).into_parts() else { return };
+        let parkable = parts.io.into_inner();
+        if !parkable.parked || !parts.read_buf.is_empty() {
+            return;
+        }
+        stream = parkable.stream;
+        counted.set_parked(true);
+        tracing::trace!(client = %client.addr, "idle connection parked");
+    }
+}
+
+fn connection_error(
+    client: &ClientAddr,
+    hyper: Option<&hyper::Error>,
+    e: &(dyn std::error::Error + 'static),
+) {
+    if let Some(h) = hyper {
+        crate::telemetry::log_unparsed(client.addr, h);
+    }
+    tracing::debug!(client = %client.addr, error = %e, "connection ended with an error");
+}
+
+/// The connection's service: the worker's stack, with the client's address on each request and
+/// each response counted in flight until its body ends.
+fn service(
+    stack: &Stack,
+    client: &ClientAddr,
+    activity: &Arc<Activity>,
+) -> impl hyper::service::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = std::convert::Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    use tower::ServiceExt;
+    let (stack, client, activity) = (stack.clone(), client.clone(), activity.clone());
+    hyper::service::service_fn(move |req: Request<Incoming>| {
+        let mut req = req.map(Body::new);
+        req.extensions_mut().insert(client.clone());
+        let in_flight = InFlight::new(&activity);
+        let call = stack.clone().oneshot(req);
+        async move {
+            let resp = call.await?;
+            if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+                in_flight.0.pinned.store(true, Ordering::Release);
+            }
+            Ok(resp.map(|b| Body::new(Tracked { inner: b, in_flight: Some(in_flight) })))
+        }
+    })
+}
