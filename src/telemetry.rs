@@ -177,38 +177,39 @@ impl AccessLine<'_> {
         );
     }
 
+    /// The fields after the message, in order; absent ones are left out.
+    fn fields(&self) -> [(&'static str, Option<Value<'_>>); 11] {
+        [
+            ("method", Some(Value::Plain(self.method))),
+            ("path", Some(Value::Quoted(self.path))),
+            ("raw_path", self.raw_path.map(Value::Quoted)),
+            ("status", Some(Value::Int(self.status))),
+            ("latency_ms", Some(Value::Float(self.latency_ms))),
+            ("subject", Some(Value::Quoted(self.subject))),
+            ("issuer", self.issuer.map(Value::Quoted)),
+            ("reason", Some(Value::Quoted(self.reason))),
+            ("detail", Some(Value::Quoted(self.detail))),
+            ("request_id", Some(Value::Plain(self.request_id))),
+            ("client", self.client.map(Value::Plain)),
+        ]
+    }
+
     /// The shape `tracing-subscriber`'s flattened JSON gives every other line. (Written without
     /// `core::fmt`: this runs once per request, on the worker.)
     fn write_json(&self, out: &mut Vec<u8>, second: &str, micros: u32) {
         out.extend_from_slice(b"{\"timestamp\":\"");
         push_time(out, second, micros);
-        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\",\"method\":");
-        json_str(out, self.method);
-        out.extend_from_slice(b",\"path\":");
-        json_str(out, self.path);
-        if let Some(raw) = self.raw_path {
-            out.extend_from_slice(b",\"raw_path\":");
-            json_str(out, raw);
-        }
-        out.extend_from_slice(b",\"status\":");
-        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
-        out.extend_from_slice(b",\"latency_ms\":");
-        out.extend_from_slice(ryu::Buffer::new().format(self.latency_ms).as_bytes());
-        out.extend_from_slice(b",\"subject\":");
-        json_str(out, self.subject);
-        if let Some(issuer) = self.issuer {
-            out.extend_from_slice(b",\"issuer\":");
-            json_str(out, issuer);
-        }
-        out.extend_from_slice(b",\"reason\":");
-        json_str(out, self.reason);
-        out.extend_from_slice(b",\"detail\":");
-        json_str(out, self.detail);
-        out.extend_from_slice(b",\"request_id\":");
-        json_str(out, self.request_id);
-        if let Some(client) = self.client {
-            out.extend_from_slice(b",\"client\":");
-            json_str(out, client);
+        out.extend_from_slice(b"\",\"level\":\"INFO\",\"message\":\"request\"");
+        for (key, value) in self.fields() {
+            let Some(value) = value else { continue };
+            out.extend_from_slice(b",\"");
+            out.extend_from_slice(key.as_bytes());
+            out.extend_from_slice(b"\":");
+            match value {
+                Value::Plain(v) | Value::Quoted(v) => json_str(out, v),
+                Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+                Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+            }
         }
         out.extend_from_slice(b",\"target\":\"portcullis::access\"}\n");
     }
@@ -217,36 +218,32 @@ impl AccessLine<'_> {
     /// method, the request id and the client, `Debug` (quoted) for the other strings.
     fn write_text(&self, out: &mut Vec<u8>, second: &str, micros: u32) {
         push_time(out, second, micros);
-        out.extend_from_slice(b"  INFO portcullis::access: request method=");
-        out.extend_from_slice(self.method.as_bytes());
-        out.extend_from_slice(b" path=");
-        debug_str(out, self.path);
-        if let Some(raw) = self.raw_path {
-            out.extend_from_slice(b" raw_path=");
-            debug_str(out, raw);
-        }
-        out.extend_from_slice(b" status=");
-        out.extend_from_slice(itoa::Buffer::new().format(self.status).as_bytes());
-        out.extend_from_slice(b" latency_ms=");
-        out.extend_from_slice(ryu::Buffer::new().format(self.latency_ms).as_bytes());
-        out.extend_from_slice(b" subject=");
-        debug_str(out, self.subject);
-        if let Some(issuer) = self.issuer {
-            out.extend_from_slice(b" issuer=");
-            debug_str(out, issuer);
-        }
-        out.extend_from_slice(b" reason=");
-        debug_str(out, self.reason);
-        out.extend_from_slice(b" detail=");
-        debug_str(out, self.detail);
-        out.extend_from_slice(b" request_id=");
-        out.extend_from_slice(self.request_id.as_bytes());
-        if let Some(client) = self.client {
-            out.extend_from_slice(b" client=");
-            out.extend_from_slice(client.as_bytes());
+        out.extend_from_slice(b"  INFO portcullis::access: request");
+        for (key, value) in self.fields() {
+            let Some(value) = value else { continue };
+            out.push(b' ');
+            out.extend_from_slice(key.as_bytes());
+            out.push(b'=');
+            match value {
+                Value::Plain(v) => out.extend_from_slice(v.as_bytes()),
+                Value::Quoted(v) => debug_str(out, v),
+                Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+                Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+            }
         }
         out.push(b'\n');
     }
+}
+
+/// An access-line field's value, and how the text format shows it.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    /// Shown as it is in text (`Display`).
+    Plain(&'a str),
+    /// Quoted and escaped in text (`Debug`).
+    Quoted(&'a str),
+    Int(u16),
+    Float(f64),
 }
 
 /// `2026-11-30T15:37:43.587726Z`
