@@ -71,6 +71,9 @@ error_log $work/error.log warn;
 events { worker_connections 4096; }
 http {
   upstream app { server 127.0.0.1:18081; keepalive 128; }
+  # no cap on requests per client connection (nginx's default closes it after 1,000;
+  # portcullis has none), so both serve the same connections
+  keepalive_requests 1000000;
   server {
     listen 127.0.0.1:18082 $h2flag;
     $nginx_log
