@@ -375,6 +375,11 @@ fn connection_error(
 
 /// The connection's service: the worker's stack, with the client's address on each request and
 /// each response counted in flight until its body ends.
+///
+/// The connection keeps its own copy of the stack and calls it in place (hyper hands each request
+/// over by `&self`, and calls never overlap: `call` only builds the future), instead of cloning
+/// the whole stack for every request. No layer of the stack applies backpressure (limits answer
+/// 503 instead), so it is always ready.
 fn service(
     stack: &Stack,
     client: &ClientAddr,
@@ -384,16 +389,17 @@ fn service(
     Response = Response<Body>,
     Error = std::convert::Infallible,
     Future = impl std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>> + Send,
-> + Clone
-       + Send
+> + Send
        + 'static {
-    use tower::ServiceExt;
-    let (stack, client, activity) = (stack.clone(), client.clone(), activity.clone());
+    use tower::Service as _;
+    let stack = std::cell::RefCell::new(stack.clone());
+    let (client, activity) = (client.clone(), activity.clone());
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(client.clone());
         let in_flight = InFlight::new(&activity);
-        let call = stack.clone().oneshot(req);
+        // never re-entered: `call` returns before hyper can hand over another request
+        let call = stack.borrow_mut().call(req);
         async move {
             let resp = call.await?;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {

@@ -74,9 +74,14 @@ struct Target {
     h2c: bool,
 }
 
-/// The last service: sends the request to the app and streams its answer back.
+/// The last service: sends the request to the app and streams its answer back. (One `Arc`, so
+/// that each request's future takes one reference, not one per field.)
 #[derive(Clone)]
 pub struct ProxyService {
+    inner: Arc<Proxy>,
+}
+
+struct Proxy {
     upstream: Upstream,
     target: Arc<Target>,
     /// Slots of `upstream.max_concurrent_requests`, shared by every worker (`None`: no limit).
@@ -87,7 +92,7 @@ pub struct ProxyService {
 
 impl std::fmt::Debug for ProxyService {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProxyService").field("upstream", &self.target.authority).finish()
+        f.debug_struct("ProxyService").field("upstream", &self.inner.target.authority).finish()
     }
 }
 
@@ -108,22 +113,26 @@ impl ProxyService {
             None => host.to_string(),
         };
         Ok(Self {
-            upstream,
-            target: Arc::new(Target {
-                scheme: Scheme::HTTP,
-                host: HeaderValue::from_str(&authority)?,
-                authority: authority.parse()?,
-                base_path: cfg.url.path().trim_end_matches('/').to_string(),
-                response_timeout: cfg.response_timeout,
-                pass_host_header: cfg.pass_host_header,
-                body_idle_timeout,
-                h2c,
+            inner: Arc::new(Proxy {
+                upstream,
+                target: Arc::new(Target {
+                    scheme: Scheme::HTTP,
+                    host: HeaderValue::from_str(&authority)?,
+                    authority: authority.parse()?,
+                    base_path: cfg.url.path().trim_end_matches('/').to_string(),
+                    response_timeout: cfg.response_timeout,
+                    pass_host_header: cfg.pass_host_header,
+                    body_idle_timeout,
+                    h2c,
+                }),
+                slots,
+                untrusted,
             }),
-            slots,
-            untrusted,
         })
     }
+}
 
+impl Proxy {
     fn prepare(&self, req: &mut Request<Body>) -> Result<(), http::Error> {
         let t = &self.target;
         let pq = req.uri().path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
@@ -264,7 +273,7 @@ impl Service<Request<Body>> for ProxyService {
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
-        let this = self.clone();
+        let this = self.inner.clone();
         Box::pin(async move {
             let error = |rejection: Rejection, reason: &'static str, detail: String| {
                 Refusal::new(rejection, reason).detail(detail).response()
