@@ -303,8 +303,13 @@ pub fn request_id_prefix() -> &'static str {
 /// `<prefix>-<counter in hex>`, unique within the process and across restarts.
 fn new_request_id() -> HeaderValue {
     static COUNTER: AtomicU64 = AtomicU64::new(1);
-    let n = COUNTER.fetch_add(1, Ordering::Relaxed);
-    let prefix = request_id_prefix().as_bytes();
+    request_id_for(request_id_prefix(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+/// `<prefix>-<n in hex>` (`format!("{prefix}-{n:x}")` without `core::fmt`), for a prefix of at
+/// most 8 bytes.
+fn request_id_for(prefix: &str, n: u64) -> HeaderValue {
+    let prefix = prefix.as_bytes();
     let mut id = [0u8; 8 + 1 + 16];
     id[..prefix.len()].copy_from_slice(prefix);
     id[prefix.len()] = b'-';
@@ -533,6 +538,13 @@ mod tests {
             u64::from_str_radix(n, 16).unwrap()
         };
         assert!(n(&b) > n(&a));
+    }
+
+    #[test]
+    fn request_ids_are_formatted_like_format() {
+        for n in [0, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX >> 4, u64::MAX] {
+            assert_eq!(request_id_for("0a1b2c3d", n), format!("0a1b2c3d-{n:x}").as_str());
+        }
     }
 
     #[test]
