@@ -1,6 +1,6 @@
 //! Forwarding to the app: `X-Forwarded-*`, the worker's own connections to it
-//! ([`crate::upstream`]), streamed bodies, and 502/504 on a failing upstream. What is stripped from requests, and why,
-//! is in [`crate::headers`].
+//! ([`crate::upstream`]), streamed bodies, and 502/504 on a failing upstream. What is stripped
+//! from requests, and why, is in [`crate::headers`].
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
@@ -83,7 +83,7 @@ pub struct ProxyService {
 
 struct Proxy {
     upstream: Upstream,
-    target: Arc<Target>,
+    target: Target,
     /// Slots of `upstream.max_concurrent_requests`, shared by every worker (`None`: no limit).
     slots: Option<Arc<Semaphore>>,
     /// What a client may not send, in trailers either.
@@ -115,7 +115,7 @@ impl ProxyService {
         Ok(Self {
             inner: Arc::new(Proxy {
                 upstream,
-                target: Arc::new(Target {
+                target: Target {
                     scheme: Scheme::HTTP,
                     host: HeaderValue::from_str(&authority)?,
                     authority: authority.parse()?,
@@ -124,7 +124,7 @@ impl ProxyService {
                     pass_host_header: cfg.pass_host_header,
                     body_idle_timeout,
                     h2c,
-                }),
+                },
                 slots,
                 untrusted,
             }),
