@@ -207,8 +207,7 @@ impl AccessLine<'_> {
             out.extend_from_slice(b"\":");
             match value {
                 Value::Plain(v) | Value::Quoted(v) => json_str(out, v),
-                Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+                number => number.push_number(out),
             }
         }
         out.extend_from_slice(b",\"target\":\"portcullis::access\"}\n");
@@ -227,8 +226,7 @@ impl AccessLine<'_> {
             match value {
                 Value::Plain(v) => out.extend_from_slice(v.as_bytes()),
                 Value::Quoted(v) => debug_str(out, v),
-                Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-                Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+                number => number.push_number(out),
             }
         }
         out.push(b'\n');
@@ -244,6 +242,17 @@ enum Value<'a> {
     Quoted(&'a str),
     Int(u16),
     Float(f64),
+}
+
+impl Value<'_> {
+    /// A number, written the same way in both formats (strings are not numbers: nothing).
+    fn push_number(self, out: &mut Vec<u8>) {
+        match self {
+            Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+            Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+            Value::Plain(_) | Value::Quoted(_) => {}
+        }
+    }
 }
 
 /// `2026-11-30T15:37:43.587726Z`
