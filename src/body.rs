@@ -14,7 +14,7 @@ use http_body::{Frame, SizeHint};
 use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
-use crate::headers::{clean_trailers, UntrustedHeaders};
+use crate::headers::{clean_trailers, malformed_h2_field, UntrustedHeaders};
 use crate::upstream::Lease;
 use tokio::time::{Instant, Sleep};
 
@@ -27,6 +27,10 @@ pub enum ClientBodyError {
     /// Malformed chunked encoding, a connection that broke off, ...
     #[error("the client's request body broke off: {0}")]
     Broken(axum::Error),
+    /// An HTTP/2 trailer field that is malformed (RFC 9113 §8.2.1): the request is not
+    /// completed at the app.
+    #[error("malformed HTTP/2 trailer field {0}: its value starts or ends with whitespace")]
+    MalformedTrailer(String),
 }
 
 impl ClientBodyError {
@@ -45,11 +49,19 @@ pub struct ClientBody {
     timer: Pin<Box<Sleep>>,
     /// Trailer fields a client may not send (identity, forwarding, ...).
     untrusted: Option<Arc<UntrustedHeaders>>,
+    /// The client speaks HTTP/2: a trailer value with edge whitespace is malformed.
+    h2: bool,
 }
 
 impl ClientBody {
     pub fn new(inner: Body, idle: Duration) -> Self {
-        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), untrusted: None }
+        Self { inner, idle, timer: Box::pin(tokio::time::sleep(idle)), untrusted: None, h2: false }
+    }
+
+    /// The same body, from an HTTP/2 client: malformed trailers fail it.
+    pub fn from_h2(mut self, h2: bool) -> Self {
+        self.h2 = h2;
+        self
     }
 
     /// The same body, its trailers cleaned of what only portcullis may set.
@@ -82,6 +94,12 @@ impl http_body::Body for ClientBody {
             Poll::Ready(Some(Ok(frame))) => {
                 let next = Instant::now() + self.idle;
                 self.timer.as_mut().reset(next);
+                if self.h2 {
+                    if let Some(name) = frame.trailers_ref().and_then(malformed_h2_field) {
+                        let name = name.to_string();
+                        return Poll::Ready(Some(Err(ClientBodyError::MalformedTrailer(name))));
+                    }
+                }
                 Poll::Ready(Some(Ok(clean_frame(frame, self.untrusted.as_deref()))))
             }
             Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(ClientBodyError::Broken(e)))),

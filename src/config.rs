@@ -366,14 +366,23 @@ impl PublicRoute {
                     .map_err(|_| format!("invalid method {m:?}"))?;
                 (Some(method), rest)
             }
+            // `get=^/x` would otherwise be a regex that never matches
+            Some((m, _)) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_alphabetic()) => {
+                return Err(format!(
+                    "method {m:?} is not upper case (methods are case-sensitive; write {:?})",
+                    m.to_ascii_uppercase()
+                ));
+            }
             _ => (None, spec),
         };
         let path = Regex::new(pattern).map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
         Ok(Self { method, path })
     }
 
+    /// A `GET` route covers `HEAD` too (apps answer `HEAD` with their `GET` handler).
     pub fn matches(&self, method: &Method, path: &str) -> bool {
-        self.method.as_ref().is_none_or(|m| m == method) && self.path.is_match(path)
+        self.method.as_ref().is_none_or(|m| crate::auth::policy::method_covers(m, method))
+            && self.path.is_match(path)
     }
 }
 
@@ -1352,12 +1361,16 @@ fn authorization_from_raw(
         };
         let mut methods = Vec::new();
         for (j, m) in r.methods.unwrap_or_default().iter().enumerate() {
-            let upper = m.trim().to_ascii_uppercase();
-            let method = Method::from_bytes(upper.as_bytes())
+            // Methods are case-sensitive (RFC 9110 §9.1): `post` is not `POST`, and requests
+            // with lower-case letters in their method are refused before any rule is read.
+            let method = Method::from_bytes(m.as_bytes())
                 .ok()
-                .filter(|_| !upper.is_empty())
+                .filter(|_| !m.is_empty() && !m.bytes().any(|b| b.is_ascii_lowercase()))
                 .ok_or_else(|| {
-                    ConfigError::new(format!("{key}.methods[{j}]"), format!("not a method: {m:?}"))
+                    ConfigError::new(
+                        format!("{key}.methods[{j}]"),
+                        format!("not an upper-case method: {m:?} (methods are case-sensitive; write {:?})", m.trim().to_ascii_uppercase()),
+                    )
                 })?;
             methods.push(method);
         }
@@ -1852,6 +1865,11 @@ mod tests {
         let r = PublicRoute::parse("GET=^/healthz$").unwrap();
         assert!(r.matches(&Method::GET, "/healthz"));
         assert!(!r.matches(&Method::POST, "/healthz"));
+        assert!(r.matches(&Method::HEAD, "/healthz"), "HEAD follows GET");
+        let r = PublicRoute::parse("HEAD=^/healthz$").unwrap();
+        assert!(!r.matches(&Method::GET, "/healthz"), "GET does not follow HEAD");
+        assert!(PublicRoute::parse("get=^/healthz$").unwrap_err().contains("upper case"));
+        assert!(PublicRoute::parse("Get=^/x").is_err());
         let r = PublicRoute::parse("^/public/").unwrap();
         assert!(r.matches(&Method::DELETE, "/public/x"));
         let text = MINIMAL.replace("[bearer]", "[bearer]\npublic_routes = [\"^/ok\", \"(\"]");
@@ -1890,7 +1908,7 @@ mod tests {
 email_domains = ["example.com"]
 [[authorization.rules]]
 path = "/admin/"
-methods = ["post", "DELETE"]
+methods = ["POST", "DELETE"]
 groups = ["admins"]
 scopes = ["admin:write"]
 claims = {{ "realm_access.roles" = ["auditor"] }}
@@ -1930,6 +1948,13 @@ issuers = ["https://idp.example.com/realms/main"]
             bad("path = \"/a\"\nmethods = [\"\"]\ngroups = [\"a\"]"),
             "authorization.rules[0].methods[0]"
         );
+        for lower in ["post", "Delete", "GET ", " GET"] {
+            assert_eq!(
+                bad(&format!("path = \"/a\"\nmethods = [\"GET\", {lower:?}]\ngroups = [\"a\"]")),
+                "authorization.rules[0].methods[1]",
+                "{lower:?}"
+            );
+        }
         // the top-level requirements come from the environment too
         let env =
             vec![("PORTCULLIS_AUTHORIZATION_GROUPS".to_string(), "staff, admins".to_string())];

@@ -225,6 +225,28 @@ pub fn framing_problem(headers: &HeaderMap) -> Option<Rejection> {
     }
 }
 
+/// Whether a field value starts or ends with whitespace: malformed in HTTP/2 (RFC 9113
+/// §8.2.1), where nothing strips it as an HTTP/1.1 parser does. The h2 crate checks names (lower
+/// case) and forbidden bytes, not this; forwarded, `" Bearer x"` would reach an HTTP/1.1 app as
+/// a clean `Bearer x` that portcullis never took for a credential.
+pub fn has_edge_whitespace(value: &http::HeaderValue) -> bool {
+    let b = value.as_bytes();
+    matches!(b.first(), Some(b' ' | b'\t')) || matches!(b.last(), Some(b' ' | b'\t'))
+}
+
+/// The first HTTP/2 field whose value is malformed ([`has_edge_whitespace`]), if any.
+pub fn malformed_h2_field(fields: &HeaderMap) -> Option<&HeaderName> {
+    fields.iter().find(|(_, v)| has_edge_whitespace(v)).map(|(n, _)| n)
+}
+
+/// Whether a method is one portcullis passes on: its rules and public routes name methods in
+/// upper case, and an app that upper-cases what it receives (Werkzeug, Django) would run its
+/// `DELETE` handler for a `delete` no rule matched. Upper-case extension methods (WebDAV's
+/// `PROPFIND`) pass.
+pub fn is_canonical_method(method: &http::Method) -> bool {
+    !method.as_str().bytes().any(|b| b.is_ascii_lowercase())
+}
+
 /// The request's one `Host` (RFC 9112 §3.2): an HTTP/1.1 request needs exactly one, a valid
 /// `host[:port]` without userinfo; an absolute-form target's authority replaces it, so the app
 /// and `X-Forwarded-Host` see the same host the request was routed by.
@@ -316,6 +338,22 @@ where
     }
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
+        if !is_canonical_method(req.method()) {
+            tracing::debug!(method = %req.method(), "refused a method with lower-case letters");
+            let why = "the method has lower-case letters (methods are case-sensitive)";
+            let r = Rejection::BadRequest(why);
+            return Either::Right(ready(Ok(Refusal::new(r, "bad_method").detail(why).response())));
+        }
+        if req.version() == http::Version::HTTP_2 {
+            if let Some(name) = malformed_h2_field(req.headers()) {
+                tracing::debug!(field = %name, "refused an HTTP/2 field with edge whitespace");
+                let why = "an HTTP/2 field value starts or ends with whitespace";
+                let r = Rejection::BadRequest(why);
+                let refusal =
+                    Refusal::new(r, "malformed_h2_field").detail(format!("{why}: {name}"));
+                return Either::Right(ready(Ok(refusal.response())));
+            }
+        }
         if let Some(r) = framing_problem(req.headers()) {
             tracing::debug!(reason = ?r, "refused request framing");
             let detail = format!("{r:?}");
@@ -577,6 +615,35 @@ mod tests {
         // the `_` spellings go even from a trusted proxy
         let sent = [("x_forwarded_for", "1.2.3.4"), ("True_Client_IP", "1.2.3.4")];
         assert!(strip(true, &sent, &[]).await.is_empty());
+    }
+
+    #[test]
+    fn methods_with_lower_case_letters_are_not_canonical() {
+        for ok in ["GET", "POST", "DELETE", "PROPFIND", "M-SEARCH", "BREW"] {
+            assert!(is_canonical_method(&http::Method::from_bytes(ok.as_bytes()).unwrap()), "{ok}");
+        }
+        for bad in ["get", "delete", "Post", "heaD", "propfind", "x"] {
+            assert!(
+                !is_canonical_method(&http::Method::from_bytes(bad.as_bytes()).unwrap()),
+                "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn h2_values_with_edge_whitespace_are_malformed() {
+        for bad in [" v", "v ", "\tv", "v\t", " ", "\t"] {
+            assert!(has_edge_whitespace(&HeaderValue::from_str(bad).unwrap()), "{bad:?}");
+        }
+        for ok in ["v", "a b", "a\tb", ""] {
+            assert!(!has_edge_whitespace(&HeaderValue::from_str(ok).unwrap()), "{ok:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert("x-a", HeaderValue::from_static("fine"));
+        assert!(malformed_h2_field(&h).is_none());
+        h.append("x-b", HeaderValue::from_static("ok"));
+        h.append("x-b", HeaderValue::from_static("not ok "));
+        assert_eq!(malformed_h2_field(&h).map(HeaderName::as_str), Some("x-b"));
     }
 
     #[test]

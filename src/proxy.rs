@@ -292,6 +292,7 @@ impl Service<Request<Body>> for ProxyService {
                     }
                 },
             };
+            let from_h2 = req.version() == Version::HTTP_2;
             if let Err(e) = this.prepare(&mut req) {
                 tracing::warn!(error = %e, "could not build the upstream request");
                 return Ok(error(Rejection::BadGateway, "upstream_request", e.to_string()));
@@ -299,7 +300,11 @@ impl Service<Request<Body>> for ProxyService {
             if !req.body().is_end_stream() {
                 let idle = this.target.body_idle_timeout;
                 let untrusted = this.untrusted.clone();
-                req = req.map(|b| Body::new(ClientBody::new(b, idle).cleaning_trailers(untrusted)));
+                req = req.map(|b| {
+                    Body::new(
+                        ClientBody::new(b, idle).cleaning_trailers(untrusted).from_h2(from_h2),
+                    )
+                });
             }
             // A WebSocket upgrade that got this far was authenticated (and authorised): ask the
             // app for it, and splice the two connections together if it agrees.
@@ -320,6 +325,15 @@ impl Service<Request<Body>> for ProxyService {
                         drop(lease);
                         return Ok(splice(client_side, &mut resp, permit));
                     }
+                    if this.target.h2c {
+                        if let Some(name) = crate::headers::malformed_h2_field(resp.headers()) {
+                            let detail = format!(
+                                "the app's HTTP/2 field {name} starts or ends with whitespace"
+                            );
+                            tracing::warn!(upstream = %this.target.authority, "{detail}");
+                            return Ok(error(Rejection::BadGateway, "upstream_malformed", detail));
+                        }
+                    }
                     let (mut parts, body) = resp.into_parts();
                     crate::headers::remove_hop_by_hop(&mut parts.headers);
                     crate::headers::clean_trailer_declaration(&mut parts.headers, None);
@@ -338,7 +352,7 @@ impl Service<Request<Body>> for ProxyService {
                                 detail,
                             ));
                         }
-                        Some(ClientBodyError::Broken(_)) => {
+                        Some(ClientBodyError::Broken(_) | ClientBodyError::MalformedTrailer(_)) => {
                             tracing::info!(error = %detail, "client's request body broke off");
                             return Ok(error(
                                 Rejection::BadRequestBody,

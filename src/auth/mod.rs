@@ -127,10 +127,20 @@ fn has_method_override(parts: &request::Parts) -> bool {
         })
 }
 
-/// Whether an `Authorization` value uses the `Bearer` scheme (RFC 6750 §2.1: any case).
+/// The credentials of an `Authorization` value whose scheme is `Bearer` (RFC 6750 §2.1: in
+/// any case), or `None` for another scheme. Whitespace around the value is not part of it (RFC
+/// 9110 §5.5), and SP or HTAB after the scheme both end it: `Bearer<TAB>token` is a bearer
+/// token to parsers that split on any whitespace, so it is one here too. The token may be empty.
+fn bearer_credentials(value: &HeaderValue) -> Option<&[u8]> {
+    let v = value.as_bytes().trim_ascii();
+    let end = v.iter().position(|b| matches!(b, b' ' | b'\t')).unwrap_or(v.len());
+    let (scheme, rest) = v.split_at(end);
+    scheme.eq_ignore_ascii_case(b"bearer").then(|| rest.trim_ascii())
+}
+
+/// Whether an `Authorization` value uses the `Bearer` scheme, however it is spelled.
 fn is_bearer(value: &HeaderValue) -> bool {
-    let b = value.as_bytes();
-    b.len() >= 6 && b[..6].eq_ignore_ascii_case(b"bearer") && (b.len() == 6 || b[6] == b' ')
+    bearer_credentials(value).is_some()
 }
 
 /// The bearer token in a request head, if any.
@@ -149,14 +159,8 @@ fn credentials(headers: &HeaderMap) -> Credentials {
     if values.next().is_some() {
         return Credentials::Ambiguous;
     }
-    let bytes = value.as_bytes();
-    // RFC 6750 §2.1: the scheme is case-insensitive.
-    if bytes.len() < 7 || !bytes[..7].eq_ignore_ascii_case(b"bearer ") {
-        return Credentials::None;
-    }
-    let token = bytes[7..].trim_ascii();
-    match HeaderValue::from_bytes(token) {
-        Ok(t) if !token.is_empty() => Credentials::Bearer(t),
+    match bearer_credentials(value).map(HeaderValue::from_bytes) {
+        Some(Ok(t)) if !t.is_empty() => Credentials::Bearer(t),
         _ => Credentials::None,
     }
 }
@@ -504,6 +508,35 @@ mod tests {
         let refusal = s.check(&parts).await.unwrap_err();
         assert_eq!(refusal.decision.reason, "token_malformed");
         assert_eq!(refusal.rejection.status(), 401);
+    }
+
+    #[test]
+    fn bearer_is_told_by_its_scheme_whatever_the_case_and_whitespace() {
+        let creds =
+            |v: &str| bearer_credentials(&HeaderValue::from_str(v).unwrap()).map(|t| t.to_vec());
+        for v in [
+            "Bearer t",
+            "bearer t",
+            "BEARER t",
+            "Bearer\tt",
+            "Bearer \t t ",
+            " Bearer t",
+            "\tbEaReR\t\tt\t",
+        ] {
+            assert_eq!(creds(v).as_deref(), Some(&b"t"[..]), "{v:?}");
+        }
+        // a bearer scheme without a token is still a bearer credential (then removed)
+        for v in ["Bearer", "bearer ", " BEARER\t"] {
+            assert_eq!(creds(v).as_deref(), Some(&b""[..]), "{v:?}");
+        }
+        for v in ["Basic dTpw", "Bearerx t", "Bearer_t", "Bear t", "", " ", "Token Bearer t"] {
+            assert_eq!(creds(v), None, "{v:?}");
+        }
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer\tabc"));
+        assert!(matches!(credentials(&h), Credentials::Bearer(t) if t == "abc"));
+        h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer \t"));
+        assert!(matches!(credentials(&h), Credentials::None));
     }
 
     #[test]

@@ -162,9 +162,15 @@ pub struct Rule {
     pub require: Requirement,
 }
 
+/// Whether a rule or public route naming `named` covers a request's `method`: the same method,
+/// or `HEAD` under `GET` (frameworks run the `GET` handler for a `HEAD`, RFC 9110 §9.3.2).
+pub fn method_covers(named: &Method, method: &Method) -> bool {
+    named == method || (*named == Method::GET && *method == Method::HEAD)
+}
+
 impl Rule {
     fn applies_to(&self, method: &Method) -> bool {
-        self.methods.is_empty() || self.methods.contains(method)
+        self.methods.is_empty() || self.methods.iter().any(|m| method_covers(m, method))
     }
 
     /// The rule in words, for `portcullis check`.
@@ -364,6 +370,23 @@ mod tests {
         assert_eq!(key(Method::GET, "/admin/reports/x.csv"), "r3");
         assert_eq!(key(Method::GET, "/admin/reports/x"), "r4");
         assert_eq!(key(Method::GET, "/other"), "-");
+    }
+
+    #[test]
+    fn a_get_rule_covers_head_and_nothing_else_follows() {
+        let mut get_only = rule("g", RulePath::Prefix("/reports".into()), groups(&["a"]));
+        get_only.methods = vec![Method::GET];
+        let mut head_only = rule("h", RulePath::Prefix("/status".into()), groups(&["a"]));
+        head_only.methods = vec![Method::HEAD];
+        let p = Policy { base: Requirement::default(), rules: vec![get_only, head_only] };
+        let key =
+            |m: Method, path: &str| p.rule_for(&m, path).map(|r| r.key.as_str()).unwrap_or("-");
+        assert_eq!(key(Method::GET, "/reports"), "g");
+        assert_eq!(key(Method::HEAD, "/reports"), "g");
+        assert_eq!(key(Method::POST, "/reports"), "-");
+        assert_eq!(key(Method::OPTIONS, "/reports"), "-");
+        assert_eq!(key(Method::HEAD, "/status"), "h");
+        assert_eq!(key(Method::GET, "/status"), "-", "HEAD does not cover GET");
     }
 
     #[test]

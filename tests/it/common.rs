@@ -22,14 +22,26 @@ pub struct Seen {
     pub method: String,
     pub path_and_query: String,
     pub headers: Vec<(String, String)>,
+    /// The headers as bytes, exactly as they arrived.
+    pub raw_headers: Vec<(String, Vec<u8>)>,
     pub peer: SocketAddr,
     pub body_len: usize,
+    /// Whether the request body arrived whole (a body cut off midway did not).
+    pub body_complete: bool,
 }
 
 impl Seen {
     /// Every value of `name` (case-insensitive), in order.
     pub fn all(&self, name: &str) -> Vec<String> {
         self.headers
+            .iter()
+            .filter(|(k, _)| k.eq_ignore_ascii_case(name))
+            .map(|(_, v)| v.clone())
+            .collect()
+    }
+    /// Every value of `name` as bytes.
+    pub fn all_raw(&self, name: &str) -> Vec<Vec<u8>> {
+        self.raw_headers
             .iter()
             .filter(|(k, _)| k.eq_ignore_ascii_case(name))
             .map(|(_, v)| v.clone())
@@ -62,7 +74,9 @@ async fn record(
 ) -> Response {
     let (parts, body) = req.into_parts();
     let path = parts.uri.path().to_string();
-    let bytes = axum::body::to_bytes(body, 64 * 1024 * 1024).await.unwrap_or_default();
+    let read = axum::body::to_bytes(body, 64 * 1024 * 1024).await;
+    let body_complete = read.is_ok();
+    let bytes = read.unwrap_or_default();
     let seen = Seen {
         method: parts.method.to_string(),
         path_and_query: parts.uri.path_and_query().map(|p| p.to_string()).unwrap_or_default(),
@@ -71,8 +85,14 @@ async fn record(
             .iter()
             .map(|(k, v)| (k.as_str().to_string(), String::from_utf8_lossy(v.as_bytes()).into()))
             .collect(),
+        raw_headers: parts
+            .headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_string(), v.as_bytes().to_vec()))
+            .collect(),
         peer,
         body_len: bytes.len(),
+        body_complete,
     };
     s.seen.lock().unwrap().push(seen);
     match path.as_str() {

@@ -14,4 +14,5 @@ mod protocols;
 mod proxy;
 mod review;
 mod rules;
+mod second_review;
 mod security;
