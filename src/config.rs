@@ -27,6 +27,9 @@ pub const MAX_WORKERS: usize = 256;
 pub const DEFAULT_REQUEST_BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Default bound on requests in flight to the upstream (per process).
 pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 1024;
+/// Default bound on new connections to the app not answered yet (per process): half the
+/// accept backlog of a listener made by Rust's std or tokio, Go or Node (128 or 511).
+pub const DEFAULT_MAX_CONNECTING: usize = 64;
 /// Default time to open a TCP connection to the upstream.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 /// Default time to wait for the upstream's response head.
@@ -164,6 +167,12 @@ pub struct UpstreamConfig {
     /// Requests in flight to the app at once (per process, until the response body ends);
     /// beyond it `503`. Defaults to 1024; 0 = no limit.
     pub max_concurrent_requests: usize,
+    /// New connections to the app that have not brought back a response yet, across all
+    /// workers (each worker gets its share, at least one). A connection not answered yet may
+    /// still wait in the app's accept queue (128 deep for most servers); beyond it the kernel
+    /// drops connection attempts, which cost a 1 s retry or a `504`. Requests beyond it wait
+    /// for a released or a new connection, within `connect_timeout`. Defaults to 64.
+    pub max_connecting: usize,
     /// How portcullis speaks to the app. Defaults to HTTP/1.1.
     pub protocol: UpstreamProtocol,
 }
@@ -529,6 +538,7 @@ section!(RawUpstream = "upstream" {
     response_timeout: Option<String>,
     pass_host_header: Option<bool>,
     max_concurrent_requests: Option<i64>,
+    max_connecting: Option<i64>,
     protocol: Option<String>,
 });
 
@@ -975,6 +985,16 @@ impl UpstreamConfig {
                     return Err(ConfigError::new(
                         "upstream.max_concurrent_requests",
                         format!("must be between 0 (no limit) and 1000000, got {n}"),
+                    ))
+                }
+            },
+            max_connecting: match raw.max_connecting {
+                None => DEFAULT_MAX_CONNECTING,
+                Some(n) if (1..=100_000).contains(&n) => n as usize,
+                Some(n) => {
+                    return Err(ConfigError::new(
+                        "upstream.max_connecting",
+                        format!("must be between 1 and 100000, got {n}"),
                     ))
                 }
             },

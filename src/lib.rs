@@ -33,6 +33,7 @@ pub mod check;
 pub mod clock;
 pub mod config;
 pub mod conn;
+pub mod cookie_header;
 pub mod demo;
 pub mod devissuer;
 pub mod headers;

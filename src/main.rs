@@ -3,6 +3,7 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
 use portcullis::{check, config, demo, server, telemetry};
@@ -78,12 +79,20 @@ fn main() -> ExitCode {
                 Ok(l) => l,
                 Err(code) => return code,
             };
-            let _guard = telemetry::init(&loaded.config.log);
+            let guard = telemetry::init(&loaded.config.log);
             for w in &loaded.warnings {
                 tracing::warn!("{w}");
             }
             match rt.block_on(server::run(loaded.config)) {
-                Ok(()) => ExitCode::SUCCESS,
+                Ok(deadline) => {
+                    // Every access line is the audit record: wait for the log reader until the
+                    // shutdown is due (at least a second), and say what could not be written.
+                    let deadline = deadline.max(Instant::now() + Duration::from_secs(1));
+                    if let Some(g) = guard {
+                        g.finish(deadline);
+                    }
+                    ExitCode::SUCCESS
+                }
                 Err(e) => {
                     tracing::error!("{e:#}");
                     eprintln!("portcullis: {e:#}");

@@ -103,10 +103,12 @@ impl ProxyService {
         body_idle_timeout: Duration,
         slots: Option<Arc<Semaphore>>,
         untrusted: Arc<crate::headers::UntrustedHeaders>,
+        workers: usize,
     ) -> anyhow::Result<Self> {
         let h2c = cfg.protocol == UpstreamProtocol::H2c;
         // h2c: one multiplexed connection to the app per worker.
-        let upstream = Upstream::new(cfg.connect_target(), cfg.connect_timeout, h2c);
+        let connecting = cfg.max_connecting / workers.max(1);
+        let upstream = Upstream::new(cfg.connect_target(), cfg.connect_timeout, h2c, connecting);
         let host = cfg.url.host_str().ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
         let authority = match cfg.url.port() {
             Some(p) => format!("{host}:{p}"),

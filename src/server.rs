@@ -52,6 +52,8 @@ pub struct Pipeline {
     body_idle_timeout: Duration,
     /// `upstream.max_concurrent_requests`, shared by every worker.
     upstream_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// `server.workers`, which share `upstream.max_connecting`.
+    workers: usize,
 }
 
 impl Pipeline {
@@ -97,6 +99,7 @@ impl Pipeline {
                 0 => None,
                 n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
             },
+            workers: config.server.workers,
         };
         Ok((pipeline, keys))
     }
@@ -145,6 +148,7 @@ impl Pipeline {
                 self.body_idle_timeout,
                 self.upstream_slots.clone(),
                 self.untrusted.clone(),
+                self.workers,
             )?);
         Ok(BoxCloneSyncService::new(chain))
     }
@@ -502,10 +506,15 @@ pub async fn shutdown_signal() {
 }
 
 /// `portcullis run`: serve until SIGTERM/SIGINT, then drain and return.
-pub async fn run(config: Config) -> anyhow::Result<()> {
+///
+/// Returns when the shutdown is due to be over (`server.shutdown_timeout` after the signal):
+/// the log writer may use what is left of it.
+pub async fn run(config: Config) -> anyhow::Result<std::time::Instant> {
+    let timeout = config.server.shutdown_timeout;
     let server = Server::start(config).await?;
     shutdown_signal().await;
+    let deadline = std::time::Instant::now() + timeout;
     server.shutdown().await;
     tracing::info!("stopped");
-    Ok(())
+    Ok(deadline)
 }

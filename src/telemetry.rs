@@ -21,13 +21,189 @@ use crate::response::{Decision, RequestId};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
 
-/// Installs the global subscriber. Keep the guard alive: dropping it flushes the log.
-pub fn init(cfg: &LogConfig) -> Option<tracing_appender::non_blocking::WorkerGuard> {
-    // Buffered: the writer thread flushes once per batch of lines, not once per line.
-    let (writer, guard) = tracing_appender::non_blocking(std::io::BufWriter::with_capacity(
-        64 * 1024,
-        std::io::stdout(),
-    ));
+/// Bytes of log output that may wait for a slow reader (a stalled pipe, a busy log shipper);
+/// past that, new lines are dropped, counted and reported rather than stalling requests.
+pub const LOG_QUEUE_BYTES: usize = 64 * 1024 * 1024;
+
+/// The process's log output: every thread queues whole lines (an event, or a worker's batch of
+/// access lines) and one thread writes them to stdout, in order, each with one `write_all`.
+/// Nothing is dropped unless [`LOG_QUEUE_BYTES`] are waiting, and then it is counted and said.
+#[derive(Clone)]
+pub struct LogWriter {
+    shared: Arc<LogShared>,
+}
+
+struct LogShared {
+    state: std::sync::Mutex<LogState>,
+    /// Signalled when lines are queued or the writer is closed.
+    queued: std::sync::Condvar,
+    /// Signalled when the writer has written everything queued so far.
+    written: std::sync::Condvar,
+}
+
+#[derive(Default)]
+struct LogState {
+    queue: std::collections::VecDeque<Vec<u8>>,
+    bytes: usize,
+    /// The writer thread holds lines it took off the queue and has not written yet.
+    writing: bool,
+    closed: bool,
+    /// Lines dropped because the queue was full: since the last report, and in all.
+    dropped_unreported: u64,
+    dropped: u64,
+}
+
+fn lock_state(shared: &LogShared) -> std::sync::MutexGuard<'_, LogState> {
+    shared.state.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn count_lines(b: &[u8]) -> u64 {
+    b.iter().filter(|c| **c == b'\n').count() as u64
+}
+
+impl LogWriter {
+    /// A writer to `out`, with its thread.
+    fn spawn(out: impl std::io::Write + Send + 'static) -> std::io::Result<(Self, LogGuard)> {
+        let shared = Arc::new(LogShared {
+            state: std::sync::Mutex::new(LogState::default()),
+            queued: std::sync::Condvar::new(),
+            written: std::sync::Condvar::new(),
+        });
+        let thread_shared = shared.clone();
+        let thread = std::thread::Builder::new()
+            .name("portcullis-log".into())
+            .spawn(move || write_loop(&thread_shared, out))?;
+        Ok((Self { shared: shared.clone() }, LogGuard { shared, thread: Some(thread) }))
+    }
+
+    /// Queues whole lines for writing.
+    pub fn send(&self, lines: Vec<u8>) {
+        if lines.is_empty() {
+            return;
+        }
+        let mut st = lock_state(&self.shared);
+        if st.bytes + lines.len() > LOG_QUEUE_BYTES && st.bytes > 0 {
+            let n = count_lines(&lines).max(1);
+            st.dropped += n;
+            st.dropped_unreported += n;
+            return;
+        }
+        st.bytes += lines.len();
+        st.queue.push_back(lines);
+        drop(st);
+        self.shared.queued.notify_one();
+    }
+}
+
+fn write_loop(shared: &LogShared, mut out: impl std::io::Write) {
+    let mut batch: Vec<u8> = Vec::new();
+    loop {
+        let mut st = lock_state(shared);
+        while st.queue.is_empty() && st.dropped_unreported == 0 && !st.closed {
+            st = shared.queued.wait(st).unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        if st.queue.is_empty() && st.dropped_unreported == 0 {
+            // closed, and everything is written
+            shared.written.notify_all();
+            return;
+        }
+        batch.clear();
+        while let Some(lines) = st.queue.pop_front() {
+            batch.extend_from_slice(&lines);
+        }
+        st.bytes = 0;
+        let dropped = std::mem::take(&mut st.dropped_unreported);
+        st.writing = true;
+        drop(st);
+        if dropped > 0 {
+            let warning = format!(
+                "portcullis: {dropped} log lines dropped: the log reader fell {} MiB behind\n",
+                LOG_QUEUE_BYTES / (1024 * 1024)
+            );
+            let _ = out.write_all(warning.as_bytes());
+        }
+        let _ = out.write_all(&batch).and_then(|()| out.flush());
+        let mut st = lock_state(shared);
+        st.writing = false;
+        if st.queue.is_empty() {
+            shared.written.notify_all();
+        }
+    }
+}
+
+/// Keeps the log writer running; [`LogGuard::finish`] waits for what is queued.
+pub struct LogGuard {
+    shared: Arc<LogShared>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl LogGuard {
+    /// Waits until every queued line is written, or `deadline`; says on stderr what could not
+    /// be written (and what was dropped) by then. Returns the lines not written.
+    pub fn finish(mut self, deadline: std::time::Instant) -> u64 {
+        let thread = self.thread.take();
+        let mut st = lock_state(&self.shared);
+        st.closed = true;
+        self.shared.queued.notify_one();
+        while !st.queue.is_empty() || st.writing || st.dropped_unreported > 0 {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                break;
+            }
+            st = self
+                .shared
+                .written
+                .wait_timeout(st, left)
+                .map(|(g, _)| g)
+                .unwrap_or_else(|e| e.into_inner().0);
+        }
+        let unwritten: u64 =
+            st.queue.iter().map(|l| count_lines(l)).sum::<u64>() + if st.writing { 1 } else { 0 };
+        let dropped = st.dropped;
+        drop(st);
+        if unwritten > 0 {
+            eprintln!("portcullis: the log reader did not take the last lines in time: about {unwritten} log lines not written");
+        } else if let Some(t) = thread {
+            let _ = t.join();
+        }
+        if dropped > 0 {
+            eprintln!("portcullis: {dropped} log lines were dropped while running (the log reader was too slow)");
+        }
+        unwritten
+    }
+}
+
+impl Drop for LogGuard {
+    /// Not finished on purpose (an early return): the lines get a second.
+    fn drop(&mut self) {
+        if let Some(thread) = self.thread.take() {
+            let guard = LogGuard { shared: self.shared.clone(), thread: Some(thread) };
+            guard.finish(std::time::Instant::now() + std::time::Duration::from_secs(1));
+        }
+    }
+}
+
+impl std::io::Write for LogWriter {
+    /// `tracing-subscriber` writes each event with one `write_all`: one whole line.
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.send(buf.to_vec());
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for LogWriter {
+    type Writer = LogWriter;
+    fn make_writer(&'a self) -> Self::Writer {
+        self.clone()
+    }
+}
+
+/// Installs the global subscriber. Keep the guard, and [`LogGuard::finish`] it before exiting.
+pub fn init(cfg: &LogConfig) -> Option<LogGuard> {
+    let (writer, guard) = LogWriter::spawn(std::io::stdout()).ok()?;
     let filter = EnvFilter::builder().parse_lossy(&cfg.level);
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
     let access_writer = writer.clone();
@@ -50,7 +226,7 @@ pub const ACCESS_TARGET: &str = "portcullis::access";
 /// Where access lines go once [`init`] has run: the same non-blocking writer as every other
 /// line, but formatted here, in batches.
 struct Sink {
-    writer: tracing_appender::non_blocking::NonBlocking,
+    writer: LogWriter,
     format: LogFormat,
     /// Whether the filter lets `portcullis::access` at `info` through (it does not change).
     enabled: bool,
@@ -86,9 +262,8 @@ pub fn flush_access_lines() {
     BATCH.with(|b| {
         let mut b = b.borrow_mut();
         if !b.buf.is_empty() {
-            let mut w = sink.writer.clone();
-            let _ = w.write_all(&b.buf);
-            b.buf.clear();
+            let lines = std::mem::replace(&mut b.buf, Vec::with_capacity(ACCESS_BATCH_BYTES));
+            sink.writer.send(lines);
         }
     });
 }
@@ -148,9 +323,8 @@ impl AccessLine<'_> {
                 LogFormat::Text => self.write_text(buf, second_text, micros),
             }
             if b.buf.len() >= ACCESS_BATCH_BYTES || b.flusher.is_none() {
-                let mut w = sink.writer.clone();
-                let _ = w.write_all(&b.buf);
-                b.buf.clear();
+                let lines = std::mem::replace(&mut b.buf, Vec::with_capacity(ACCESS_BATCH_BYTES));
+                sink.writer.send(lines);
             } else if was_empty {
                 if let Some(f) = &b.flusher {
                     f.notify_one();

@@ -7,6 +7,12 @@
 //! [`Lease`]); one whose body was dropped half-read, or that the app closed, is not reused. A
 //! request the app never saw (a kept-alive connection it had just closed) is sent again, once,
 //! on a new connection.
+//!
+//! New connections are paced: at most `connecting` per worker may be waiting for their first
+//! response (until then the connection may still sit in the app's accept queue, and a full
+//! queue makes the kernel drop connection attempts, each then retried only after a second).
+//! A request beyond that waits for a released connection or a free slot, within
+//! `upstream.connect_timeout`, so a burst of new clients passes without errors or stalls.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -33,6 +39,8 @@ pub enum UpstreamError {
     Connect { target: String, source: std::io::Error },
     #[error("connect to {target}: no connection within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
+    #[error("connect to {target}: {connecting} new connections still unanswered by the app after {timeout:?} (upstream.max_connecting)")]
+    NoConnectSlot { target: String, timeout: Duration, connecting: usize },
     #[error("handshake with {target}: {source}")]
     Handshake { target: String, source: hyper::Error },
     #[error(transparent)]
@@ -43,7 +51,7 @@ impl UpstreamError {
     /// A timeout (504) rather than a refusal or a broken connection (502).
     pub fn is_timeout(&self) -> bool {
         match self {
-            UpstreamError::ConnectTimeout { .. } => true,
+            UpstreamError::ConnectTimeout { .. } | UpstreamError::NoConnectSlot { .. } => true,
             UpstreamError::Connect { source, .. } => source.kind() == std::io::ErrorKind::TimedOut,
             _ => false,
         }
@@ -62,6 +70,11 @@ struct Inner {
     connect_timeout: Duration,
     h2c: bool,
     idle: Mutex<VecDeque<Idle>>,
+    /// Woken when a connection goes back on `idle`.
+    released: tokio::sync::Notify,
+    /// Slots for new connections that have not brought back a response yet.
+    connecting: Arc<tokio::sync::Semaphore>,
+    connecting_max: usize,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -84,6 +97,8 @@ impl Lease {
             idle.pop_front();
         }
         idle.push_back(Idle { sender: self.sender, since: Instant::now() });
+        drop(idle);
+        self.pool.released.notify_one();
     }
 }
 
@@ -92,16 +107,26 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Upstream {
-    pub fn new(target: String, connect_timeout: Duration, h2c: bool) -> Self {
+    /// `connecting`: this worker's share of `upstream.max_connecting` (at least 1).
+    pub fn new(target: String, connect_timeout: Duration, h2c: bool, connecting: usize) -> Self {
+        let connecting = connecting.max(1);
         Self {
             inner: Arc::new(Inner {
                 target,
                 connect_timeout,
                 h2c,
                 idle: Mutex::new(VecDeque::new()),
+                released: tokio::sync::Notify::new(),
+                connecting: Arc::new(tokio::sync::Semaphore::new(connecting)),
+                connecting_max: connecting,
                 h2: Mutex::new(None),
             }),
         }
+    }
+
+    /// New connections waiting for their first response now (for tests and the log).
+    pub fn connecting(&self) -> usize {
+        self.inner.connecting_max - self.inner.connecting.available_permits()
     }
 
     /// Sends `req` (origin-form URI and `Host` for HTTP/1.1, absolute URI for h2c) and returns
@@ -113,24 +138,58 @@ impl Upstream {
         if self.inner.h2c {
             return self.send_h2(req).await.map(|r| (r, None));
         }
+        let deadline = tokio::time::Instant::now() + self.inner.connect_timeout;
         let mut req = req;
-        // A kept-alive connection first; if the app had closed it before our request went out,
-        // the request comes back and goes once more, on a new connection.
-        if let Some(mut sender) = self.checkout().await {
-            match sender.try_send_request(req).await {
-                Ok(resp) => return Ok((resp, Some(self.lease(sender)))),
-                Err(mut e) => match e.take_message() {
-                    Some(unsent) => {
-                        tracing::debug!(error = %e.error(), "kept-alive upstream connection was closed; sending again on a new one");
-                        req = unsent;
+        // Kept-alive connections may be used until one turns out closed before our request
+        // went out; that request goes once more, on a new connection only.
+        let mut reuse = true;
+        loop {
+            if reuse {
+                if let Some(mut sender) = self.checkout().await {
+                    match sender.try_send_request(req).await {
+                        Ok(resp) => return Ok((resp, Some(self.lease(sender)))),
+                        Err(mut e) => match e.take_message() {
+                            Some(unsent) => {
+                                tracing::debug!(error = %e.error(), "kept-alive upstream connection was closed; sending again on a new one");
+                                req = unsent;
+                                reuse = false;
+                            }
+                            None => return Err(UpstreamError::Request(e.into_error())),
+                        },
                     }
-                    None => return Err(UpstreamError::Request(e.into_error())),
-                },
+                }
             }
+            // No idle connection: a slot for a new one, or (while waiting) a released one.
+            let released = self.inner.released.notified();
+            tokio::pin!(released);
+            released.as_mut().enable();
+            if reuse && !lock(&self.inner.idle).is_empty() {
+                continue;
+            }
+            let permit = tokio::select! {
+                biased;
+                _ = &mut released, if reuse => continue,
+                p = self.inner.connecting.clone().acquire_owned() => match p {
+                    Ok(p) => p,
+                    // never closed
+                    Err(_) => return Err(self.no_slot()),
+                },
+                _ = tokio::time::sleep_until(deadline) => return Err(self.no_slot()),
+            };
+            let mut sender = self.connect_h1(deadline).await?;
+            let resp = sender.send_request(req).await?;
+            // The app has answered on it: it is out of the accept queue.
+            drop(permit);
+            return Ok((resp, Some(self.lease(sender))));
         }
-        let mut sender = self.connect_h1().await?;
-        let resp = sender.send_request(req).await?;
-        Ok((resp, Some(self.lease(sender))))
+    }
+
+    fn no_slot(&self) -> UpstreamError {
+        UpstreamError::NoConnectSlot {
+            target: self.inner.target.clone(),
+            timeout: self.inner.connect_timeout,
+            connecting: self.inner.connecting_max,
+        }
     }
 
     fn lease(&self, sender: http1::SendRequest<Body>) -> Lease {
@@ -158,10 +217,13 @@ impl Upstream {
         }
     }
 
-    async fn tcp(&self) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    async fn tcp(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<TokioIo<TcpStream>, UpstreamError> {
         let target = &self.inner.target;
         let timeout = self.inner.connect_timeout;
-        let stream = match tokio::time::timeout(timeout, TcpStream::connect(target)).await {
+        let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(target)).await {
             Ok(Ok(s)) => s,
             Ok(Err(source)) => {
                 return Err(UpstreamError::Connect { target: target.clone(), source })
@@ -177,8 +239,11 @@ impl Upstream {
         Ok(TokioIo::new(stream))
     }
 
-    async fn connect_h1(&self) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let io = self.tcp().await?;
+    async fn connect_h1(
+        &self,
+        deadline: tokio::time::Instant,
+    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
+        let io = self.tcp(deadline).await?;
         let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|source| {
             UpstreamError::Handshake { target: self.inner.target.clone(), source }
         })?;
@@ -205,7 +270,7 @@ impl Upstream {
                 }
             }
         }
-        let io = self.tcp().await?;
+        let io = self.tcp(tokio::time::Instant::now() + self.inner.connect_timeout).await?;
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)

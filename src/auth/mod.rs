@@ -336,6 +336,51 @@ impl AuthSettings {
     }
 }
 
+/// Adds authentication's headers (a rewritten session cookie) to the app's response: appended
+/// beside the app's own `Set-Cookie`s, never replacing them; and since the response now carries
+/// a session, no shared cache may keep it (the app's `public` or `s-maxage` would let a CDN hand
+/// the session to the next visitor).
+fn add_session_headers(resp: &mut HeaderMap, ours: HeaderMap) {
+    let sets_cookie = ours.contains_key(header::SET_COOKIE);
+    for (name, value) in ours.iter() {
+        resp.append(name.clone(), value.clone());
+    }
+    if sets_cookie {
+        make_private(resp);
+    }
+}
+
+/// `Cache-Control` without what lets a shared cache store the response (`public`, `s-maxage`,
+/// `private` is added), and without the CDN-only controls that override it (RFC 9213
+/// `CDN-Cache-Control`, `Surrogate-Control`). What else the app said (`max-age`, `no-cache`,
+/// ...) still holds for the browser.
+pub fn make_private(headers: &mut HeaderMap) {
+    let kept: Vec<String> = headers
+        .get_all(header::CACHE_CONTROL)
+        .iter()
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .map(<[u8]>::trim_ascii)
+        .filter(|d| !d.is_empty())
+        .filter(|d| {
+            let name = d.split(|b| *b == b'=').next().unwrap_or_default().trim_ascii();
+            !(name.eq_ignore_ascii_case(b"public")
+                || name.eq_ignore_ascii_case(b"private")
+                || name.eq_ignore_ascii_case(b"s-maxage"))
+        })
+        .map(|d| String::from_utf8_lossy(d).into_owned())
+        .collect();
+    let mut value = String::from("private");
+    for d in kept {
+        value.push_str(", ");
+        value.push_str(&d);
+    }
+    headers.remove("cdn-cache-control");
+    headers.remove("surrogate-control");
+    if let Ok(v) = HeaderValue::from_str(&value) {
+        headers.insert(header::CACHE_CONTROL, v);
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct AuthenticateLayer {
     settings: Arc<AuthSettings>,
@@ -395,8 +440,8 @@ where
                 .get_mut::<Authenticated>()
                 .map(|a| std::mem::take(&mut a.response_headers));
             let mut resp = inner.call(Request::from_parts(parts, body)).await?;
-            if let Some(h) = response_headers {
-                resp.headers_mut().extend(h);
+            if let Some(h) = response_headers.filter(|h| !h.is_empty()) {
+                add_session_headers(resp.headers_mut(), h);
             }
             // A later layer's refusal (the proxy's 408, 502, ...) is the final decision; it
             // keeps the identity authentication found.
@@ -508,6 +553,40 @@ mod tests {
         let refusal = s.check(&parts).await.unwrap_err();
         assert_eq!(refusal.decision.reason, "token_malformed");
         assert_eq!(refusal.rejection.status(), 401);
+    }
+
+    #[test]
+    fn session_cookies_are_added_beside_the_apps_and_make_the_response_private() {
+        let mut resp = HeaderMap::new();
+        resp.append(header::SET_COOKIE, HeaderValue::from_static("app=1"));
+        resp.append(header::SET_COOKIE, HeaderValue::from_static("csrf=2"));
+        resp.insert(
+            header::CACHE_CONTROL,
+            HeaderValue::from_static("public, max-age=600, S-MaxAge=60"),
+        );
+        resp.append(header::CACHE_CONTROL, HeaderValue::from_static("no-transform"));
+        resp.insert("cdn-cache-control", HeaderValue::from_static("max-age=600"));
+        resp.insert("surrogate-control", HeaderValue::from_static("max-age=600"));
+        let mut ours = HeaderMap::new();
+        ours.append(header::SET_COOKIE, HeaderValue::from_static("_portcullis=x"));
+        ours.append(header::SET_COOKIE, HeaderValue::from_static("_portcullis_1=; Max-Age=0"));
+        add_session_headers(&mut resp, ours);
+        let set: Vec<_> = resp.get_all(header::SET_COOKIE).iter().collect();
+        assert_eq!(set, ["app=1", "csrf=2", "_portcullis=x", "_portcullis_1=; Max-Age=0"]);
+        let cc: Vec<_> = resp.get_all(header::CACHE_CONTROL).iter().collect();
+        assert_eq!(cc, ["private, max-age=600, no-transform"]);
+        assert!(!resp.contains_key("cdn-cache-control") && !resp.contains_key("surrogate-control"));
+        // without a Cache-Control of the app's: private
+        let mut resp = HeaderMap::new();
+        let mut ours = HeaderMap::new();
+        ours.append(header::SET_COOKIE, HeaderValue::from_static("_portcullis=x"));
+        add_session_headers(&mut resp, ours);
+        assert_eq!(resp[header::CACHE_CONTROL], "private");
+        // nothing of ours: the app's response is left alone
+        let mut resp = HeaderMap::new();
+        resp.insert(header::CACHE_CONTROL, HeaderValue::from_static("public"));
+        add_session_headers(&mut resp, HeaderMap::new());
+        assert_eq!(resp[header::CACHE_CONTROL], "public");
     }
 
     #[test]

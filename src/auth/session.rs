@@ -10,6 +10,8 @@ use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NO
 use aws_lc_rs::hkdf;
 use base64::Engine as _;
 use cookie::{Cookie, SameSite};
+
+use crate::cookie_header::{fold_name, Pair};
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
@@ -202,6 +204,8 @@ impl std::fmt::Debug for Attempt {
 pub struct Cookies {
     /// The session cookie's name, prefixed `__Host-` (or `__Secure-` with a domain) over https.
     pub name: String,
+    /// The name as [`fold_name`] reads it, for stripping every spelling of our cookies.
+    folded_base: Vec<u8>,
     secure: bool,
     domain: Option<String>,
 }
@@ -219,13 +223,21 @@ impl Cookies {
             (true, Some(_)) => "__Secure-",
             (false, _) => "",
         };
-        Self { name: format!("{prefix}{}", cfg.session.cookie_name), secure, domain }
+        Self::named(format!("{prefix}{}", cfg.session.cookie_name), secure, domain)
     }
 
-    /// Whether a cookie name is one of ours (the session, its chunks, login attempts).
-    pub fn is_ours(&self, name: &str) -> bool {
-        name == self.name
-            || name.strip_prefix(self.name.as_str()).is_some_and(|r| r.starts_with('_'))
+    fn named(name: String, secure: bool, domain: Option<String>) -> Self {
+        Self { folded_base: fold_name(name.as_bytes()), name, secure, domain }
+    }
+
+    /// Whether a cookie the client sent could be taken for one of ours (the session, its
+    /// chunks, login attempts, the activity cookie) by the app: its name in any spelling
+    /// ([`fold_name`]), or a piece without `=` that is such a name.
+    pub fn is_ours(&self, pair: &Pair<'_>) -> bool {
+        let folded = fold_name(pair.name);
+        let base = &self.folded_base;
+        folded == *base
+            || (folded.len() > base.len() && folded.starts_with(base) && folded[base.len()] == b'_')
     }
 
     fn chunk_name(&self, i: usize) -> String {
@@ -305,45 +317,60 @@ impl Cookies {
     }
 
     /// The sealed session value the request carries: the single cookie, or its chunks joined.
+    /// Found by the exact raw name only: another spelling never opens a session.
     pub fn session_value(&self, request: &HeaderMap) -> Option<Result<String, CookieError>> {
         let all = request_cookies(request);
-        if let Some((_, v)) = all.iter().find(|(n, _)| *n == self.name) {
-            return Some(Ok(v.clone()));
+        let value = |name: &str| all.iter().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| *v);
+        if let Some(v) = value(&self.name) {
+            return Some(
+                std::str::from_utf8(v).map(str::to_string).map_err(|_| CookieError::Encoding),
+            );
         }
-        let first = self.chunk_name(0);
-        if !all.iter().any(|(n, _)| *n == first) {
-            return None;
-        }
+        value(&self.chunk_name(0))?;
         let mut joined = String::new();
         for i in 0..MAX_CHUNKS {
-            match all.iter().find(|(n, _)| *n == self.chunk_name(i)) {
-                Some((_, v)) => joined.push_str(v),
+            match value(&self.chunk_name(i)) {
+                Some(v) => match std::str::from_utf8(v) {
+                    Ok(v) => joined.push_str(v),
+                    Err(_) => return Some(Err(CookieError::Encoding)),
+                },
                 None => break,
             }
         }
-        if all.iter().any(|(n, _)| *n == self.chunk_name(MAX_CHUNKS)) {
+        if value(&self.chunk_name(MAX_CHUNKS)).is_some() {
             return Some(Err(CookieError::Chunks));
         }
         Some(Ok(joined))
     }
 
+    /// The names of the session cookie and its chunks the request carries (exact raw names).
     fn session_names_in(&self, request: &HeaderMap) -> Vec<String> {
         request_cookies(request)
             .into_iter()
-            .map(|(n, _)| n)
+            .filter_map(|(n, _)| std::str::from_utf8(n).ok())
             .filter(|n| {
                 *n == self.name
                     || n.strip_prefix(self.name.as_str())
                         .and_then(|r| r.strip_prefix('_'))
                         .is_some_and(|r| !r.is_empty() && r.bytes().all(|b| b.is_ascii_digit()))
             })
+            .map(str::to_string)
             .collect()
     }
 
-    /// The login-attempt cookies in a request: (name, value).
+    /// The login-attempt cookies in a request: (name, value), by exact raw name.
     pub fn attempts_in(&self, request: &HeaderMap) -> Vec<(String, String)> {
         let prefix = format!("{}_login_", self.name);
-        request_cookies(request).into_iter().filter(|(n, _)| n.starts_with(&prefix)).collect()
+        request_cookies(request)
+            .into_iter()
+            .filter(|(n, _)| n.starts_with(prefix.as_bytes()))
+            .filter_map(|(n, v)| {
+                Some((
+                    std::str::from_utf8(n).ok()?.to_string(),
+                    std::str::from_utf8(v).ok()?.to_string(),
+                ))
+            })
+            .collect()
     }
 
     /// `Set-Cookie` for a new attempt, and removals of the oldest ones beyond
@@ -367,48 +394,21 @@ impl Cookies {
         self.removal(name.to_string())
     }
 
-    /// Removes our cookies from the request's `Cookie` header(s); the app's pass untouched.
+    /// Removes every cookie the app could take for one of ours ([`Cookies::is_ours`]) from the
+    /// request's `Cookie` header(s); the app's pass byte for byte.
     pub fn strip_from(&self, headers: &mut HeaderMap) {
-        if !headers.contains_key(header::COOKIE) {
-            return;
-        }
-        let values: Vec<HeaderValue> = headers.get_all(header::COOKIE).iter().cloned().collect();
-        let mut kept: Vec<String> = Vec::new();
-        let mut removed = false;
-        for v in &values {
-            let Ok(s) = v.to_str() else {
-                kept.push(String::from_utf8_lossy(v.as_bytes()).into_owned());
-                continue;
-            };
-            for pair in s.split(';') {
-                let name = pair.split('=').next().unwrap_or_default().trim();
-                if self.is_ours(name) {
-                    removed = true;
-                } else if !pair.trim().is_empty() {
-                    kept.push(pair.trim().to_string());
-                }
-            }
-        }
-        if !removed {
-            return;
-        }
-        headers.remove(header::COOKIE);
-        if !kept.is_empty() {
-            if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-                headers.insert(header::COOKIE, v);
-            }
+        if headers.contains_key(header::COOKIE) {
+            crate::cookie_header::strip(headers, |p| self.is_ours(p));
         }
     }
 }
 
-/// Every `name=value` pair of the request's `Cookie` headers.
-fn request_cookies(headers: &HeaderMap) -> Vec<(String, String)> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|s| Cookie::split_parse_encoded(s.to_string()).flatten())
-        .map(|c| (c.name().to_string(), c.value().to_string()))
+/// Every `name=value` cookie of the request's `Cookie` headers, as raw bytes (pieces without
+/// `=` are not cookies of ours).
+fn request_cookies(headers: &HeaderMap) -> Vec<(&[u8], &[u8])> {
+    crate::cookie_header::request_pairs(headers)
+        .filter(|p| p.has_value)
+        .map(|p| (p.name, p.value))
         .collect()
 }
 
@@ -469,7 +469,7 @@ mod tests {
     }
 
     fn cookies() -> Cookies {
-        Cookies { name: "_portcullis".into(), secure: false, domain: None }
+        Cookies::named("_portcullis".into(), false, None)
     }
 
     fn request_with(set_cookies: &[HeaderValue]) -> HeaderMap {
@@ -550,6 +550,52 @@ mod tests {
         only_ours.insert(header::COOKIE, HeaderValue::from_static("_portcullis=abc"));
         c.strip_from(&mut only_ours);
         assert!(only_ours.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn our_cookies_are_found_by_their_exact_name_beside_any_bytes() {
+        let c = cookies();
+        let req = |v: &[u8]| {
+            let mut h = HeaderMap::new();
+            h.insert(header::COOKIE, HeaderValue::from_bytes(v).unwrap());
+            h
+        };
+        // a non-ASCII cookie of the app's does not hide the session or an attempt
+        let h = req(b"name=Zo\xc3\xab; _portcullis=S1; _portcullis_login_ab=A");
+        assert_eq!(c.session_value(&h), Some(Ok("S1".into())));
+        assert_eq!(c.attempts_in(&h), vec![("_portcullis_login_ab".into(), "A".into())]);
+        // another spelling of the name never opens a session
+        for spelling in
+            [&b"%5Fportcullis"[..], b"_Portcullis", b" _portcullis_x", b"_portcullis_0x"]
+        {
+            let mut v = spelling.to_vec();
+            v.extend_from_slice(b"=S2");
+            assert_eq!(c.session_value(&req(&v)), None, "{}", String::from_utf8_lossy(spelling));
+        }
+        let secure = Cookies::named("__Host-_portcullis".into(), true, None);
+        assert_eq!(secure.session_value(&req(b"%5F%5FHost-_portcullis=S3")), None);
+        assert_eq!(secure.session_value(&req(b"_portcullis=S3")), None);
+        assert_eq!(secure.session_value(&req(b"__Host-_portcullis=S3")), Some(Ok("S3".into())));
+    }
+
+    #[test]
+    fn every_spelling_of_our_cookies_is_stripped() {
+        let c = Cookies::named("__Host-_portcullis".into(), true, None);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::COOKIE,
+            HeaderValue::from_bytes(
+                b"a=1; __Host-_portcullis=S; %5F%5FHost-_portcullis=S; %5Fportcullis=S; \
+                  __host-_PORTCULLIS_0=S; .portcullis=S; _portcullis_login_x=S; _portcullis; \
+                  name=Zo\xc3\xab; _portcullisx=keep; b=2",
+            )
+            .unwrap(),
+        );
+        c.strip_from(&mut h);
+        assert_eq!(
+            h.get(header::COOKIE).unwrap().as_bytes(),
+            b"a=1; name=Zo\xc3\xab; _portcullisx=keep; b=2"
+        );
     }
 
     #[test]

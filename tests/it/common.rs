@@ -105,6 +105,13 @@ async fn record(
             let stream = async_stream(release);
             Response::new(Body::from_stream(stream))
         }
+        // the app's own cookies, on a response a shared cache may keep
+        "/app-cookies" => Response::builder()
+            .header("set-cookie", "app_session=rotated; Path=/; HttpOnly")
+            .header("set-cookie", "csrf=t0k3n; Path=/")
+            .header("cache-control", "public, max-age=600")
+            .body(Body::from("cookies"))
+            .unwrap(),
         "/hop" => Response::builder()
             .header("connection", "x-upstream-private")
             .header("x-upstream-private", "secret")
@@ -454,6 +461,22 @@ impl Binary {
                 _ => return None,
             }
         }
+    }
+
+    /// SIGTERM while nothing reads stdout, read it only `stall` later, and return every line
+    /// written since the start (all of them must arrive: the process waits for its reader).
+    pub async fn stop_with_stalled_reader(mut self, stall: Duration) -> Vec<String> {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+        tokio::time::sleep(stall).await;
+        let mut out = String::new();
+        let mut stdout = self.child.stdout.take().unwrap();
+        tokio::time::timeout(Duration::from_secs(60), stdout.read_to_string(&mut out))
+            .await
+            .expect("stdout closed within 60 s")
+            .unwrap();
+        tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await.unwrap().unwrap();
+        out.lines().map(str::to_string).collect()
     }
 
     /// SIGTERM, wait (at most 10 s), and return the JSON log lines not read yet.

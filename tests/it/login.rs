@@ -178,19 +178,19 @@ use portcullis::devissuer::{DevIssuer, KeyAlg};
 use std::collections::BTreeMap;
 
 /// A minimal browser: a cookie jar and manual redirects, navigating like a browser does.
-struct Browser {
-    http: reqwest::Client,
-    jar: BTreeMap<String, String>,
+pub struct Browser {
+    pub http: reqwest::Client,
+    pub jar: BTreeMap<String, String>,
 }
 
-struct Page {
-    status: u16,
-    headers: reqwest::header::HeaderMap,
-    body: String,
+pub struct Page {
+    pub status: u16,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
 }
 
 impl Browser {
-    fn new() -> Self {
+    pub fn new() -> Self {
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .timeout(Duration::from_secs(10))
@@ -199,11 +199,11 @@ impl Browser {
         Self { http, jar: BTreeMap::new() }
     }
 
-    fn cookie_header(&self) -> String {
+    pub fn cookie_header(&self) -> String {
         self.jar.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join("; ")
     }
 
-    fn take_cookies(&mut self, headers: &reqwest::header::HeaderMap) {
+    pub fn take_cookies(&mut self, headers: &reqwest::header::HeaderMap) {
         for v in headers.get_all("set-cookie") {
             let v = v.to_str().unwrap();
             let (pair, attrs) = v.split_once(';').unwrap_or((v, ""));
@@ -217,7 +217,7 @@ impl Browser {
     }
 
     /// One request as a navigation (or not), no redirect followed.
-    async fn request(
+    pub async fn request(
         &mut self,
         method: &str,
         url: &str,
@@ -244,35 +244,40 @@ impl Browser {
     }
 }
 
-fn location(p: &Page) -> String {
+pub fn location(p: &Page) -> String {
     p.headers.get("location").map(|v| v.to_str().unwrap().to_string()).unwrap_or_default()
 }
 
-struct LoginWorld {
-    issuer: DevIssuer,
-    upstream: Upstream,
-    proxy: Proxy,
+pub struct LoginWorld {
+    pub issuer: DevIssuer,
+    pub upstream: Upstream,
+    pub proxy: Proxy,
 }
 
 impl LoginWorld {
-    async fn new() -> Self {
+    pub async fn new() -> Self {
+        Self::with_session("").await
+    }
+
+    /// With extra `[session]` lines.
+    pub async fn with_session(session: &str) -> Self {
         let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
         let upstream = Upstream::start().await;
         let o = Opts {
             oidc: "client_id = \"web\"\nclient_secret = \"s\"\nallowed_redirect_hosts = [\"allowed.example\"]".into(),
-            extra: format!("[session]\nsecret = \"{SECRET}\"\n[[authorization.rules]]\npath = \"/admin\"\ngroups = [\"admins\"]\n"),
+            extra: format!("[session]\nsecret = \"{SECRET}\"\n{session}\n[[authorization.rules]]\npath = \"/admin\"\ngroups = [\"admins\"]\n"),
             ..Opts::default()
         };
         let proxy = start_proxy(&issuer.issuer(), &upstream.url(), o, true).await;
         Self { issuer, upstream, proxy }
     }
 
-    fn url(&self, p: &str) -> String {
+    pub fn url(&self, p: &str) -> String {
         format!("{}{p}", self.proxy.url)
     }
 
     /// Starts a login for `rd` and returns the provider's authorization URL.
-    async fn start(&self, b: &mut Browser, rd: &str) -> String {
+    pub async fn start(&self, b: &mut Browser, rd: &str) -> String {
         let rd: String = url::form_urlencoded::byte_serialize(rd.as_bytes()).collect();
         let p = b.request("GET", &self.url(&format!("/oauth2/start?rd={rd}")), true, None).await;
         assert_eq!(p.status, 302, "{}", p.body);
@@ -280,7 +285,7 @@ impl LoginWorld {
     }
 
     /// Picks `user` on the provider's page; returns the callback URL the provider sends back.
-    async fn pick(&self, b: &mut Browser, authorize_url: &str, user: &str) -> String {
+    pub async fn pick(&self, b: &mut Browser, authorize_url: &str, user: &str) -> String {
         let q = reqwest::Url::parse(authorize_url).unwrap();
         let mut form: Vec<(String, String)> = q.query_pairs().into_owned().collect();
         form.push(("user".into(), user.into()));
@@ -294,7 +299,7 @@ impl LoginWorld {
     }
 
     /// A whole login; returns the page after the callback (not followed).
-    async fn login(&self, b: &mut Browser, rd: &str, user: &str) -> Page {
+    pub async fn login(&self, b: &mut Browser, rd: &str, user: &str) -> Page {
         let auth = self.start(b, rd).await;
         let cb = self.pick(b, &auth, user).await;
         b.request("GET", &cb, true, None).await

@@ -594,7 +594,7 @@ async fn access_lines_are_written_while_serving_in_batches_and_none_is_lost() {
     // one request: its line shows up shortly, without waiting for more or for shutdown
     assert_eq!(raw_get(bin.addr, "/public/first", &[]).await.status, 200);
     let mut first = None;
-    while let Some(v) = bin.next_log_line(std::time::Duration::from_secs(5)).await {
+    while let Some(v) = bin.next_log_line(std::time::Duration::from_secs(30)).await {
         if v["target"] == "portcullis::access" {
             first = Some(v);
             break;

@@ -188,3 +188,244 @@ async fn head_follows_get_in_rules_and_public_routes() {
     assert_eq!(r.status, 200);
     assert_eq!(w.upstream.last().method, "HEAD");
 }
+
+use crate::login::{Browser, LoginWorld};
+
+/// A GET with `cookie` as raw bytes (a browser sends what a page stored, UTF-8 included), as a
+/// navigation: (status, Location, Set-Cookie values).
+async fn with_cookie_bytes(w: &LoginWorld, path: &str, cookie: &[u8]) -> (u16, String) {
+    let r = Browser::new()
+        .http
+        .get(w.url(path))
+        .header("accept", "text/html")
+        .header("sec-fetch-mode", "navigate")
+        .header("cookie", reqwest::header::HeaderValue::from_bytes(cookie).unwrap())
+        .send()
+        .await
+        .unwrap();
+    let loc = r.headers().get("location").map(|l| l.to_str().unwrap().to_string());
+    (r.status().as_u16(), loc.unwrap_or_default())
+}
+
+#[tokio::test]
+async fn a_non_ascii_cookie_neither_hides_the_session_nor_lets_it_reach_the_app() {
+    let w = LoginWorld::new().await;
+    let mut b = Browser::new();
+    // signing in works beside a non-ASCII cookie of the app's (the attempt cookie is found)
+    let auth = w.start(&mut b, "/").await;
+    let cb = w.pick(&mut b, &auth, "alice").await;
+    let jar = b.cookie_header();
+    let mut cookie = b"name=Zo\xc3\xab; ".to_vec();
+    cookie.extend_from_slice(jar.as_bytes());
+    let r = b
+        .http
+        .get(&cb)
+        .header("cookie", reqwest::header::HeaderValue::from_bytes(&cookie).unwrap())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302, "the callback did not find its attempt");
+    b.take_cookies(r.headers());
+    let session = b.jar["_portcullis"].clone();
+
+    let mut cookie = b"name=Zo\xc3\xab; _portcullis=".to_vec();
+    cookie.extend_from_slice(session.as_bytes());
+    cookie.extend_from_slice(b";  theme=dark");
+    assert_eq!(with_cookie_bytes(&w, "/x", &cookie).await.0, 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.all_raw("cookie"), vec![b"name=Zo\xc3\xab; theme=dark".to_vec()]);
+    // a public route too: the app gets the identity and its cookies, not the session
+    assert_eq!(with_cookie_bytes(&w, "/public/p", &cookie).await.0, 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.all_raw("cookie"), vec![b"name=Zo\xc3\xab; theme=dark".to_vec()]);
+}
+
+#[tokio::test]
+async fn the_session_under_another_spelling_opens_nothing_and_never_reaches_the_app() {
+    let w = LoginWorld::new().await;
+    let mut b = Browser::new();
+    assert_eq!(w.login(&mut b, "/", "alice").await.status, 302);
+    let session = b.jar["_portcullis"].clone();
+    let hits = w.upstream.hits();
+    for name in ["%5Fportcullis", "%5fportcullis", "_Portcullis", "%5F%5FHost-_portcullis"] {
+        let cookie = format!("{name}={session}");
+        let (status, loc) = with_cookie_bytes(&w, "/x", cookie.as_bytes()).await;
+        assert_eq!(status, 302, "{name} opened the session");
+        assert!(loc.starts_with("/oauth2/sign_in"), "{loc}");
+    }
+    assert_eq!(w.upstream.hits(), hits, "a request without a session reached the app");
+    // beside the real session, every other spelling is stripped on the way to the app
+    let cookie = format!(
+        "_portcullis={session}; %5Fportcullis={session}; .portcullis={session}; __Secure-_portcullis=x; app=1"
+    );
+    assert_eq!(with_cookie_bytes(&w, "/x", cookie.as_bytes()).await.0, 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.all("cookie"), vec!["app=1".to_string()]);
+    // and on a public route, where no session is needed
+    let cookie = format!("%5Fportcullis={session}; app=1");
+    assert_eq!(with_cookie_bytes(&w, "/public/x", cookie.as_bytes()).await.0, 200);
+    let seen = w.upstream.last();
+    assert_eq!(seen.all("cookie"), vec!["app=1".to_string()]);
+    assert_eq!(seen.one("x-forwarded-user"), None);
+}
+
+#[tokio::test]
+async fn the_apps_set_cookies_survive_a_session_rewrite_and_the_response_turns_private() {
+    let w = LoginWorld::new().await;
+    w.issuer.set_access_ttl(1);
+    let mut b = Browser::new();
+    assert_eq!(w.login(&mut b, "/", "alice").await.status, 302);
+    // past the access token's expiry (a lower bound: a slow machine only waits longer)
+    tokio::time::sleep(std::time::Duration::from_millis(2100)).await;
+    let before = w.issuer.refresh_grants();
+    let p = b.request("GET", &w.url("/app-cookies"), true, None).await;
+    assert_eq!(p.status, 200, "{}", p.body);
+    assert_eq!(w.issuer.refresh_grants(), before + 1, "the session was refreshed");
+    let set: Vec<String> =
+        p.headers.get_all("set-cookie").iter().map(|v| v.to_str().unwrap().to_string()).collect();
+    assert!(set.iter().any(|c| c.starts_with("_portcullis=")), "{set:?}");
+    assert!(set.iter().any(|c| c == "app_session=rotated; Path=/; HttpOnly"), "{set:?}");
+    assert!(set.iter().any(|c| c == "csrf=t0k3n; Path=/"), "{set:?}");
+    assert_eq!(p.headers["cache-control"], "private, max-age=600");
+    // without a rewrite, the app's response is untouched
+    let p = b.request("GET", &w.url("/app-cookies"), true, None).await;
+    let set: Vec<_> = p.headers.get_all("set-cookie").iter().collect();
+    assert_eq!(set.len(), 2, "{set:?}");
+    assert_eq!(p.headers["cache-control"], "public, max-age=600");
+}
+
+/// The accept queue of the listener on 127.0.0.1:`port`: connections the kernel completed that
+/// the app has not accepted yet (`/proc/net/tcp` shows it as a listener's `rx_queue`).
+fn accept_queue(port: u16) -> usize {
+    let want = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")).then(|| {
+                let rx = f[4].split(':').nth(1).unwrap();
+                usize::from_str_radix(rx, 16).unwrap()
+            })
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn a_burst_of_new_clients_never_overfills_the_apps_accept_queue() {
+    const CLIENTS: usize = 40;
+    // an app that accepts nothing until told, on a listener deep enough to show any excess
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(1024).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+    let app_port = listener.local_addr().unwrap().port();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let open = gate.clone();
+    tokio::spawn(async move {
+        open.notified().await;
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        axum::serve(listener, app).await.unwrap();
+    });
+
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let o =
+        Opts { server: "workers = 2", upstream: "max_connecting = 8".into(), ..Opts::default() };
+    let text = config_text(&issuer.issuer(), &format!("http://127.0.0.1:{app_port}"), &o)
+        // waiting for the gate must not time out, whatever the machine's speed
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"60s\"")
+        .replace("response_timeout = \"2s\"", "response_timeout = \"60s\"");
+    let cfg = portcullis::config::load_str(&text, std::iter::empty()).unwrap().config;
+    let server = portcullis::Server::start(cfg).await.unwrap();
+    for _ in 0..400 {
+        if server.keys.all_loaded() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(server.keys.all_loaded());
+    let addr = server.addr;
+    let token = issuer.token_for("alice", AUD);
+    let requests: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let t = token.clone();
+            tokio::spawn(async move {
+                let auth = format!("Bearer {t}");
+                raw_get(addr, &format!("/burst/{i}"), &[("Authorization", &auth)]).await.status
+            })
+        })
+        .collect();
+    // every client is in, and the app's queue holds what portcullis opened; it must never hold
+    // more than upstream.max_connecting, however long we look
+    let mut most = 0;
+    let mut stable = 0;
+    for _ in 0..3000 {
+        let q = accept_queue(app_port);
+        most = most.max(q);
+        if server.connections().0 == CLIENTS && q == most && q > 0 {
+            stable += 1;
+            if stable == 50 {
+                break;
+            }
+        } else {
+            stable = 0;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(most, 8, "the app's accept queue held {most} connections");
+    gate.notify_one();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    server.shutdown().await;
+}
+
+#[tokio::test]
+async fn no_access_line_is_lost_or_torn_when_the_log_reader_stalls_through_shutdown() {
+    const CLIENTS: usize = 200;
+    const EACH: usize = 10;
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let upstream = Upstream::start().await;
+    let text = config_text(&issuer.issuer(), &upstream.url(), &Opts::default())
+        .replace("shutdown_timeout = \"5s\"", "shutdown_timeout = \"60s\"");
+    // nobody reads the binary's stdout until after SIGTERM: its pipe fills and stays full
+    let bin = Binary::start(&text).await;
+    let token = issuer.token_for("alice", AUD);
+    let clients: Vec<_> = (0..CLIENTS)
+        .map(|c| {
+            let (addr, t) = (bin.addr, token.clone());
+            tokio::spawn(async move {
+                let http = client();
+                for i in 0..EACH {
+                    let r = http
+                        .get(format!("http://{addr}/api/{c}/{i}"))
+                        .bearer_auth(&t)
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                }
+            })
+        })
+        .collect();
+    for c in clients {
+        c.await.unwrap();
+    }
+    assert_eq!(upstream.hits(), CLIENTS * EACH);
+    // SIGTERM during the stall; the reader comes back a moment later
+    let lines = bin.stop_with_stalled_reader(std::time::Duration::from_secs(1)).await;
+    let mut access = 0;
+    for l in &lines {
+        let v: serde_json::Value =
+            serde_json::from_str(l).unwrap_or_else(|_| panic!("a torn log line: {l:?}"));
+        if v["target"] == "portcullis::access" {
+            access += 1;
+        }
+    }
+    assert_eq!(access, CLIENTS * EACH, "access lines lost");
+}
