@@ -599,6 +599,7 @@ section!(RawAuthorization = "authorization" {
     emails: Option<Vec<String>>,
     email_domains: Option<Vec<String>>,
     claims: Option<BTreeMap<String, Vec<String>>>,
+    case_insensitive_paths: Option<bool>,
     rules: Option<Vec<RawRule>>,
 });
 
@@ -1352,6 +1353,7 @@ fn authorization_from_raw(
         claims: raw.claims,
     }
     .validate("authorization", trusted)?;
+    let case_insensitive_paths = raw.case_insensitive_paths.unwrap_or(false);
     let mut rules = Vec::new();
     for (i, r) in raw.rules.unwrap_or_default().into_iter().enumerate() {
         let key = format!("authorization.rules[{i}]");
@@ -1364,11 +1366,24 @@ fn authorization_from_raw(
                     )
                 })?;
                 let trimmed = normalised.trim_end_matches('/');
-                RulePath::Prefix(if trimmed.is_empty() { "/".into() } else { trimmed.into() })
+                let prefix = if trimmed.is_empty() { "/".into() } else { trimmed.to_string() };
+                RulePath::Prefix(if case_insensitive_paths {
+                    prefix.to_ascii_lowercase()
+                } else {
+                    prefix
+                })
             }
-            (None, Some(re)) => RulePath::Regex(Regex::new(&re).map_err(|e| {
-                ConfigError::new(format!("{key}.path_regex"), format!("invalid regex {re:?}: {e}"))
-            })?),
+            (None, Some(re)) => RulePath::Regex(
+                regex::RegexBuilder::new(&re)
+                    .case_insensitive(case_insensitive_paths)
+                    .build()
+                    .map_err(|e| {
+                        ConfigError::new(
+                            format!("{key}.path_regex"),
+                            format!("invalid regex {re:?}: {e}"),
+                        )
+                    })?,
+            ),
             (Some(_), Some(_)) => {
                 return Err(ConfigError::new(key, "set either path or path_regex, not both"))
             }
@@ -1411,7 +1426,7 @@ fn authorization_from_raw(
         }
         rules.push(Rule { key, path, methods, require });
     }
-    Ok(Policy { base, rules })
+    Ok(Policy { base, rules, case_insensitive_paths })
 }
 
 impl LogConfig {
@@ -1657,7 +1672,17 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let bearer = BearerConfig::from_raw(raw.bearer, &oidc, raw.session.is_some())?;
     let login = login_from_raw(login_keys, raw.session, &oidc, &bearer, &server)?;
     let identity = IdentityConfig::from_raw(raw.identity, bearer.issuers.len())?;
+    let mut bearer = bearer;
     let authorization = authorization_from_raw(raw.authorization, &bearer.issuers)?;
+    if authorization.case_insensitive_paths {
+        // One switch for rules and public routes: it describes how the app routes.
+        for (i, r) in bearer.public_routes.iter_mut().enumerate() {
+            r.path =
+                regex::RegexBuilder::new(r.path.as_str()).case_insensitive(true).build().map_err(
+                    |e| ConfigError::new(format!("bearer.public_routes[{i}]"), e.to_string()),
+                )?;
+        }
+    }
     let log = LogConfig::from_raw(raw.log)?;
     Ok(Config { server, upstream, oidc, bearer, identity, authorization, login, log })
 }

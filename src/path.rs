@@ -140,10 +140,13 @@ pub fn normalize(path: &str) -> Result<String, PathError> {
 }
 
 /// The path routes are matched on: the normalised path with every `;…` segment parameter
-/// removed (`/admin;x.css/users` → `/admin/users`), as servlet containers route it. The app
-/// still receives the normalised path with its parameters.
+/// removed (`/admin;x.css/users` → `/admin/users`), as servlet containers route it, and an
+/// encoded `;` taken as one (`/admin%3Bx` → `/admin`: the same containers decode it before they
+/// route, which is why `..%3B` is refused). The app still receives the normalised path with its
+/// parameters.
 pub fn route_path(normalised: &str) -> std::borrow::Cow<'_, str> {
-    if !normalised.contains(';') {
+    // Normalisation upper-cases escapes: `%3b` arrives as `%3B`.
+    if !normalised.contains(';') && !normalised.contains("%3B") {
         return std::borrow::Cow::Borrowed(normalised);
     }
     let mut out = String::with_capacity(normalised.len());
@@ -151,7 +154,12 @@ pub fn route_path(normalised: &str) -> std::borrow::Cow<'_, str> {
         if i > 0 {
             out.push('/');
         }
-        out.push_str(seg.split(';').next().unwrap_or_default());
+        let end = match (seg.find(';'), seg.find("%3B")) {
+            (Some(a), Some(b)) => a.min(b),
+            (Some(a), None) | (None, Some(a)) => a,
+            (None, None) => seg.len(),
+        };
+        out.push_str(&seg[..end]);
     }
     std::borrow::Cow::Owned(out)
 }
@@ -236,6 +244,24 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn route_paths_drop_parameters_plain_or_encoded() {
+        for (normalised, route) in [
+            ("/admin", "/admin"),
+            ("/admin;x.css", "/admin"),
+            ("/admin%3Bx", "/admin"),
+            ("/admin%3B", "/admin"),
+            ("/a;v=1/b%3Bw/c", "/a/b/c"),
+            ("/a%3Bx;y/b", "/a/b"),
+            ("/a%3Cb", "/a%3Cb"),
+            ("/%3Badmin", "/"),
+        ] {
+            assert_eq!(route_path(normalised), route, "{normalised}");
+        }
+        // what normalisation makes of a lower-case escape is what routes see
+        assert_eq!(route_path(&normalize("/admin%3bx").unwrap()), "/admin");
+    }
 
     #[test]
     fn plain_paths_are_unchanged() {

@@ -207,12 +207,23 @@ pub struct Denial {
 pub struct Policy {
     pub base: Requirement,
     pub rules: Vec<Rule>,
+    /// `authorization.case_insensitive_paths`: the app routes `/ADMIN` to `/admin` (Express,
+    /// ASP.NET), so rules match without regard to ASCII case (prefixes are stored lower case,
+    /// regexes built case-insensitive). Public routes follow the same switch.
+    pub case_insensitive_paths: bool,
 }
 
 impl Policy {
     /// The rule that applies to `method` on `path` (the route path: normalised, `;`
     /// parameters removed), if any.
     pub fn rule_for(&self, method: &Method, path: &str) -> Option<&Rule> {
+        let lower;
+        let path = if self.case_insensitive_paths && path.bytes().any(|b| b.is_ascii_uppercase()) {
+            lower = path.to_ascii_lowercase();
+            lower.as_str()
+        } else {
+            path
+        };
         let applicable = || self.rules.iter().filter(|r| r.applies_to(method));
         let by_regex =
             applicable().find(|r| matches!(&r.path, RulePath::Regex(re) if re.is_match(path)));
@@ -340,6 +351,7 @@ mod tests {
                 rule("r1", RulePath::Prefix("/admin/reports".into()), groups(&["auditors"])),
                 rule("r2", RulePath::Prefix("/".into()), groups(&["staff"])),
             ],
+            ..Policy::default()
         };
         let key = |path: &str| p.rule_for(&Method::GET, path).map(|r| r.key.as_str());
         assert_eq!(key("/admin"), Some("r0"));
@@ -363,6 +375,7 @@ mod tests {
                 rule("r3", re("^/admin/.*\\.csv$"), groups(&["b"])),
                 rule("r4", re("^/admin/"), groups(&["c"])),
             ],
+            ..Policy::default()
         };
         let key =
             |m: Method, path: &str| p.rule_for(&m, path).map(|r| r.key.as_str()).unwrap_or("-");
@@ -378,7 +391,7 @@ mod tests {
         get_only.methods = vec![Method::GET];
         let mut head_only = rule("h", RulePath::Prefix("/status".into()), groups(&["a"]));
         head_only.methods = vec![Method::HEAD];
-        let p = Policy { base: Requirement::default(), rules: vec![get_only, head_only] };
+        let p = Policy { rules: vec![get_only, head_only], ..Policy::default() };
         let key =
             |m: Method, path: &str| p.rule_for(&m, path).map(|r| r.key.as_str()).unwrap_or("-");
         assert_eq!(key(Method::GET, "/reports"), "g");
@@ -444,6 +457,7 @@ mod tests {
         let p = Policy {
             base: Requirement { email_domains: vec!["example.com".into()], ..Default::default() },
             rules: vec![rule("r0", RulePath::Prefix("/admin".into()), groups(&["staff"]))],
+            ..Policy::default()
         };
         let inside = identity(json!({"sub": "u", "email": "a@example.com",
                                      "realm_access": {"roles": ["staff"]}}));
@@ -471,10 +485,11 @@ mod tests {
         assert!(claims("tags", "7").check(&id).is_ok());
         assert!(claims("tags", "false").check(&id).is_ok());
         assert!(Policy::default().is_empty());
-        assert!(!Policy { base: claims("admin", "true"), rules: vec![] }.is_empty());
+        assert!(!Policy { base: claims("admin", "true"), ..Policy::default() }.is_empty());
         let only_rule = Policy {
             base: Requirement::default(),
             rules: vec![rule("r", RulePath::Prefix("/a".into()), groups(&["g"]))],
+            ..Policy::default()
         };
         assert!(!only_rule.is_empty());
     }
@@ -511,6 +526,7 @@ mod tests {
         let policy = Arc::new(Policy {
             base: Requirement::default(),
             rules: vec![rule("r0", RulePath::Prefix("/".into()), groups(&["admins"]))],
+            ..Policy::default()
         });
         let run = |public: bool, authenticated: bool| {
             let policy = policy.clone();

@@ -429,3 +429,36 @@ async fn no_access_line_is_lost_or_torn_when_the_log_reader_stalls_through_shutd
     }
     assert_eq!(access, CLIENTS * EACH, "access lines lost");
 }
+
+const ADMIN_RULE: &str = r#"
+[[authorization.rules]]
+path = "/admin"
+groups = ["admins"]
+[[authorization.rules]]
+path_regex = "^/Exports/"
+groups = ["admins"]
+"#;
+
+#[tokio::test]
+async fn an_encoded_semicolon_is_a_parameter_to_rules_too() {
+    let w = World::with(Opts { extra: ADMIN_RULE.into(), ..Opts::default() }).await;
+    for path in ["/admin%3Bx", "/admin%3bx", "/admin;x", "/admin%3B.css/users"] {
+        assert_eq!(as_bob(&w, "GET", path).await, (403, false), "{path}");
+    }
+    // matched like an app that routes case-sensitively (Flask, Rails, Go): other cases pass
+    assert_eq!(as_bob(&w, "GET", "/ADMIN").await, (200, true));
+}
+
+#[tokio::test]
+async fn case_insensitive_paths_cover_rules_and_public_routes_together() {
+    let extra = format!("[authorization]\ncase_insensitive_paths = true\n{ADMIN_RULE}");
+    let w = World::with(Opts { extra, ..Opts::default() }).await;
+    for path in ["/ADMIN", "/Admin", "/%41dmin", "/aDmIn/x", "/EXPORTS/a", "/exports/a"] {
+        assert_eq!(as_bob(&w, "GET", path).await, (403, false), "{path}");
+    }
+    assert_eq!(as_bob(&w, "GET", "/administrator").await, (200, true));
+    // the public route "^/public/" answers /PUBLIC/ without a token, as the app would route it
+    let before = w.upstream.hits();
+    assert_eq!(raw_get(w.proxy.addr, "/PUBLIC/x", &[]).await.status, 200);
+    assert_eq!(w.upstream.hits(), before + 1);
+}
