@@ -255,6 +255,22 @@ pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         if authority.as_str().contains('@') {
             return Err("userinfo in the request target");
         }
+        // HTTP/2: a `host` beside `:authority` must name the same (RFC 9113 §8.3.1).
+        if req.version() == http::Version::HTTP_2 {
+            let default_port =
+                if req.uri().scheme() == Some(&http::uri::Scheme::HTTPS) { 443 } else { 80 };
+            // Case-insensitive host, the scheme's default port made explicit.
+            let canonical = |a: &http::uri::Authority| {
+                (a.host().to_ascii_lowercase(), a.port_u16().unwrap_or(default_port))
+            };
+            let want = canonical(authority);
+            for h in req.headers().get_all(header::HOST) {
+                let named = h.to_str().ok().and_then(|h| h.parse::<http::uri::Authority>().ok());
+                if named.as_ref().map(canonical).as_ref() != Some(&want) {
+                    return Err("the host header differs from :authority");
+                }
+            }
+        }
         let v = http::HeaderValue::from_str(authority.as_str())
             .map_err(|_| "invalid authority in the request target")?;
         req.headers_mut().insert(header::HOST, v);
@@ -628,6 +644,33 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn an_h2_host_must_name_the_authority() {
+        let req = |host: Option<&str>| {
+            let mut b =
+                Request::builder().version(http::Version::HTTP_2).uri("http://App.Example/x");
+            if let Some(h) = host {
+                b = b.header(header::HOST, h);
+            }
+            let mut r = b.body(()).unwrap();
+            settle_host(&mut r).map(|()| r.headers()[header::HOST].clone())
+        };
+        for same in [None, Some("app.example"), Some("APP.EXAMPLE:80"), Some("app.example:80")] {
+            assert_eq!(req(same), Ok(HeaderValue::from_static("App.Example")), "{same:?}");
+        }
+        for other in ["evil.example", "app.example:8080", "app.example.evil", "", "a b"] {
+            assert!(req(Some(other)).is_err(), "{other:?}");
+        }
+        // HTTP/1.1 absolute-form: the target's authority wins, Host is replaced (RFC 9112 §3.2.2)
+        let mut r = Request::builder()
+            .uri("http://app.example/x")
+            .header(header::HOST, "other")
+            .body(())
+            .unwrap();
+        assert!(settle_host(&mut r).is_ok());
+        assert_eq!(r.headers()[header::HOST], "app.example");
     }
 
     #[test]

@@ -462,3 +462,16 @@ async fn case_insensitive_paths_cover_rules_and_public_routes_together() {
     assert_eq!(raw_get(w.proxy.addr, "/PUBLIC/x", &[]).await.status, 200);
     assert_eq!(w.upstream.hits(), before + 1);
 }
+
+#[tokio::test]
+async fn an_h2_host_that_differs_from_the_authority_is_refused() {
+    let w = World::new().await;
+    let (status, _) =
+        h2c_request(w.proxy.addr, "GET", "/public/x", &[("host", "evil.example")], None).await;
+    assert_eq!(status, 400);
+    assert_eq!(w.upstream.hits(), 0);
+    let (status, _) =
+        h2c_request(w.proxy.addr, "GET", "/public/x", &[("host", "APP.example:80")], None).await;
+    assert_eq!(status, 200);
+    assert_eq!(w.upstream.last().one("x-forwarded-host").as_deref(), Some("app.example"));
+}
