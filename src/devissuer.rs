@@ -163,6 +163,11 @@ struct Shared {
     refresh_grants: AtomicU64,
     /// `Cache-Control` of the JWKS response, if any.
     jwks_cache_control: Mutex<Option<String>>,
+    /// Groups of a user from now on, in ID tokens and UserInfo of the code flow (`None`: no
+    /// `groups` claim at all, as Entra sends for a user in no group).
+    groups_override: Mutex<HashMap<String, Option<Vec<String>>>>,
+    /// Refresh tokens revoked at the revocation endpoint (RFC 7009).
+    revocations: AtomicU64,
 }
 
 /// An authorization code and what it was issued for.
@@ -207,6 +212,8 @@ impl DevIssuer {
             access_ttl: AtomicU64::new(3600),
             refresh_grants: AtomicU64::new(0),
             jwks_cache_control: Mutex::new(None),
+            groups_override: Mutex::new(HashMap::new()),
+            revocations: AtomicU64::new(0),
         });
         let app = Router::new()
             .route("/.well-known/openid-configuration", get(discovery))
@@ -216,6 +223,7 @@ impl DevIssuer {
             .route("/authorize", get(authorize_page).post(authorize))
             .route("/userinfo", get(userinfo))
             .route("/logout", get(logout))
+            .route("/revoke", post(revoke))
             .with_state(shared.clone());
         let (tx, rx) = oneshot::channel::<()>();
         tokio::spawn(async move {
@@ -294,6 +302,22 @@ impl DevIssuer {
     }
 
     /// Refresh-token grants served.
+    /// From now on `user`'s code-flow tokens and UserInfo carry these groups (`None`: no
+    /// `groups` claim at all).
+    pub fn set_groups(&self, user: &str, groups: Option<&[&str]>) {
+        let groups = groups.map(|g| g.iter().map(|s| s.to_string()).collect());
+        self.shared
+            .groups_override
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(user.to_string(), groups);
+    }
+
+    /// Refresh tokens revoked at the revocation endpoint so far.
+    pub fn revocations(&self) -> u64 {
+        self.shared.revocations.load(Ordering::SeqCst)
+    }
+
     pub fn refresh_grants(&self) -> u64 {
         self.shared.refresh_grants.load(Ordering::SeqCst)
     }
@@ -326,6 +350,47 @@ fn now() -> u64 {
     jsonwebtoken::get_current_timestamp()
 }
 
+impl Shared {
+    fn override_groups(&self, user: &str, claims: &mut Value) {
+        let o = self.groups_override.lock().unwrap_or_else(|p| p.into_inner());
+        match (o.get(user), claims.as_object_mut()) {
+            (Some(Some(g)), Some(m)) => {
+                m.insert("groups".into(), json!(g));
+            }
+            (Some(None), Some(m)) => {
+                m.remove("groups");
+            }
+            _ => {}
+        }
+    }
+}
+
+#[derive(Deserialize)]
+struct RevokeForm {
+    token: Option<String>,
+    client_id: Option<String>,
+}
+
+/// RFC 7009 token revocation: a refresh token stops working (an unknown token is 200 too).
+async fn revoke(
+    State(s): State<Arc<Shared>>,
+    headers: axum::http::HeaderMap,
+    Form(f): Form<RevokeForm>,
+) -> Response {
+    let client = client_of(&headers, &TokenForm { client_id: f.client_id, ..TokenForm::default() });
+    let Some(client) = client else {
+        return oauth_error(StatusCode::UNAUTHORIZED, "invalid_client");
+    };
+    let mut live = s.refresh_tokens.lock().unwrap_or_else(|p| p.into_inner());
+    if let Some(t) = f.token.as_deref() {
+        if live.get(t).is_some_and(|(_, c)| *c == client) {
+            live.remove(t);
+            s.revocations.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+    StatusCode::OK.into_response()
+}
+
 fn claims_for(issuer: &str, user: &str, audience: &str) -> Value {
     let now = now();
     let mut c = json!({
@@ -356,6 +421,7 @@ async fn discovery(State(s): State<Arc<Shared>>) -> Response {
         "authorization_endpoint": format!("{}/authorize", s.issuer),
         "userinfo_endpoint": format!("{}/userinfo", s.issuer),
         "end_session_endpoint": format!("{}/logout", s.issuer),
+        "revocation_endpoint": format!("{}/revoke", s.issuer),
         "code_challenge_methods_supported": ["S256"],
         "authorization_response_iss_parameter_supported": true,
         "response_types_supported": ["code"],
@@ -381,7 +447,7 @@ async fn jwks(State(s): State<Arc<Shared>>) -> Response {
     resp
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, Default)]
 struct TokenForm {
     grant_type: Option<String>,
     username: Option<String>,
@@ -517,6 +583,7 @@ fn random_code() -> String {
 fn code_flow_tokens(s: &Shared, user: &str, client: &str, nonce: Option<&str>) -> Response {
     let now = now();
     let mut id = claims_for(&s.issuer, user, client);
+    s.override_groups(user, &mut id);
     id["exp"] = json!(now + 3600);
     id["email_verified"] = json!(true);
     if let Some(n) = nonce {
@@ -697,6 +764,7 @@ async fn userinfo(State(s): State<Arc<Shared>>, headers: axum::http::HeaderMap) 
     };
     let user = claims["sub"].as_str().unwrap_or_default().to_string();
     let mut info = claims_for(&s.issuer, &user, DEV_AUDIENCE);
+    s.override_groups(&user, &mut info);
     if let Value::Object(m) = &mut info {
         for k in ["iss", "aud", "iat", "nbf", "exp"] {
             m.remove(k);

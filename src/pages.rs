@@ -1,6 +1,6 @@
-//! The pages portcullis shows browsers (sign-in, signed-out, forbidden, error), rendered with
-//! minijinja from `templates/`: embedded in the binary, each replaceable by a file of the same
-//! name in `server.templates_dir`. Every value is HTML-escaped.
+//! The pages portcullis shows browsers (sign-in, sign-out confirmation, signed-out, forbidden,
+//! error), rendered with minijinja from `templates/`: embedded in the binary, each replaceable
+//! by a file of the same name in `server.templates_dir`. Every value is HTML-escaped.
 
 use std::path::Path;
 
@@ -15,6 +15,7 @@ const TEMPLATES: &[(&str, &str)] = &[
     ("base.html", include_str!("../templates/base.html")),
     ("sign_in.html", include_str!("../templates/sign_in.html")),
     ("signed_out.html", include_str!("../templates/signed_out.html")),
+    ("sign_out.html", include_str!("../templates/sign_out.html")),
     ("forbidden.html", include_str!("../templates/forbidden.html")),
     ("error.html", include_str!("../templates/error.html")),
 ];

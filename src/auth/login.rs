@@ -30,7 +30,7 @@ use url::Url;
 use super::discovery::{error_chain, read_bounded, ProviderMetadata, ReadError};
 use super::identity::{Identity, IdentityMapper};
 use super::keys::{IssuerKeys, KeyStore};
-use super::session::{self, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
+use super::session::{self, Activity, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
 use super::token::Verifier;
 use crate::clock::Clock;
 use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
@@ -62,8 +62,11 @@ const PROVIDER_ERRORS: &[&str] = &[
 ];
 /// How long a refresh's outcome is handed to requests that still carry the old cookie.
 pub const REFRESH_GRACE: Duration = Duration::from_secs(30);
-/// `seen` is rewritten (a new cookie) at most this often.
-const SEEN_GRANULARITY: u64 = 60;
+/// Activity is recorded (a new activity cookie) at most once in this part of
+/// `session.idle_timeout`, and at least once a minute: an active session is never taken for an
+/// idle one by more than a tenth of the timeout.
+const ACTIVITY_PARTS: u64 = 10;
+const ACTIVITY_MAX_INTERVAL: u64 = 60;
 
 /// The token response's `id_token`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -149,6 +152,8 @@ pub struct Login {
     mapper: IdentityMapper,
     keep_access_token: bool,
     clock: Clock,
+    /// `bearer.leeway`, for ID tokens' times.
+    leeway: Duration,
     /// Attempt states already used (so a replayed callback fails), with their expiry.
     used_states: Mutex<HashMap<String, u64>>,
     refreshes: Mutex<HashMap<String, Arc<RefreshSlot>>>,
@@ -209,11 +214,20 @@ impl Login {
             mapper,
             keep_access_token: identity.pass_token != PassToken::None,
             clock: Clock::System,
+            leeway: bearer.leeway,
             used_states: Mutex::new(HashMap::new()),
             refreshes: Mutex::new(HashMap::new()),
             refresh_count: std::sync::atomic::AtomicU64::new(0),
             cfg,
         })
+    }
+
+    /// The same login reading time from `clock` (sessions' lifetime and idle timeout, attempts,
+    /// ID tokens): tests move it with paused tokio time.
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self.id_tokens = self.id_tokens.with_clock(clock);
+        self
     }
 
     pub fn prefix(&self) -> &str {
@@ -327,9 +341,7 @@ impl Login {
 
     fn seal_session(&self, s: &Session, request: &HeaderMap) -> Option<Vec<HeaderValue>> {
         let sealed = self.codec.seal_json(session::SESSION, s);
-        let left =
-            (s.created + self.cfg.session.max_lifetime.as_secs()).saturating_sub(now(&self.clock));
-        let out = self.cookies.set_session(&sealed, Duration::from_secs(left), request);
+        let out = self.cookies.set_session(&sealed, self.time_left(s), request);
         if out.is_none() {
             tracing::warn!(bytes = sealed.len(), "session too large for its cookies; not stored");
         }
@@ -349,7 +361,16 @@ impl Login {
         Some(self.check_session(&value, &parts.headers).await)
     }
 
-    async fn check_session(
+    /// How often activity is recorded: a tenth of the idle timeout, at most a minute.
+    fn activity_interval(&self) -> u64 {
+        (self.cfg.session.idle_timeout.as_secs() / ACTIVITY_PARTS).clamp(1, ACTIVITY_MAX_INTERVAL)
+    }
+
+    /// Opens the sealed session `value`, checks `max_lifetime` and `idle_timeout` (the last
+    /// activity is the later of the session's and its activity cookie's), refreshes it when its
+    /// access token expired, and records activity: the session, its identity, the cookies to
+    /// set, and whether it was refreshed.
+    pub async fn check_session(
         &self,
         value: &str,
         request: &HeaderMap,
@@ -362,30 +383,43 @@ impl Login {
         if t >= s.created + self.cfg.session.max_lifetime.as_secs() {
             return Err("session reached session.max_lifetime".into());
         }
-        if t >= s.seen + self.cfg.session.idle_timeout.as_secs() {
+        let recorded = self
+            .cookies
+            .activity_value(request)
+            .and_then(|v| self.codec.open_json::<Activity>(session::ACTIVITY, &v).ok())
+            .filter(|a| a.id == s.id)
+            .map_or(0, |a| a.seen);
+        let last = s.seen.max(recorded);
+        if t >= last + self.cfg.session.idle_timeout.as_secs() {
             return Err("session idle longer than session.idle_timeout".into());
         }
-        let mut write = false;
         let mut refreshed = Refreshed::No;
         if s.at_exp.is_some_and(|exp| exp <= t) && s.refresh_token.is_some() {
             (s, refreshed) = self.refresh_once(s).await?;
-            write = true;
-        }
-        if t.saturating_sub(s.seen) >= SEEN_GRANULARITY {
-            s.seen = t;
-            write = true;
         }
         let identity = self
             .mapper
             .identity(&s.iss, s.claims.clone())
             .map_err(|e| format!("session identity: {e}"))?;
         let mut set = HeaderMap::new();
-        if write {
+        if refreshed != Refreshed::No {
+            s.seen = t;
             for v in self.seal_session(&s, request).unwrap_or_default() {
                 set.append(header::SET_COOKIE, v);
             }
+        } else if t.saturating_sub(last) >= self.activity_interval() {
+            let sealed =
+                self.codec.seal_json(session::ACTIVITY, &Activity { id: s.id.clone(), seen: t });
+            set.append(header::SET_COOKIE, self.cookies.set_activity(sealed, self.time_left(&s)));
         }
         Ok((s, identity, set, refreshed))
+    }
+
+    /// What is left of a session's `max_lifetime`.
+    fn time_left(&self, s: &Session) -> Duration {
+        Duration::from_secs(
+            (s.created + self.cfg.session.max_lifetime.as_secs()).saturating_sub(now(&self.clock)),
+        )
     }
 
     /// One refresh per session at a time in the process; requests of that moment, and those
@@ -443,24 +477,66 @@ impl Login {
         if self.keep_access_token {
             s.access_token = Some(resp.access_token().secret().clone());
         }
+        // What the provider says about the user now: a refreshed ID token (OpenID Connect Core
+        // §12.2: same issuer, subject and client, newly issued) and a fresh UserInfo. Together
+        // they replace the session's claims, so a group the user lost is gone too.
+        let sub = s.claims.get("sub").cloned();
+        let mut fresh: Option<Map<String, Value>> = None;
         if let Some(id_token) = resp.extra_fields().id_token.clone() {
             let claims = self
                 .id_tokens
                 .verify_claims(&id_token)
                 .await
                 .map_err(|e| format!("refreshed ID token: {e}"))?;
-            if claims.get("sub") != s.claims.get("sub") {
+            if claims.get("sub") != sub.as_ref() {
                 return Err("refreshed ID token is for another subject".into());
             }
-            for (k, v) in claims {
-                if !PROTOCOL_CLAIMS.contains(&k.as_str()) {
-                    s.claims.insert(k, v);
-                }
+            self.check_azp(&claims).map_err(|e| format!("refreshed ID token: {e}"))?;
+            let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
+            if iat + self.id_tokens_leeway() < s.created {
+                return Err("refreshed ID token was issued before the session began".into());
             }
+            fresh = Some(claims);
             s.id_token = Some(id_token);
         }
-        tracing::info!(sub = ?s.claims.get("sub"), "session refreshed");
+        let mut userinfo_failed = false;
+        if let Some(ui) = &meta.userinfo_endpoint {
+            match self.userinfo_claims(ui, resp.access_token().secret()).await {
+                Ok(info) => {
+                    if info.get("sub") != sub.as_ref() {
+                        return Err("UserInfo after a refresh is for another subject".into());
+                    }
+                    let claims = fresh.get_or_insert_with(Map::new);
+                    for (k, v) in info {
+                        if !PROTOCOL_CLAIMS.contains(&k.as_str()) && k != "iss" {
+                            claims.insert(k, v);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(reason = e.reason, detail = %e.detail, "UserInfo failed after a refresh; the session keeps its claims");
+                    userinfo_failed = true;
+                }
+            }
+        }
+        match fresh {
+            Some(mut claims) if !userinfo_failed => {
+                claims.retain(|k, _| !PROTOCOL_CLAIMS.contains(&k.as_str()));
+                s.claims = claims;
+            }
+            Some(_) => {}
+            None => tracing::info!(
+                sub = ?sub,
+                "the refresh brought neither an ID token nor UserInfo; the session keeps its claims"
+            ),
+        }
+        tracing::info!(sub = ?sub, "session refreshed");
         Ok(s)
+    }
+
+    /// The clock skew ID tokens are allowed (`bearer.leeway`).
+    fn id_tokens_leeway(&self) -> u64 {
+        self.leeway.as_secs()
     }
 
     /// Marks `state` used; false if it already was.
@@ -528,6 +604,15 @@ impl Login {
     }
 
     async fn callback(&self, parts: &request::Parts) -> Result<Response<Body>, LoginError> {
+        // Parsers disagree on which of two `code`s or `state`s counts: refuse the question.
+        for name in ["code", "state", "iss", "error"] {
+            if query_count(parts, name) > 1 {
+                return Err(LoginError::new(
+                    "login_duplicate_parameter",
+                    format!("the callback has {name} more than once"),
+                ));
+            }
+        }
         let state = query_param(parts, "state").unwrap_or_default();
         let attempt_cookie = self.cookies.attempt_name(&state);
         let clear_attempt = self.cookies.remove(&attempt_cookie);
@@ -669,20 +754,23 @@ impl Login {
                 "ID token nonce does not match the attempt",
             ));
         }
+        self.check_azp(&claims).map_err(|e| LoginError::new("login_bad_id_token", e))?;
+        Ok(claims)
+    }
+
+    /// The ID token was issued to this client (OpenID Connect Core §3.1.3.7): `azp`, when
+    /// present, is our client id, and there is one when there are several audiences.
+    fn check_azp(&self, claims: &Map<String, Value>) -> Result<(), &'static str> {
         let multiple = matches!(claims.get("aud"), Some(Value::Array(a)) if a.len() > 1);
         match claims.get("azp") {
             Some(Value::String(azp)) if *azp != self.cfg.client_id => {
-                return Err(LoginError::new("login_bad_id_token", "ID token azp is another client"))
+                Err("ID token azp is another client")
             }
-            None if multiple => {
-                return Err(LoginError::new(
-                    "login_bad_id_token",
-                    "ID token has several audiences and no azp",
-                ))
-            }
-            _ => {}
+            Some(Value::String(_)) => Ok(()),
+            Some(_) => Err("ID token azp is not a string"),
+            None if multiple => Err("ID token has several audiences and no azp"),
+            None => Ok(()),
         }
-        Ok(claims)
     }
 
     async fn userinfo_claims(
@@ -711,11 +799,33 @@ impl Login {
             .map_err(|e| fail(format!("UserInfo is not a JSON object: {e}")))
     }
 
+    /// Signing out ends the session here (every cookie of ours cleared), at the provider's
+    /// revocation endpoint (RFC 7009: its refresh token, and with it the grant's access tokens,
+    /// so a copied cookie dies at its next refresh) and, when it has one, at its end-session
+    /// endpoint. Another site cannot do it for the user: a `POST` must be same-origin, and a
+    /// `GET` that is not same-origin, same-site or typed by the user (`Sec-Fetch-Site`) gets a
+    /// page asking first.
     async fn sign_out(&self, parts: &request::Parts) -> Response<Body> {
+        if parts.method == Method::POST {
+            if !super::same_origin_or_safe(parts) {
+                return Refusal::new(Rejection::CrossSite, "cross_site")
+                    .detail("a sign-out POST from another origin")
+                    .response();
+            }
+        } else {
+            let site = parts.headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
+            let asked_here = matches!(site, Some(b"same-origin" | b"same-site" | b"none"));
+            if !asked_here {
+                return self.confirm_sign_out(parts);
+            }
+        }
         let session = match self.cookies.session_value(&parts.headers) {
             Some(Ok(v)) => self.codec.open_json::<Session>(session::SESSION, &v).ok(),
             _ => None,
         };
+        if let Some(rt) = session.as_ref().and_then(|s| s.refresh_token.clone()) {
+            self.revoke(rt).await;
+        }
         let rd = query_param(parts, "rd").map(|rd| self.safe_rd(parts, Some(&rd)));
         let end_session = self.keys.metadata().and_then(|m| m.end_session_endpoint.clone());
         let mut resp = match (end_session, session.as_ref().and_then(|s| s.id_token.clone())) {
@@ -745,6 +855,68 @@ impl Login {
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp.extensions_mut().insert(Decision::new("sign_out"));
         resp
+    }
+
+    /// The page that asks before signing out (a same-origin form `POST`s it).
+    fn confirm_sign_out(&self, parts: &request::Parts) -> Response<Body> {
+        let mut action = format!("{}/sign_out", self.cfg.prefix);
+        if let Some(rd) = query_param(parts, "rd") {
+            let rd: String =
+                url::form_urlencoded::byte_serialize(self.safe_rd(parts, Some(&rd)).as_bytes())
+                    .collect();
+            action.push_str("?rd=");
+            action.push_str(&rd);
+        }
+        let mut resp = self.pages.render(
+            "sign_out.html",
+            StatusCode::OK,
+            json!({"app_name": app_name(parts), "sign_out_url": action}),
+        );
+        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        resp.extensions_mut().insert(Decision::new("sign_out_confirm"));
+        resp
+    }
+
+    /// Revokes a refresh token at the provider's revocation endpoint (RFC 7009 §2.1), when it
+    /// has one, authenticating as at the token endpoint. A failure is logged; the sign-out goes
+    /// on. (The `oauth2` crate would refuse an `http` endpoint, which a loopback provider has.)
+    async fn revoke(&self, refresh_token: String) {
+        let Some(meta) = self.keys.metadata() else { return };
+        let Some(url) = meta.revocation_endpoint.clone() else { return };
+        let mut form =
+            vec![("token", refresh_token), ("token_type_hint", "refresh_token".to_string())];
+        let mut req = self.http.post(url);
+        match (&self.cfg.client_secret, auth_type(&meta)) {
+            (Some(secret), AuthType::BasicAuth) => {
+                // RFC 6749 §2.3.1: both form-encoded before Basic
+                let enc = |v: &str| {
+                    url::form_urlencoded::byte_serialize(v.as_bytes()).collect::<String>()
+                };
+                req = req.basic_auth(enc(&self.cfg.client_id), Some(enc(secret.expose())));
+            }
+            (Some(secret), _) => {
+                form.push(("client_id", self.cfg.client_id.clone()));
+                form.push(("client_secret", secret.expose().to_string()));
+            }
+            (None, _) => form.push(("client_id", self.cfg.client_id.clone())),
+        }
+        let body: String = url::form_urlencoded::Serializer::new(String::new())
+            .extend_pairs(form.iter().map(|(k, v)| (*k, v.as_str())))
+            .finish();
+        let req = req
+            .header(header::CONTENT_TYPE, "application/x-www-form-urlencoded")
+            .header(header::ACCEPT, "application/json")
+            .body(body);
+        match req.send().await {
+            Ok(r) if r.status().is_success() => tracing::info!("refresh token revoked at sign-out"),
+            Ok(r) => tracing::warn!(
+                status = r.status().as_u16(),
+                "the provider did not revoke the refresh token"
+            ),
+            Err(e) => {
+                tracing::warn!(error = %error_chain(&e), "the provider did not revoke the refresh token")
+            }
+        }
     }
 
     /// `rd` if it is a safe place to send the browser after login or sign-out, else `/`.
@@ -798,6 +970,14 @@ fn provider_error_message(code: &str) -> &'static str {
         }
         _ => "The identity provider refused the sign-in.",
     }
+}
+
+/// How often `name` appears in the query.
+fn query_count(parts: &request::Parts, name: &str) -> usize {
+    parts
+        .uri
+        .query()
+        .map_or(0, |q| url::form_urlencoded::parse(q.as_bytes()).filter(|(k, _)| k == name).count())
 }
 
 fn query_param(parts: &request::Parts, name: &str) -> Option<String> {
@@ -999,6 +1179,132 @@ async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A login (no provider is asked) whose clock follows paused tokio time.
+    fn paused_login(session: &str) -> Login {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:4180\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+             [oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"web\"\n\
+             [bearer]\naudiences = [\"api\"]\n\
+             [session]\nsecret = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n{session}\n"
+        );
+        let cfg = crate::config::load_str(&text, std::iter::empty()).unwrap().config;
+        let store = Arc::new(KeyStore::new(
+            &cfg.key_issuers(),
+            super::super::keys::KeyCacheSettings::new(&cfg.bearer, false),
+        ));
+        let pages = Arc::new(Pages::load(None).unwrap());
+        Login::new(cfg.login.unwrap(), &store, &cfg.bearer, &cfg.identity, pages)
+            .unwrap()
+            .with_clock(Clock::tokio())
+    }
+
+    /// A browser's cookie jar: what `Set-Cookie` values leave in it, as a request's headers.
+    #[derive(Default)]
+    struct Jar(std::collections::BTreeMap<String, String>);
+
+    impl Jar {
+        fn take(&mut self, set: impl IntoIterator<Item = HeaderValue>) {
+            for v in set {
+                let v = v.to_str().unwrap().to_string();
+                let pair = v.split(';').next().unwrap();
+                let (name, value) = pair.split_once('=').unwrap();
+                if v.contains("Max-Age=0") {
+                    self.0.remove(name);
+                } else {
+                    self.0.insert(name.into(), value.into());
+                }
+            }
+        }
+        fn headers(&self) -> HeaderMap {
+            let mut h = HeaderMap::new();
+            let c: Vec<String> = self.0.iter().map(|(k, v)| format!("{k}={v}")).collect();
+            h.insert(header::COOKIE, HeaderValue::from_str(&c.join("; ")).unwrap());
+            h
+        }
+    }
+
+    /// A signed-in browser's jar, as the callback leaves it (no tokens to refresh).
+    fn signed_in(login: &Login) -> Jar {
+        let t = login.clock.now();
+        let mut claims = Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        let s = Session {
+            id: session::random_token(),
+            iss: "https://idp.example.com".into(),
+            claims,
+            created: t,
+            seen: t,
+            at_exp: None,
+            refresh_token: None,
+            id_token: None,
+            access_token: None,
+        };
+        let mut jar = Jar::default();
+        jar.take(login.seal_session(&s, &HeaderMap::new()).unwrap());
+        jar
+    }
+
+    /// One request of the browser: whether its session held, and the cookies it got.
+    async fn visit(login: &Login, jar: &mut Jar) -> Result<(), String> {
+        let h = jar.headers();
+        let value = login.cookies.session_value(&h).ok_or("no session cookie")?.unwrap();
+        let (_, _, set, _) = login.check_session(&value, &h).await?;
+        jar.take(set.get_all(header::SET_COOKIE).iter().cloned());
+        Ok(())
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_active_session_outlives_the_idle_timeout_and_an_idle_one_does_not() {
+        let login = paused_login("idle_timeout = \"1m\"\nmax_lifetime = \"1h\"");
+        let mut jar = signed_in(&login);
+        let session_cookie = jar.0["_portcullis"].clone();
+        // a request every 11 s for five minutes: never idle
+        for i in 0..30 {
+            tokio::time::advance(Duration::from_secs(11)).await;
+            visit(&login, &mut jar).await.unwrap_or_else(|e| panic!("request {i}: {e}"));
+        }
+        // activity went into its own cookie; the session (and its tokens) was never resealed
+        assert_eq!(jar.0["_portcullis"], session_cookie);
+        assert!(jar.0.contains_key("_portcullis_seen"), "{:?}", jar.0.keys());
+        // then a minute without a request: signed out
+        tokio::time::advance(Duration::from_secs(60)).await;
+        let err = visit(&login, &mut jar).await.unwrap_err();
+        assert!(err.contains("idle_timeout"), "{err}");
+        // a fresher activity cookie of another session does not keep this one alive
+        let mut other = signed_in(&login);
+        let mut third = signed_in(&login);
+        tokio::time::advance(Duration::from_secs(50)).await;
+        visit(&login, &mut third).await.unwrap();
+        other.0.insert("_portcullis_seen".into(), third.0["_portcullis_seen"].clone());
+        tokio::time::advance(Duration::from_secs(11)).await;
+        assert!(visit(&login, &mut other).await.unwrap_err().contains("idle_timeout"));
+        assert!(visit(&login, &mut third).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn max_lifetime_ends_even_an_active_session() {
+        let login = paused_login("idle_timeout = \"1m\"\nmax_lifetime = \"5m\"");
+        let mut jar = signed_in(&login);
+        for _ in 0..29 {
+            tokio::time::advance(Duration::from_secs(10)).await;
+            visit(&login, &mut jar).await.unwrap();
+        }
+        // 290 s in: still fine; at 300 s: over
+        tokio::time::advance(Duration::from_secs(10)).await;
+        let err = visit(&login, &mut jar).await.unwrap_err();
+        assert!(err.contains("max_lifetime"), "{err}");
+    }
+
+    #[test]
+    fn activity_is_recorded_often_enough_for_the_idle_timeout() {
+        let rt = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        let _g = rt.enter();
+        for (idle, every) in [("1m", 6), ("5m", 30), ("10m", 60), ("12h", 60)] {
+            let login = paused_login(&format!("idle_timeout = \"{idle}\""));
+            assert_eq!(login.activity_interval(), every, "{idle}");
+        }
+    }
 
     const HOST: &str = "app.example.com";
 

@@ -91,7 +91,7 @@ impl Authenticated {
 /// Whether a cookie-authenticated request may have effects: safe methods always; others (and
 /// WebSocket upgrades) only from the same origin (`Sec-Fetch-Site: same-origin`, or an `Origin`
 /// whose host is this request's `Host`). `SameSite=Lax` alone lets sibling subdomains through.
-fn same_origin_or_safe(parts: &request::Parts) -> bool {
+pub(crate) fn same_origin_or_safe(parts: &request::Parts) -> bool {
     let safe = matches!(parts.method, Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE);
     // The Upgrade header itself is hop-by-hop and already gone; its mark is in the extensions.
     let upgrade = parts.headers.contains_key(header::UPGRADE)
@@ -201,33 +201,41 @@ impl AuthSettings {
         if let Some(login) =
             self.login.as_ref().filter(|_| !parts.headers.contains_key(header::AUTHORIZATION))
         {
-            match login.session_of(parts).await {
-                Some(Ok((session, identity, set, refreshed))) => {
-                    if !same_origin_or_safe(parts) {
-                        return Err(Refusal::new(Rejection::CrossSite, "cross_site")
-                            .detail("an unsafe method or upgrade with the session cookie from another origin"));
+            if let Some(value) = login.cookies.session_value(&parts.headers) {
+                // Decided before anything that changes state (a refresh, which may rotate the
+                // refresh token; a rewritten or cleared cookie).
+                if !same_origin_or_safe(parts) {
+                    return Err(Refusal::new(Rejection::CrossSite, "cross_site").detail(
+                        "an unsafe method or upgrade with the session cookie from another origin",
+                    ));
+                }
+                let checked = match value {
+                    Ok(v) => login.check_session(&v, &parts.headers).await,
+                    Err(e) => Err(e.to_string()),
+                };
+                match checked {
+                    Ok((session, identity, set, refreshed)) => {
+                        let access_token = session
+                            .access_token
+                            .as_deref()
+                            .and_then(|t| HeaderValue::from_str(t).ok())
+                            .map(Token::new);
+                        return Ok(Authenticated {
+                            credential: Credential::Session { access_token },
+                            identity: Arc::new(identity),
+                            reason: match refreshed {
+                                login::Refreshed::No => "session",
+                                login::Refreshed::Here => "session_refreshed",
+                                login::Refreshed::Shared => "session_refresh_shared",
+                            },
+                            response_headers: set,
+                        });
                     }
-                    let access_token = session
-                        .access_token
-                        .as_deref()
-                        .and_then(|t| HeaderValue::from_str(t).ok())
-                        .map(Token::new);
-                    return Ok(Authenticated {
-                        credential: Credential::Session { access_token },
-                        identity: Arc::new(identity),
-                        reason: match refreshed {
-                            login::Refreshed::No => "session",
-                            login::Refreshed::Here => "session_refreshed",
-                            login::Refreshed::Shared => "session_refresh_shared",
-                        },
-                        response_headers: set,
-                    });
+                    Err(why) => {
+                        tracing::debug!(reason = %why, "no session");
+                        session_problem = Some((why, login.cookies.clear_all(&parts.headers)));
+                    }
                 }
-                Some(Err(why)) => {
-                    tracing::debug!(reason = %why, "no session");
-                    session_problem = Some((why, login.cookies.clear_all(&parts.headers)));
-                }
-                None => {}
             }
         }
         let token = match credentials(&parts.headers) {

@@ -182,6 +182,16 @@ impl std::fmt::Debug for Session {
     }
 }
 
+/// The last activity of a session, in its own small cookie: recorded as often as the idle
+/// timeout needs without resealing the session's tokens each time (a reseal racing a refresh
+/// could hand the browser a rotated-out refresh token).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Activity {
+    /// The session it belongs to ([`Session::id`]); any other is ignored.
+    pub id: String,
+    pub seen: u64,
+}
+
 /// One login in progress (one browser tab), sealed into its own short-lived cookie.
 #[derive(Clone, Serialize, Deserialize)]
 pub struct Attempt {
@@ -213,6 +223,7 @@ pub struct Cookies {
 /// `purpose` values bound into the encryption.
 pub const SESSION: &str = "session";
 pub const ATTEMPT: &str = "attempt";
+pub const ACTIVITY: &str = "activity";
 
 impl Cookies {
     pub fn new(cfg: &LoginConfig) -> Self {
@@ -306,10 +317,32 @@ impl Cookies {
         Some(out)
     }
 
+    /// The activity cookie's name.
+    pub fn activity_name(&self) -> String {
+        format!("{}_seen", self.name)
+    }
+
+    /// The sealed activity value the request carries (exact raw name).
+    pub fn activity_value(&self, request: &HeaderMap) -> Option<String> {
+        let name = self.activity_name();
+        request_cookies(request)
+            .into_iter()
+            .find(|(n, _)| *n == name.as_bytes())
+            .and_then(|(_, v)| std::str::from_utf8(v).ok().map(str::to_string))
+    }
+
+    /// `Set-Cookie` storing the sealed activity `value` for `max_age`.
+    pub fn set_activity(&self, value: String, max_age: Duration) -> HeaderValue {
+        self.cookie(self.activity_name(), value, Some(max_age))
+    }
+
     /// `Set-Cookie` values removing the session and every login attempt the request carries.
     pub fn clear_all(&self, request: &HeaderMap) -> Vec<HeaderValue> {
         let mut names = self.session_names_in(request);
         names.extend(self.attempts_in(request).into_iter().map(|(n, _)| n));
+        if self.activity_value(request).is_some() {
+            names.push(self.activity_name());
+        }
         if !names.contains(&self.name) {
             names.push(self.name.clone());
         }

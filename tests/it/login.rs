@@ -181,6 +181,8 @@ use std::collections::BTreeMap;
 pub struct Browser {
     pub http: reqwest::Client,
     pub jar: BTreeMap<String, String>,
+    /// `Sec-Fetch-Site` to send, as a browser would (none: an old browser's request).
+    pub fetch_site: Option<&'static str>,
 }
 
 pub struct Page {
@@ -196,7 +198,7 @@ impl Browser {
             .timeout(Duration::from_secs(10))
             .build()
             .unwrap();
-        Self { http, jar: BTreeMap::new() }
+        Self { http, jar: BTreeMap::new(), fetch_site: None }
     }
 
     pub fn cookie_header(&self) -> String {
@@ -230,6 +232,9 @@ impl Browser {
         }
         if !self.jar.is_empty() {
             req = req.header("cookie", self.cookie_header());
+        }
+        if let Some(site) = self.fetch_site {
+            req = req.header("sec-fetch-site", site);
         }
         if let Some(f) = form {
             req =
@@ -507,6 +512,7 @@ async fn redirects_after_login_and_sign_out_stay_on_allowed_hosts() {
     // sign-out: every cookie of ours cleared, then the provider's end_session with the hint
     let mut b = Browser::new();
     w.login(&mut b, "/", "alice").await;
+    b.fetch_site = Some("same-origin");
     let p = b.request("GET", &w.url("/oauth2/sign_out?rd=https://evil.com/"), true, None).await;
     assert_eq!(p.status, 302);
     let loc = location(&p);
