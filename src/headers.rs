@@ -81,9 +81,9 @@ pub fn clean_trailer_declaration(headers: &mut HeaderMap, untrusted: Option<&Unt
     let kept: Vec<String> = headers
         .get_all(header::TRAILER)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .map(|n| n.trim().to_ascii_lowercase())
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .filter_map(|n| std::str::from_utf8(n.trim_ascii()).ok())
+        .map(str::to_ascii_lowercase)
         .filter(|n| {
             !n.is_empty()
                 && !forbidden_in_trailers(n)
@@ -174,18 +174,18 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     // HOP_BY_HOP[0] is `Connection`
     if present[0] {
+        // On bytes: one option that is not ASCII must not hide the others.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .map(str::trim)
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .map(<[u8]>::trim_ascii)
             // connection options that name no header, or one removed below anyway
             .filter(|n| {
-                !n.eq_ignore_ascii_case("close")
-                    && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str()))
+                !n.eq_ignore_ascii_case(b"close")
+                    && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str().as_bytes()))
             })
-            .filter_map(|n| HeaderName::from_bytes(n.as_bytes()).ok())
+            .filter_map(|n| HeaderName::from_bytes(n).ok())
             .filter(|n| !is_guaranteed(n.as_str()))
             .collect();
         for name in named {
@@ -312,9 +312,8 @@ fn websocket_upgrade(headers: &HeaderMap, version: http::Version) -> Option<WebS
     let connection_says_upgrade = headers
         .get_all(header::CONNECTION)
         .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+        .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+        .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"));
     let upgrade = headers.get(header::UPGRADE)?;
     let websocket =
         upgrade.to_str().ok()?.split(',').any(|p| {
@@ -389,9 +388,8 @@ where
             .headers()
             .get_all(header::TE)
             .iter()
-            .filter_map(|v| v.to_str().ok())
-            .flat_map(|v| v.split(','))
-            .any(|t| t.trim().eq_ignore_ascii_case("trailers"));
+            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         if te_trailers {
             req.extensions_mut().insert(TeTrailers);
         }
@@ -565,6 +563,12 @@ mod tests {
         let mut left: Vec<_> = h.keys().map(|k| k.as_str()).collect();
         left.sort();
         assert_eq!(left, vec!["accept", "host", "x-forwarded-host", "x-real-ip", "x-request-id"]);
+        // an option that is not ASCII hides nothing
+        let mut h = HeaderMap::new();
+        h.insert(header::CONNECTION, HeaderValue::from_bytes(b"x-secret, \xc3\xa9").unwrap());
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        remove_hop_by_hop(&mut h);
+        assert!(h.is_empty(), "{h:?}");
         // one without `Connection`, and one with none at all
         let mut h = HeaderMap::new();
         h.insert(header::TE, HeaderValue::from_static("trailers"));

@@ -102,15 +102,21 @@ pub(crate) fn same_origin_or_safe(parts: &request::Parts) -> bool {
     if let Some(site) = parts.headers.get("sec-fetch-site") {
         return site.as_bytes().eq_ignore_ascii_case(b"same-origin");
     }
-    let host = parts.headers.get(header::HOST).and_then(|h| h.to_str().ok());
+    let host = parts
+        .headers
+        .get(header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .and_then(|h| h.parse::<http::uri::Authority>().ok());
     let origin = parts.headers.get(header::ORIGIN).and_then(|o| o.to_str().ok());
     match (origin.and_then(|o| url::Url::parse(o).ok()), host) {
+        // Compared canonically: host without case, the origin scheme's default port explicit.
         (Some(o), Some(host)) => {
-            let authority = match o.port() {
-                Some(p) => format!("{}:{p}", o.host_str().unwrap_or_default()),
-                None => o.host_str().unwrap_or_default().to_string(),
+            let (Some(o_host), Some(o_port)) = (o.host_str(), o.port_or_known_default()) else {
+                return false;
             };
-            authority.eq_ignore_ascii_case(host)
+            // (A Host without a port came on the default port of the scheme the browser used.)
+            let same_port = host.port_u16().map_or(o.port().is_none(), |p| p == o_port);
+            o_host.eq_ignore_ascii_case(host.host()) && same_port
         }
         _ => false,
     }
@@ -640,6 +646,22 @@ mod tests {
         assert!(same_origin_or_safe(&parts("HEAD", &[("sec-fetch-site", "cross-site")])));
         assert!(same_origin_or_safe(&parts("POST", &[("sec-fetch-site", "same-origin")])));
         assert!(same_origin_or_safe(&parts("POST", &[("origin", "https://app.example:8443")])));
+        assert!(same_origin_or_safe(&parts("POST", &[("origin", "https://APP.example:8443")])));
+        let with_host = |host: &str, origin: &str| {
+            let (p, _) = Request::post("/x")
+                .header("host", host)
+                .header("origin", origin)
+                .body(())
+                .unwrap()
+                .into_parts();
+            same_origin_or_safe(&p)
+        };
+        assert!(with_host("app.example:443", "https://app.example"));
+        assert!(with_host("app.example", "https://app.example:443"));
+        assert!(with_host("[::1]:8080", "http://[::1]:8080"));
+        assert!(!with_host("app.example:80", "https://app.example"));
+        assert!(!with_host("app.example", "https://app.example:8443"));
+        assert!(!with_host("app.example.evil", "https://app.example"));
         for bad in [
             parts("POST", &[]),
             parts("POST", &[("sec-fetch-site", "same-site")]),
