@@ -138,7 +138,9 @@ impl Upstream {
         if self.inner.h2c {
             return self.send_h2(req).await.map(|r| (r, None));
         }
-        let deadline = tokio::time::Instant::now() + self.inner.connect_timeout;
+        // Set when the first wait begins: a request served by an idle connection never reads
+        // the clock here.
+        let mut deadline = None;
         let mut req = req;
         // Kept-alive connections may be used until one turns out closed before our request
         // went out; that request goes once more, on a new connection only.
@@ -160,6 +162,8 @@ impl Upstream {
                 }
             }
             // No idle connection: a slot for a new one, or (while waiting) a released one.
+            let deadline = *deadline
+                .get_or_insert_with(|| tokio::time::Instant::now() + self.inner.connect_timeout);
             let released = self.inner.released.notified();
             tokio::pin!(released);
             released.as_mut().enable();

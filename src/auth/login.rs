@@ -814,7 +814,11 @@ impl Login {
             }
         } else {
             let site = parts.headers.get("sec-fetch-site").map(HeaderValue::as_bytes);
-            let asked_here = matches!(site, Some(b"same-origin" | b"same-site" | b"none"));
+            let asked_here = site.is_some_and(|s| {
+                [&b"same-origin"[..], b"same-site", b"none"]
+                    .iter()
+                    .any(|v| s.eq_ignore_ascii_case(v))
+            });
             if !asked_here {
                 return self.confirm_sign_out(parts);
             }
