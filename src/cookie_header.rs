@@ -11,6 +11,8 @@
 
 use http::header::{self, HeaderMap, HeaderValue};
 
+use crate::path::hex;
+
 /// One cookie of a `Cookie` header (RFC 6265 §5.4 `cookie-pair`, read leniently).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Pair<'a> {
@@ -51,15 +53,6 @@ pub fn pairs(value: &[u8]) -> impl Iterator<Item = Pair<'_>> {
 /// The cookies of every `Cookie` header of a request.
 pub fn request_pairs(headers: &HeaderMap) -> impl Iterator<Item = Pair<'_>> {
     headers.get_all(header::COOKIE).iter().flat_map(|v| pairs(v.as_bytes()))
-}
-
-fn hex(b: u8) -> Option<u8> {
-    match b {
-        b'0'..=b'9' => Some(b - b'0'),
-        b'a'..=b'f' => Some(b - b'a' + 10),
-        b'A'..=b'F' => Some(b - b'A' + 10),
-        _ => None,
-    }
 }
 
 /// `%XX` decoded once; a `%` not followed by two hex digits stays.

@@ -140,14 +140,7 @@ async fn websockets_pass_after_authentication_and_rules() {
 /// One request over an h2c (prior knowledge) connection: (status, body).
 async fn h2c_get(addr: SocketAddr, path: &str, token: Option<&str>) -> (u16, String) {
     use http_body_util::BodyExt;
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c_sender(addr).await;
     let mut req = http::Request::get(format!("http://app.example{path}"));
     if let Some(t) = token {
         req = req.header("authorization", format!("Bearer {t}"));

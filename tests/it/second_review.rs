@@ -22,14 +22,7 @@ async fn h2c_request(
     headers: &[(&str, &str)],
     trailers: Option<&[(&str, &str)]>,
 ) -> (u16, String) {
-    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = hyper::client::conn::http2::handshake(
-        hyper_util::rt::TokioExecutor::new(),
-        hyper_util::rt::TokioIo::new(stream),
-    )
-    .await
-    .unwrap();
-    tokio::spawn(conn);
+    let mut send = h2c_sender(addr).await;
     let mut req = http::Request::builder().method(method).uri(format!("http://app.example{path}"));
     for (k, v) in headers {
         req = req.header(*k, http::HeaderValue::from_str(v).unwrap());
