@@ -110,13 +110,13 @@ pub fn fold_name(name: &[u8]) -> Vec<u8> {
 /// HTTP/1.1 app reads one). Returns whether anything was removed. Headers with nothing to
 /// remove are left exactly as they came.
 pub fn strip(headers: &mut HeaderMap, doomed: impl Fn(&Pair<'_>) -> bool) -> bool {
-    let mut count = 0;
+    let mut any = false;
     let mut removed = false;
     for p in request_pairs(headers) {
-        count += 1;
+        any = true;
         removed |= doomed(&p);
     }
-    if count == 0 || (!removed && headers.get_all(header::COOKIE).iter().count() == 1) {
+    if !any || (!removed && headers.get_all(header::COOKIE).iter().count() == 1) {
         return removed;
     }
     let mut kept: Vec<u8> = Vec::new();
