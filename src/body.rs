@@ -36,7 +36,7 @@ pub enum ClientBodyError {
 impl ClientBodyError {
     /// The `ClientBodyError` somewhere in `e`'s source chain, if any.
     pub fn find<'a>(e: &'a (dyn std::error::Error + 'static)) -> Option<&'a ClientBodyError> {
-        crate::auth::discovery::find_in_chain(e)
+        crate::error::find_in_chain(e)
     }
 }
 

@@ -32,7 +32,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::proxy::ClientAddr;
+use crate::peer::ClientAddr;
 use crate::server::Stack;
 
 /// How often a worker looks for idle connections to park.

@@ -16,7 +16,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use crate::proxy::ClientAddr;
+use crate::peer::ClientAddr;
 use crate::response::{Refusal, Rejection};
 
 /// Hop-by-hop headers (RFC 9110 §7.6.1), removed in both directions. (`Trailer` is not one: it

@@ -9,20 +9,26 @@
 //!   where it does), the router of portcullis's own endpoints with the protected chain as its
 //!   fallback, `/healthz` and `/readyz`, graceful shutdown.
 //! - [`conn`]: one client connection: HTTP/1.1 or h2c, and idle HTTP/1.1 connections parked
-//!   without hyper's buffers.
-//! - [`telemetry`]: logging, request ids, the access log line.
+//!   without hyper's buffers; [`peer`]: who is on the other end (address, trusted proxy).
+//! - [`telemetry`]: logging (one writer thread), request ids, the access log line.
 //! - [`headers`]: what is stripped from a request before anything reads it, and why: hop-by-hop
-//!   headers, identity headers, path overrides, forwarding headers from untrusted peers.
+//!   headers, identity headers, path overrides, forwarding headers from untrusted peers;
+//!   methods and HTTP/2 fields refused before anything reads them.
 //! - [`path`]: the one normalised path that routes match and the app receives.
+//! - [`cookie_header`]: the one reader of `Cookie` headers, on bytes.
 //! - [`auth`]: `check(&Parts)` (who is calling, as a value) and the `Authenticate` layer;
 //!   `discovery` (provider metadata), `keys` (JWKS cache), `token` (JWT validation,
-//!   verified-token cache), `identity` (claims → identity headers), `policy` (`[authorization]`
-//!   rules and the `Authorize` layer).
+//!   verified-token cache), `session` (sealed cookie sessions), `login` (the browser flow:
+//!   start, callback, refresh, sign-out), `identity` (claims → identity headers), `policy`
+//!   (`[authorization]` rules and the `Authorize` layer).
 //! - [`proxy`]: `X-Forwarded-*`, the request to the app, `upstream.max_concurrent_requests`.
-//! - [`upstream`]: each worker's own connections to the app (HTTP/1.1 kept alive, or h2c).
+//! - [`upstream`]: each worker's own connections to the app (HTTP/1.1 kept alive and paced, or
+//!   h2c).
 //! - [`body`]: the client's request body (idle timeout, its faults told from the app's) and the
 //!   app's response body (holding its concurrency slot, and its connection, until it ends).
-//! - [`response`]: refusals, and `Answers`, the one place they become answers (401, 403, 502, ...).
+//! - [`response`]: refusals, and `Answers`, the one place they become answers (401, 403, 502, ...);
+//!   [`pages`]: the HTML pages browsers get.
+//! - [`error`]: errors with their source chains, for logs.
 //! - [`clock`]: Unix time, injectable, so expiry is tested with paused time.
 //! - [`check`]: `portcullis check`, the config and issuer probe.
 //! - [`devissuer`], [`demo`]: the development-only issuer and echo app behind `portcullis demo`.
@@ -36,9 +42,11 @@ pub mod conn;
 pub mod cookie_header;
 pub mod demo;
 pub mod devissuer;
+pub mod error;
 pub mod headers;
 pub mod pages;
 pub mod path;
+pub mod peer;
 pub mod proxy;
 pub mod response;
 pub mod server;

@@ -2,7 +2,6 @@
 //! ([`crate::upstream`]), streamed bodies, and 502/504 on a failing upstream. What is stripped
 //! from requests, and why, is in [`crate::headers`].
 
-use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -17,42 +16,12 @@ use tower::Service;
 use crate::body::{AppBody, ClientBody, ClientBodyError};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::headers::WebSocketUpgrade;
+use crate::peer::ClientAddr;
 use crate::response::{Refusal, Rejection};
 use crate::upstream::Upstream;
 use http::StatusCode;
 use http_body::Body as _;
 use tokio::sync::Semaphore;
-
-/// The client's address, set per connection by the server, with its IP already rendered (once
-/// per connection, not per request) and whether it is one of `server.trusted_proxies`.
-#[derive(Debug, Clone)]
-pub struct ClientAddr {
-    pub addr: SocketAddr,
-    /// The peer's IP as a header value (`X-Forwarded-For`, `X-Real-IP`).
-    pub ip: Option<HeaderValue>,
-    /// The peer is a trusted proxy: its forwarding headers are kept.
-    pub trusted: bool,
-}
-
-impl ClientAddr {
-    pub fn new(addr: SocketAddr) -> Self {
-        Self { addr, ip: HeaderValue::from_str(&addr.ip().to_string()).ok(), trusted: false }
-    }
-
-    /// The peer, trusted when its IP is in one of `trusted`.
-    pub fn with_trusted(addr: SocketAddr, trusted: &[ipnet::IpNet]) -> Self {
-        let ip = canonical_ip(addr.ip());
-        Self { trusted: trusted.iter().any(|n| n.contains(&ip)), ..Self::new(addr) }
-    }
-}
-
-/// An IPv4-mapped IPv6 address (`::ffff:10.0.0.1`, from a dual-stack listener) as IPv4.
-fn canonical_ip(ip: IpAddr) -> IpAddr {
-    match ip {
-        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-        v4 => v4,
-    }
-}
 
 pub const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
@@ -343,7 +312,7 @@ impl Service<Request<Body>> for ProxyService {
                     Ok(Response::from_parts(parts, body))
                 }
                 Ok(Err(e)) => {
-                    let detail = crate::auth::discovery::error_chain(&e);
+                    let detail = crate::error::error_chain(&e);
                     // The client's fault first: its body stopped or broke while being sent.
                     match ClientBodyError::find(&e) {
                         Some(ClientBodyError::Idle(_)) => {

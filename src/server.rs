@@ -28,7 +28,8 @@ use crate::config::Config;
 use crate::headers::{StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders};
 use crate::pages::Pages;
 use crate::path::NormalizePathLayer;
-use crate::proxy::{ClientAddr, ProxyService};
+use crate::peer::ClientAddr;
+use crate::proxy::ProxyService;
 use crate::response::{AnswersLayer, BrowserAnswers};
 use crate::telemetry::AccessLogLayer;
 

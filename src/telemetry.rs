@@ -16,7 +16,7 @@ use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
-use crate::proxy::ClientAddr;
+use crate::peer::ClientAddr;
 use crate::response::{Decision, RequestId};
 
 pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");

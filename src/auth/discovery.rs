@@ -3,6 +3,7 @@
 //! key cache (`jwks_uri`) and the browser login (the endpoints). Also the one HTTP `GET` that
 //! portcullis makes to providers: bounded in size, no redirects (see [`idp_client`]).
 
+use crate::error::error_chain;
 use std::time::Duration;
 
 use serde::Deserialize;
@@ -200,35 +201,6 @@ pub async fn read_bounded(resp: &mut reqwest::Response) -> Result<Vec<u8>, ReadE
         body.extend_from_slice(&chunk);
     }
     Ok(body)
-}
-
-/// `e` and its sources, outermost first.
-pub fn sources<'a>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
-    std::iter::successors(Some(e), |e| e.source())
-}
-
-/// The first error of type `T` in `e`'s source chain, `e` included.
-pub fn find_in_chain<'a, T: std::error::Error + 'static>(
-    e: &'a (dyn std::error::Error + 'static),
-) -> Option<&'a T> {
-    sources(e).find_map(|e| e.downcast_ref::<T>())
-}
-
-/// An error with its sources, for logs (never includes request data).
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        let t = c.to_string();
-        if !s.contains(&t) {
-            s.push_str(": ");
-            s.push_str(&t);
-        }
-        cur = c.source();
-    }
-    s
 }
 
 /// The HTTP client used to talk to providers: short timeouts, no redirects (a redirect could

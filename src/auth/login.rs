@@ -27,13 +27,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::discovery::{error_chain, read_bounded, ProviderMetadata, ReadError};
+use super::discovery::{read_bounded, ProviderMetadata, ReadError};
 use super::identity::{Identity, IdentityMapper};
 use super::keys::{IssuerKeys, KeyStore};
 use super::session::{self, Activity, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
 use super::token::Verifier;
 use crate::clock::Clock;
 use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
+use crate::error::error_chain;
 use crate::pages::Pages;
 use crate::response::{Decision, Refusal, Rejection, RequestId};
 
