@@ -77,6 +77,17 @@ impl Refusal {
     }
 }
 
+/// A `302` to `location`, never cached (it may follow a sign-in or carry a session's cookies).
+pub fn redirect(location: &str) -> Response<Body> {
+    let mut resp = Response::new(Body::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    if let Ok(v) = HeaderValue::from_str(location) {
+        resp.headers_mut().insert(header::LOCATION, v);
+    }
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
+}
+
 /// What a refusal's answer depends on in the request: who asked, and how.
 #[derive(Debug, Clone, Default)]
 struct Asker {
@@ -243,13 +254,7 @@ fn browser_answer(
     });
     match rejection {
         Rejection::NoToken { .. } | Rejection::InvalidToken { .. } if asker.redirectable => {
-            let mut resp = Response::new(Body::empty());
-            *resp.status_mut() = StatusCode::FOUND;
-            if let Ok(v) = HeaderValue::from_str(&sign_in_url) {
-                resp.headers_mut().insert(header::LOCATION, v);
-            }
-            resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            resp
+            redirect(&sign_in_url)
         }
         Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => login.pages().render(
             "sign_in.html",

@@ -184,10 +184,12 @@ pub async fn get_cached(
 }
 
 /// Why a provider's answer could not be read.
-#[derive(Debug)]
+#[derive(Debug, thiserror::Error)]
 pub enum ReadError {
+    #[error("{}", error_chain(.0))]
     Transport(reqwest::Error),
     /// More than [`MAX_DOCUMENT_BYTES`]: refused before it is held.
+    #[error("larger than 1 MiB")]
     TooLarge,
 }
 

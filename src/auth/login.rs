@@ -27,7 +27,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use super::discovery::{read_bounded, ProviderMetadata, ReadError};
+use super::discovery::{read_bounded, ProviderMetadata};
 use super::identity::{Identity, IdentityMapper};
 use super::keys::{IssuerKeys, KeyStore};
 use super::session::{self, Activity, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
@@ -36,7 +36,7 @@ use crate::clock::Clock;
 use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
 use crate::error::error_chain;
 use crate::pages::Pages;
-use crate::response::{Decision, Refusal, Rejection, RequestId};
+use crate::response::{redirect as redirect_to, Decision, Refusal, Rejection, RequestId};
 
 /// Protocol claims left out of a session (they describe the token, not the user).
 const PROTOCOL_CLAIMS: &[&str] =
@@ -155,6 +155,8 @@ pub struct Login {
     clock: Clock,
     /// `bearer.leeway`, for ID tokens' times.
     leeway: Duration,
+    /// `bearer.realm`, for the `401`s of the login endpoints.
+    realm: Arc<str>,
     /// Attempt states already used (so a replayed callback fails), with their expiry.
     used_states: Mutex<HashMap<String, u64>>,
     refreshes: Mutex<HashMap<String, Arc<RefreshSlot>>>,
@@ -216,6 +218,7 @@ impl Login {
             keep_access_token: identity.pass_token != PassToken::None,
             clock: Clock::System,
             leeway: bearer.leeway,
+            realm: bearer.realm.as_str().into(),
             used_states: Mutex::new(HashMap::new()),
             refreshes: Mutex::new(HashMap::new()),
             refresh_count: std::sync::atomic::AtomicU64::new(0),
@@ -326,10 +329,7 @@ impl Login {
                 let status = resp.status();
                 let headers = resp.headers().clone();
                 let mut resp = resp;
-                let body = read_bounded(&mut resp).await.map_err(|e| match e {
-                    ReadError::Transport(e) => HttpError(error_chain(&e)),
-                    ReadError::TooLarge => HttpError("response larger than 1 MiB".into()),
-                })?;
+                let body = read_bounded(&mut resp).await.map_err(|e| HttpError(e.to_string()))?;
                 let mut out = http::Response::new(body);
                 *out.status_mut() = status;
                 *out.headers_mut() = headers;
@@ -792,10 +792,7 @@ impl Login {
             return Err(fail(format!("UserInfo answered HTTP {}", resp.status().as_u16())));
         }
         let mut resp = resp;
-        let body = read_bounded(&mut resp).await.map_err(|e| match e {
-            ReadError::Transport(e) => fail(error_chain(&e)),
-            ReadError::TooLarge => fail("UserInfo larger than 1 MiB".into()),
-        })?;
+        let body = read_bounded(&mut resp).await.map_err(|e| fail(format!("UserInfo: {e}")))?;
         serde_json::from_slice(&body)
             .map_err(|e| fail(format!("UserInfo is not a JSON object: {e}")))
     }
@@ -877,7 +874,6 @@ impl Login {
             StatusCode::OK,
             json!({"app_name": app_name(parts), "sign_out_url": action}),
         );
-        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         resp.extensions_mut().insert(Decision::new("sign_out_confirm"));
         resp
     }
@@ -988,16 +984,6 @@ fn query_count(parts: &request::Parts, name: &str) -> usize {
 fn query_param(parts: &request::Parts, name: &str) -> Option<String> {
     let q = parts.uri.query()?;
     url::form_urlencoded::parse(q.as_bytes()).find(|(k, _)| k == name).map(|(_, v)| v.into_owned())
-}
-
-fn redirect_to(location: &str) -> Response<Body> {
-    let mut resp = Response::new(Body::empty());
-    *resp.status_mut() = StatusCode::FOUND;
-    if let Ok(v) = HeaderValue::from_str(location) {
-        resp.headers_mut().insert(header::LOCATION, v);
-    }
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    resp
 }
 
 fn app_name(parts: &request::Parts) -> String {
@@ -1144,9 +1130,17 @@ async fn not_found() -> Response<Body> {
 
 async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Body> {
     let (parts, _) = req.into_parts();
+    let no_session = |why: Option<String>| {
+        let r = Rejection::NoToken { realm: login.realm.clone() };
+        let refusal = Refusal::new(r, "no_session");
+        match why {
+            Some(why) => refusal.detail(why),
+            None => refusal,
+        }
+        .response()
+    };
     if parts.method != Method::GET {
-        return Refusal::new(Rejection::NoToken { realm: "portcullis".into() }, "no_session")
-            .response();
+        return no_session(None);
     }
     match login.session_of(&parts).await {
         Some(Ok((_, id, set, _))) => {
@@ -1170,14 +1164,8 @@ async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
             resp.extensions_mut().insert(d);
             resp
         }
-        Some(Err(why)) => {
-            Refusal::new(Rejection::NoToken { realm: "portcullis".into() }, "no_session")
-                .detail(why)
-                .response()
-        }
-        None => {
-            Refusal::new(Rejection::NoToken { realm: "portcullis".into() }, "no_session").response()
-        }
+        Some(Err(why)) => no_session(Some(why)),
+        None => no_session(None),
     }
 }
 
