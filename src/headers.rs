@@ -82,8 +82,9 @@ pub fn clean_trailer_declaration(headers: &mut HeaderMap, untrusted: Option<&Unt
         .get_all(header::TRAILER)
         .iter()
         .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-        .filter_map(|n| std::str::from_utf8(n.trim_ascii()).ok())
-        .map(str::to_ascii_lowercase)
+        // only names a field can have (lower case, as HeaderName keeps them)
+        .filter_map(|n| HeaderName::from_bytes(n.trim_ascii()).ok())
+        .map(|n| n.as_str().to_string())
         .filter(|n| {
             !n.is_empty()
                 && !forbidden_in_trailers(n)
@@ -635,6 +636,40 @@ mod tests {
         // the `_` spellings go even from a trusted proxy
         let sent = [("x_forwarded_for", "1.2.3.4"), ("True_Client_IP", "1.2.3.4")];
         assert!(strip(true, &sent, &[]).await.is_empty());
+    }
+
+    #[test]
+    fn trailer_declarations_keep_only_what_may_travel() {
+        let untrusted = UntrustedHeaders::new(&[HeaderName::from_static("x-forwarded-user")]);
+        let mut h = HeaderMap::new();
+        h.insert(
+            header::TRAILER,
+            HeaderValue::from_bytes(
+                b"grpc-status, Authorization,X-Forwarded-User , x-checksum, , set-cookie, \xc3\xa9",
+            )
+            .unwrap(),
+        );
+        h.append(header::TRAILER, HeaderValue::from_static("x_auth_request_user, Grpc-Message"));
+        clean_trailer_declaration(&mut h, Some(&untrusted));
+        let left: Vec<_> = h.get_all(header::TRAILER).iter().collect();
+        assert_eq!(left, ["grpc-status, x-checksum, grpc-message"]);
+        // responses (no untrusted list): identity names may be declared by the app
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, HeaderValue::from_static("x-forwarded-user, content-length"));
+        clean_trailer_declaration(&mut h, None);
+        assert!(h.get(header::TRAILER).is_none(), "{h:?}");
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, HeaderValue::from_static("x-app-sum"));
+        clean_trailer_declaration(&mut h, None);
+        assert_eq!(h[header::TRAILER], "x-app-sum");
+        // nothing left to declare: no Trailer at all; none at all: none added
+        let mut h = HeaderMap::new();
+        h.insert(header::TRAILER, HeaderValue::from_static("cookie"));
+        clean_trailer_declaration(&mut h, None);
+        assert!(h.is_empty());
+        let mut h = HeaderMap::new();
+        clean_trailer_declaration(&mut h, None);
+        assert!(h.is_empty());
     }
 
     #[test]

@@ -550,6 +550,32 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_public_route_passes_other_schemes_and_drops_bearer_tokens_it_cannot_verify() {
+        let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
+        let s = settings(&dev).await;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+        let se = seen.clone();
+        let svc = ServiceBuilder::new().layer(AuthenticateLayer::new(s)).service(service_fn(
+            move |req: Request<Body>| {
+                se.lock().unwrap().push(req.headers().get(header::AUTHORIZATION).cloned());
+                async { Ok::<_, Infallible>(Response::new(Body::empty())) }
+            },
+        ));
+        for (sent, kept) in [
+            ("Basic dTpw", Some("Basic dTpw")),
+            ("Bearer\tforged", None),
+            ("BEARER forged", None),
+            ("Bearer", None),
+            ("Bearerish x", Some("Bearerish x")),
+        ] {
+            let resp = svc.clone().oneshot(get("/open", &[sent])).await.unwrap();
+            assert_eq!(resp.status(), 200, "{sent}");
+            let got = seen.lock().unwrap().pop().unwrap();
+            assert_eq!(got.as_ref().map(|v| v.to_str().unwrap()), kept, "{sent}");
+        }
+    }
+
+    #[tokio::test]
     async fn check_is_a_value_whose_debug_never_shows_the_token() {
         let dev = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
         let s = settings(&dev).await;
