@@ -13,8 +13,6 @@ use regex::Regex;
 use serde::Deserialize;
 use url::Url;
 
-use crate::auth::policy::{Policy, Requirement, Rule, RulePath};
-
 /// Default listener for proxied traffic.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:4180";
 /// Default listener for `/healthz` and `/readyz`.
@@ -390,8 +388,7 @@ impl PublicRoute {
 
     /// A `GET` route covers `HEAD` too (apps answer `HEAD` with their `GET` handler).
     pub fn matches(&self, method: &Method, path: &str) -> bool {
-        self.method.as_ref().is_none_or(|m| crate::auth::policy::method_covers(m, method))
-            && self.path.is_match(path)
+        self.method.as_ref().is_none_or(|m| method_covers(m, method)) && self.path.is_match(path)
     }
 }
 
@@ -1244,7 +1241,7 @@ impl IdentityConfig {
             let key = format!("identity.claim_headers.{name:?}");
             let header = HeaderName::from_bytes(name.as_bytes())
                 .map_err(|_| ConfigError::new(key.clone(), "not a valid header name"))?;
-            if crate::auth::identity::is_reserved_request_header(&header) {
+            if is_reserved_request_header(&header) {
                 return Err(ConfigError::new(
                     key,
                     "this header cannot carry a claim (it is hop-by-hop or framing)",
@@ -1685,6 +1682,85 @@ fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     }
     let log = LogConfig::from_raw(raw.log)?;
     Ok(Config { server, upstream, oidc, bearer, identity, authorization, login, log })
+}
+
+// ----- [authorization]: what the rules say (evaluated in `auth::policy`) -----
+
+/// What an identity must have. Every non-empty field must hold (`groups`, `emails` and
+/// `email_domains`: any of; `scopes`: all of; `claims`: for each claim, any of its values).
+#[derive(Debug, Clone, Default)]
+pub struct Requirement {
+    pub issuers: Vec<String>,
+    pub groups: Vec<String>,
+    pub scopes: Vec<String>,
+    pub emails: Vec<String>,
+    /// Domains of the verified email; `*` is any verified email.
+    pub email_domains: Vec<String>,
+    /// Claim paths (an exact top-level key first, else split on `.`) and accepted values.
+    pub claims: Vec<(String, Vec<String>)>,
+}
+
+/// Where a rule applies.
+#[derive(Debug, Clone)]
+pub enum RulePath {
+    /// A path prefix, matched at a segment boundary (`/admin` covers `/admin` and `/admin/x`,
+    /// not `/administrator`).
+    Prefix(String),
+    /// A regex on the path.
+    Regex(Regex),
+}
+
+/// One `[[authorization.rules]]` entry.
+#[derive(Debug, Clone)]
+pub struct Rule {
+    /// `authorization.rules[N]`, for logs and `check`.
+    pub key: String,
+    pub path: RulePath,
+    /// Empty: every method.
+    pub methods: Vec<Method>,
+    pub require: Requirement,
+}
+
+/// Whether a rule or public route naming `named` covers a request's `method`: the same method,
+/// or `HEAD` under `GET` (frameworks run the `GET` handler for a `HEAD`, RFC 9110 §9.3.2).
+pub fn method_covers(named: &Method, method: &Method) -> bool {
+    named == method || (*named == Method::GET && *method == Method::HEAD)
+}
+
+/// The requirements and rules of `[authorization]`.
+#[derive(Debug, Clone, Default)]
+pub struct Policy {
+    pub base: Requirement,
+    pub rules: Vec<Rule>,
+    /// `authorization.case_insensitive_paths`: the app routes `/ADMIN` to `/admin` (Express,
+    /// ASP.NET), so rules match without regard to ASCII case (prefixes are stored lower case,
+    /// regexes built case-insensitive). Public routes follow the same switch.
+    pub case_insensitive_paths: bool,
+}
+
+/// Headers a claim may never be mapped to: framing, hop-by-hop, credentials, forwarding.
+pub fn is_reserved_request_header(name: &HeaderName) -> bool {
+    matches!(
+        name.as_str(),
+        "host"
+            | "content-length"
+            | "content-type"
+            | "transfer-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "proxy-authenticate"
+            | "proxy-authorization"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "authorization"
+            | "cookie"
+            | "forwarded"
+            | "x-forwarded-for"
+            | "x-forwarded-proto"
+            | "x-forwarded-host"
+    )
 }
 
 #[cfg(test)]

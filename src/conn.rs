@@ -33,7 +33,13 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::peer::ClientAddr;
-use crate::server::Stack;
+
+/// The whole request path as one cloneable service.
+pub type Stack = tower::util::BoxCloneSyncService<
+    http::Request<axum::body::Body>,
+    http::Response<axum::body::Body>,
+    std::convert::Infallible,
+>;
 
 /// How often a worker looks for idle connections to park.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);

@@ -542,8 +542,7 @@ impl DevIssuer {
         tune(&mut cfg);
         let keys = Arc::new(KeyStore::new(&cfg.issuers, KeyCacheSettings::new(&cfg, false)));
         keys.issuers[0].refresh().await?;
-        let mapper =
-            crate::auth::identity::IdentityMapper::new(crate::config::IdentityConfig::default());
+        let mapper = crate::identity::IdentityMapper::new(crate::config::IdentityConfig::default());
         Ok(crate::auth::token::Verifier::new(&cfg, keys, mapper))
     }
 }

@@ -521,6 +521,80 @@ where
     }
 }
 
+/// Path normalisation ([`crate::path`]) applied to every request, before routing.
+/// Rewrites the request URI to the normalised path (query kept) or answers `400`.
+#[derive(Debug, Clone, Default)]
+pub struct NormalizePathLayer;
+
+impl<S> Layer<S> for NormalizePathLayer {
+    type Service = NormalizePath<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        NormalizePath { inner }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct NormalizePath<S> {
+    inner: S,
+}
+
+type PinnedFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
+
+impl<S> Service<Request<axum::body::Body>> for NormalizePath<S>
+where
+    S: Service<Request<axum::body::Body>, Response = http::Response<axum::body::Body>> + Send,
+    S::Future: Send + 'static,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future =
+        futures_util::future::Either<S::Future, PinnedFuture<Result<S::Response, S::Error>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Request<axum::body::Body>) -> Self::Future {
+        let path = req.uri().path();
+        if crate::path::is_plain(path) {
+            return futures_util::future::Either::Left(self.inner.call(req));
+        }
+        match crate::path::normalize(path) {
+            Ok(p) => {
+                let changed = p != path;
+                let pq = match req.uri().query() {
+                    Some(q) => format!("{p}?{q}"),
+                    None => p.clone(),
+                };
+                if let Ok(pq) = pq.parse::<http::uri::PathAndQuery>() {
+                    let mut parts = req.uri().clone().into_parts();
+                    parts.path_and_query = Some(pq);
+                    if let Ok(uri) = http::Uri::from_parts(parts) {
+                        *req.uri_mut() = uri;
+                    }
+                }
+                if changed && p == req.uri().path() {
+                    let fut = self.inner.call(req);
+                    futures_util::future::Either::Right(Box::pin(async move {
+                        let mut resp = fut.await?;
+                        resp.extensions_mut().insert(crate::path::NormalizedPath(p));
+                        Ok(resp)
+                    }))
+                } else {
+                    futures_util::future::Either::Left(self.inner.call(req))
+                }
+            }
+            Err(e) => {
+                tracing::debug!(error = %e, "refused ambiguous path");
+                let detail = e.to_string();
+                let resp =
+                    Refusal::new(Rejection::BadPath(e), "bad_path").detail(detail).response();
+                futures_util::future::Either::Right(Box::pin(async move { Ok(resp) }))
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

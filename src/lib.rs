@@ -44,6 +44,7 @@ pub mod demo;
 pub mod devissuer;
 pub mod error;
 pub mod headers;
+pub mod identity;
 pub mod pages;
 pub mod path;
 pub mod peer;

@@ -1,14 +1,6 @@
 //! Path normalisation: the one path that public routes are matched against, that the access log
 //! shows and that the upstream receives. Ambiguous paths are refused, not guessed at.
 
-use std::task::{Context, Poll};
-
-use http::uri::{PathAndQuery, Uri};
-use http::Request;
-use tower::{Layer, Service};
-
-use crate::response::{Refusal, Rejection};
-
 /// Why a path was refused (answered `400`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum PathError {
@@ -80,7 +72,7 @@ fn decode_segment(seg: &str) -> Result<String, PathError> {
 }
 
 /// True when nothing in `path` can change under normalisation (the common case).
-fn is_plain(path: &str) -> bool {
+pub fn is_plain(path: &str) -> bool {
     path.starts_with('/')
         && !path.bytes().any(|b| matches!(b, b'%' | b'\\' | b';'))
         && !path.contains("//")
@@ -169,78 +161,6 @@ pub fn route_path(normalised: &str) -> std::borrow::Cow<'_, str> {
 /// response's extensions for the access log.
 #[derive(Debug, Clone)]
 pub struct NormalizedPath(pub String);
-
-/// Rewrites the request URI to the normalised path (query kept) or answers `400`.
-#[derive(Debug, Clone, Default)]
-pub struct NormalizePathLayer;
-
-impl<S> Layer<S> for NormalizePathLayer {
-    type Service = NormalizePath<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        NormalizePath { inner }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct NormalizePath<S> {
-    inner: S,
-}
-
-type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send>>;
-
-impl<S> Service<Request<axum::body::Body>> for NormalizePath<S>
-where
-    S: Service<Request<axum::body::Body>, Response = http::Response<axum::body::Body>> + Send,
-    S::Future: Send + 'static,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = futures_util::future::Either<S::Future, BoxFuture<Result<S::Response, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<axum::body::Body>) -> Self::Future {
-        let path = req.uri().path();
-        if is_plain(path) {
-            return futures_util::future::Either::Left(self.inner.call(req));
-        }
-        match normalize(path) {
-            Ok(p) => {
-                let changed = p != path;
-                let pq = match req.uri().query() {
-                    Some(q) => format!("{p}?{q}"),
-                    None => p.clone(),
-                };
-                if let Ok(pq) = pq.parse::<PathAndQuery>() {
-                    let mut parts = req.uri().clone().into_parts();
-                    parts.path_and_query = Some(pq);
-                    if let Ok(uri) = Uri::from_parts(parts) {
-                        *req.uri_mut() = uri;
-                    }
-                }
-                if changed && p == req.uri().path() {
-                    let fut = self.inner.call(req);
-                    futures_util::future::Either::Right(Box::pin(async move {
-                        let mut resp = fut.await?;
-                        resp.extensions_mut().insert(NormalizedPath(p));
-                        Ok(resp)
-                    }))
-                } else {
-                    futures_util::future::Either::Left(self.inner.call(req))
-                }
-            }
-            Err(e) => {
-                tracing::debug!(error = %e, "refused ambiguous path");
-                let detail = e.to_string();
-                let resp =
-                    Refusal::new(Rejection::BadPath(e), "bad_path").detail(detail).response();
-                futures_util::future::Either::Right(Box::pin(async move { Ok(resp) }))
-            }
-        }
-    }
-}
 
 #[cfg(test)]
 mod tests {

@@ -17,7 +17,7 @@ use http::{Request, Response, StatusCode};
 use serde_json::json;
 use tower::{Layer, Service};
 
-use crate::auth::identity::Identity;
+use crate::identity::Identity;
 use crate::path::PathError;
 
 /// The request id, set by the outermost layer and echoed in error bodies and logs.
@@ -145,10 +145,29 @@ impl Asker {
     }
 }
 
-/// What browsers get instead of JSON, when browser login is on.
+/// What browsers get instead of JSON, when browser login is on: the pages, and where signing
+/// in starts.
 #[derive(Clone)]
 pub struct BrowserAnswers {
-    pub login: Arc<crate::auth::login::Login>,
+    pub pages: Arc<crate::pages::Pages>,
+    pub sign_in: SignIn,
+}
+
+/// Where a browser is sent to sign in: the login endpoints' prefix, and whether the sign-in
+/// page is skipped.
+#[derive(Debug, Clone)]
+pub struct SignIn {
+    pub prefix: String,
+    pub skip_page: bool,
+}
+
+impl SignIn {
+    /// The sign-in entry for a browser that asked for `path_and_query`.
+    pub fn location(&self, path_and_query: &str) -> String {
+        let page = if self.skip_page { "start" } else { "sign_in" };
+        let rd: String = url::form_urlencoded::byte_serialize(path_and_query.as_bytes()).collect();
+        format!("{}/{page}?rd={rd}", self.prefix)
+    }
 }
 
 /// Renders every [`Refusal`] the layers inside it return; other responses pass untouched.
@@ -243,11 +262,11 @@ fn browser_answer(
     asker: &Asker,
     b: &BrowserAnswers,
 ) -> Response<Body> {
-    let login = &b.login;
-    let prefix = login.prefix();
+    let pages = &b.pages;
+    let prefix = b.sign_in.prefix.as_str();
     let request_id = asker.request_id.as_ref().and_then(|r| r.to_str().ok()).unwrap_or_default();
     let app_name = asker.host.clone().unwrap_or_else(|| "this app".into());
-    let sign_in_url = login.login_location(if asker.path_and_query.is_empty() {
+    let sign_in_url = b.sign_in.location(if asker.path_and_query.is_empty() {
         "/"
     } else {
         &asker.path_and_query
@@ -256,7 +275,7 @@ fn browser_answer(
         Rejection::NoToken { .. } | Rejection::InvalidToken { .. } if asker.redirectable => {
             redirect(&sign_in_url)
         }
-        Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => login.pages().render(
+        Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => pages.render(
             "sign_in.html",
             StatusCode::UNAUTHORIZED,
             json!({"app_name": app_name, "provider": "your identity provider",
@@ -267,7 +286,7 @@ fn browser_answer(
                 .identity
                 .as_ref()
                 .map(|i| i.email.clone().unwrap_or_else(|| i.subject.clone()));
-            login.pages().render(
+            pages.render(
                 "forbidden.html",
                 StatusCode::FORBIDDEN,
                 json!({"app_name": app_name, "user": user, "request_id": request_id,
@@ -283,7 +302,7 @@ fn browser_answer(
             };
             let sign_in =
                 matches!(other, Rejection::LoginFailed { .. }).then(|| format!("{prefix}/sign_in"));
-            let mut resp = login.pages().render(
+            let mut resp = pages.render(
                 "error.html",
                 other.status(),
                 json!({"app_name": app_name, "title": title, "message": message,

@@ -18,23 +18,25 @@ use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
-use crate::auth::identity::{IdentityMapper, InjectIdentityLayer};
+use crate::auth::inject::InjectIdentityLayer;
 use crate::auth::keys::{KeyCacheSettings, KeyStore};
 use crate::auth::login::Login;
 use crate::auth::policy::{AuthorizeLayer, Policy};
 use crate::auth::token::Verifier;
 use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::config::Config;
-use crate::headers::{StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders};
+use crate::headers::{
+    NormalizePathLayer, StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders,
+};
+use crate::identity::IdentityMapper;
 use crate::pages::Pages;
-use crate::path::NormalizePathLayer;
+
 use crate::peer::ClientAddr;
 use crate::proxy::ProxyService;
 use crate::response::{AnswersLayer, BrowserAnswers};
 use crate::telemetry::AccessLogLayer;
 
-/// The whole request path as one cloneable service.
-pub type Stack = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+pub use crate::conn::Stack;
 
 /// Slow clients get this long to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
@@ -119,7 +121,10 @@ impl Pipeline {
             .layer(AccessLogLayer)
             // Every refusal from the layers below becomes an answer here, in one place, in the
             // form that suits who asked; the access log then sees the final decision.
-            .layer(AnswersLayer::new(self.login.clone().map(|login| BrowserAnswers { login })))
+            .layer(AnswersLayer::new(self.login.as_ref().map(|login| BrowserAnswers {
+                pages: login.pages().clone(),
+                sign_in: login.sign_in(),
+            })))
             // Before anything reads headers: framing we will not pass on is refused, then
             // hop-by-hop headers and what `Connection` names go (never `Host`, the request id
             // or `X-Forwarded-*`).

@@ -28,13 +28,13 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use super::discovery::{read_bounded, ProviderMetadata};
-use super::identity::{Identity, IdentityMapper};
 use super::keys::{IssuerKeys, KeyStore};
 use super::session::{self, Activity, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
 use super::token::Verifier;
 use crate::clock::Clock;
 use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
 use crate::error::error_chain;
+use crate::identity::{Identity, IdentityMapper};
 use crate::pages::Pages;
 use crate::response::{redirect as redirect_to, Decision, Refusal, Rejection, RequestId};
 
@@ -927,11 +927,12 @@ impl Login {
             .unwrap_or_else(|| "/".to_string())
     }
 
-    /// The sign-in entry for a browser that asked for `path_and_query`.
-    pub fn login_location(&self, path_and_query: &str) -> String {
-        let page = if self.cfg.skip_sign_in_page { "start" } else { "sign_in" };
-        let rd: String = url::form_urlencoded::byte_serialize(path_and_query.as_bytes()).collect();
-        format!("{}/{page}?rd={rd}", self.cfg.prefix)
+    /// Where browsers are sent to sign in, for the answers of every layer.
+    pub fn sign_in(&self) -> crate::response::SignIn {
+        crate::response::SignIn {
+            prefix: self.cfg.prefix.clone(),
+            skip_page: self.cfg.skip_sign_in_page,
+        }
     }
 }
 
@@ -1145,7 +1146,7 @@ async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
     match login.session_of(&parts).await {
         Some(Ok((_, id, set, _))) => {
             let body = json!({
-                "user": id.headers.iter().find(|(n, _)| n == super::identity::X_FORWARDED_USER).and_then(|(_, v)| v.to_str().ok()),
+                "user": id.headers.iter().find(|(n, _)| n == crate::identity::X_FORWARDED_USER).and_then(|(_, v)| v.to_str().ok()),
                 "subject": id.subject,
                 "issuer": id.issuer,
                 "email": id.email,

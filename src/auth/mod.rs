@@ -5,7 +5,8 @@
 //! and a forward-auth endpoint will apply it to requests it only hears about.
 
 pub mod discovery;
-pub mod identity;
+pub mod inject;
+
 pub mod keys;
 pub mod login;
 pub mod policy;
@@ -22,8 +23,8 @@ use http::{request, Method, Request, Response};
 use tower::{Layer, Service};
 
 use crate::config::PublicRoute as PublicRouteSpec;
+use crate::identity::Identity;
 use crate::response::{Decision, Refusal, Rejection};
-use identity::Identity;
 use token::{TokenError, Verified, Verifier};
 
 /// Headers some frameworks take as the real method of a POST or GET (any spelling).

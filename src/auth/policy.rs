@@ -9,27 +9,13 @@ use std::task::{Context, Poll};
 use axum::body::Body;
 use futures_util::future::{ready, Either, Ready};
 use http::{Method, Request, Response};
-use regex::Regex;
 use serde_json::Value;
 use tower::{Layer, Service};
 
-use super::identity::{claim_at, Identity};
 use super::{Authenticated, PublicRoute};
+pub use crate::config::{method_covers, Policy, Requirement, Rule, RulePath};
+use crate::identity::{claim_at, Identity};
 use crate::response::{Refusal, Rejection};
-
-/// What an identity must have. Every non-empty field must hold (`groups`, `emails` and
-/// `email_domains`: any of; `scopes`: all of; `claims`: for each claim, any of its values).
-#[derive(Debug, Clone, Default)]
-pub struct Requirement {
-    pub issuers: Vec<String>,
-    pub groups: Vec<String>,
-    pub scopes: Vec<String>,
-    pub emails: Vec<String>,
-    /// Domains of the verified email; `*` is any verified email.
-    pub email_domains: Vec<String>,
-    /// Claim paths (an exact top-level key first, else split on `.`) and accepted values.
-    pub claims: Vec<(String, Vec<String>)>,
-}
 
 /// Why a requirement did not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -141,33 +127,6 @@ fn claim_values(v: Option<&Value>) -> Vec<String> {
     }
 }
 
-/// Where a rule applies.
-#[derive(Debug, Clone)]
-pub enum RulePath {
-    /// A path prefix, matched at a segment boundary (`/admin` covers `/admin` and `/admin/x`,
-    /// not `/administrator`).
-    Prefix(String),
-    /// A regex on the path.
-    Regex(Regex),
-}
-
-/// One `[[authorization.rules]]` entry.
-#[derive(Debug, Clone)]
-pub struct Rule {
-    /// `authorization.rules[N]`, for logs and `check`.
-    pub key: String,
-    pub path: RulePath,
-    /// Empty: every method.
-    pub methods: Vec<Method>,
-    pub require: Requirement,
-}
-
-/// Whether a rule or public route naming `named` covers a request's `method`: the same method,
-/// or `HEAD` under `GET` (frameworks run the `GET` handler for a `HEAD`, RFC 9110 §9.3.2).
-pub fn method_covers(named: &Method, method: &Method) -> bool {
-    named == method || (*named == Method::GET && *method == Method::HEAD)
-}
-
 impl Rule {
     fn applies_to(&self, method: &Method) -> bool {
         self.methods.is_empty() || self.methods.iter().any(|m| method_covers(m, method))
@@ -200,17 +159,6 @@ pub struct Denial {
     /// `authorization` or `authorization.rules[N]`.
     pub rule: String,
     pub unmet: Unmet,
-}
-
-/// The requirements and rules of `[authorization]`.
-#[derive(Debug, Clone, Default)]
-pub struct Policy {
-    pub base: Requirement,
-    pub rules: Vec<Rule>,
-    /// `authorization.case_insensitive_paths`: the app routes `/ADMIN` to `/admin` (Express,
-    /// ASP.NET), so rules match without regard to ASCII case (prefixes are stored lower case,
-    /// regexes built case-insensitive). Public routes follow the same switch.
-    pub case_insensitive_paths: bool,
 }
 
 impl Policy {
@@ -321,8 +269,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::identity::IdentityMapper;
     use crate::config::IdentityConfig;
+    use crate::identity::IdentityMapper;
     use serde_json::json;
 
     fn identity(claims: Value) -> Identity {
@@ -364,7 +312,7 @@ mod tests {
 
     #[test]
     fn the_first_matching_regex_beats_any_prefix() {
-        let re = |s: &str| RulePath::Regex(Regex::new(s).unwrap());
+        let re = |s: &str| RulePath::Regex(regex::Regex::new(s).unwrap());
         let mut post_only = rule("r2", re("^/admin/"), groups(&["writers"]));
         post_only.methods = vec![Method::POST];
         let p = Policy {

@@ -1,15 +1,10 @@
 //! Identity and the headers it becomes, and the layer that sets them. Client-sent copies are
 //! stripped earlier, by [`crate::headers`].
 
-use std::task::{Context, Poll};
-
-use http::header::{self, HeaderName, HeaderValue};
-use http::Request;
+use http::header::{HeaderName, HeaderValue};
 use serde_json::{Map, Value};
-use tower::{Layer, Service};
 
-use super::{Authenticated, Credential};
-use crate::config::{IdentityConfig, PassToken};
+use crate::config::IdentityConfig;
 
 pub const X_FORWARDED_USER: HeaderName = HeaderName::from_static("x-forwarded-user");
 pub const X_FORWARDED_EMAIL: HeaderName = HeaderName::from_static("x-forwarded-email");
@@ -37,31 +32,6 @@ pub struct Identity {
     pub scopes: Vec<String>,
     /// The identity headers to set on the forwarded request.
     pub headers: Vec<(HeaderName, HeaderValue)>,
-}
-
-/// Headers a claim may never be mapped to: framing, hop-by-hop, credentials, forwarding.
-pub fn is_reserved_request_header(name: &HeaderName) -> bool {
-    matches!(
-        name.as_str(),
-        "host"
-            | "content-length"
-            | "content-type"
-            | "transfer-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "proxy-authenticate"
-            | "proxy-authorization"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "authorization"
-            | "cookie"
-            | "forwarded"
-            | "x-forwarded-for"
-            | "x-forwarded-proto"
-            | "x-forwarded-host"
-    )
 }
 
 /// Why verified claims give no identity the app could trust (the request is refused, `401`).
@@ -264,84 +234,6 @@ fn encode_into(out: &mut String, text: &str, in_list: bool) -> Option<()> {
         }
     }
     Some(())
-}
-
-// ----- InjectIdentity -----
-
-/// Sets the verified identity headers (after hop-by-hop removal, so a client cannot name them in
-/// `Connection` to have them dropped) and applies `pass_token`.
-#[derive(Debug, Clone)]
-pub struct InjectIdentityLayer {
-    pass_token: PassToken,
-}
-
-impl InjectIdentityLayer {
-    pub fn new(pass_token: PassToken) -> Self {
-        Self { pass_token }
-    }
-}
-
-impl<S> Layer<S> for InjectIdentityLayer {
-    type Service = InjectIdentity<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        InjectIdentity { inner, pass_token: self.pass_token }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct InjectIdentity<S> {
-    inner: S,
-    pass_token: PassToken,
-}
-
-impl<S, B> Service<Request<B>> for InjectIdentity<S>
-where
-    S: Service<Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let found = req.extensions().get::<Authenticated>().map(|auth| {
-            let token = match &auth.credential {
-                Credential::Bearer(t) => Some(t.clone()),
-                Credential::Session { access_token } => access_token.clone(),
-            };
-            (auth.identity.clone(), token)
-        });
-        if let Some((identity, token)) = found {
-            let headers = req.headers_mut();
-            headers.reserve(identity.headers.len());
-            for (name, value) in &identity.headers {
-                headers.insert(name.clone(), value.clone());
-            }
-            let token = token.as_ref();
-            match (self.pass_token, token) {
-                (PassToken::None, _) | (_, None) => {
-                    headers.remove(header::AUTHORIZATION);
-                }
-                (PassToken::Authorization, Some(token)) => {
-                    let mut v = Vec::with_capacity(7 + token.expose().len());
-                    v.extend_from_slice(b"Bearer ");
-                    v.extend_from_slice(token.expose().as_bytes());
-                    if let Ok(mut v) = HeaderValue::from_bytes(&v) {
-                        v.set_sensitive(true);
-                        headers.insert(header::AUTHORIZATION, v);
-                    }
-                }
-                (PassToken::XForwardedAccessToken, Some(token)) => {
-                    headers.remove(header::AUTHORIZATION);
-                    headers.insert(X_FORWARDED_ACCESS_TOKEN, token.expose().clone());
-                }
-            }
-        }
-        self.inner.call(req)
-    }
 }
 
 #[cfg(test)]
