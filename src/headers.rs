@@ -283,9 +283,13 @@ pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         (None, _) if req.version() == http::Version::HTTP_11 => Err("no Host header"),
         (None, _) => Ok(()),
         (Some(h), None) => {
+            // `host[:port]`, the port digits only (the `http` crate takes `app.example:x`)
             let valid = !h.is_empty()
                 && !h.as_bytes().contains(&b'@')
-                && h.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).is_some();
+                && h.to_str()
+                    .ok()
+                    .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                    .is_some_and(|a| a.as_str().len() == a.host().len() || a.port().is_some());
             if valid {
                 Ok(())
             } else {
@@ -756,6 +760,26 @@ mod tests {
                 !is_canonical_method(&http::Method::from_bytes(bad.as_bytes()).unwrap()),
                 "{bad}"
             );
+        }
+    }
+
+    #[test]
+    fn an_http1_request_needs_one_valid_host() {
+        let req = |version: http::Version, hosts: &[&str]| {
+            let mut b = Request::builder().version(version).uri("/x");
+            for h in hosts {
+                b = b.header(header::HOST, *h);
+            }
+            settle_host(&mut b.body(()).unwrap())
+        };
+        use http::Version;
+        assert!(req(Version::HTTP_11, &["app.example"]).is_ok());
+        assert!(req(Version::HTTP_11, &["app.example:8080"]).is_ok());
+        assert!(req(Version::HTTP_11, &[]).is_err(), "HTTP/1.1 needs a Host");
+        assert!(req(Version::HTTP_10, &[]).is_ok(), "HTTP/1.0 may go without");
+        assert!(req(Version::HTTP_11, &["a.example", "b.example"]).is_err());
+        for bad in ["", "user@app.example", "app example", "app.example:x"] {
+            assert!(req(Version::HTTP_11, &[bad]).is_err(), "{bad:?}");
         }
     }
 

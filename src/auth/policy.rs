@@ -334,6 +334,24 @@ mod tests {
     }
 
     #[test]
+    fn paths_are_case_sensitive_unless_the_app_is_not() {
+        let mut p = Policy {
+            rules: vec![rule("a", RulePath::Prefix("/admin".into()), groups(&["a"]))],
+            ..Policy::default()
+        };
+        let key = |p: &Policy, path: &str| {
+            p.rule_for(&Method::GET, path).map(|r| r.key.as_str()).unwrap_or("-").to_string()
+        };
+        assert_eq!(key(&p, "/admin/x"), "a");
+        assert_eq!(key(&p, "/ADMIN/x"), "-");
+        assert_eq!(key(&p, "/Admin"), "-");
+        p.case_insensitive_paths = true;
+        assert_eq!(key(&p, "/ADMIN/x"), "a");
+        assert_eq!(key(&p, "/Admin"), "a");
+        assert_eq!(key(&p, "/administrator"), "-");
+    }
+
+    #[test]
     fn a_get_rule_covers_head_and_nothing_else_follows() {
         let mut get_only = rule("g", RulePath::Prefix("/reports".into()), groups(&["a"]));
         get_only.methods = vec![Method::GET];
