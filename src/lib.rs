@@ -18,9 +18,12 @@
 //! - [`cookie_header`]: the one reader of `Cookie` headers, on bytes.
 //! - [`auth`]: `check(&Parts)` (who is calling, as a value) and the `Authenticate` layer;
 //!   `discovery` (provider metadata), `keys` (JWKS cache), `token` (JWT validation,
-//!   verified-token cache), `session` (sealed cookie sessions), `login` (the browser flow:
-//!   start, callback, refresh, sign-out), `identity` (claims → identity headers), `policy`
-//!   (`[authorization]` rules and the `Authorize` layer).
+//!   verified-token cache), `session` (sealed cookie sessions), `policy` (`[authorization]`
+//!   rules and the `Authorize` layer), `inject` (the identity headers set on the request).
+//! - [`login`]: the browser flow: routes and handlers, `flow` (start, callback, sign-out),
+//!   `provider` (oauth2 client, ID tokens, UserInfo, revocation), `sessions` (check, refresh
+//!   once), `redirect` (safe redirects).
+//! - [`identity`]: verified claims → the identity and the headers it becomes.
 //! - [`proxy`]: `X-Forwarded-*`, the request to the app, `upstream.max_concurrent_requests`.
 //! - [`upstream`]: each worker's own connections to the app (HTTP/1.1 kept alive and paced, or
 //!   h2c).
@@ -45,6 +48,7 @@ pub mod devissuer;
 pub mod error;
 pub mod headers;
 pub mod identity;
+pub mod login;
 pub mod pages;
 pub mod path;
 pub mod peer;

@@ -20,7 +20,6 @@ use tower::ServiceBuilder;
 
 use crate::auth::inject::InjectIdentityLayer;
 use crate::auth::keys::{KeyCacheSettings, KeyStore};
-use crate::auth::login::Login;
 use crate::auth::policy::{AuthorizeLayer, Policy};
 use crate::auth::token::Verifier;
 use crate::auth::{AuthSettings, AuthenticateLayer};
@@ -29,6 +28,7 @@ use crate::headers::{
     NormalizePathLayer, StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders,
 };
 use crate::identity::IdentityMapper;
+use crate::login::Login;
 use crate::pages::Pages;
 
 use crate::peer::ClientAddr;

@@ -8,7 +8,7 @@ pub mod discovery;
 pub mod inject;
 
 pub mod keys;
-pub mod login;
+
 pub mod policy;
 pub mod session;
 pub mod token;
@@ -178,7 +178,7 @@ pub struct AuthSettings {
     pub verifier: Arc<Verifier>,
     pub public_routes: Vec<PublicRouteSpec>,
     pub realm: Arc<str>,
-    pub login: Option<Arc<login::Login>>,
+    pub login: Option<Arc<crate::login::Login>>,
 }
 
 impl AuthSettings {
@@ -231,9 +231,9 @@ impl AuthSettings {
                             credential: Credential::Session { access_token },
                             identity: Arc::new(identity),
                             reason: match refreshed {
-                                login::Refreshed::No => "session",
-                                login::Refreshed::Here => "session_refreshed",
-                                login::Refreshed::Shared => "session_refresh_shared",
+                                crate::login::Refreshed::No => "session",
+                                crate::login::Refreshed::Here => "session_refreshed",
+                                crate::login::Refreshed::Shared => "session_refresh_shared",
                             },
                             response_headers: set,
                         });
