@@ -283,19 +283,29 @@ pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         (None, _) if req.version() == http::Version::HTTP_11 => Err("no Host header"),
         (None, _) => Ok(()),
         (Some(h), None) => {
-            // `host[:port]`, the port digits only (the `http` crate takes `app.example:x`)
             let valid = !h.is_empty()
                 && !h.as_bytes().contains(&b'@')
-                && h.to_str()
-                    .ok()
-                    .and_then(|s| s.parse::<http::uri::Authority>().ok())
-                    .is_some_and(|a| a.as_str().len() == a.host().len() || a.port().is_some());
+                && port_is_digits(h.as_bytes())
+                && h.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).is_some();
             if valid {
                 Ok(())
             } else {
                 Err("invalid Host header")
             }
         }
+    }
+}
+
+/// Whether the port of a `host[:port]`, if it has one, is digits (the `http` crate reads
+/// `app.example:x` as a host without a port).
+fn port_is_digits(h: &[u8]) -> bool {
+    let after_host = match h.iter().rposition(|b| *b == b']') {
+        Some(i) => &h[i + 1..],
+        None => h,
+    };
+    match after_host.iter().rposition(|b| *b == b':') {
+        Some(i) => i + 1 < after_host.len() && after_host[i + 1..].iter().all(u8::is_ascii_digit),
+        None => true,
     }
 }
 
