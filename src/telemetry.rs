@@ -10,6 +10,7 @@ use std::time::Instant;
 
 use axum::body::Body;
 use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
 use http::header::{self, HeaderName, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
@@ -610,9 +611,19 @@ where
         // A clone of the URI shares its bytes: no copy of the path.
         let uri = req.uri().clone();
         let client = req.extensions().get::<ClientAddr>().and_then(|c| c.ip.clone());
-        let fut = self.inner.call(req);
+        // A panic in any layer below (or in the app's body handling there) becomes a 500 with
+        // this request's id and access line, never a connection dropped without an answer.
+        let inner = &mut self.inner;
+        let fut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || inner.call(req)));
         Box::pin(async move {
-            let mut resp = fut.await?;
+            let caught = match fut {
+                Ok(fut) => std::panic::AssertUnwindSafe(fut).catch_unwind().await,
+                Err(panic) => Err(panic),
+            };
+            let mut resp = match caught {
+                Ok(r) => r?,
+                Err(panic) => panicked(panic.as_ref(), &id),
+            };
             resp.headers_mut().insert(X_REQUEST_ID, id.clone());
             // milliseconds, to the microsecond
             let latency_ms = (start.elapsed().as_secs_f64() * 1e6).round() / 1e3;
@@ -643,9 +654,67 @@ where
     }
 }
 
+/// The answer for a request whose handling panicked: `500`, and the panic's message in the log
+/// (it comes from our code, never from request data).
+fn panicked(panic: &(dyn std::any::Any + Send), id: &HeaderValue) -> Response<Body> {
+    let message = panic
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "a panic without a message".into());
+    tracing::error!(request_id = id.to_str().unwrap_or(""), panic = %message, "request handling panicked; answered 500");
+    let mut resp = Response::new(Body::from("{\"error\":\"internal_error\"}"));
+    *resp.status_mut() = http::StatusCode::INTERNAL_SERVER_ERROR;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    let mut d = Decision::new("panic");
+    d.detail = Some(message);
+    resp.extensions_mut().insert(d);
+    resp
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panic_below_is_a_500_with_its_request_id_not_a_dropped_connection() {
+        use std::convert::Infallible;
+        use tower::{service_fn, ServiceBuilder, ServiceExt};
+        // in the future the layer returns, and in the call itself
+        let in_future = ServiceBuilder::new().layer(AccessLogLayer).service(service_fn(
+            |_req: Request<Body>| async move {
+                if true {
+                    panic!("a bug in a layer");
+                }
+                Ok::<_, Infallible>(Response::new(Body::empty()))
+            },
+        ));
+        #[derive(Clone)]
+        struct PanicsInCall;
+        impl Service<Request<Body>> for PanicsInCall {
+            type Response = Response<Body>;
+            type Error = Infallible;
+            type Future = std::future::Ready<Result<Response<Body>, Infallible>>;
+            fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+                Poll::Ready(Ok(()))
+            }
+            fn call(&mut self, _: Request<Body>) -> Self::Future {
+                panic!("a bug before the future")
+            }
+        }
+        let in_call = ServiceBuilder::new().layer(AccessLogLayer).service(PanicsInCall);
+        for resp in [
+            in_future.oneshot(Request::new(Body::empty())).await.unwrap(),
+            in_call.oneshot(Request::new(Body::empty())).await.unwrap(),
+        ] {
+            assert_eq!(resp.status(), 500);
+            assert!(resp.headers().contains_key(X_REQUEST_ID));
+            let d = resp.extensions().get::<Decision>().unwrap();
+            assert_eq!(d.reason, "panic");
+            assert!(d.detail.as_deref().unwrap().starts_with("a bug"), "{:?}", d.detail);
+        }
+    }
 
     fn line<'a>(path: &'a str, detail: &'a str, issuer: Option<&'a str>) -> AccessLine<'a> {
         AccessLine {
