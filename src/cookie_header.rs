@@ -110,22 +110,25 @@ pub fn fold_name(name: &[u8]) -> Vec<u8> {
 /// HTTP/1.1 app reads one). Returns whether anything was removed. Headers with nothing to
 /// remove are left exactly as they came.
 pub fn strip(headers: &mut HeaderMap, doomed: impl Fn(&Pair<'_>) -> bool) -> bool {
-    let mut any = false;
-    let mut removed = false;
-    for p in request_pairs(headers) {
-        any = true;
-        removed |= doomed(&p);
-    }
-    if !any || (!removed && headers.get_all(header::COOKIE).iter().count() == 1) {
+    // Each cookie judged once (folding a name allocates).
+    let judged: Vec<(Pair<'_>, bool)> = request_pairs(headers)
+        .map(|p| {
+            let d = doomed(&p);
+            (p, d)
+        })
+        .collect();
+    let removed = judged.iter().any(|(_, d)| *d);
+    if judged.is_empty() || (!removed && headers.get_all(header::COOKIE).iter().count() == 1) {
         return removed;
     }
     let mut kept: Vec<u8> = Vec::new();
-    for p in request_pairs(headers).filter(|p| !doomed(p)) {
+    for (p, _) in judged.iter().filter(|(_, d)| !*d) {
         if !kept.is_empty() {
             kept.extend_from_slice(b"; ");
         }
         kept.extend_from_slice(p.raw);
     }
+    drop(judged);
     headers.remove(header::COOKIE);
     if !kept.is_empty() {
         // Every byte came from valid header values, and `; ` is valid: this cannot fail.

@@ -124,11 +124,6 @@ impl Upstream {
         }
     }
 
-    /// New connections waiting for their first response now (for tests and the log).
-    pub fn connecting(&self) -> usize {
-        self.inner.connecting_max - self.inner.connecting.available_permits()
-    }
-
     /// Sends `req` (origin-form URI and `Host` for HTTP/1.1, absolute URI for h2c) and returns
     /// the response head, with the HTTP/1.1 connection to release when its body ends.
     pub async fn send(

@@ -189,10 +189,6 @@ impl Login {
         &self.pages
     }
 
-    pub fn skip_sign_in_page(&self) -> bool {
-        self.cfg.skip_sign_in_page
-    }
-
     /// The endpoints, for the server's router.
     pub fn routes(self: &Arc<Self>) -> Router {
         let p = &self.cfg.prefix;

@@ -187,7 +187,7 @@ impl Login {
             }
             self.check_azp(&claims).map_err(|e| format!("refreshed ID token: {e}"))?;
             let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
-            if iat + self.id_tokens_leeway() < s.created {
+            if iat + self.leeway.as_secs() < s.created {
                 return Err("refreshed ID token was issued before the session began".into());
             }
             fresh = Some(claims);
@@ -226,11 +226,6 @@ impl Login {
         }
         tracing::info!(sub = ?sub, "session refreshed");
         Ok(s)
-    }
-
-    /// The clock skew ID tokens are allowed (`bearer.leeway`).
-    pub(super) fn id_tokens_leeway(&self) -> u64 {
-        self.leeway.as_secs()
     }
 }
 
