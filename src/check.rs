@@ -1,9 +1,9 @@
 //! `portcullis check`: validates the config and, unless `--offline`, probes every issuer the way
 //! the proxy will (discovery, then the JWKS), saying what failed in words a user can act on.
 
-use crate::auth::discovery::{idp_client, FetchError};
-use crate::auth::keys::{IssuerKeys, KeyCacheSettings};
 use crate::config::Config;
+use crate::idp::discovery::{idp_client, FetchError};
+use crate::idp::jwks::{IssuerKeys, KeyCacheSettings};
 
 /// Exit code: all good.
 pub const OK: u8 = 0;

@@ -532,7 +532,7 @@ impl DevIssuer {
         audience: &str,
         tune: impl FnOnce(&mut crate::config::BearerConfig),
     ) -> anyhow::Result<crate::auth::token::Verifier> {
-        use crate::auth::keys::{KeyCacheSettings, KeyStore};
+        use crate::idp::jwks::{KeyCacheSettings, KeyStore};
         let mut cfg =
             crate::config::BearerConfig::with_issuers(vec![crate::config::TrustedIssuer {
                 issuer: self.issuer(),

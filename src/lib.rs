@@ -16,10 +16,11 @@
 //!   methods and HTTP/2 fields refused before anything reads them.
 //! - [`path`]: the one normalised path that routes match and the app receives.
 //! - [`cookie_header`]: the one reader of `Cookie` headers, on bytes.
+//! - [`idp`]: talking to providers: `discovery` (metadata, the bounded GET), `jwks` (key cache).
 //! - [`auth`]: `check(&Parts)` (who is calling, as a value) and the `Authenticate` layer;
-//!   `discovery` (provider metadata), `keys` (JWKS cache), `token` (JWT validation,
-//!   verified-token cache), `session` (sealed cookie sessions), `policy` (`[authorization]`
-//!   rules and the `Authorize` layer), `inject` (the identity headers set on the request).
+//!   `token` (JWT validation, verified-token cache), `session` (sealed cookie sessions),
+//!   `policy` (`[authorization]` rules and the `Authorize` layer), `inject` (the identity
+//!   headers set on the request).
 //! - [`login`]: the browser flow: routes and handlers, `flow` (start, callback, sign-out),
 //!   `provider` (oauth2 client, ID tokens, UserInfo, revocation), `sessions` (check, refresh
 //!   once), `redirect` (safe redirects).
@@ -48,6 +49,7 @@ pub mod devissuer;
 pub mod error;
 pub mod headers;
 pub mod identity;
+pub mod idp;
 pub mod login;
 pub mod pages;
 pub mod path;

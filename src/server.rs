@@ -19,7 +19,6 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
 use crate::auth::inject::InjectIdentityLayer;
-use crate::auth::keys::{KeyCacheSettings, KeyStore};
 use crate::auth::policy::{AuthorizeLayer, Policy};
 use crate::auth::token::Verifier;
 use crate::auth::{AuthSettings, AuthenticateLayer};
@@ -28,6 +27,7 @@ use crate::headers::{
     NormalizePathLayer, StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders,
 };
 use crate::identity::IdentityMapper;
+use crate::idp::jwks::{KeyCacheSettings, KeyStore};
 use crate::login::Login;
 use crate::pages::Pages;
 

@@ -1,14 +1,10 @@
-//! Authentication: who is calling. `discovery` (provider metadata) → `keys` (JWKS cache) →
+//! Authentication: who is calling, with the keys of [`crate::idp`]:
 //! `token` (JWT validation and the verified-token cache) → `identity` (the headers an identity
 //! becomes). [`AuthSettings::check`] answers "who is this?" from a request head alone, as a
 //! value; the [`Authenticate`] layer applies it to proxied requests (public routes included),
 //! and a forward-auth endpoint will apply it to requests it only hears about.
 
-pub mod discovery;
 pub mod inject;
-
-pub mod keys;
-
 pub mod policy;
 pub mod session;
 pub mod token;

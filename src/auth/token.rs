@@ -8,10 +8,10 @@ use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
-use super::keys::{IssuerKeys, KeyStore, Lookup, VerifyKey};
 use crate::clock::Clock;
 use crate::config::BearerConfig;
 use crate::identity::{Identity, IdentityError, IdentityMapper};
+use crate::idp::jwks::{IssuerKeys, KeyStore, Lookup, VerifyKey};
 
 /// Tokens longer than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;

@@ -44,14 +44,14 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use crate::auth::discovery::{read_bounded, ProviderMetadata};
-use crate::auth::keys::{IssuerKeys, KeyStore};
 use crate::auth::session::{self, Activity, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
 use crate::auth::token::Verifier;
 use crate::clock::Clock;
 use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
 use crate::error::error_chain;
 use crate::identity::{Identity, IdentityMapper};
+use crate::idp::discovery::{read_bounded, ProviderMetadata};
+use crate::idp::jwks::{IssuerKeys, KeyStore};
 use crate::pages::Pages;
 use crate::response::{redirect as redirect_to, Decision, Refusal, Rejection, RequestId};
 
@@ -160,7 +160,7 @@ impl Login {
             codec,
             cookies,
             pages,
-            http: crate::auth::discovery::idp_client(),
+            http: crate::idp::discovery::idp_client(),
             mapper,
             keep_access_token: identity.pass_token != PassToken::None,
             clock: Clock::System,

@@ -232,7 +232,7 @@ impl Login {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::keys::KeyStore;
+    use crate::idp::jwks::KeyStore;
 
     /// A login (no provider is asked) whose clock follows paused tokio time.
     fn paused_login(session: &str) -> Login {
@@ -245,7 +245,7 @@ mod tests {
         let cfg = crate::config::load_str(&text, std::iter::empty()).unwrap().config;
         let store = Arc::new(KeyStore::new(
             &cfg.key_issuers(),
-            crate::auth::keys::KeyCacheSettings::new(&cfg.bearer, false),
+            crate::idp::jwks::KeyCacheSettings::new(&cfg.bearer, false),
         ));
         let pages = Arc::new(Pages::load(None).unwrap());
         Login::new(cfg.login.unwrap(), &store, &cfg.bearer, &cfg.identity, pages)

@@ -119,8 +119,8 @@ impl KeySet {
     }
 }
 
-pub use super::discovery::FetchError;
-use super::discovery::ProviderMetadata;
+pub use crate::idp::discovery::FetchError;
+use crate::idp::discovery::ProviderMetadata;
 
 /// Settings shared by every issuer's key cache.
 #[derive(Debug, Clone)]
@@ -388,7 +388,7 @@ impl IssuerKeys {
             Some(u) => u.clone(),
             None => self.discover().await?,
         };
-        let (body, max_age) = super::discovery::get_cached(&self.http, &url, "JWKS").await?;
+        let (body, max_age) = crate::idp::discovery::get_cached(&self.http, &url, "JWKS").await?;
         if let Ok(mut g) = self.max_age.lock() {
             *g = max_age;
         }
@@ -408,12 +408,13 @@ impl IssuerKeys {
 
     /// `issuer` without a trailing `/`, then `/.well-known/openid-configuration`.
     pub fn discovery_url(&self) -> String {
-        super::discovery::discovery_url(&self.issuer)
+        crate::idp::discovery::discovery_url(&self.issuer)
     }
 
     async fn discover(&self) -> Result<Url, FetchError> {
         let meta =
-            super::discovery::discover(&self.http, &self.issuer, self.settings.allow_http).await?;
+            crate::idp::discovery::discover(&self.http, &self.issuer, self.settings.allow_http)
+                .await?;
         let jwks = meta.jwks_uri.clone();
         if let Ok(mut g) = self.metadata.write() {
             *g = Some(Arc::new(meta));
@@ -469,7 +470,7 @@ pub struct KeyStore {
 
 impl KeyStore {
     pub fn new(issuers: &[TrustedIssuer], settings: KeyCacheSettings) -> Self {
-        let http = super::discovery::idp_client();
+        let http = crate::idp::discovery::idp_client();
         Self {
             issuers: issuers
                 .iter()
@@ -502,8 +503,8 @@ impl KeyStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::auth::discovery::idp_client;
     use crate::devissuer::{DevIssuer, KeyAlg};
+    use crate::idp::discovery::idp_client;
     use serde_json::json;
 
     fn settings(min_refetch: Duration) -> KeyCacheSettings {
