@@ -18,12 +18,13 @@
 //! - [`cookie_header`]: the one reader of `Cookie` headers, on bytes.
 //! - [`idp`]: talking to providers: `discovery` (metadata, the bounded GET), `jwks` (key cache).
 //! - [`auth`]: `check(&Parts)` (who is calling, as a value) and the `Authenticate` layer;
-//!   `token` (JWT validation, verified-token cache), `session` (sealed cookie sessions),
+//!   `token` (JWT validation, verified-token cache), `session` (sessions: their rules in
+//!   `Sessions`, where they are kept behind `SessionStore`, sealed cookies the first store),
 //!   `policy` (`[authorization]` rules and the `Authorize` layer), `inject` (the identity
 //!   headers set on the request).
 //! - [`login`]: the browser flow: routes and handlers, `flow` (start, callback, sign-out),
-//!   `provider` (oauth2 client, ID tokens, UserInfo, revocation), `sessions` (check, refresh
-//!   once), `redirect` (safe redirects).
+//!   `provider` (oauth2 client, ID tokens, UserInfo, revocation, the refresh grant),
+//!   `redirect` (safe redirects).
 //! - [`identity`]: verified claims → the identity and the headers it becomes.
 //! - [`proxy`]: `X-Forwarded-*`, the request to the app, `upstream.max_concurrent_requests`.
 //! - [`upstream`]: each worker's own connections to the app (HTTP/1.1 kept alive and paced, or

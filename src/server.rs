@@ -79,6 +79,7 @@ impl Pipeline {
                     &config.bearer,
                     &config.identity,
                     pages,
+                    crate::clock::Clock::System,
                 )?))
             }
             None => None,
@@ -87,7 +88,7 @@ impl Pipeline {
             verifier,
             public_routes: config.bearer.public_routes.clone(),
             realm: config.bearer.realm.as_str().into(),
-            login: login.clone(),
+            sessions: login.as_ref().map(|l| l.sessions().clone()),
         });
         let pipeline = Self {
             auth,

@@ -168,13 +168,14 @@ fn credentials(headers: &HeaderMap) -> Credentials {
     }
 }
 
-/// What authentication needs: the verifier, the public routes, and browser login (sessions).
+/// What authentication needs: the verifier, the public routes, and browser sessions.
 #[derive(Debug)]
 pub struct AuthSettings {
     pub verifier: Arc<Verifier>,
     pub public_routes: Vec<PublicRouteSpec>,
     pub realm: Arc<str>,
-    pub login: Option<Arc<crate::login::Login>>,
+    /// Browser sessions, when browser login is on.
+    pub sessions: Option<Arc<session::Sessions>>,
 }
 
 impl AuthSettings {
@@ -201,10 +202,10 @@ impl AuthSettings {
     pub async fn check(&self, parts: &request::Parts) -> Result<Authenticated, Refusal> {
         // A browser session, when there is no Authorization header at all.
         let mut session_problem = None;
-        if let Some(login) =
-            self.login.as_ref().filter(|_| !parts.headers.contains_key(header::AUTHORIZATION))
+        if let Some(sessions) =
+            self.sessions.as_ref().filter(|_| !parts.headers.contains_key(header::AUTHORIZATION))
         {
-            if let Some(value) = login.cookies.session_value(&parts.headers) {
+            if sessions.present(&parts.headers) {
                 // Decided before anything that changes state (a refresh, which may rotate the
                 // refresh token; a rewritten or cleared cookie).
                 if !same_origin_or_safe(parts) {
@@ -212,32 +213,34 @@ impl AuthSettings {
                         "an unsafe method or upgrade with the session cookie from another origin",
                     ));
                 }
-                let checked = match value {
-                    Ok(v) => login.check_session(&v, &parts.headers).await,
-                    Err(e) => Err(e.to_string()),
-                };
-                match checked {
-                    Ok((session, identity, set, refreshed)) => {
-                        let access_token = session
+                match sessions.check(&parts.headers).await {
+                    Some(Ok(checked)) => {
+                        let access_token = checked
+                            .session
                             .access_token
                             .as_deref()
                             .and_then(|t| HeaderValue::from_str(t).ok())
                             .map(Token::new);
+                        let mut response_headers = HeaderMap::new();
+                        for v in checked.set_cookie {
+                            response_headers.append(header::SET_COOKIE, v);
+                        }
                         return Ok(Authenticated {
                             credential: Credential::Session { access_token },
-                            identity: Arc::new(identity),
-                            reason: match refreshed {
-                                crate::login::Refreshed::No => "session",
-                                crate::login::Refreshed::Here => "session_refreshed",
-                                crate::login::Refreshed::Shared => "session_refresh_shared",
+                            identity: Arc::new(checked.identity),
+                            reason: match checked.refreshed {
+                                session::Refreshed::No => "session",
+                                session::Refreshed::Here => "session_refreshed",
+                                session::Refreshed::Shared => "session_refresh_shared",
                             },
-                            response_headers: set,
+                            response_headers,
                         });
                     }
-                    Err(why) => {
+                    Some(Err(why)) => {
                         tracing::debug!(reason = %why, "no session");
-                        session_problem = Some((why, login.cookies.clear_all(&parts.headers)));
+                        session_problem = Some((why, sessions.clear(&parts.headers).await));
                     }
+                    None => {}
                 }
             }
         }
@@ -304,8 +307,8 @@ impl AuthSettings {
         let has_bearer = parts.headers.get_all(header::AUTHORIZATION).iter().any(is_bearer);
         if !has_bearer {
             // A signed-in browser on a public route: the app learns who it is, if it can.
-            if let Some(login) = &self.login {
-                if login.cookies.session_value(&parts.headers).is_some() {
+            if let Some(sessions) = &self.sessions {
+                if sessions.present(&parts.headers) {
                     if let Ok(auth) = self.check(parts).await {
                         decision.identity = Some(auth.identity.clone());
                         parts.extensions.insert(auth);
@@ -443,8 +446,8 @@ where
                 Err(refusal) => return Ok(refusal.response()),
             };
             // The app never sees portcullis's cookies, on any route.
-            if let Some(login) = &settings.login {
-                login.cookies.strip_from(&mut parts.headers);
+            if let Some(sessions) = &settings.sessions {
+                sessions.strip(&mut parts.headers);
             }
             let response_headers = parts
                 .extensions
@@ -485,7 +488,7 @@ mod tests {
             verifier,
             public_routes: vec![PublicRouteSpec::parse("GET=^/open$").unwrap()],
             realm: "r".into(),
-            login: None,
+            sessions: None,
         })
     }
 

@@ -40,9 +40,9 @@ impl Login {
 
     pub(super) async fn start(&self, parts: &request::Parts) -> Result<Response<Body>, LoginError> {
         let rd = self.safe_rd(parts, query_param(parts, "rd").as_deref());
-        let meta = self.metadata()?;
-        let redirect = self.redirect_url(&parts.headers)?;
-        let client = self.client(&meta, Some(redirect))?;
+        let meta = self.provider.metadata()?;
+        let redirect = self.provider.redirect_url(&parts.headers)?;
+        let client = self.provider.client(&meta, Some(redirect))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = session::random_token();
         let nonce = session::random_token();
@@ -66,11 +66,13 @@ impl Login {
             created: now(&self.clock),
         };
         let existing: Vec<(String, u64)> = self
+            .jar
             .cookies
             .attempts_in(&parts.headers)
             .into_iter()
             .map(|(name, value)| {
                 let created = self
+                    .jar
                     .codec
                     .open_json::<Attempt>(session::ATTEMPT, &value)
                     .map(|a| a.created)
@@ -78,9 +80,9 @@ impl Login {
                 (name, created)
             })
             .collect();
-        let sealed = self.codec.seal_json(session::ATTEMPT, &attempt);
+        let sealed = self.jar.codec.seal_json(session::ATTEMPT, &attempt);
         let mut resp = redirect_to(url.as_str());
-        for v in self.cookies.set_attempt(&state, sealed, existing) {
+        for v in self.jar.cookies.set_attempt(&state, sealed, existing) {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
         resp.extensions_mut().insert(Decision::new("login_start"));
@@ -101,8 +103,8 @@ impl Login {
             }
         }
         let state = query_param(parts, "state").unwrap_or_default();
-        let attempt_cookie = self.cookies.attempt_name(&state);
-        let clear_attempt = self.cookies.remove(&attempt_cookie);
+        let attempt_cookie = self.jar.cookies.attempt_name(&state);
+        let clear_attempt = self.jar.cookies.remove(&attempt_cookie);
         if let Some(err) = query_param(parts, "error") {
             let code =
                 if PROVIDER_ERRORS.contains(&err.as_str()) { err } else { "unknown_error".into() };
@@ -113,6 +115,7 @@ impl Login {
             return Err(e);
         }
         let attempt_value = self
+            .jar
             .cookies
             .attempts_in(&parts.headers)
             .into_iter()
@@ -125,10 +128,10 @@ impl Login {
                 )
                 .message("This sign-in link has expired or was already used. Please sign in again.")
             })?;
-        let attempt: Attempt = self
-            .codec
-            .open_json(session::ATTEMPT, &attempt_value)
-            .map_err(|e| LoginError::new("login_state_unknown", format!("attempt cookie {e}")))?;
+        let attempt: Attempt =
+            self.jar.codec.open_json(session::ATTEMPT, &attempt_value).map_err(|e| {
+                LoginError::new("login_state_unknown", format!("attempt cookie {e}"))
+            })?;
         if attempt.state != state || state.is_empty() {
             return Err(LoginError::new(
                 "login_state_mismatch",
@@ -143,7 +146,7 @@ impl Login {
             return Err(LoginError::new("login_replayed", "this callback was already used")
                 .message("This sign-in link was already used. Please sign in again."));
         }
-        let meta = self.metadata()?;
+        let meta = self.provider.metadata()?;
         // RFC 9207: the issuer of the response, checked when sent, required when advertised.
         match query_param(parts, "iss") {
             Some(iss) if iss != self.cfg.issuer => {
@@ -162,9 +165,9 @@ impl Login {
         }
         let code = query_param(parts, "code")
             .ok_or_else(|| LoginError::new("login_no_code", "the callback has no code"))?;
-        let redirect = self.redirect_url(&parts.headers)?;
-        let client = self.client(&meta, Some(redirect))?;
-        let http = self.http_client();
+        let redirect = self.provider.redirect_url(&parts.headers)?;
+        let client = self.provider.client(&meta, Some(redirect))?;
+        let http = self.provider.http_client();
         let tokens = client
             .exchange_code(AuthorizationCode::new(code))
             .set_pkce_verifier(PkceCodeVerifier::new(attempt.pkce_verifier.clone()))
@@ -177,9 +180,9 @@ impl Login {
         let id_token = tokens.extra_fields().id_token.clone().ok_or_else(|| {
             LoginError::new("login_no_id_token", "the token response has no id_token")
         })?;
-        let mut claims = self.verify_id_token(&id_token, &attempt.nonce).await?;
+        let mut claims = self.provider.verify_id_token(&id_token, &attempt.nonce).await?;
         if let Some(ui) = &meta.userinfo_endpoint {
-            let info = self.userinfo_claims(ui, tokens.access_token().secret()).await?;
+            let info = self.provider.userinfo_claims(ui, tokens.access_token().secret()).await?;
             if info.get("sub") != claims.get("sub") {
                 return Err(LoginError::new(
                     "login_userinfo_sub",
@@ -192,6 +195,7 @@ impl Login {
                 }
             }
         }
+        let sid = claims.get("sid").and_then(Value::as_str).map(str::to_string);
         claims.retain(|k, _| !PROTOCOL_CLAIMS.contains(&k.as_str()));
         let t = now(&self.clock);
         let session = Session {
@@ -203,15 +207,19 @@ impl Login {
             at_exp: tokens.expires_in().map(|d| t + d.as_secs()),
             refresh_token: tokens.refresh_token().map(|r| r.secret().clone()),
             id_token: Some(id_token),
-            access_token: self.keep_access_token.then(|| tokens.access_token().secret().clone()),
+            sid,
+            access_token: self
+                .provider
+                .keep_access_token
+                .then(|| tokens.access_token().secret().clone()),
         };
         let identity = self.mapper.identity(&session.iss, session.claims.clone()).map_err(|e| {
             LoginError::new("login_identity", e.to_string())
                 .status(StatusCode::FORBIDDEN)
                 .message("Your account cannot be used here (for example, its email address is not verified).")
         })?;
-        let cookies = self.seal_session(&session, &parts.headers).ok_or_else(|| {
-            LoginError::new("session_too_large", "the session does not fit its cookies")
+        let cookies = self.sessions.open(&session, &parts.headers).await.map_err(|e| {
+            LoginError::new("session_too_large", e.to_string())
                 .status(StatusCode::INTERNAL_SERVER_ERROR)
         })?;
         let mut resp = redirect_to(&attempt.rd);
@@ -249,15 +257,13 @@ impl Login {
                 return self.confirm_sign_out(parts);
             }
         }
-        let session = match self.cookies.session_value(&parts.headers) {
-            Some(Ok(v)) => self.codec.open_json::<Session>(session::SESSION, &v).ok(),
-            _ => None,
-        };
+        let session = self.sessions.peek(&parts.headers).await;
         if let Some(rt) = session.as_ref().and_then(|s| s.refresh_token.clone()) {
-            self.revoke(rt).await;
+            self.provider.revoke(rt).await;
         }
         let rd = query_param(parts, "rd").map(|rd| self.safe_rd(parts, Some(&rd)));
-        let end_session = self.keys.metadata().and_then(|m| m.end_session_endpoint.clone());
+        let end_session =
+            self.provider.keys.metadata().and_then(|m| m.end_session_endpoint.clone());
         let mut resp = match (end_session, session.as_ref().and_then(|s| s.id_token.clone())) {
             (Some(mut url), Some(hint)) => {
                 {
@@ -279,7 +285,7 @@ impl Login {
                 ),
             },
         };
-        for v in self.cookies.clear_all(&parts.headers) {
+        for v in self.sessions.clear(&parts.headers).await {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

@@ -8,20 +8,16 @@
 //!
 //! - this file: [`Login`], its routes and handlers;
 //! - `flow`: start, callback, sign-out;
-//! - `provider`: the `oauth2` client, ID tokens, UserInfo, revocation;
-//! - `sessions`: opening, checking and refreshing a session (one refresh at a time);
+//! - `provider`: the `oauth2` client, ID tokens, UserInfo, revocation, refresh;
 //! - `redirect`: where a browser may be sent.
 
 mod flow;
 mod provider;
 mod redirect;
-mod sessions;
 
 use provider::token_error;
-pub use provider::HttpError;
+pub use provider::{HttpError, Provider};
 pub use redirect::safe_redirect;
-use sessions::RefreshSlot;
-pub use sessions::{Refreshed, REFRESH_GRACE};
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -44,12 +40,13 @@ use serde::{Deserialize, Serialize};
 use serde_json::{json, Map, Value};
 use url::Url;
 
-use crate::auth::session::{self, Activity, Attempt, Codec, Cookies, Session, ATTEMPT_LIFETIME};
+use crate::auth::session::cookie::{self as session, Attempt, ATTEMPT_LIFETIME};
+use crate::auth::session::{CookieStore, Jar, Lifetimes, Refresher, Session, Sessions};
 use crate::auth::token::Verifier;
 use crate::clock::Clock;
 use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
 use crate::error::error_chain;
-use crate::identity::{Identity, IdentityMapper};
+use crate::identity::IdentityMapper;
 use crate::idp::discovery::{read_bounded, ProviderMetadata};
 use crate::idp::jwks::{IssuerKeys, KeyStore};
 use crate::pages::Pages;
@@ -88,27 +85,20 @@ impl LoginError {
     }
 }
 
-/// Everything the login endpoints and session checks need.
+/// Everything the login endpoints need.
 pub struct Login {
     cfg: LoginConfig,
-    keys: Arc<IssuerKeys>,
-    id_tokens: Verifier,
-    codec: Codec,
-    pub cookies: Cookies,
+    provider: Arc<Provider>,
+    /// Our cookies (login attempts here; sessions through `sessions`).
+    jar: Arc<Jar>,
+    sessions: Arc<Sessions>,
     pages: Arc<Pages>,
-    http: reqwest::Client,
     mapper: IdentityMapper,
-    keep_access_token: bool,
     clock: Clock,
-    /// `bearer.leeway`, for ID tokens' times.
-    leeway: Duration,
     /// `bearer.realm`, for the `401`s of the login endpoints.
     realm: Arc<str>,
     /// Attempt states already used (so a replayed callback fails), with their expiry.
     used_states: Mutex<HashMap<String, u64>>,
-    refreshes: Mutex<HashMap<String, Arc<RefreshSlot>>>,
-    /// Refreshes that reached the provider (for tests and the log).
-    pub refresh_count: std::sync::atomic::AtomicU64,
 }
 
 impl std::fmt::Debug for Login {
@@ -123,12 +113,15 @@ pub(super) fn now(clock: &Clock) -> u64 {
 }
 
 impl Login {
+    /// The login for `cfg`, with sealed cookie sessions, reading time from `clock` (sessions'
+    /// lifetime and idle timeout, attempts, ID tokens; tests move it with paused tokio time).
     pub fn new(
         cfg: LoginConfig,
         store: &Arc<KeyStore>,
         bearer: &BearerConfig,
         identity: &IdentityConfig,
         pages: Arc<Pages>,
+        clock: Clock,
     ) -> anyhow::Result<Self> {
         let keys = store
             .issuer(&cfg.issuer)
@@ -146,39 +139,50 @@ impl Login {
         id_cfg.token_cache_size = 0;
         id_cfg.token_types = vec!["JWT".into(), "id_token+jwt".into()];
         let mapper = IdentityMapper::for_sessions(identity.clone());
-        let id_tokens = Verifier::new(&id_cfg, store.clone(), mapper.clone());
-        let codec = Codec::new(
-            &cfg.session.secrets,
-            &cfg.issuer,
-            &cfg.client_id,
-            &cfg.session.cookie_name,
-        )?;
-        let cookies = Cookies::new(&cfg);
-        Ok(Self {
+        let id_tokens = Verifier::new(&id_cfg, store.clone(), mapper.clone()).with_clock(clock);
+        let provider = Arc::new(Provider {
+            cfg: cfg.clone(),
             keys,
             id_tokens,
-            codec,
-            cookies,
-            pages,
             http: crate::idp::discovery::idp_client(),
-            mapper,
             keep_access_token: identity.pass_token != PassToken::None,
-            clock: Clock::System,
+            clock,
             leeway: bearer.leeway,
+            refresh_count: std::sync::atomic::AtomicU64::new(0),
+        });
+        let jar = Arc::new(Jar::new(&cfg)?);
+        let lifetimes = Lifetimes {
+            max_lifetime: cfg.session.max_lifetime,
+            idle_timeout: cfg.session.idle_timeout,
+        };
+        let sessions = Arc::new(Sessions::new(
+            Arc::new(CookieStore::new(jar.clone())),
+            provider.clone(),
+            mapper.clone(),
+            lifetimes,
+            clock,
+        ));
+        Ok(Self {
+            provider,
+            jar,
+            sessions,
+            pages,
+            mapper,
+            clock,
             realm: bearer.realm.as_str().into(),
             used_states: Mutex::new(HashMap::new()),
-            refreshes: Mutex::new(HashMap::new()),
-            refresh_count: std::sync::atomic::AtomicU64::new(0),
             cfg,
         })
     }
 
-    /// The same login reading time from `clock` (sessions' lifetime and idle timeout, attempts,
-    /// ID tokens): tests move it with paused tokio time.
-    pub fn with_clock(mut self, clock: Clock) -> Self {
-        self.clock = clock;
-        self.id_tokens = self.id_tokens.with_clock(clock);
-        self
+    /// The sessions this login opens, for authentication to check.
+    pub fn sessions(&self) -> &Arc<Sessions> {
+        &self.sessions
+    }
+
+    /// The provider client (refresh counts, for tests).
+    pub fn provider(&self) -> &Arc<Provider> {
+        &self.provider
     }
 
     pub fn prefix(&self) -> &str {
@@ -288,8 +292,10 @@ async fn callback(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
     if resp.status().is_client_error() || resp.status().is_server_error() {
         // a failed callback still removes its attempt cookie
         let state = query_param(&parts, "state").unwrap_or_default();
-        resp.headers_mut()
-            .append(header::SET_COOKIE, login.cookies.remove(&login.cookies.attempt_name(&state)));
+        resp.headers_mut().append(
+            header::SET_COOKIE,
+            login.jar.cookies.remove(&login.jar.cookies.attempt_name(&state)),
+        );
     }
     resp
 }
@@ -320,8 +326,9 @@ async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
     if parts.method != Method::GET {
         return no_session(None);
     }
-    match login.session_of(&parts).await {
-        Some(Ok((_, id, set, _))) => {
+    match login.sessions.check(&parts.headers).await {
+        Some(Ok(checked)) => {
+            let id = checked.identity;
             let body = json!({
                 "user": id.headers.iter().find(|(n, _)| n == crate::identity::X_FORWARDED_USER).and_then(|(_, v)| v.to_str().ok()),
                 "subject": id.subject,
@@ -334,8 +341,8 @@ async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
             resp.headers_mut()
                 .insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
             resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-            for v in set.get_all(header::SET_COOKIE) {
-                resp.headers_mut().append(header::SET_COOKIE, v.clone());
+            for v in checked.set_cookie {
+                resp.headers_mut().append(header::SET_COOKIE, v);
             }
             let mut d = Decision::new("session");
             d.identity = Some(Arc::new(id));

@@ -30,7 +30,30 @@ pub(super) type OidcClient = oauth2::Client<
 #[error("{0}")]
 pub struct HttpError(String);
 
-impl Login {
+/// The login's client at the provider: its configuration, the provider's keys and metadata,
+/// the ID-token verifier and the HTTP client every provider request goes through. It also
+/// refreshes sessions ([`Refresher`]), for the session store to run.
+pub struct Provider {
+    pub(super) cfg: LoginConfig,
+    pub(super) keys: Arc<IssuerKeys>,
+    pub(super) id_tokens: Verifier,
+    pub(super) http: reqwest::Client,
+    /// Whether sessions keep the access token (`identity.pass_token` passes it on).
+    pub(super) keep_access_token: bool,
+    pub(super) clock: Clock,
+    /// `bearer.leeway`, for ID tokens' times.
+    pub(super) leeway: Duration,
+    /// Refreshes that reached the provider (for the log and tests).
+    pub refresh_count: std::sync::atomic::AtomicU64,
+}
+
+impl std::fmt::Debug for Provider {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Provider").field("issuer", &self.cfg.issuer).finish()
+    }
+}
+
+impl Provider {
     pub(super) fn metadata(&self) -> Result<Arc<ProviderMetadata>, LoginError> {
         self.keys.metadata().ok_or_else(|| {
             LoginError::new(
@@ -207,6 +230,92 @@ impl Login {
                 tracing::warn!(error = %error_chain(&e), "the provider did not revoke the refresh token")
             }
         }
+    }
+}
+
+impl Refresher for Provider {
+    fn refresh(&self, session: Session) -> BoxFuture<'_, Result<Session, String>> {
+        Box::pin(self.refresh_now(session))
+    }
+}
+
+impl Provider {
+    /// The refresh grant; then what the provider says about the user now replaces the
+    /// session's claims.
+    async fn refresh_now(&self, mut s: Session) -> Result<Session, String> {
+        let meta = self.metadata().map_err(|e| e.detail)?;
+        let client = self.client(&meta, None).map_err(|e| e.detail)?;
+        let rt = RefreshToken::new(s.refresh_token.clone().unwrap_or_default());
+        self.refresh_count.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        let http = self.http_client();
+        let resp = client
+            .exchange_refresh_token(&rt)
+            .request_async(&http)
+            .await
+            .map_err(|e| format!("refresh failed: {}", token_error(&e)))?;
+        let t = now(&self.clock);
+        s.at_exp = resp.expires_in().map(|d| t + d.as_secs());
+        if let Some(new_rt) = resp.refresh_token() {
+            s.refresh_token = Some(new_rt.secret().clone());
+        }
+        if self.keep_access_token {
+            s.access_token = Some(resp.access_token().secret().clone());
+        }
+        // What the provider says about the user now: a refreshed ID token (OpenID Connect Core
+        // §12.2: same issuer, subject and client, newly issued) and a fresh UserInfo. Together
+        // they replace the session's claims, so a group the user lost is gone too.
+        let sub = s.claims.get("sub").cloned();
+        let mut fresh: Option<Map<String, Value>> = None;
+        if let Some(id_token) = resp.extra_fields().id_token.clone() {
+            let claims = self
+                .id_tokens
+                .verify_claims(&id_token)
+                .await
+                .map_err(|e| format!("refreshed ID token: {e}"))?;
+            if claims.get("sub") != sub.as_ref() {
+                return Err("refreshed ID token is for another subject".into());
+            }
+            self.check_azp(&claims).map_err(|e| format!("refreshed ID token: {e}"))?;
+            let iat = claims.get("iat").and_then(Value::as_u64).unwrap_or(0);
+            if iat + self.leeway.as_secs() < s.created {
+                return Err("refreshed ID token was issued before the session began".into());
+            }
+            fresh = Some(claims);
+            s.id_token = Some(id_token);
+        }
+        let mut userinfo_failed = false;
+        if let Some(ui) = &meta.userinfo_endpoint {
+            match self.userinfo_claims(ui, resp.access_token().secret()).await {
+                Ok(info) => {
+                    if info.get("sub") != sub.as_ref() {
+                        return Err("UserInfo after a refresh is for another subject".into());
+                    }
+                    let claims = fresh.get_or_insert_with(Map::new);
+                    for (k, v) in info {
+                        if !PROTOCOL_CLAIMS.contains(&k.as_str()) && k != "iss" {
+                            claims.insert(k, v);
+                        }
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(reason = e.reason, detail = %e.detail, "UserInfo failed after a refresh; the session keeps its claims");
+                    userinfo_failed = true;
+                }
+            }
+        }
+        match fresh {
+            Some(mut claims) if !userinfo_failed => {
+                claims.retain(|k, _| !PROTOCOL_CLAIMS.contains(&k.as_str()));
+                s.claims = claims;
+            }
+            Some(_) => {}
+            None => tracing::info!(
+                sub = ?sub,
+                "the refresh brought neither an ID token nor UserInfo; the session keeps its claims"
+            ),
+        }
+        tracing::info!(sub = ?sub, "session refreshed");
+        Ok(s)
     }
 }
 

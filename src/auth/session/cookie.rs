@@ -1,10 +1,15 @@
-//! Browser sessions in cookies: AES-256-GCM (aws-lc-rs) with a key derived (HKDF-SHA256) from
+//! Sealed cookie sessions, the first [`SessionStore`]: the session is in the browser.
+//! AES-256-GCM (aws-lc-rs) with a key derived (HKDF-SHA256) from
 //! each 32-byte `session.secret`, the issuer, client id, cookie name and purpose bound in as
 //! associated data (another app's cookie, made with the same secret, does not open here), split
 //! into numbered chunks when large. Also the short-lived login-attempt cookies, and removing
 //! every cookie of ours before a request reaches the app.
 
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
+
+use futures_util::future::BoxFuture;
 
 use aws_lc_rs::aead::{self, Aad, LessSafeKey, Nonce, UnboundKey, AES_256_GCM, NONCE_LEN};
 use aws_lc_rs::hkdf;
@@ -14,8 +19,9 @@ use cookie::{Cookie, SameSite};
 use crate::cookie_header::{fold_name, Pair};
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
+use super::store::{Loaded, Refreshed, Refresher, Save, SessionIndex, SessionStore, StoreError};
+use super::Session;
 use crate::config::{LoginConfig, Secret};
 
 /// Bytes of cookie value per chunk (browsers keep about 4096 bytes per cookie, name included).
@@ -146,39 +152,6 @@ impl Codec {
     ) -> Result<T, CookieError> {
         let plain = self.open(purpose, text)?;
         serde_json::from_slice(&plain).map_err(|e| CookieError::Parse(e.to_string()))
-    }
-}
-
-/// A signed-in browser. Sealed into the session cookie; tokens only as far as needed.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct Session {
-    /// Random; names the session for the one-refresh-at-a-time rule.
-    pub id: String,
-    pub iss: String,
-    /// The ID token's claims merged with UserInfo's (protocol claims left out).
-    pub claims: Map<String, Value>,
-    /// When the user signed in (for `max_lifetime`).
-    pub created: u64,
-    /// Last activity (for `idle_timeout`), updated at most once a minute.
-    pub seen: u64,
-    /// When the access token expires (then the session is refreshed, if it can be).
-    pub at_exp: Option<u64>,
-    pub refresh_token: Option<String>,
-    /// For RP-initiated logout (`id_token_hint`).
-    pub id_token: Option<String>,
-    /// Only kept when `identity.pass_token` passes it on.
-    pub access_token: Option<String>,
-}
-
-impl std::fmt::Debug for Session {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Session")
-            .field("iss", &self.iss)
-            .field("sub", &self.claims.get("sub"))
-            .field("created", &self.created)
-            .field("at_exp", &self.at_exp)
-            .field("refresh_token", &self.refresh_token.as_ref().map(|_| "[redacted]"))
-            .finish()
     }
 }
 
@@ -433,6 +406,169 @@ impl Cookies {
         if headers.contains_key(header::COOKIE) {
             crate::cookie_header::strip(headers, |p| self.is_ours(p));
         }
+    }
+}
+
+/// Our cookies: their names and attributes, and the codec sealing them. Shared by the cookie
+/// store (sessions, activity) and the login (attempts).
+#[derive(Debug)]
+pub struct Jar {
+    pub codec: Codec,
+    pub cookies: Cookies,
+}
+
+impl Jar {
+    pub fn new(cfg: &LoginConfig) -> anyhow::Result<Self> {
+        let s = &cfg.session;
+        let codec = Codec::new(&s.secrets, &cfg.issuer, &cfg.client_id, &s.cookie_name)?;
+        Ok(Self { codec, cookies: Cookies::new(cfg) })
+    }
+}
+
+/// How long a refresh's outcome is handed to requests that still carry the old cookie.
+pub const REFRESH_GRACE: Duration = Duration::from_secs(30);
+
+/// A refresh in progress or just done, shared by the requests of one session.
+struct RefreshSlot {
+    started: tokio::time::Instant,
+    outcome: tokio::sync::OnceCell<Result<Session, String>>,
+}
+
+/// Sessions sealed into the browser's cookies (chunked when large), activity in its own small
+/// cookie. Refreshes run one per session at a time in this process; a refreshed session is a
+/// new cookie (the session is the cookie). Sessions cannot be ended by an index: they are in
+/// the browsers, and live until they expire (or their refresh token is revoked).
+#[derive(Debug)]
+pub struct CookieStore {
+    jar: Arc<Jar>,
+    refreshes: Mutex<HashMap<String, Arc<RefreshSlot>>>,
+}
+
+impl std::fmt::Debug for RefreshSlot {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RefreshSlot").field("started", &self.started).finish()
+    }
+}
+
+impl CookieStore {
+    pub fn new(jar: Arc<Jar>) -> Self {
+        Self { jar, refreshes: Mutex::new(HashMap::new()) }
+    }
+
+    fn load_now(&self, request: &HeaderMap) -> Option<Result<Loaded, String>> {
+        let (codec, cookies) = (&self.jar.codec, &self.jar.cookies);
+        let value = match cookies.session_value(request)? {
+            Ok(v) => v,
+            Err(e) => return Some(Err(e.to_string())),
+        };
+        let session: Session = match codec.open_json(SESSION, &value) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(format!("session cookie {e}"))),
+        };
+        let recorded = cookies
+            .activity_value(request)
+            .and_then(|v| codec.open_json::<Activity>(ACTIVITY, &v).ok())
+            .filter(|a| a.id == session.id)
+            .map_or(0, |a| a.seen);
+        Some(Ok(Loaded { last_seen: session.seen.max(recorded), session }))
+    }
+
+    fn save_now(
+        &self,
+        s: &Session,
+        ttl: Duration,
+        request: &HeaderMap,
+    ) -> Result<Vec<HeaderValue>, StoreError> {
+        let sealed = self.jar.codec.seal_json(SESSION, s);
+        self.jar.cookies.set_session(&sealed, ttl, request).ok_or_else(|| {
+            tracing::warn!(bytes = sealed.len(), "session too large for its cookies; not stored");
+            StoreError::TooLarge(sealed.len())
+        })
+    }
+
+    /// The slot of the refresh of `s` (by its id and refresh token), made if there is none.
+    fn slot(&self, s: &Session) -> Result<Arc<RefreshSlot>, String> {
+        let rt = s.refresh_token.as_deref().unwrap_or_default();
+        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rt.as_bytes());
+        let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let key = format!("{}:{hex}", s.id);
+        let mut map = self.refreshes.lock().map_err(|_| "refresh lock poisoned".to_string())?;
+        map.retain(|_, v| v.started.elapsed() < REFRESH_GRACE);
+        let slot = map.entry(key).or_insert_with(|| {
+            Arc::new(RefreshSlot {
+                started: tokio::time::Instant::now(),
+                outcome: tokio::sync::OnceCell::new(),
+            })
+        });
+        Ok(slot.clone())
+    }
+}
+
+impl SessionStore for CookieStore {
+    fn present(&self, request: &HeaderMap) -> bool {
+        self.jar.cookies.session_value(request).is_some()
+    }
+
+    fn load<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Option<Result<Loaded, String>>> {
+        Box::pin(std::future::ready(self.load_now(request)))
+    }
+
+    fn save<'a>(
+        &'a self,
+        session: &'a Session,
+        _why: Save,
+        ttl: Duration,
+        request: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Vec<HeaderValue>, StoreError>> {
+        Box::pin(std::future::ready(self.save_now(session, ttl, request)))
+    }
+
+    fn touch<'a>(
+        &'a self,
+        session: &'a Session,
+        seen: u64,
+        ttl: Duration,
+        _request: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Vec<HeaderValue>, StoreError>> {
+        let activity = Activity { id: session.id.clone(), seen };
+        let sealed = self.jar.codec.seal_json(ACTIVITY, &activity);
+        Box::pin(std::future::ready(Ok(vec![self.jar.cookies.set_activity(sealed, ttl)])))
+    }
+
+    fn clear<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Vec<HeaderValue>> {
+        Box::pin(std::future::ready(self.jar.cookies.clear_all(request)))
+    }
+
+    /// One refresh per session at a time in the process; requests of that moment, and those
+    /// arriving with the old cookie within [`REFRESH_GRACE`], get its outcome.
+    fn refresh<'a>(
+        &'a self,
+        session: Session,
+        refresher: &'a dyn Refresher,
+    ) -> BoxFuture<'a, Result<(Session, Refreshed), String>> {
+        Box::pin(async move {
+            let slot = self.slot(&session)?;
+            let mut ran = false;
+            let outcome = slot
+                .outcome
+                .get_or_init(|| {
+                    ran = true;
+                    refresher.refresh(session)
+                })
+                .await
+                .clone()?;
+            Ok((outcome, if ran { Refreshed::Here } else { Refreshed::Shared }))
+        })
+    }
+
+    fn end<'a>(&'a self, _index: &'a SessionIndex) -> BoxFuture<'a, Result<u64, StoreError>> {
+        Box::pin(std::future::ready(Err(StoreError::Unsupported(
+            "end sessions by sid or sub: cookie sessions are kept by the browsers",
+        ))))
+    }
+
+    fn strip(&self, headers: &mut HeaderMap) {
+        self.jar.cookies.strip_from(headers)
     }
 }
 

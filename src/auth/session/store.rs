@@ -1,0 +1,124 @@
+//! The session store seam: where sessions live between requests. [`super::Sessions`] decides
+//! (lifetime, idle timeout, when to refresh, the identity); a store only keeps. Sealed cookies
+//! ([`super::cookie::CookieStore`], the session is in the browser) are the first store; a
+//! server-side one (Redis: the cookie holds a ticket, the session is on the server) is the next,
+//! and needs what this trait already has: an index to end sessions by (back-channel logout), a
+//! lock around a refresh across replicas, and its own say on whether a ticket changes when the
+//! session does.
+
+use std::fmt;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use http::header::{HeaderMap, HeaderValue};
+
+use super::Session;
+
+/// A session as a store hands it back, with its last recorded activity.
+#[derive(Debug, Clone)]
+pub struct Loaded {
+    pub session: Session,
+    /// The last activity the store knows of (at least [`Session::seen`]), for `idle_timeout`.
+    pub last_seen: u64,
+}
+
+/// Why a session is saved.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Save {
+    /// A login just completed: a new session, under a new ticket (never one the browser
+    /// brought, so a planted ticket cannot be signed in).
+    New,
+    /// A refresh changed the session's tokens or claims. The store decides whether the ticket
+    /// changes: a sealed cookie always does (the session is the cookie); a server-side store
+    /// keeps it, so tabs still holding it stay signed in.
+    Refreshed,
+}
+
+/// What sessions can be found by, to end them all (OpenID Connect Back-Channel Logout names a
+/// provider's session, `sid`, or a user, `sub`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionIndex {
+    Sid(String),
+    Sub(String),
+}
+
+/// Whether a session check refreshed the session (for the access log).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refreshed {
+    No,
+    /// This request's refresh reached the provider.
+    Here,
+    /// This request got the outcome of another request's refresh.
+    Shared,
+}
+
+/// A store that could not do what was asked.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    /// The session does not fit (sealed cookies: more than their chunks hold).
+    #[error("the session is too large for its store ({0} bytes)")]
+    TooLarge(usize),
+    /// The store cannot do this at all (sealed cookies cannot be found from the server).
+    #[error("this session store cannot {0}")]
+    Unsupported(&'static str),
+    /// The store is unreachable or failed; the request gets a 503, never a pass.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Brings a session's tokens and claims up to date at the provider (the login's refresh
+/// grant). Handed to the store, which decides who runs it.
+pub trait Refresher: Send + Sync + fmt::Debug {
+    fn refresh(&self, session: Session) -> BoxFuture<'_, Result<Session, String>>;
+}
+
+/// Where sessions live. Every method is given the request's headers, where the ticket (or the
+/// sealed session) is.
+pub trait SessionStore: Send + Sync + fmt::Debug {
+    /// Whether the request carries a session of this store at all; no I/O.
+    fn present(&self, request: &HeaderMap) -> bool;
+
+    /// The session the request carries: `None` without one, `Err(why)` when it does not open
+    /// (the browser signs in again; `why` is logged at debug).
+    fn load<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Option<Result<Loaded, String>>>;
+
+    /// Stores `session` for `ttl` (what is left of its `max_lifetime`): the `Set-Cookie` values
+    /// that carry it (or its ticket) to the browser.
+    fn save<'a>(
+        &'a self,
+        session: &'a Session,
+        why: Save,
+        ttl: Duration,
+        request: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Vec<HeaderValue>, StoreError>>;
+
+    /// Records activity at `seen` without touching the session's tokens: the `Set-Cookie`
+    /// values, if the store needs any.
+    fn touch<'a>(
+        &'a self,
+        session: &'a Session,
+        seen: u64,
+        ttl: Duration,
+        request: &'a HeaderMap,
+    ) -> BoxFuture<'a, Result<Vec<HeaderValue>, StoreError>>;
+
+    /// Ends the request's session: removed from the store, and the `Set-Cookie` values
+    /// clearing every cookie of ours the request carries.
+    fn clear<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Vec<HeaderValue>>;
+
+    /// Refreshes `session` with `refresher`, one refresh per session at a time (in this
+    /// process for cookies; across replicas for a shared store), the outcome handed to the
+    /// requests that wait for it and to those that still bring the old session shortly after.
+    fn refresh<'a>(
+        &'a self,
+        session: Session,
+        refresher: &'a dyn Refresher,
+    ) -> BoxFuture<'a, Result<(Session, Refreshed), String>>;
+
+    /// Ends every session `index` names: how many were ended.
+    fn end<'a>(&'a self, index: &'a SessionIndex) -> BoxFuture<'a, Result<u64, StoreError>>;
+
+    /// Removes every cookie the app could take for one of the store's (in any spelling) from a
+    /// request before it is forwarded.
+    fn strip(&self, headers: &mut HeaderMap);
+}
