@@ -19,7 +19,6 @@ use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 
 use crate::auth::inject::InjectIdentityLayer;
-use crate::auth::policy::{AuthorizeLayer, Policy};
 use crate::auth::token::Verifier;
 use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::config::Config;
@@ -47,7 +46,6 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct Pipeline {
     auth: Arc<AuthSettings>,
     login: Option<Arc<Login>>,
-    policy: Arc<Policy>,
     untrusted: Arc<UntrustedHeaders>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
     pass_token: crate::config::PassToken,
@@ -89,11 +87,11 @@ impl Pipeline {
             public_routes: config.bearer.public_routes.clone(),
             realm: config.bearer.realm.as_str().into(),
             sessions: login.as_ref().map(|l| l.sessions().clone()),
+            policy: Arc::new(config.authorization.clone()),
         });
         let pipeline = Self {
             auth,
             login,
-            policy: Arc::new(config.authorization.clone()),
             untrusted,
             trusted_proxies: config.server.trusted_proxies.clone().into(),
             pass_token: config.identity.pass_token,
@@ -143,11 +141,11 @@ impl Pipeline {
     /// The chain every request for the app goes through.
     fn protected(&self) -> anyhow::Result<Protected> {
         let chain = ServiceBuilder::new()
-            // Public route? Valid bearer token? Otherwise a refusal (401/400/503).
+            // The decision: public route? Valid bearer token or session? The [authorization]
+            // requirements and this route's rule (read from the verified identity only, so
+            // they hold on verified-token cache hits too)? Otherwise a refusal (401, 400, 403,
+            // 503).
             .layer(AuthenticateLayer::new(self.auth.clone()))
-            // [authorization] requirements and the rule for this route; 403 otherwise. Reads
-            // only the verified identity, so it holds on verified-token cache hits too.
-            .layer(AuthorizeLayer::new(self.policy.clone(), self.auth.realm.clone()))
             // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
             .layer(InjectIdentityLayer::new(self.pass_token))
             .service(ProxyService::new(

@@ -1,21 +1,14 @@
 //! Who may pass: the `[authorization]` requirements every protected request must meet, and at
 //! most one per-route rule on top (the first matching `path_regex` rule in file order, else the
 //! rule with the longest matching `path` prefix). Rules read the verified identity only (its
-//! groups, scopes, verified email, issuer and claims), never a header or a token.
+//! groups, scopes, verified email, issuer and claims), never a header or a token. Evaluated as
+//! part of the one decision, [`super::AuthSettings::decide`].
 
-use std::sync::Arc;
-use std::task::{Context, Poll};
-
-use axum::body::Body;
-use futures_util::future::{ready, Either, Ready};
-use http::{Method, Request, Response};
+use http::Method;
 use serde_json::Value;
-use tower::{Layer, Service};
 
-use super::{Authenticated, PublicRoute};
 pub use crate::config::{method_covers, Policy, Requirement, Rule, RulePath};
 use crate::identity::{claim_at, Identity};
-use crate::response::{Refusal, Rejection};
 
 /// Why a requirement did not hold.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -201,68 +194,6 @@ impl Policy {
 
     pub fn is_empty(&self) -> bool {
         self.base.is_empty() && self.rules.is_empty()
-    }
-}
-
-/// Applies the [`Policy`] to authenticated requests (public routes carry no [`Authenticated`]
-/// unless they had a valid token, and are never denied); denied ones get a `403`.
-#[derive(Debug, Clone)]
-pub struct AuthorizeLayer {
-    policy: Arc<Policy>,
-    realm: Arc<str>,
-}
-
-impl AuthorizeLayer {
-    pub fn new(policy: Arc<Policy>, realm: Arc<str>) -> Self {
-        Self { policy, realm }
-    }
-}
-
-impl<S> Layer<S> for AuthorizeLayer {
-    type Service = Authorize<S>;
-    fn layer(&self, inner: S) -> Self::Service {
-        Authorize { inner, policy: self.policy.clone(), realm: self.realm.clone() }
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Authorize<S> {
-    inner: S,
-    policy: Arc<Policy>,
-    realm: Arc<str>,
-}
-
-impl<S> Service<Request<Body>> for Authorize<S>
-where
-    S: Service<Request<Body>, Response = Response<Body>>,
-{
-    type Response = Response<Body>;
-    type Error = S::Error;
-    type Future = Either<S::Future, Ready<Result<Response<Body>, S::Error>>>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        let Some(auth) = req.extensions().get::<Authenticated>() else {
-            return Either::Left(self.inner.call(req));
-        };
-        if self.policy.is_empty() || req.extensions().get::<PublicRoute>().is_some() {
-            return Either::Left(self.inner.call(req));
-        }
-        let path = crate::path::route_path(req.uri().path());
-        match self.policy.decide(req.method(), &path, &auth.identity) {
-            Ok(()) => Either::Left(self.inner.call(req)),
-            Err(denial) => {
-                let scope = (!denial.unmet.missing_scopes.is_empty())
-                    .then(|| denial.unmet.missing_scopes.join(" "));
-                let detail = format!("{}: {}", denial.rule, denial.unmet.reason);
-                tracing::debug!(rule = %denial.rule, reason = %denial.unmet.reason, "request denied");
-                let r = Rejection::Forbidden { realm: self.realm.clone(), scope };
-                Either::Right(ready(Ok(Refusal::new(r, "forbidden").detail(detail).response())))
-            }
-        }
     }
 }
 
@@ -482,47 +413,5 @@ mod tests {
             rule.describe(),
             "authorization.rules[0]: path /admin (prefix), POST: requires a group of [admins]"
         );
-    }
-
-    #[tokio::test]
-    async fn the_layer_denies_only_authenticated_requests_off_public_routes() {
-        use crate::auth::{Authenticated, Credential};
-        use std::convert::Infallible;
-        use tower::{service_fn, ServiceBuilder, ServiceExt};
-        let policy = Arc::new(Policy {
-            base: Requirement::default(),
-            rules: vec![rule("r0", RulePath::Prefix("/".into()), groups(&["admins"]))],
-            ..Policy::default()
-        });
-        let run = |public: bool, authenticated: bool| {
-            let policy = policy.clone();
-            async move {
-                let svc = ServiceBuilder::new()
-                    .layer(AuthorizeLayer::new(policy, "r".into()))
-                    .service(service_fn(|_req: Request<Body>| async {
-                        Ok::<_, Infallible>(Response::new(Body::from("app")))
-                    }));
-                let mut req = Request::get("/x").body(Body::empty()).unwrap();
-                if authenticated {
-                    req.extensions_mut().insert(Authenticated {
-                        credential: Credential::Session { access_token: None },
-                        identity: Arc::new(identity(json!({"sub": "u"}))),
-                        reason: "session",
-                        response_headers: http::HeaderMap::new(),
-                    });
-                }
-                if public {
-                    req.extensions_mut().insert(PublicRoute);
-                }
-                let resp = svc.oneshot(req).await.unwrap();
-                (
-                    resp.status().as_u16(),
-                    resp.extensions().get::<Refusal>().map(|r| r.decision.reason.to_string()),
-                )
-            }
-        };
-        assert_eq!(run(false, true).await, (403, Some("forbidden".into())));
-        assert_eq!(run(true, true).await, (200, None), "public routes are never denied");
-        assert_eq!(run(false, false).await, (200, None), "no identity: authentication decided");
     }
 }

@@ -241,7 +241,7 @@ impl Login {
     /// page asking first.
     pub(super) async fn sign_out(&self, parts: &request::Parts) -> Response<Body> {
         if parts.method == Method::POST {
-            if !crate::auth::same_origin_or_safe(parts) {
+            if !crate::auth::same_origin_or_safe(&crate::auth::RequestView::of(parts)) {
                 return Refusal::new(Rejection::CrossSite, "cross_site")
                     .detail("a sign-out POST from another origin")
                     .response();
