@@ -10,6 +10,9 @@
 //! a request in flight (until its response body has ended), or that was upgraded, is never
 //! parked.
 //!
+//! A connection is served over any [`Transport`] (TCP today; TLS next), which also says the
+//! scheme its requests were made with.
+//!
 //! Each worker sweeps its connections once a second ([`Sweeper`]): one that was waiting for a
 //! request at two sweeps in a row is asked to park. HTTP/2 connections (told apart by the
 //! preface) are served by hyper-util's auto builder and not parked.
@@ -40,6 +43,99 @@ pub type Stack = tower::util::BoxCloneSyncService<
     http::Response<axum::body::Body>,
     std::convert::Infallible,
 >;
+
+/// A client connection's byte stream.
+pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
+    /// Waits for the first bytes and copies them into `buf` without consuming them (how a
+    /// connection is told HTTP/2 and how one waits, parked, for its next request).
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a;
+
+    /// The scheme of the requests it carries: `http`, or `https` over TLS.
+    fn scheme(&self) -> &'static str;
+}
+
+impl Transport for TcpStream {
+    fn peek<'a>(
+        &'a mut self,
+        buf: &'a mut [u8],
+    ) -> impl std::future::Future<Output = io::Result<usize>> + Send + 'a {
+        TcpStream::peek(self, buf)
+    }
+
+    fn scheme(&self) -> &'static str {
+        "http"
+    }
+}
+
+/// A transport over a byte stream that cannot peek (TLS, an in-memory pipe): what [`peek`]
+/// saw is kept and read first.
+///
+/// [`peek`]: Transport::peek
+pub struct Rewind<S> {
+    inner: S,
+    seen: Vec<u8>,
+    scheme: &'static str,
+}
+
+impl<S> Rewind<S> {
+    pub fn new(inner: S, scheme: &'static str) -> Self {
+        Self { inner, seen: Vec::new(), scheme }
+    }
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin + Send + 'static> Transport for Rewind<S> {
+    async fn peek(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.seen.is_empty() {
+            let mut more = vec![0u8; buf.len()];
+            let n = tokio::io::AsyncReadExt::read(&mut self.inner, &mut more).await?;
+            self.seen.extend_from_slice(&more[..n]);
+        }
+        let n = self.seen.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.seen[..n]);
+        Ok(n)
+    }
+
+    fn scheme(&self) -> &'static str {
+        self.scheme
+    }
+}
+
+impl<S: AsyncRead + Unpin> AsyncRead for Rewind<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if !self.seen.is_empty() {
+            let n = self.seen.len().min(buf.remaining());
+            buf.put_slice(&self.seen[..n]);
+            self.seen.drain(..n);
+            return Poll::Ready(Ok(()));
+        }
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<S: AsyncWrite + Unpin> AsyncWrite for Rewind<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
 
 /// How often a worker looks for idle connections to park.
 const SWEEP_EVERY: Duration = Duration::from_secs(1);
@@ -109,13 +205,13 @@ impl Sweeper {
 
 /// The client's socket as hyper sees it: every byte passes through; while parking, a read that
 /// finds nothing is reported as the client's close, and the shutdown that follows is not done.
-struct Parkable {
-    stream: TcpStream,
+struct Parkable<T> {
+    stream: T,
     activity: Arc<Activity>,
     parked: bool,
 }
 
-impl Parkable {
+impl<T> Parkable<T> {
     /// Bytes arrived: hyper is no longer waiting.
     fn moved(&self) {
         if self.activity.waiting.load(Ordering::Relaxed) {
@@ -125,7 +221,7 @@ impl Parkable {
     }
 }
 
-impl AsyncRead for Parkable {
+impl<T: Transport> AsyncRead for Parkable<T> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -160,7 +256,7 @@ impl AsyncRead for Parkable {
     }
 }
 
-impl AsyncWrite for Parkable {
+impl<T: Transport> AsyncWrite for Parkable<T> {
     fn poll_write(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
@@ -294,12 +390,13 @@ impl Drop for Counted<'_> {
 
 /// Serves one client connection until it closes, the drain ends it, or it stays silent for
 /// the header timeout.
-pub async fn serve(
+pub async fn serve<T: Transport>(
     serving: Arc<Serving>,
-    stream: TcpStream,
-    client: ClientAddr,
+    stream: T,
+    mut client: ClientAddr,
     mut stop: watch::Receiver<bool>,
 ) {
+    client.scheme = stream.scheme();
     let mut counted = Counted::new(&serving.counts);
     let activity = Arc::new(Activity::default());
     serving.sweeper.register(&activity);
@@ -414,4 +511,50 @@ fn service(
             Ok(resp.map(|b| Body::new(Tracked { inner: b, in_flight: Some(in_flight) })))
         }
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    /// A worker's serving setup whose stack answers with the scheme and peer it was given.
+    fn serving() -> Arc<Serving> {
+        let stack = tower::util::BoxCloneSyncService::new(tower::service_fn(
+            |req: Request<Body>| async move {
+                let c = req.extensions().get::<ClientAddr>().cloned();
+                let text = c.map(|c| format!("{} {}", c.scheme, c.addr)).unwrap_or_default();
+                Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
+            },
+        ));
+        Arc::new(Serving {
+            stack,
+            http1: hyper::server::conn::http1::Builder::new(),
+            auto: hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()),
+            header_read_timeout: Duration::from_secs(5),
+            sweeper: Sweeper::default(),
+            counts: Arc::default(),
+        })
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_served_over_any_transport_with_its_scheme() {
+        for (scheme, split) in [("https", 0), ("http", 5), ("https", 200)] {
+            let (mut client, server) = tokio::io::duplex(4096);
+            let (_stop_tx, stop) = watch::channel(false);
+            let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
+            let task = tokio::spawn(serve(serving(), Rewind::new(server, scheme), peer, stop));
+            // the request in two writes (the first shorter than the HTTP/2 preface, or all)
+            let req = b"GET / HTTP/1.1\r\nhost: app.example\r\nconnection: close\r\n\r\n";
+            let split = split.min(req.len());
+            client.write_all(&req[..split.max(1)]).await.unwrap();
+            client.write_all(&req[split.max(1)..]).await.unwrap();
+            let mut out = Vec::new();
+            client.read_to_end(&mut out).await.unwrap();
+            let out = String::from_utf8(out).unwrap();
+            assert!(out.starts_with("HTTP/1.1 200"), "{out}");
+            assert!(out.ends_with(&format!("{scheme} 192.0.2.7:4000")), "{out}");
+            task.await.unwrap();
+        }
+    }
 }

@@ -483,21 +483,28 @@ impl UntrustedHeaders {
 
 /// Removes every client-sent header that only portcullis or a trusted proxy may set, before any
 /// layer reads the request.
+/// Whether the peer is a trusted proxy is judged here, per request, against this layer's
+/// `server.trusted_proxies`, and recorded on the request's [`ClientAddr`] for the layers after.
 #[derive(Debug, Clone)]
 pub struct StripUntrustedLayer {
     names: Arc<UntrustedHeaders>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl StripUntrustedLayer {
-    pub fn new(names: Arc<UntrustedHeaders>) -> Self {
-        Self { names }
+    pub fn new(names: Arc<UntrustedHeaders>, trusted_proxies: Arc<[ipnet::IpNet]>) -> Self {
+        Self { names, trusted_proxies }
     }
 }
 
 impl<S> Layer<S> for StripUntrustedLayer {
     type Service = StripUntrusted<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        StripUntrusted { inner, names: self.names.clone() }
+        StripUntrusted {
+            inner,
+            names: self.names.clone(),
+            trusted_proxies: self.trusted_proxies.clone(),
+        }
     }
 }
 
@@ -505,6 +512,7 @@ impl<S> Layer<S> for StripUntrustedLayer {
 pub struct StripUntrusted<S> {
     inner: S,
     names: Arc<UntrustedHeaders>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
 }
 
 impl<S, B> Service<Request<B>> for StripUntrusted<S>
@@ -520,7 +528,13 @@ where
     }
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
-        let trusted = req.extensions().get::<ClientAddr>().is_some_and(|c| c.trusted);
+        let trusted = match req.extensions_mut().get_mut::<ClientAddr>() {
+            Some(c) => {
+                c.trusted = c.is_in(&self.trusted_proxies);
+                c.trusted
+            }
+            None => false,
+        };
         let doomed: Vec<HeaderName> = req
             .headers()
             .keys()
@@ -675,21 +689,56 @@ mod tests {
     ) -> Vec<String> {
         let identity: Vec<HeaderName> =
             identity.iter().map(|n| HeaderName::from_static(n)).collect();
+        let proxies: Arc<[ipnet::IpNet]> = match trusted {
+            true => vec!["10.0.0.0/8".parse().unwrap()].into(),
+            false => Vec::new().into(),
+        };
+        let out = strip_from("10.0.0.1:5000", proxies, headers, &identity).await;
+        let mut left: Vec<_> = out.headers().keys().map(|k| k.as_str().to_string()).collect();
+        left.sort();
+        left
+    }
+
+    /// The request `StripUntrusted` passes on, from `peer`, with `proxies` trusted.
+    async fn strip_from(
+        peer: &str,
+        proxies: Arc<[ipnet::IpNet]>,
+        headers: &[(&str, &str)],
+        identity: &[HeaderName],
+    ) -> Request<()> {
         let svc = ServiceBuilder::new()
-            .layer(StripUntrustedLayer::new(Arc::new(UntrustedHeaders::new(&identity))))
+            .layer(StripUntrustedLayer::new(Arc::new(UntrustedHeaders::new(identity)), proxies))
             .service(service_fn(|req: Request<()>| async move { Ok::<_, Infallible>(req) }));
         let mut req = Request::builder();
         for (k, v) in headers {
             req = req.header(*k, *v);
         }
         let mut req = req.body(()).unwrap();
-        let mut addr = ClientAddr::new("10.0.0.1:5000".parse().unwrap());
-        addr.trusted = trusted;
+        let mut addr = ClientAddr::new(peer.parse().unwrap());
+        // whatever the connection thought: the layer judges each request itself
+        addr.trusted = true;
         req.extensions_mut().insert(addr);
-        let out = svc.oneshot(req).await.unwrap();
-        let mut left: Vec<_> = out.headers().keys().map(|k| k.as_str().to_string()).collect();
-        left.sort();
-        left
+        svc.oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn trust_is_judged_per_request_by_the_layers_own_list() {
+        let sent = [("x-forwarded-for", "1.2.3.4")];
+        let list = |nets: &[&str]| -> Arc<[ipnet::IpNet]> {
+            nets.iter().map(|n| n.parse().unwrap()).collect::<Vec<_>>().into()
+        };
+        for (peer, nets, trusted) in [
+            ("10.0.0.1:5000", &["10.0.0.0/8"][..], true),
+            ("[::ffff:10.0.0.1]:5000", &["10.0.0.0/8"][..], true),
+            ("[::1]:5000", &["::1/128"][..], true),
+            ("10.0.0.1:5000", &[][..], false),
+            ("192.168.0.1:5000", &["10.0.0.0/8", "::1/128"][..], false),
+        ] {
+            let out = strip_from(peer, list(nets), &sent, &[]).await;
+            let judged = out.extensions().get::<ClientAddr>().unwrap().trusted;
+            assert_eq!(judged, trusted, "{peer} in {nets:?}");
+            assert_eq!(out.headers().contains_key("x-forwarded-for"), trusted, "{peer}");
+        }
     }
 
     #[tokio::test]

@@ -140,7 +140,7 @@ impl Proxy {
         match client {
             // From a trusted proxy: its forwarding headers stay, the peer is appended to
             // `X-Forwarded-For`, and what it did not say is filled in.
-            Some(ClientAddr { ip: Some(ip), trusted: true, .. }) => {
+            Some(ClientAddr { ip: Some(ip), trusted: true, scheme, .. }) => {
                 let chain = h
                     .get_all(&X_FORWARDED_FOR)
                     .iter()
@@ -152,13 +152,14 @@ impl Proxy {
                     h.insert(X_FORWARDED_FOR, v);
                 }
                 h.entry(X_REAL_IP).or_insert(ip);
-                h.entry(X_FORWARDED_PROTO).or_insert(HeaderValue::from_static("http"));
+                h.entry(X_FORWARDED_PROTO).or_insert(HeaderValue::from_static(scheme));
                 if let Some(v) = original_host {
                     h.entry(X_FORWARDED_HOST).or_insert(v);
                 }
             }
             // From anyone else (their copies were stripped): what portcullis saw.
             _ => {
+                let scheme = client.as_ref().map_or("http", |c| c.scheme);
                 match client.and_then(|c| c.ip) {
                     Some(v) => {
                         h.insert(X_FORWARDED_FOR, v.clone());
@@ -169,7 +170,7 @@ impl Proxy {
                         h.remove(X_REAL_IP);
                     }
                 };
-                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+                h.insert(X_FORWARDED_PROTO, HeaderValue::from_static(scheme));
                 match original_host {
                     Some(v) => h.insert(X_FORWARDED_HOST, v),
                     None => h.remove(X_FORWARDED_HOST),
@@ -351,5 +352,44 @@ impl Service<Request<Body>> for ProxyService {
                 }
             }
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The forwarding headers the app gets from a peer on a connection of `scheme`.
+    fn forwarded(scheme: &'static str, trusted: bool, sent_proto: Option<&str>) -> http::HeaderMap {
+        let text = "[server]\nlisten = \"127.0.0.1:4180\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+                    [oidc]\nissuer = \"https://idp.example.com\"\n[bearer]\naudiences = [\"api\"]\n";
+        let cfg = crate::config::load_str(text, std::iter::empty()).unwrap().config;
+        let untrusted = Arc::new(crate::headers::UntrustedHeaders::new(&[]));
+        let svc =
+            ProxyService::new(&cfg.upstream, Duration::from_secs(5), None, untrusted, 1).unwrap();
+        let mut req = Request::get("/x").header(header::HOST, "app.example");
+        if let Some(p) = sent_proto {
+            req = req.header(&X_FORWARDED_PROTO, p);
+        }
+        let mut req = req.body(Body::empty()).unwrap();
+        let mut peer = ClientAddr::with_scheme("192.0.2.7:4000".parse().unwrap(), scheme);
+        peer.trusted = trusted;
+        req.extensions_mut().insert(peer);
+        svc.inner.prepare(&mut req).unwrap();
+        req.headers().clone()
+    }
+
+    #[tokio::test]
+    async fn x_forwarded_proto_is_the_connections_scheme_unless_a_trusted_proxy_said() {
+        for scheme in ["http", "https"] {
+            let h = forwarded(scheme, false, None);
+            assert_eq!(h[&X_FORWARDED_PROTO], scheme);
+            assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.7");
+            // a client's claim is not taken (StripUntrusted removed it; prepare overwrites)
+            assert_eq!(forwarded(scheme, false, Some("https"))[&X_FORWARDED_PROTO], scheme);
+            assert_eq!(forwarded(scheme, true, None)[&X_FORWARDED_PROTO], scheme);
+        }
+        // a trusted proxy's own word stands
+        assert_eq!(forwarded("http", true, Some("https"))[&X_FORWARDED_PROTO], "https");
     }
 }

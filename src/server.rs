@@ -130,7 +130,7 @@ impl Pipeline {
             .layer(StripHopByHopLayer)
             // Client-sent identity headers, path/method overrides and (unless the peer is a
             // trusted proxy) forwarding headers go before any layer could trust them.
-            .layer(StripUntrustedLayer::new(self.untrusted.clone()))
+            .layer(StripUntrustedLayer::new(self.untrusted.clone(), self.trusted_proxies.clone()))
             // One canonical path for routing, matching, logging and forwarding; ambiguous ones
             // are 400.
             .layer(NormalizePathLayer)
@@ -335,8 +335,7 @@ impl Server {
                             let listener = TcpListener::from_std(listener)?;
                             let stack = pipeline.stack()?;
                             crate::telemetry::spawn_access_flusher();
-                            let trusted = pipeline.trusted_proxies.clone();
-                            serve(listener, stack, rx, timeout, readiness, trusted, counts).await;
+                            serve(listener, stack, rx, timeout, readiness, counts).await;
                             anyhow::Ok(())
                         };
                         if let Err(e) = served.await {
@@ -393,7 +392,6 @@ async fn serve(
     mut shutdown: watch::Receiver<bool>,
     timeout: Duration,
     readiness: Arc<Readiness>,
-    trusted_proxies: Arc<[ipnet::IpNet]>,
     counts: Arc<crate::conn::Counts>,
 ) {
     // Each connection task holds a sender; when all are gone, the drain is over.
@@ -423,7 +421,7 @@ async fn serve(
                 };
                 // Without it, a response written in two parts waits ~40 ms for a delayed ACK.
                 let _ = stream.set_nodelay(true);
-                let client = ClientAddr::with_trusted(peer, &trusted_proxies);
+                let client = ClientAddr::new(peer);
                 let (serving, stop, alive) = (serving.clone(), shutdown.clone(), alive.clone());
                 tokio::spawn(async move {
                     let _alive = alive;

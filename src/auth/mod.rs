@@ -92,17 +92,13 @@ pub struct RequestView<'a> {
     pub upgrade: bool,
 }
 
-/// The scheme a connection was accepted with, in a request's extensions (`http` without one).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Scheme(pub &'static str);
-
 impl<'a> RequestView<'a> {
     /// A request's own parts, as the stack holds them: the path already normalised, upgrades
     /// marked by [`crate::headers`].
     pub fn of(parts: &'a request::Parts) -> Self {
         RequestView {
             method: &parts.method,
-            scheme: parts.extensions.get::<Scheme>().map_or("http", |s| s.0),
+            scheme: parts.extensions.get::<crate::peer::ClientAddr>().map_or("http", |c| c.scheme),
             host: parts.headers.get(header::HOST).and_then(|h| h.to_str().ok()),
             path: parts.uri.path(),
             query: parts.uri.query(),

@@ -41,7 +41,7 @@ impl Login {
     pub(super) async fn start(&self, parts: &request::Parts) -> Result<Response<Body>, LoginError> {
         let rd = self.safe_rd(parts, query_param(parts, "rd").as_deref());
         let meta = self.provider.metadata()?;
-        let redirect = self.provider.redirect_url(&parts.headers)?;
+        let redirect = self.provider.redirect_url(parts)?;
         let client = self.provider.client(&meta, Some(redirect))?;
         let (challenge, verifier) = PkceCodeChallenge::new_random_sha256();
         let state = session::random_token();
@@ -165,7 +165,7 @@ impl Login {
         }
         let code = query_param(parts, "code")
             .ok_or_else(|| LoginError::new("login_no_code", "the callback has no code"))?;
-        let redirect = self.provider.redirect_url(&parts.headers)?;
+        let redirect = self.provider.redirect_url(parts)?;
         let client = self.provider.client(&meta, Some(redirect))?;
         let http = self.provider.http_client();
         let tokens = client

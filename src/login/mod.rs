@@ -28,7 +28,7 @@ use axum::extract::{Request, State};
 use axum::routing::get;
 use axum::Router;
 use futures_util::future::BoxFuture;
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{request, Method, Response, StatusCode};
 use oauth2::basic::{BasicErrorResponse, BasicTokenType};
 use oauth2::{

@@ -65,13 +65,15 @@ impl Provider {
         })
     }
 
-    /// The redirect URL: configured, or (on a loopback listener only) this host's callback.
-    pub(super) fn redirect_url(&self, headers: &HeaderMap) -> Result<Url, LoginError> {
+    /// The redirect URL: configured, or (on a loopback listener only) this host's callback, in
+    /// the scheme of the connection the browser used.
+    pub(super) fn redirect_url(&self, parts: &request::Parts) -> Result<Url, LoginError> {
         if let Some(u) = &self.cfg.redirect_url {
             return Ok(u.clone());
         }
-        let host = headers.get(header::HOST).and_then(|h| h.to_str().ok()).unwrap_or("");
-        Url::parse(&format!("http://{host}{}/callback", self.cfg.prefix))
+        let req = crate::auth::RequestView::of(parts);
+        let host = req.host.unwrap_or("");
+        Url::parse(&format!("{}://{host}{}/callback", req.scheme, self.cfg.prefix))
             .map_err(|e| LoginError::new("bad_host", format!("cannot build the redirect URL: {e}")))
     }
 
