@@ -8,8 +8,9 @@
 //! - [`server`]: worker threads and listeners, the middleware stack (and why each layer sits
 //!   where it does), the router of portcullis's own endpoints with the protected chain as its
 //!   fallback, `/healthz` and `/readyz`, graceful shutdown.
-//! - [`conn`]: one client connection: HTTP/1.1 or h2c, and idle HTTP/1.1 connections parked
-//!   without hyper's buffers; [`peer`]: who is on the other end (address, trusted proxy).
+//! - [`conn`]: one client connection over any `Transport`: HTTP/1.1 or h2c, and idle HTTP/1.1
+//!   connections parked without hyper's buffers; [`peer`]: who is on the other end (address,
+//!   the connection's scheme, trusted proxy judged per request).
 //! - [`telemetry`]: logging (one writer thread), request ids, the access log line.
 //! - [`headers`]: what is stripped from a request before anything reads it, and why: hop-by-hop
 //!   headers, identity headers, path overrides, forwarding headers from untrusted peers;
@@ -17,10 +18,11 @@
 //! - [`path`]: the one normalised path that routes match and the app receives.
 //! - [`cookie_header`]: the one reader of `Cookie` headers, on bytes.
 //! - [`idp`]: talking to providers: `discovery` (metadata, the bounded GET), `jwks` (key cache).
-//! - [`auth`]: `check(&Parts)` (who is calling, as a value) and the `Authenticate` layer;
+//! - [`auth`]: `decide(&RequestView)` (authentication and the rules as one decision, on a
+//!   request given explicitly) and the `Authenticate` layer applying it; `bearer`, `csrf`,
 //!   `token` (JWT validation, verified-token cache), `session` (sessions: their rules in
 //!   `Sessions`, where they are kept behind `SessionStore`, sealed cookies the first store),
-//!   `policy` (`[authorization]` rules and the `Authorize` layer), `inject` (the identity
+//!   `policy` (`[authorization]` rules, part of the decision), `inject` (the identity
 //!   headers set on the request).
 //! - [`login`]: the browser flow: routes and handlers, `flow` (start, callback, sign-out),
 //!   `provider` (oauth2 client, ID tokens, UserInfo, revocation, the refresh grant),
