@@ -47,7 +47,12 @@ impl Op {
             .stderr(Stdio::null())
             .kill_on_drop(true)
             .spawn()
-            .expect("node must be installed");
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot run node ({e}): `apt-get install nodejs npm` and `npm ci --prefix \
+                     tests/interop` (the README's test command, bash .ci/run, does both)"
+                )
+            });
         let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.unwrap() {
