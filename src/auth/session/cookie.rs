@@ -322,6 +322,15 @@ impl Cookies {
         names.into_iter().map(|n| self.removal(n)).collect()
     }
 
+    /// Whether the request carries a session cookie (the single one, or a first chunk): what
+    /// [`Cookies::session_value`] would find something for, without joining or copying it.
+    pub fn has_session(&self, request: &HeaderMap) -> bool {
+        let first_chunk = self.chunk_name(0);
+        crate::cookie_header::request_pairs(request).any(|p| {
+            p.has_value && (p.name == self.name.as_bytes() || p.name == first_chunk.as_bytes())
+        })
+    }
+
     /// The sealed session value the request carries: the single cookie, or its chunks joined.
     /// Found by the exact raw name only: another spelling never opens a session.
     pub fn session_value(&self, request: &HeaderMap) -> Option<Result<String, CookieError>> {
@@ -506,7 +515,7 @@ impl CookieStore {
 
 impl SessionStore for CookieStore {
     fn present(&self, request: &HeaderMap) -> bool {
-        self.jar.cookies.session_value(request).is_some()
+        self.jar.cookies.has_session(request)
     }
 
     fn load<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Option<Result<Loaded, String>>> {
@@ -719,6 +728,27 @@ mod tests {
         only_ours.insert(header::COOKIE, HeaderValue::from_static("_portcullis=abc"));
         c.strip_from(&mut only_ours);
         assert!(only_ours.get(header::COOKIE).is_none());
+    }
+
+    #[test]
+    fn a_session_is_present_exactly_when_its_value_can_be_read() {
+        let c = cookies();
+        for cookie in [
+            "_portcullis=abc",
+            "_portcullis_0=a; _portcullis_1=b",
+            "_portcullis_1=b",
+            "_portcullis",
+            "_Portcullis=abc",
+            "x=1; _portcullis=",
+            "_portcullis_seen=1",
+            "%5Fportcullis=abc",
+        ] {
+            let h = request_with(&[]);
+            let mut h = h;
+            h.insert(header::COOKIE, HeaderValue::from_str(cookie).unwrap());
+            assert_eq!(c.has_session(&h), c.session_value(&h).is_some(), "{cookie}");
+        }
+        assert!(!c.has_session(&HeaderMap::new()));
     }
 
     #[test]
