@@ -500,13 +500,20 @@ impl Binary {
     /// SIGTERM, wait (at most 10 s), and return the JSON log lines not read yet.
     pub async fn stop(mut self) -> Vec<serde_json::Value> {
         let pid = self.child.id().unwrap().to_string();
+        // Read while it shuts down: a log larger than the pipe holds would otherwise stall its
+        // writer until the shutdown deadline, and lines would be lost.
+        let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match self.out.take() {
+            Some(r) => Box::new(r),
+            None => Box::new(self.child.stdout.take().unwrap()),
+        };
+        let read = tokio::spawn(async move {
+            let mut reader = reader;
+            let mut out = String::new();
+            reader.read_to_string(&mut out).await.map(|_| out)
+        });
         std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.unwrap().unwrap();
-        let mut out = String::new();
-        match self.out.take() {
-            Some(mut r) => r.read_to_string(&mut out).await.unwrap(),
-            None => self.child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap(),
-        };
+        let out = read.await.unwrap().unwrap();
         out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
