@@ -52,11 +52,21 @@ pub struct Refusal {
     pub decision: Decision,
     /// `Set-Cookie` values that go out with the answer (a broken session cleared).
     pub set_cookies: Vec<HeaderValue>,
+    /// Answered as to an API client whoever asked: no redirect into login, no page. For a
+    /// caller that relays only the status (an ingress asking forward-auth: nginx turns anything
+    /// but 2xx, 401 and 403 into a 500).
+    pub plain: bool,
 }
 
 impl Refusal {
     pub fn new(rejection: Rejection, reason: &'static str) -> Self {
-        Self { rejection, decision: Decision::new(reason), set_cookies: Vec::new() }
+        Self { rejection, decision: Decision::new(reason), set_cookies: Vec::new(), plain: false }
+    }
+
+    /// The same refusal, answered plainly whoever asked (see [`Refusal::plain`]).
+    pub fn plainly(mut self) -> Self {
+        self.plain = true;
+        self
     }
 
     /// The same refusal with a detail for the log (never a token or secret).
@@ -244,9 +254,10 @@ where
 /// The one place a refusal becomes an answer: a redirect into login or a page for a browser,
 /// JSON with an RFC 6750 challenge for everyone else.
 fn render(refusal: Refusal, asker: &Asker, browsers: Option<&BrowserAnswers>) -> Response<Body> {
-    let Refusal { rejection, decision, .. } = refusal;
+    let Refusal { rejection, decision, plain, .. } = refusal;
     let mut resp = match browsers {
         _ if asker.grpc => rejection.grpc_answer(asker),
+        _ if plain => rejection.api_answer(asker),
         Some(b) if asker.navigating || matches!(rejection, Rejection::LoginFailed { .. }) => {
             browser_answer(&rejection, &decision, asker, b)
         }
@@ -510,5 +521,54 @@ impl Rejection {
             h.insert(header::CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::{service_fn, ServiceExt};
+
+    /// What a browser navigation gets when the layer inside refuses with `refusal`.
+    async fn answer_to_a_browser(refusal: Refusal) -> Response<Body> {
+        let browsers = BrowserAnswers {
+            pages: Arc::new(crate::pages::Pages::load(None).unwrap()),
+            sign_in: SignIn { prefix: "/oauth2".into(), skip_page: true },
+        };
+        let inner = service_fn(move |_req: Request<Body>| {
+            let r = refusal.clone();
+            async move { Ok::<_, std::convert::Infallible>(r.response()) }
+        });
+        let req = Request::get("/app?x=1")
+            .header("host", "app.example")
+            .header("sec-fetch-mode", "navigate")
+            .header("accept", "text/html")
+            .body(Body::empty())
+            .unwrap();
+        AnswersLayer::new(Some(browsers)).layer(inner).oneshot(req).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn a_plain_refusal_is_never_a_redirect_or_a_page() {
+        let no_token = Refusal::new(Rejection::NoToken { realm: "portcullis".into() }, "no_token");
+        let resp = answer_to_a_browser(no_token.clone()).await;
+        assert_eq!(resp.status(), StatusCode::FOUND);
+        assert_eq!(resp.headers()[header::LOCATION], "/oauth2/start?rd=%2Fapp%3Fx%3D1");
+
+        let resp = answer_to_a_browser(no_token.plainly()).await;
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(resp.headers()[header::WWW_AUTHENTICATE], "Bearer realm=\"portcullis\"");
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+        assert_eq!(resp.extensions().get::<Decision>().unwrap().reason, "no_token");
+
+        let forbidden = Refusal::new(
+            Rejection::Forbidden { realm: "portcullis".into(), scope: None },
+            "rule_denied",
+        );
+        let resp = answer_to_a_browser(forbidden.clone()).await;
+        assert!(resp.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
+        let resp = answer_to_a_browser(forbidden.plainly()).await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
+        assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
     }
 }
