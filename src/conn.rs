@@ -349,7 +349,8 @@ const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
 
 /// How a worker serves its connections.
 pub struct Serving {
-    pub stack: Stack,
+    /// The worker's current stack (a new one after each pipeline swap).
+    pub stacks: watch::Receiver<Stack>,
     pub http1: hyper::server::conn::http1::Builder,
     pub auto: hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor>,
     pub header_read_timeout: Duration,
@@ -416,7 +417,7 @@ pub async fn serve<T: Transport>(
             _ = async { let _ = stop.wait_for(|s| *s).await; } => return,
         };
         counted.set_parked(false);
-        let svc = service(&serving.stack, &client, &activity);
+        let svc = service(&serving.stacks, &client, &activity);
         // HTTP/2 with prior knowledge (or too few bytes to tell): hyper-util's auto builder
         // tells them apart and serves either, with upgrades; not parked.
         if first[..seen] == H2_PREFACE[..seen] {
@@ -481,10 +482,11 @@ fn connection_error(
 ///
 /// The connection keeps its own copy of the stack and calls it in place (hyper hands each request
 /// over by `&self`, and calls never overlap: `call` only builds the future), instead of cloning
-/// the whole stack for every request. No layer of the stack applies backpressure (limits answer
-/// 503 instead), so it is always ready.
+/// the whole stack for every request; before each request it takes the worker's new stack if the
+/// pipeline was swapped (one atomic load when it was not). No layer of the stack applies
+/// backpressure (limits answer 503 instead), so it is always ready.
 fn service(
-    stack: &Stack,
+    stacks: &watch::Receiver<Stack>,
     client: &ClientAddr,
     activity: &Arc<Activity>,
 ) -> impl hyper::service::Service<
@@ -495,14 +497,21 @@ fn service(
 > + Send
        + 'static {
     use tower::Service as _;
-    let stack = std::cell::RefCell::new(stack.clone());
+    let mut stacks = stacks.clone();
+    let stack = stacks.borrow_and_update().clone();
+    let current = std::cell::RefCell::new((stacks, stack));
     let (client, activity) = (client.clone(), activity.clone());
     hyper::service::service_fn(move |req: Request<Incoming>| {
         let mut req = req.map(Body::new);
         req.extensions_mut().insert(client.clone());
         let in_flight = InFlight::new(&activity);
         // never re-entered: `call` returns before hyper can hand over another request
-        let call = stack.borrow_mut().call(req);
+        let mut current = current.borrow_mut();
+        let (stacks, stack) = &mut *current;
+        if stacks.has_changed().unwrap_or(false) {
+            *stack = stacks.borrow_and_update().clone();
+        }
+        let call = stack.call(req);
         async move {
             let resp = call.await?;
             if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
@@ -528,7 +537,7 @@ mod tests {
             },
         ));
         Arc::new(Serving {
-            stack,
+            stacks: watch::channel(stack).1,
             http1: hyper::server::conn::http1::Builder::new(),
             auto: hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()),
             header_read_timeout: Duration::from_secs(5),

@@ -5,9 +5,12 @@
 //! # Layout
 //! The modules follow a request:
 //! - [`config`]: the TOML file, `PORTCULLIS_*` overrides, validation naming the key at fault.
-//! - [`server`]: worker threads and listeners, the middleware stack (and why each layer sits
-//!   where it does), the router of portcullis's own endpoints with the protected chain as its
-//!   fallback, `/healthz` and `/readyz`, graceful shutdown.
+//! - [`server`]: worker threads and listeners, `/healthz` and `/readyz`, swapping the pipeline,
+//!   graceful shutdown.
+//! - [`pipeline`]: the middleware stack (and why each layer sits where it does), the router of
+//!   portcullis's own endpoints with the protected chain as its fallback; built from one
+//!   configuration and swapped whole, while [`pipeline::Shared`] (keys, verified tokens, login
+//!   attempts, refreshes in flight) outlives it.
 //! - [`conn`]: one client connection over any `Transport`: HTTP/1.1 or h2c, and idle HTTP/1.1
 //!   connections parked without hyper's buffers; [`peer`]: who is on the other end (address,
 //!   the connection's scheme, trusted proxy judged per request).
@@ -57,6 +60,7 @@ pub mod login;
 pub mod pages;
 pub mod path;
 pub mod peer;
+pub mod pipeline;
 pub mod proxy;
 pub mod response;
 pub mod server;

@@ -1,203 +1,25 @@
 //! Listeners, the middleware stack, the admin endpoints and graceful shutdown.
 
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Body;
 use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use axum::Router;
-use http::{Request, Response};
 use hyper_util::rt::TokioTimer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
-use tower::util::BoxCloneSyncService;
-use tower::ServiceBuilder;
 
-use crate::auth::inject::InjectIdentityLayer;
-use crate::auth::token::Verifier;
-use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::config::Config;
-use crate::headers::{
-    NormalizePathLayer, StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders,
-};
-use crate::identity::IdentityMapper;
-use crate::idp::jwks::{KeyCacheSettings, KeyStore};
-use crate::login::Login;
-use crate::pages::Pages;
-
+use crate::idp::jwks::KeyStore;
 use crate::peer::ClientAddr;
-use crate::proxy::ProxyService;
-use crate::response::{AnswersLayer, BrowserAnswers};
-use crate::telemetry::AccessLogLayer;
-
-pub use crate::conn::Stack;
+use crate::pipeline::{Pipeline, Shared, Stack, Workers};
 
 /// Slow clients get this long to send a request head.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// What every worker's stack shares: the authentication state (keys, verified-token cache) and
-/// the settings of the layers. Each worker builds its own stack from it, with its own upstream
-/// connection pool.
-pub struct Pipeline {
-    auth: Arc<AuthSettings>,
-    login: Option<Arc<Login>>,
-    untrusted: Arc<UntrustedHeaders>,
-    trusted_proxies: Arc<[ipnet::IpNet]>,
-    pass_token: crate::config::PassToken,
-    upstream: crate::config::UpstreamConfig,
-    body_idle_timeout: Duration,
-    /// `upstream.max_concurrent_requests`, shared by every worker.
-    upstream_slots: Option<Arc<tokio::sync::Semaphore>>,
-    /// `server.workers`, which share `upstream.max_connecting`.
-    workers: usize,
-}
-
-impl Pipeline {
-    /// The shared parts and the key store behind them (keys not fetched yet).
-    pub fn new(config: &Config) -> anyhow::Result<(Self, Arc<KeyStore>)> {
-        let key_issuers = config.key_issuers();
-        let keys = Arc::new(KeyStore::new(
-            &key_issuers,
-            KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
-        ));
-        let mapper = IdentityMapper::new(config.identity.clone());
-        let untrusted = Arc::new(UntrustedHeaders::new(&mapper.identity_header_names()));
-        let verifier = Arc::new(Verifier::new(&config.bearer, keys.clone(), mapper));
-        let login = match &config.login {
-            Some(l) => {
-                let pages = Arc::new(Pages::load(l.templates_dir.as_deref())?);
-                Some(Arc::new(Login::new(
-                    l.clone(),
-                    &keys,
-                    &config.bearer,
-                    &config.identity,
-                    pages,
-                    crate::clock::Clock::System,
-                )?))
-            }
-            None => None,
-        };
-        let auth = Arc::new(AuthSettings {
-            verifier,
-            public_routes: config.bearer.public_routes.clone(),
-            realm: config.bearer.realm.as_str().into(),
-            sessions: login.as_ref().map(|l| l.sessions().clone()),
-            policy: Arc::new(config.authorization.clone()),
-        });
-        let pipeline = Self {
-            auth,
-            login,
-            untrusted,
-            trusted_proxies: config.server.trusted_proxies.clone().into(),
-            pass_token: config.identity.pass_token,
-            upstream: config.upstream.clone(),
-            body_idle_timeout: config.server.request_body_idle_timeout,
-            upstream_slots: match config.upstream.max_concurrent_requests {
-                0 => None,
-                n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
-            },
-            workers: config.server.workers,
-        };
-        Ok((pipeline, keys))
-    }
-
-    /// One middleware stack. Call it on the runtime that will serve it: the upstream pool spawns
-    /// its connections there.
-    pub fn stack(&self) -> anyhow::Result<Stack> {
-        // portcullis's own endpoints (under `/oauth2`; they never reach the app), or the app's,
-        // behind the protected chain.
-        let router = OwnOrApp {
-            own: self.login.as_ref().map(|l| (format!("{}/", l.prefix()).into(), l.routes())),
-            app: self.protected()?,
-        };
-        let stack = ServiceBuilder::new()
-            // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
-            .layer(AccessLogLayer)
-            // Every refusal from the layers below becomes an answer here, in one place, in the
-            // form that suits who asked; the access log then sees the final decision.
-            .layer(AnswersLayer::new(self.login.as_ref().map(|login| BrowserAnswers {
-                pages: login.pages().clone(),
-                sign_in: login.sign_in(),
-            })))
-            // Before anything reads headers: framing we will not pass on is refused, then
-            // hop-by-hop headers and what `Connection` names go (never `Host`, the request id
-            // or `X-Forwarded-*`).
-            .layer(StripHopByHopLayer)
-            // Client-sent identity headers, path/method overrides and (unless the peer is a
-            // trusted proxy) forwarding headers go before any layer could trust them.
-            .layer(StripUntrustedLayer::new(self.untrusted.clone(), self.trusted_proxies.clone()))
-            // One canonical path for routing, matching, logging and forwarding; ambiguous ones
-            // are 400.
-            .layer(NormalizePathLayer)
-            .service(router);
-        Ok(BoxCloneSyncService::new(stack))
-    }
-
-    /// The chain every request for the app goes through.
-    fn protected(&self) -> anyhow::Result<Protected> {
-        let chain = ServiceBuilder::new()
-            // The decision: public route? Valid bearer token or session? The [authorization]
-            // requirements and this route's rule (read from the verified identity only, so
-            // they hold on verified-token cache hits too)? Otherwise a refusal (401, 400, 403,
-            // 503).
-            .layer(AuthenticateLayer::new(self.auth.clone()))
-            // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
-            .layer(InjectIdentityLayer::new(self.pass_token))
-            .service(ProxyService::new(
-                &self.upstream,
-                self.body_idle_timeout,
-                self.upstream_slots.clone(),
-                self.untrusted.clone(),
-                self.workers,
-            )?);
-        Ok(BoxCloneSyncService::new(chain))
-    }
-}
-
-type Protected = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
-
-/// Sends a request to portcullis's own endpoints (a router, for the paths under their prefix)
-/// or to the protected chain: one prefix comparison, not a router lookup, for each request to
-/// the app.
-#[derive(Clone)]
-struct OwnOrApp {
-    /// The prefix with its trailing `/`, and the router of what is under it.
-    own: Option<(Arc<str>, Router)>,
-    app: Protected,
-}
-
-impl tower::Service<Request<Body>> for OwnOrApp {
-    type Response = Response<Body>;
-    type Error = Infallible;
-    type Future = futures_util::future::Either<
-        <Router as tower::Service<Request<Body>>>::Future,
-        <Protected as tower::Service<Request<Body>>>::Future,
-    >;
-
-    /// Both are always ready (axum's router; the protected chain ends in the proxy, whose
-    /// limits answer 503 instead of waiting).
-    fn poll_ready(
-        &mut self,
-        _cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<Result<(), Infallible>> {
-        std::task::Poll::Ready(Ok(()))
-    }
-
-    fn call(&mut self, req: Request<Body>) -> Self::Future {
-        use futures_util::future::Either;
-        if let Some((prefix, router)) = &mut self.own {
-            if req.uri().path().starts_with(&**prefix) {
-                return Either::Left(router.call(req));
-            }
-        }
-        Either::Right(self.app.call(req))
-    }
-}
 
 /// Binds `n` listeners on one address with `SO_REUSEPORT`, so the kernel spreads connections
 /// over the workers. With port 0 the first socket picks the port and the others join it.
@@ -222,9 +44,17 @@ fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::Tcp
 /// What `/readyz` checks.
 struct Readiness {
     keys: Arc<KeyStore>,
-    upstream: String,
-    connect_timeout: Duration,
+    /// The app's address and `upstream.connect_timeout`, as the current pipeline has them.
+    upstream: std::sync::Mutex<(String, Duration)>,
     draining: AtomicBool,
+}
+
+impl Readiness {
+    fn set_upstream(&self, config: &Config) {
+        if let Ok(mut u) = self.upstream.lock() {
+            *u = (config.upstream.connect_target(), config.upstream.connect_timeout);
+        }
+    }
 }
 
 async fn healthz() -> &'static str {
@@ -244,7 +74,11 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
     if !r.keys.any_loaded() {
         problems.push(format!("keys of {} not loaded", missing.join(", ")));
     }
-    if let Err(problem) = crate::proxy::upstream_reachable(&r.upstream, r.connect_timeout).await {
+    let (upstream, connect_timeout) = match r.upstream.lock() {
+        Ok(u) => u.clone(),
+        Err(_) => (String::new(), Duration::ZERO),
+    };
+    if let Err(problem) = crate::proxy::upstream_reachable(&upstream, connect_timeout).await {
         problems.push(problem);
     }
     if !problems.is_empty() {
@@ -261,6 +95,13 @@ pub struct Server {
     pub addr: SocketAddr,
     pub admin_addr: SocketAddr,
     pub keys: Arc<KeyStore>,
+    /// What outlives a pipeline swap.
+    shared: Shared,
+    /// The workers' side of a swap.
+    workers: Workers,
+    readiness: Arc<Readiness>,
+    /// What a swap cannot change: `server.listen`, `server.admin_listen`, `server.workers`.
+    fixed: (SocketAddr, SocketAddr, usize),
     shutdown: watch::Sender<bool>,
     admin_shutdown: watch::Sender<bool>,
     /// One per worker thread, fired when its drain is over.
@@ -276,12 +117,22 @@ impl Server {
     /// upstream pool (no work-stealing between cores); the admin endpoints and the key refresh
     /// on the caller's runtime.
     pub async fn start(config: Config) -> anyhow::Result<Server> {
-        let (pipeline, keys) = Pipeline::new(&config)?;
+        Self::start_with(config, Shared::new).await
+    }
+
+    /// The same, with the shared state made by `shared` (tests inject a clock).
+    pub async fn start_with(
+        config: Config,
+        shared: impl FnOnce(&Config) -> Shared,
+    ) -> anyhow::Result<Server> {
+        let shared = shared(&config);
+        let keys = shared.keys.clone();
+        let pipeline = Pipeline::new(&config, &shared)?;
         // Seed the random generator now, not on the first request.
         crate::telemetry::request_id_prefix();
         // Any error building a stack shows here, before a port is bound, not in a worker.
         pipeline.stack()?;
-        let pipeline = Arc::new(pipeline);
+        let (workers, ends) = Workers::new(Arc::new(pipeline), config.server.workers);
         let listeners = bind_workers(config.server.listen, config.server.workers).map_err(|e| {
             anyhow::anyhow!("cannot listen on {} (server.listen): {e}", config.server.listen)
         })?;
@@ -297,10 +148,10 @@ impl Server {
 
         let readiness = Arc::new(Readiness {
             keys: keys.clone(),
-            upstream: config.upstream.connect_target(),
-            connect_timeout: config.upstream.connect_timeout,
+            upstream: std::sync::Mutex::new((String::new(), Duration::ZERO)),
             draining: AtomicBool::new(false),
         });
+        readiness.set_upstream(&config);
 
         let (shutdown, rx) = watch::channel(false);
         let admin = Router::new()
@@ -323,9 +174,9 @@ impl Server {
         let timeout = config.server.shutdown_timeout;
         let connections = Arc::new(crate::conn::Counts::default());
         let mut workers_done = Vec::new();
-        for (i, listener) in listeners.into_iter().enumerate() {
+        for (i, (listener, worker)) in listeners.into_iter().zip(ends).enumerate() {
             let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-            let (pipeline, rx, readiness) = (pipeline.clone(), rx.clone(), readiness.clone());
+            let (rx, readiness) = (rx.clone(), readiness.clone());
             let counts = connections.clone();
             let (done, done_rx) = tokio::sync::oneshot::channel();
             std::thread::Builder::new().name(format!("portcullis-worker-{i}")).spawn(
@@ -333,9 +184,9 @@ impl Server {
                     runtime.block_on(async move {
                         let served = async {
                             let listener = TcpListener::from_std(listener)?;
-                            let stack = pipeline.stack()?;
+                            let stacks = worker.start()?;
                             crate::telemetry::spawn_access_flusher();
-                            serve(listener, stack, rx, timeout, readiness, counts).await;
+                            serve(listener, stacks, rx, timeout, readiness, counts).await;
                             anyhow::Ok(())
                         };
                         if let Err(e) = served.await {
@@ -353,6 +204,10 @@ impl Server {
             addr,
             admin_addr,
             keys,
+            shared,
+            workers,
+            readiness,
+            fixed: (config.server.listen, config.server.admin_listen, config.server.workers),
             shutdown,
             admin_shutdown,
             workers_done,
@@ -360,6 +215,27 @@ impl Server {
             maintenance,
             connections,
         })
+    }
+
+    /// Serves new requests with the pipeline of `config`, on every worker, while connections
+    /// stay open: requests in flight finish as they started, the next request on any connection
+    /// follows `config`. Keys, verified tokens (under the generation that verified them), used
+    /// login attempts and refreshes in flight carry over. Listeners, workers and the set of
+    /// issuers cannot change this way (they need a restart); an error leaves the running
+    /// pipeline as it was. Returns the new pipeline's generation.
+    pub async fn swap(&self, config: &Config) -> anyhow::Result<u64> {
+        let asked = (config.server.listen, config.server.admin_listen, config.server.workers);
+        if asked != self.fixed {
+            anyhow::bail!(
+                "server.listen, server.admin_listen and server.workers change only with a restart"
+            );
+        }
+        let pipeline = Pipeline::new(config, &self.shared)?;
+        pipeline.stack()?;
+        let generation = pipeline.generation();
+        self.workers.swap(Arc::new(pipeline), Duration::from_secs(10)).await?;
+        self.readiness.set_upstream(config);
+        Ok(generation)
     }
 
     /// Client connections open now, and how many of them are parked (idle HTTP/1.1 keep-alive
@@ -388,7 +264,7 @@ impl Server {
 
 async fn serve(
     listener: TcpListener,
-    stack: Stack,
+    stacks: watch::Receiver<Stack>,
     mut shutdown: watch::Receiver<bool>,
     timeout: Duration,
     readiness: Arc<Readiness>,
@@ -399,7 +275,7 @@ async fn serve(
     let sweeper = crate::conn::Sweeper::default();
     let sweep = tokio::spawn(sweeper.clone().run());
     let serving = Arc::new(crate::conn::Serving {
-        stack,
+        stacks,
         http1: http1_builder(),
         auto: connection_builder(),
         header_read_timeout: HEADER_READ_TIMEOUT,

@@ -112,6 +112,10 @@ struct CachedToken {
     keys: Arc<IssuerKeys>,
     generation: u64,
     key_fingerprint: u64,
+    /// The generation of the configuration it was verified under: what a verified token
+    /// becomes depends on audiences, algorithms, leeway, token types, required claims and the
+    /// identity mapping, so after a pipeline swap an entry of an older one is a miss.
+    config: u64,
 }
 
 impl CachedToken {
@@ -209,6 +213,8 @@ pub struct Verifier {
     token_types: Vec<String>,
     clock: Clock,
     cache: Arc<TokenCache>,
+    /// The configuration generation this verifier was made for (see [`CachedToken`]).
+    config: u64,
     mapper: IdentityMapper,
     keys: Arc<KeyStore>,
 }
@@ -257,9 +263,19 @@ impl Verifier {
             token_types: cfg.token_types.clone(),
             clock: Clock::System,
             cache,
+            config: 0,
             mapper,
             keys,
         }
+    }
+
+    /// The same verifier keeping verified tokens in `cache`, which outlives pipeline swaps;
+    /// `config` is the generation of the configuration it was made from (entries of another
+    /// generation are misses).
+    pub fn with_cache(mut self, cache: Arc<TokenCache>, config: u64) -> Self {
+        self.cache = cache;
+        self.config = config;
+        self
     }
 
     /// The same verifier reading time from `clock`.
@@ -282,7 +298,7 @@ impl Verifier {
             return Err(TokenError::TooLarge);
         }
         let now = self.clock.now();
-        if let Some(hit) = self.cache.get(token) {
+        if let Some(hit) = self.cache.get(token).filter(|hit| hit.config == self.config) {
             if hit.exp.saturating_add(self.leeway) < now {
                 self.cache.remove(token);
                 return Err(TokenError::Expired);
@@ -326,6 +342,7 @@ impl Verifier {
             keys: s.keys,
             generation: s.generation,
             key_fingerprint: s.key_fingerprint,
+            config: self.config,
         };
         Ok((identity, entry))
     }
@@ -698,6 +715,35 @@ mod tests {
         assert!(f.verifier.verify(&good[..good.len() - 1]).await.is_err());
         assert!(f.verifier.verify(&format!("{good}A")).await.is_err());
         assert_eq!(f.verifier.cache().len(), 1);
+    }
+
+    #[tokio::test]
+    async fn a_token_cached_under_one_configuration_is_verified_afresh_under_the_next() {
+        let f = fixture(&[KeyAlg::Rs256], 100).await;
+        let shared = Arc::new(TokenCache::new(100));
+        let cfg = |aud: &str| {
+            BearerConfig::with_issuers(vec![crate::config::TrustedIssuer {
+                issuer: f.dev.issuer(),
+                audiences: vec![aud.into()],
+                jwks_url: None,
+            }])
+        };
+        let mapper = IdentityMapper::new(crate::config::IdentityConfig::default());
+        let keys = f.verifier.keys().clone();
+        let first =
+            Verifier::new(&cfg(AUD), keys.clone(), mapper.clone()).with_cache(shared.clone(), 1);
+        let t = f.dev.token_for("alice", AUD);
+        first.verify(&t).await.unwrap();
+        assert_eq!(first.verify(&t).await.unwrap().1, Verified::Cached);
+        // the next configuration no longer accepts AUD: the cached entry is not its to use
+        let next = Verifier::new(&cfg("api://other"), keys.clone(), mapper.clone())
+            .with_cache(shared.clone(), 2);
+        assert_eq!(next.verify(&t).await.unwrap_err(), TokenError::BadAudience);
+        // with the same settings a new generation verifies afresh once, then hits
+        let same = Verifier::new(&cfg(AUD), keys, mapper).with_cache(shared.clone(), 3);
+        assert_eq!(same.verify(&t).await.unwrap().1, Verified::Fresh);
+        assert_eq!(same.verify(&t).await.unwrap().1, Verified::Cached);
+        assert_eq!(shared.len(), 1);
     }
 
     #[tokio::test]

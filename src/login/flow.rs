@@ -28,7 +28,7 @@ impl Login {
     /// Marks `state` used; false if it already was.
     pub(super) fn first_use(&self, state: &str) -> bool {
         let t = now(&self.clock);
-        let Ok(mut used) = self.used_states.lock() else {
+        let Ok(mut used) = self.kept.used_states.lock() else {
             return false;
         };
         used.retain(|_, exp| *exp > t);

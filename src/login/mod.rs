@@ -97,8 +97,18 @@ pub struct Login {
     clock: Clock,
     /// `bearer.realm`, for the `401`s of the login endpoints.
     realm: Arc<str>,
-    /// Attempt states already used (so a replayed callback fails), with their expiry.
+    /// What outlives this login when the pipeline is swapped.
+    kept: Arc<LoginState>,
+}
+
+/// What a login keeps across pipeline swaps (a new configuration makes a new [`Login`]): the
+/// attempt states already used, so a callback replayed after a swap still fails, and the
+/// cookie sessions' refreshes in flight.
+#[derive(Debug, Default)]
+pub struct LoginState {
+    /// Attempt states already used, with their expiry.
     used_states: Mutex<HashMap<String, u64>>,
+    refreshes: Arc<crate::auth::session::cookie::RefreshSlots>,
 }
 
 impl std::fmt::Debug for Login {
@@ -114,7 +124,8 @@ pub(super) fn now(clock: &Clock) -> u64 {
 
 impl Login {
     /// The login for `cfg`, with sealed cookie sessions, reading time from `clock` (sessions'
-    /// lifetime and idle timeout, attempts, ID tokens; tests move it with paused tokio time).
+    /// lifetime and idle timeout, attempts, ID tokens; tests move it with paused tokio time),
+    /// keeping what must outlive it in `kept`.
     pub fn new(
         cfg: LoginConfig,
         store: &Arc<KeyStore>,
@@ -122,6 +133,7 @@ impl Login {
         identity: &IdentityConfig,
         pages: Arc<Pages>,
         clock: Clock,
+        kept: Arc<LoginState>,
     ) -> anyhow::Result<Self> {
         let keys = store
             .issuer(&cfg.issuer)
@@ -156,7 +168,7 @@ impl Login {
             idle_timeout: cfg.session.idle_timeout,
         };
         let sessions = Arc::new(Sessions::new(
-            Arc::new(CookieStore::new(jar.clone())),
+            Arc::new(CookieStore::new(jar.clone(), kept.refreshes.clone())),
             provider.clone(),
             mapper.clone(),
             lifetimes,
@@ -170,7 +182,7 @@ impl Login {
             mapper,
             clock,
             realm: bearer.realm.as_str().into(),
-            used_states: Mutex::new(HashMap::new()),
+            kept,
             cfg,
         })
     }

@@ -375,6 +375,16 @@ where
     send
 }
 
+/// A sender on one fresh HTTP/1.1 keep-alive connection to `addr`: every request it sends
+/// goes over that same connection.
+pub async fn http1_sender(addr: SocketAddr) -> hyper::client::conn::http1::SendRequest<String> {
+    let stream = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    send
+}
+
 /// A free port on loopback (bound, then released).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()

@@ -247,3 +247,58 @@ async fn a_response_still_streaming_to_a_silent_client_is_not_parked() {
     let rest = resp.chunk().await.unwrap().unwrap();
     assert_eq!(&rest[..], b"second\n");
 }
+
+/// GET `path` over `conn` with `token` (if any): the status.
+async fn get_over(
+    conn: &mut hyper::client::conn::http1::SendRequest<String>,
+    path: &str,
+    token: Option<&str>,
+) -> u16 {
+    conn.ready().await.expect("the connection stays open across the swap");
+    let mut req = http::Request::get(path).header("host", "app.example");
+    if let Some(t) = token {
+        req = req.header("authorization", format!("Bearer {t}"));
+    }
+    let resp = conn.send_request(req.body(String::new()).unwrap()).await.unwrap();
+    let status = resp.status().as_u16();
+    http_body_util::BodyExt::collect(resp.into_body()).await.unwrap();
+    status
+}
+
+#[tokio::test]
+async fn a_swapped_pipeline_serves_the_next_request_on_an_open_connection() {
+    let w = World::new().await;
+    let server = w.proxy.server.as_ref().unwrap();
+    let mut claims = w.issuer.claims_for("alice", AUD);
+    claims["sub"] = "u-123".into();
+    let token = w.issuer.mint(&claims);
+    let mut conn = http1_sender(w.proxy.addr).await;
+    assert_eq!(get_over(&mut conn, "/public/x", None).await, 200);
+    assert_eq!(get_over(&mut conn, "/api", Some(&token)).await, 200);
+    assert_eq!(get_over(&mut conn, "/api", Some(&token)).await, 200);
+    assert_eq!(w.upstream.last().one("x-forwarded-user").as_deref(), Some("u-123"));
+
+    // the next configuration: no public routes, the user named by another claim
+    let next = Opts {
+        bearer: "public_routes = []".into(),
+        identity: "user_claim = \"preferred_username\"",
+        ..Opts::default()
+    };
+    let text = config_text(&w.issuer.issuer(), &w.upstream.url(), &next);
+    let cfg = portcullis::config::load_str(&text, std::iter::empty()).unwrap().config;
+    assert_eq!(server.swap(&cfg).await.unwrap(), 2);
+
+    let hits = w.upstream.hits();
+    assert_eq!(get_over(&mut conn, "/public/x", None).await, 401);
+    assert_eq!(w.upstream.hits(), hits, "a route no longer public reached the app");
+    // the token verified (and cached) under the first configuration is the next one's to map
+    assert_eq!(get_over(&mut conn, "/api", Some(&token)).await, 200);
+    assert_eq!(w.upstream.last().one("x-forwarded-user").as_deref(), Some("alice"));
+
+    // what needs a restart is refused, and the running pipeline stays
+    let mut wider = cfg.clone();
+    wider.server.workers += 1;
+    let e = server.swap(&wider).await.unwrap_err().to_string();
+    assert!(e.contains("server.workers"), "{e}");
+    assert_eq!(get_over(&mut conn, "/public/x", None).await, 401);
+}

@@ -450,8 +450,14 @@ struct RefreshSlot {
 #[derive(Debug)]
 pub struct CookieStore {
     jar: Arc<Jar>,
-    refreshes: Mutex<HashMap<String, Arc<RefreshSlot>>>,
+    refreshes: Arc<RefreshSlots>,
 }
+
+/// The refreshes in progress or just done (within the grace), by session and refresh token.
+/// They outlive a pipeline swap: a refresh in flight when the configuration changes is still
+/// the one every request of that session waits for.
+#[derive(Debug, Default)]
+pub struct RefreshSlots(Mutex<HashMap<String, Arc<RefreshSlot>>>);
 
 impl std::fmt::Debug for RefreshSlot {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -460,8 +466,9 @@ impl std::fmt::Debug for RefreshSlot {
 }
 
 impl CookieStore {
-    pub fn new(jar: Arc<Jar>) -> Self {
-        Self { jar, refreshes: Mutex::new(HashMap::new()) }
+    /// Sessions sealed with `jar`'s codec into its cookies, refreshed through `refreshes`.
+    pub fn new(jar: Arc<Jar>, refreshes: Arc<RefreshSlots>) -> Self {
+        Self { jar, refreshes }
     }
 
     fn load_now(&self, request: &HeaderMap) -> Option<Result<Loaded, String>> {
@@ -501,7 +508,7 @@ impl CookieStore {
         let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rt.as_bytes());
         let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
         let key = format!("{}:{hex}", s.id);
-        let mut map = self.refreshes.lock().map_err(|_| "refresh lock poisoned".to_string())?;
+        let mut map = self.refreshes.0.lock().map_err(|_| "refresh lock poisoned".to_string())?;
         map.retain(|_, v| v.started.elapsed() < REFRESH_GRACE);
         let slot = map.entry(key).or_insert_with(|| {
             Arc::new(RefreshSlot {

@@ -238,7 +238,7 @@ mod tests {
             idle_timeout: login.session.idle_timeout,
         };
         Sessions::new(
-            Arc::new(CookieStore::new(jar)),
+            Arc::new(CookieStore::new(jar, Arc::default())),
             refresher,
             IdentityMapper::for_sessions(cfg.identity),
             lifetimes,

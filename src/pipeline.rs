@@ -1,0 +1,327 @@
+//! The request path as one value: which layers a request passes, in which order and why
+//! ([`Pipeline::stack`]), built from one configuration, and swapped whole while connections stay
+//! open.
+//!
+//! A [`Pipeline`] holds everything that depends on the configuration (the layers' settings,
+//! trusted proxies included, the verifier, the login). What must outlive a swap lives in
+//! [`Shared`]: the issuers' keys, the verified-token cache (whose entries carry the generation of
+//! the pipeline that verified them, since what a token becomes depends on the configuration),
+//! the login attempts already used and the session refreshes in flight.
+//!
+//! Each worker serves its connections from its own stack, built on its own runtime (the stack
+//! holds the worker's upstream pool). A swap ([`Workers`]) hands the new pipeline to every worker,
+//! which builds its stack and publishes it; a connection looks for a new stack before each
+//! request (one atomic load), so requests already in flight finish on the stack they started
+//! with, and the next request on the same connection takes the new one.
+
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::Router;
+use http::{Request, Response};
+use tokio::sync::watch;
+use tower::util::BoxCloneSyncService;
+use tower::ServiceBuilder;
+
+use crate::auth::inject::InjectIdentityLayer;
+use crate::auth::token::{TokenCache, Verifier};
+use crate::auth::{AuthSettings, AuthenticateLayer};
+use crate::clock::Clock;
+use crate::config::Config;
+use crate::headers::{
+    NormalizePathLayer, StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders,
+};
+use crate::identity::IdentityMapper;
+use crate::idp::jwks::{KeyCacheSettings, KeyStore};
+use crate::login::{Login, LoginState};
+use crate::pages::Pages;
+use crate::proxy::ProxyService;
+use crate::response::{AnswersLayer, BrowserAnswers};
+use crate::telemetry::AccessLogLayer;
+
+pub use crate::conn::Stack;
+
+/// What outlives a pipeline swap.
+pub struct Shared {
+    /// The issuers' keys (fetched and refreshed by the server's maintenance tasks).
+    pub keys: Arc<KeyStore>,
+    /// Verified tokens; each entry carries the generation of the pipeline that verified it.
+    tokens: Arc<TokenCache>,
+    /// Used login attempts and session refreshes in flight.
+    login: Arc<LoginState>,
+    /// Where every lifetime is read from (sessions, attempts, tokens).
+    clock: Clock,
+    /// The last generation handed out.
+    generations: AtomicU64,
+}
+
+impl Shared {
+    /// The shared state for `config` (its issuers' key caches, keys not fetched yet).
+    pub fn new(config: &Config) -> Self {
+        let keys = Arc::new(KeyStore::new(
+            &config.key_issuers(),
+            KeyCacheSettings::new(&config.bearer, config.oidc.insecure_allow_http),
+        ));
+        Self {
+            keys,
+            tokens: Arc::new(TokenCache::new(config.bearer.token_cache_size)),
+            login: Arc::default(),
+            clock: Clock::System,
+            generations: AtomicU64::new(0),
+        }
+    }
+
+    /// The same, with every lifetime read from `clock` (tests move it with paused time).
+    pub fn with_clock(mut self, clock: Clock) -> Self {
+        self.clock = clock;
+        self
+    }
+}
+
+/// Everything a worker's stack is built from, for one configuration.
+pub struct Pipeline {
+    /// Which configuration this is, counted from 1 (see [`Shared`]).
+    generation: u64,
+    auth: Arc<AuthSettings>,
+    login: Option<Arc<Login>>,
+    untrusted: Arc<UntrustedHeaders>,
+    trusted_proxies: Arc<[ipnet::IpNet]>,
+    pass_token: crate::config::PassToken,
+    upstream: crate::config::UpstreamConfig,
+    body_idle_timeout: Duration,
+    /// `upstream.max_concurrent_requests`, shared by every worker.
+    upstream_slots: Option<Arc<tokio::sync::Semaphore>>,
+    /// `server.workers`, which share `upstream.max_connecting`.
+    workers: usize,
+}
+
+impl Pipeline {
+    /// The pipeline of `config` over `shared`, as its next generation. Every issuer `config`
+    /// names must have its key cache in `shared` (a new issuer needs a restart).
+    pub fn new(config: &Config, shared: &Shared) -> anyhow::Result<Self> {
+        if let Some(new) =
+            config.key_issuers().into_iter().find(|i| shared.keys.issuer(&i.issuer).is_none())
+        {
+            anyhow::bail!(
+                "issuer {} has no key cache in this process; a new issuer needs a restart",
+                new.issuer
+            );
+        }
+        let generation = shared.generations.fetch_add(1, Ordering::Relaxed) + 1;
+        let keys = &shared.keys;
+        let mapper = IdentityMapper::new(config.identity.clone());
+        let untrusted = Arc::new(UntrustedHeaders::new(&mapper.identity_header_names()));
+        let verifier = Arc::new(
+            Verifier::new(&config.bearer, keys.clone(), mapper)
+                .with_clock(shared.clock)
+                .with_cache(shared.tokens.clone(), generation),
+        );
+        let login = match &config.login {
+            Some(l) => {
+                let pages = Arc::new(Pages::load(l.templates_dir.as_deref())?);
+                Some(Arc::new(Login::new(
+                    l.clone(),
+                    keys,
+                    &config.bearer,
+                    &config.identity,
+                    pages,
+                    shared.clock,
+                    shared.login.clone(),
+                )?))
+            }
+            None => None,
+        };
+        let auth = Arc::new(AuthSettings {
+            verifier,
+            public_routes: config.bearer.public_routes.clone(),
+            realm: config.bearer.realm.as_str().into(),
+            sessions: login.as_ref().map(|l| l.sessions().clone()),
+            policy: Arc::new(config.authorization.clone()),
+        });
+        Ok(Self {
+            generation,
+            auth,
+            login,
+            untrusted,
+            trusted_proxies: config.server.trusted_proxies.clone().into(),
+            pass_token: config.identity.pass_token,
+            upstream: config.upstream.clone(),
+            body_idle_timeout: config.server.request_body_idle_timeout,
+            upstream_slots: match config.upstream.max_concurrent_requests {
+                0 => None,
+                n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+            },
+            workers: config.server.workers,
+        })
+    }
+
+    /// Which configuration this pipeline was built from, counted from 1.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
+    /// One middleware stack. Call it on the runtime that will serve it: the upstream pool spawns
+    /// its connections there.
+    pub fn stack(&self) -> anyhow::Result<Stack> {
+        // portcullis's own endpoints (under `/oauth2`; they never reach the app), or the app's,
+        // behind the protected chain.
+        let router = OwnOrApp {
+            own: self.login.as_ref().map(|l| (format!("{}/", l.prefix()).into(), l.routes())),
+            app: self.protected()?,
+        };
+        let stack = ServiceBuilder::new()
+            // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
+            .layer(AccessLogLayer)
+            // Every refusal from the layers below becomes an answer here, in one place, in the
+            // form that suits who asked; the access log then sees the final decision.
+            .layer(AnswersLayer::new(self.login.as_ref().map(|login| BrowserAnswers {
+                pages: login.pages().clone(),
+                sign_in: login.sign_in(),
+            })))
+            // Before anything reads headers: framing we will not pass on is refused, then
+            // hop-by-hop headers and what `Connection` names go (never `Host`, the request id
+            // or `X-Forwarded-*`).
+            .layer(StripHopByHopLayer)
+            // Client-sent identity headers, path/method overrides and (unless the peer is a
+            // trusted proxy) forwarding headers go before any layer could trust them.
+            .layer(StripUntrustedLayer::new(self.untrusted.clone(), self.trusted_proxies.clone()))
+            // One canonical path for routing, matching, logging and forwarding; ambiguous ones
+            // are 400.
+            .layer(NormalizePathLayer)
+            .service(router);
+        Ok(BoxCloneSyncService::new(stack))
+    }
+
+    /// The chain every request for the app goes through.
+    fn protected(&self) -> anyhow::Result<Protected> {
+        let chain = ServiceBuilder::new()
+            // The decision: public route? Valid bearer token or session? The [authorization]
+            // requirements and this route's rule (read from the verified identity only, so
+            // they hold on verified-token cache hits too)? Otherwise a refusal (401, 400, 403,
+            // 503).
+            .layer(AuthenticateLayer::new(self.auth.clone()))
+            // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
+            .layer(InjectIdentityLayer::new(self.pass_token))
+            .service(ProxyService::new(
+                &self.upstream,
+                self.body_idle_timeout,
+                self.upstream_slots.clone(),
+                self.untrusted.clone(),
+                self.workers,
+            )?);
+        Ok(BoxCloneSyncService::new(chain))
+    }
+}
+
+type Protected = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+
+/// Sends a request to portcullis's own endpoints (a router, for the paths under their prefix)
+/// or to the protected chain: one prefix comparison, not a router lookup, for each request to
+/// the app.
+#[derive(Clone)]
+struct OwnOrApp {
+    /// The prefix with its trailing `/`, and the router of what is under it.
+    own: Option<(Arc<str>, Router)>,
+    app: Protected,
+}
+
+impl tower::Service<Request<Body>> for OwnOrApp {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = futures_util::future::Either<
+        <Router as tower::Service<Request<Body>>>::Future,
+        <Protected as tower::Service<Request<Body>>>::Future,
+    >;
+
+    /// Both are always ready (axum's router; the protected chain ends in the proxy, whose
+    /// limits answer 503 instead of waiting).
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        use futures_util::future::Either;
+        if let Some((prefix, router)) = &mut self.own {
+            if req.uri().path().starts_with(&**prefix) {
+                return Either::Left(router.call(req));
+            }
+        }
+        Either::Right(self.app.call(req))
+    }
+}
+
+/// The workers' side of a swap: the current pipeline, and which generation each worker serves.
+pub struct Workers {
+    current: watch::Sender<Arc<Pipeline>>,
+    /// One per worker: the generation of the stack it serves new requests with.
+    serving: Vec<watch::Receiver<u64>>,
+}
+
+/// One worker's end: it builds its stack from the current pipeline, and a new one after each
+/// swap, and publishes it to its connections.
+pub struct Worker {
+    pipelines: watch::Receiver<Arc<Pipeline>>,
+    serving: watch::Sender<u64>,
+}
+
+impl Workers {
+    /// `n` workers' ends, starting from `pipeline`.
+    pub fn new(pipeline: Arc<Pipeline>, n: usize) -> (Self, Vec<Worker>) {
+        let (current, rx) = watch::channel(pipeline);
+        let (mut serving, mut ends) = (Vec::with_capacity(n), Vec::with_capacity(n));
+        for _ in 0..n {
+            let (tx, srx) = watch::channel(0);
+            serving.push(srx);
+            ends.push(Worker { pipelines: rx.clone(), serving: tx });
+        }
+        (Self { current, serving }, ends)
+    }
+
+    /// Hands `pipeline` to every worker and waits (up to `within`) until each serves new
+    /// requests with it. Requests in flight finish on the stack they started with.
+    pub async fn swap(&self, pipeline: Arc<Pipeline>, within: Duration) -> anyhow::Result<()> {
+        let generation = pipeline.generation();
+        self.current.send_replace(pipeline);
+        for (i, serving) in self.serving.iter().enumerate() {
+            let mut serving = serving.clone();
+            let waited = tokio::time::timeout(within, serving.wait_for(|g| *g >= generation)).await;
+            if !matches!(waited, Ok(Ok(_))) {
+                anyhow::bail!("worker {i} did not take pipeline {generation} within {within:?}");
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Worker {
+    /// The stack of the current pipeline, built on this (the worker's) runtime, and a task that
+    /// builds and publishes the next one after each swap (until the workers' side is gone).
+    pub fn start(mut self) -> anyhow::Result<watch::Receiver<Stack>> {
+        let first = self.pipelines.borrow_and_update().clone();
+        let (stacks, rx) = watch::channel(first.stack()?);
+        self.serving.send_replace(first.generation());
+        tokio::spawn(async move {
+            while self.pipelines.changed().await.is_ok() {
+                let next = self.pipelines.borrow_and_update().clone();
+                match next.stack() {
+                    Ok(stack) => {
+                        stacks.send_replace(stack);
+                        self.serving.send_replace(next.generation());
+                    }
+                    Err(e) => tracing::error!(
+                        generation = next.generation(),
+                        error = format!("{e:#}"),
+                        "this worker keeps its stack: the new one could not be built"
+                    ),
+                }
+            }
+        });
+        Ok(rx)
+    }
+}
