@@ -124,22 +124,31 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
 impl Asker {
     fn of<B>(req: &Request<B>) -> Self {
         let h = req.headers();
-        let navigating = match h.get("sec-fetch-mode") {
+        // One pass over the names instead of a hashed lookup for each (every request pays
+        // for this, though only refusals need it); the first value of a name counts, as `get`.
+        let (mut fetch_mode, mut expect, mut content_type) = (None, None, None);
+        let mut html = false;
+        for (name, value) in h {
+            if name == header::ACCEPT {
+                html = html || contains_ignore_case(value.as_bytes(), b"text/html");
+            } else if name == header::EXPECT {
+                expect = expect.or(Some(value));
+            } else if name == header::CONTENT_TYPE {
+                content_type = content_type.or(Some(value));
+            } else if name.as_str() == "sec-fetch-mode" {
+                fetch_mode = fetch_mode.or(Some(value));
+            }
+        }
+        let navigating = match fetch_mode {
             Some(v) => v.as_bytes().eq_ignore_ascii_case(b"navigate"),
-            None => h
-                .get_all(header::ACCEPT)
-                .iter()
-                .any(|v| contains_ignore_case(v.as_bytes(), b"text/html")),
+            None => html,
         };
         let mut asker = Self {
             request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
-            expects_continue: h
-                .get(header::EXPECT)
+            expects_continue: expect
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
             navigating,
-            grpc: h
-                .get(header::CONTENT_TYPE)
-                .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
+            grpc: content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             ..Self::default()
         };
         // Only a browser's answer needs where it was going (API clients are the hot path).
@@ -183,13 +192,13 @@ impl SignIn {
 /// Renders every [`Refusal`] the layers inside it return; other responses pass untouched.
 #[derive(Clone, Default)]
 pub struct AnswersLayer {
-    browsers: Option<BrowserAnswers>,
+    browsers: Option<Arc<BrowserAnswers>>,
 }
 
 impl AnswersLayer {
     /// With `browsers`, browser navigations are sent into login and shown pages.
     pub fn new(browsers: Option<BrowserAnswers>) -> Self {
-        Self { browsers }
+        Self { browsers: browsers.map(Arc::new) }
     }
 }
 
@@ -209,7 +218,8 @@ impl<S> Layer<S> for AnswersLayer {
 #[derive(Clone)]
 pub struct Answers<S> {
     inner: S,
-    browsers: Option<BrowserAnswers>,
+    /// Shared, so a request costs a reference count, not a copy of the sign-in prefix.
+    browsers: Option<Arc<BrowserAnswers>>,
 }
 
 impl<S> Service<Request<Body>> for Answers<S>
@@ -236,7 +246,7 @@ where
                     let extra = std::mem::take(resp.headers_mut());
                     // what the layers noted for the log (the normalised path) stays
                     let mut noted = std::mem::take(resp.extensions_mut());
-                    let mut answer = render(refusal, &asker, browsers.as_ref());
+                    let mut answer = render(refusal, &asker, browsers.as_deref());
                     noted.extend(std::mem::take(answer.extensions_mut()));
                     *answer.extensions_mut() = noted;
                     // cookies a refusing layer set (a session it cleared) still go out
@@ -546,6 +556,35 @@ mod tests {
             .body(Body::empty())
             .unwrap();
         AnswersLayer::new(Some(browsers)).layer(inner).oneshot(req).await.unwrap()
+    }
+
+    #[test]
+    fn who_asked_is_read_in_one_pass_with_the_first_value_of_each_name() {
+        let asker = |headers: &[(&str, &str)]| {
+            let mut req = Request::post("/p?q=1").header("host", "app.example");
+            for (k, v) in headers {
+                req = req.header(*k, *v);
+            }
+            Asker::of(&req.body(()).unwrap())
+        };
+        let a = asker(&[("accept", "application/json"), ("Accept", "Text/HTML;q=0.1")]);
+        assert!(a.navigating && !a.grpc && !a.expects_continue);
+        assert_eq!((a.path_and_query.as_str(), a.host.as_deref()), ("/p?q=1", Some("app.example")));
+        assert!(!a.redirectable, "a POST is not redirected into login");
+        // Sec-Fetch-Mode decides over Accept, its first value counts
+        let a = asker(&[("accept", "text/html"), ("sec-fetch-mode", "cors")]);
+        assert!(!a.navigating && a.path_and_query.is_empty());
+        let a = asker(&[("sec-fetch-mode", "Navigate"), ("sec-fetch-mode", "cors")]);
+        assert!(a.navigating);
+        let a = asker(&[("content-type", "application/grpc+proto"), ("content-type", "text/x")]);
+        assert!(a.grpc && !a.navigating);
+        let a = asker(&[("content-type", "text/plain"), ("content-type", "application/grpc")]);
+        assert!(!a.grpc);
+        let a = asker(&[("expect", "100-Continue")]);
+        assert!(a.expects_continue);
+        let a = asker(&[("expect", "nothing"), ("expect", "100-continue")]);
+        assert!(!a.expects_continue);
+        assert!(!asker(&[]).navigating);
     }
 
     #[tokio::test]
