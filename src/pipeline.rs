@@ -25,6 +25,7 @@ use http::{Request, Response};
 use tokio::sync::watch;
 use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
+use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
 use crate::auth::inject::InjectIdentityLayer;
 use crate::auth::token::{TokenCache, Verifier};
@@ -172,8 +173,27 @@ impl Pipeline {
             own: self.login.as_ref().map(|l| (format!("{}/", l.prefix()).into(), l.routes())),
             app: self.protected()?,
         };
+        Ok(self.around(router))
+    }
+
+    /// The layers every request passes before it is routed, around `router`.
+    fn around<S>(&self, router: S) -> Stack
+    where
+        S: tower::Service<Request<Body>, Response = Response<Body>, Error = Infallible>
+            + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
         let stack = ServiceBuilder::new()
-            // Outermost, so every answer (even a 400 for a bad path) gets an id and a log line.
+            // Credentials never show in a `Debug` of the request, whatever logs it, and are
+            // never indexed by HPACK on the way to an h2c app.
+            .layer(SetSensitiveRequestHeadersLayer::new([
+                http::header::AUTHORIZATION,
+                http::header::COOKIE,
+            ]))
+            // Every answer (even a 400 for a bad path) gets an id and a log line.
             .layer(AccessLogLayer)
             // Every refusal from the layers below becomes an answer here, in one place, in the
             // form that suits who asked; the access log then sees the final decision.
@@ -192,7 +212,7 @@ impl Pipeline {
             // are 400.
             .layer(NormalizePathLayer)
             .service(router);
-        Ok(BoxCloneSyncService::new(stack))
+        BoxCloneSyncService::new(stack)
     }
 
     /// The chain every request for the app goes through.
@@ -323,5 +343,55 @@ impl Worker {
             }
         });
         Ok(rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tower::ServiceExt;
+
+    const CONFIG: &str = "[upstream]\nurl = \"http://127.0.0.1:9\"\n[oidc]\nissuer = \"https://idp.example\"\n[bearer]\naudiences = [\"api\"]\n";
+
+    fn pipeline() -> Pipeline {
+        let config = crate::config::load_str(CONFIG, std::iter::empty()).unwrap().config;
+        Pipeline::new(&config, &Shared::new(&config)).unwrap()
+    }
+
+    #[tokio::test]
+    async fn credentials_are_sensitive_and_every_request_has_an_id_before_routing() {
+        let router = tower::service_fn(|req: Request<Body>| async move {
+            let h = req.headers();
+            let sensitive = ["authorization", "cookie"]
+                .iter()
+                .all(|n| h.get_all(*n).iter().all(|v| v.is_sensitive()));
+            let body = format!("{sensitive} {}", h.contains_key("x-request-id"));
+            Ok::<_, Infallible>(Response::new(Body::from(body)))
+        });
+        let req = Request::get("/x")
+            .header("host", "app.example")
+            .header("authorization", "Bearer abc")
+            .header("cookie", "a=1")
+            .header("cookie", "b=2")
+            .body(Body::empty())
+            .unwrap();
+        let resp = pipeline().around(router).oneshot(req).await.unwrap();
+        assert!(resp.headers().contains_key("x-request-id"));
+        let body = http_body_util::BodyExt::collect(resp.into_body()).await.unwrap().to_bytes();
+        assert_eq!(body, "true true");
+    }
+
+    #[test]
+    fn generations_count_up_over_one_shared_state() {
+        let config = crate::config::load_str(CONFIG, std::iter::empty()).unwrap().config;
+        let shared = Shared::new(&config);
+        let gens: Vec<u64> =
+            (0..3).map(|_| Pipeline::new(&config, &shared).unwrap().generation()).collect();
+        assert_eq!(gens, [1, 2, 3]);
+        // an issuer the shared key caches do not have needs a restart
+        let other = CONFIG.replace("idp.example", "other.example");
+        let other = crate::config::load_str(&other, std::iter::empty()).unwrap().config;
+        let e = Pipeline::new(&other, &shared).err().unwrap().to_string();
+        assert!(e.contains("https://other.example") && e.contains("restart"), "{e}");
     }
 }

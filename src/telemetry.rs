@@ -596,14 +596,6 @@ where
 
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
-        // Credentials never show in a `Debug` of the request, whatever logs it.
-        for name in [header::AUTHORIZATION, header::COOKIE] {
-            if let header::Entry::Occupied(mut e) = req.headers_mut().entry(name) {
-                for v in e.iter_mut() {
-                    v.set_sensitive(true);
-                }
-            }
-        }
         let id = request_id(&req);
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
         req.extensions_mut().insert(RequestId(id.clone()));
