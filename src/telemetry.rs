@@ -605,6 +605,8 @@ where
         let client = req.extensions().get::<ClientAddr>().and_then(|c| c.ip.clone());
         // A panic in any layer below (or in the app's body handling there) becomes a 500 with
         // this request's id and access line, never a connection dropped without an answer.
+        // (tower-http's CatchPanic does this too, but boxes every response body again: 56,267
+        // -> 56,539 instructions per proxied request, benches/callgrind.sh 2000.)
         let inner = &mut self.inner;
         let fut = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || inner.call(req)));
         Box::pin(async move {
