@@ -566,4 +566,97 @@ mod tests {
             task.await.unwrap();
         }
     }
+
+    /// Reads from `client` until what arrived ends with `end`.
+    async fn read_until(client: &mut tokio::io::DuplexStream, end: &str) -> String {
+        let mut out = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !out.ends_with(end.as_bytes()) {
+            let n = client.read(&mut buf).await.unwrap();
+            assert!(n > 0, "closed after {:?}", String::from_utf8_lossy(&out));
+            out.extend_from_slice(&buf[..n]);
+        }
+        String::from_utf8(out).unwrap()
+    }
+
+    /// A worker whose stack answers `ok <path>`, or for `/stream` a body that never ends.
+    fn parking_serving() -> Arc<Serving> {
+        let stack = tower::util::BoxCloneSyncService::new(tower::service_fn(
+            |req: Request<Body>| async move {
+                let body = if req.uri().path() == "/stream" {
+                    let (tx, rx) = tokio::sync::mpsc::channel::<
+                        Result<Frame<Bytes>, std::convert::Infallible>,
+                    >(1);
+                    let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await;
+                    // the sender lives on, so the body never ends
+                    std::mem::forget(tx);
+                    Body::new(http_body_util::StreamBody::new(tokio_stream_like(rx)))
+                } else {
+                    Body::from(format!("ok {}", req.uri().path()))
+                };
+                Ok::<_, std::convert::Infallible>(Response::new(body))
+            },
+        ));
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1.timer(hyper_util::rt::TokioTimer::new());
+        Arc::new(Serving {
+            stacks: watch::channel(stack).1,
+            http1,
+            auto: hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()),
+            header_read_timeout: Duration::from_secs(30),
+            sweeper: Sweeper::default(),
+            counts: Arc::default(),
+        })
+    }
+
+    /// An mpsc receiver as a stream of frames.
+    fn tokio_stream_like<T: Send + 'static>(
+        mut rx: tokio::sync::mpsc::Receiver<T>,
+    ) -> impl futures_util::Stream<Item = T> + Send {
+        futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn an_idle_connection_is_parked_after_two_sweeps_and_serves_its_next_request() {
+        let serving = parking_serving();
+        let sweep = tokio::spawn(serving.sweeper.clone().run());
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (_stop_tx, stop) = watch::channel(false);
+        let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
+        let task = tokio::spawn(serve(serving.clone(), Rewind::new(server, "http"), peer, stop));
+        let counts = || {
+            (
+                serving.counts.open.load(Ordering::Relaxed),
+                serving.counts.parked.load(Ordering::Relaxed),
+            )
+        };
+        let get = |path: &str| format!("GET {path} HTTP/1.1\r\nhost: app.example\r\n\r\n");
+        client.write_all(get("/a").as_bytes()).await.unwrap();
+        read_until(&mut client, "ok /a").await;
+        assert_eq!(counts(), (1, 0));
+        // idle through one sweep: not yet; through the second: parked, still open
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+        assert_eq!(counts(), (1, 0));
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(counts(), (1, 1), "the idle connection was not parked");
+        // the next request on the same connection is served as usual
+        client.write_all(get("/b").as_bytes()).await.unwrap();
+        read_until(&mut client, "ok /b").await;
+        assert_eq!(counts(), (1, 0));
+        // two requests in one write, after parking: both answered, in order
+        tokio::time::sleep(Duration::from_millis(2500)).await;
+        assert_eq!(counts(), (1, 1));
+        client.write_all(format!("{}{}", get("/c"), get("/d")).as_bytes()).await.unwrap();
+        let both = read_until(&mut client, "ok /d").await;
+        assert!(both.contains("ok /c"), "{both}");
+        // a response still streaming to a silent client is never parked
+        client.write_all(get("/stream").as_bytes()).await.unwrap();
+        read_until(&mut client, "first\r\n").await;
+        tokio::time::sleep(Duration::from_secs(10)).await;
+        assert_eq!(counts(), (1, 0));
+        drop(client);
+        task.await.unwrap();
+        assert_eq!(counts(), (0, 0));
+        sweep.abort();
+    }
 }

@@ -183,6 +183,14 @@ provider.use(async (ctx, next) => {
 const server = provider.listen(port, '127.0.0.1', () => {
   console.log(`READY ${issuer} ${keys[0].kid}`);
 });
+// A port taken since the test chose it: said plainly, so the test picks another.
+server.on('error', (e) => {
+  if (e.code === 'EADDRINUSE') {
+    console.log('EADDRINUSE');
+    process.exit(3);
+  }
+  throw e;
+});
 const stop = () => server.close(() => process.exit(0));
 process.on('SIGTERM', stop);
 process.on('SIGINT', stop);

@@ -104,7 +104,7 @@ async fn check_exit_codes() {
     assert!(err.contains("/nonexistent/p.toml"), "{err}");
 
     // valid, issuer unreachable: 1 with words a user can act on
-    let port = free_port();
+    let port = closed_port();
     let unreachable = write(dir.path(), "down.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"http://127.0.0.1:{port}\"\n[bearer]\naudiences = [\"a\"]\n"));
     let (code, out, _) = output(&["check", "--config", &unreachable], &[]).await;
     assert_eq!(code, 1, "{out}");
@@ -132,12 +132,11 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
     let upstream = Upstream::start().await;
     let dir = tempfile::tempdir().unwrap();
-    let (port, admin) = (free_port(), free_port());
     let cfg = write(
         dir.path(),
         "p.toml",
         &format!(
-            "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:{admin}\"\nshutdown_timeout = \"10s\"\n[upstream]\nurl = \"http://{}\"\n[oidc]\nissuer = \"{}\"\n[bearer]\naudiences = [\"{AUD}\"]\n",
+            "[server]\nlisten = \"127.0.0.1:1\"\nadmin_listen = \"127.0.0.1:0\"\nshutdown_timeout = \"10s\"\n[upstream]\nurl = \"http://{}\"\n[oidc]\nissuer = \"{}\"\n[bearer]\naudiences = [\"{AUD}\"]\n",
             upstream.addr,
             issuer.issuer()
         ),
@@ -145,7 +144,7 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     let mut child = Command::new(BIN)
         .args(["--config", &cfg])
         // the listen address comes from the environment, overriding the file
-        .env("PORTCULLIS_SERVER_LISTEN", format!("127.0.0.1:{port}"))
+        .env("PORTCULLIS_SERVER_LISTEN", "127.0.0.1:0")
         // Kubernetes-style service variables only warn
         .env("PORTCULLIS_SERVICE_HOST", "10.0.0.7")
         .env("PORTCULLIS_LOG_FORMAT", "json")
@@ -154,18 +153,11 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
         .kill_on_drop(true)
         .spawn()
         .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let started = read_started(&mut stdout).await;
+    let port = started.addr.port();
+    wait_ready(&format!("http://{}/readyz", started.admin), "the binary").await;
     let c = client();
-    let mut ready = false;
-    for _ in 0..200 {
-        if let Ok(r) = c.get(format!("http://127.0.0.1:{admin}/readyz")).send().await {
-            if r.status() == 200 {
-                ready = true;
-                break;
-            }
-        }
-        tokio::time::sleep(Duration::from_millis(25)).await;
-    }
-    assert!(ready, "the binary did not become ready");
     let token = issuer.token_for("alice", AUD);
     let r = c.get(format!("http://127.0.0.1:{port}/api")).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.status(), 200);
@@ -192,8 +184,8 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
         tokio::time::timeout(Duration::from_secs(10), child.wait()).await.unwrap().unwrap();
     assert_eq!(status.code(), Some(0));
 
-    let mut out = String::new();
-    child.stdout.take().unwrap().read_to_string(&mut out).await.unwrap();
+    let mut out = started.lines.join("\n");
+    stdout.read_to_string(&mut out).await.unwrap();
     assert!(
         out.contains("PORTCULLIS_SERVICE_HOST"),
         "no warning about the unknown variable: {out}"
@@ -217,15 +209,8 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
 
 #[tokio::test]
 async fn demo_works_without_any_outside_service() {
-    let (port, admin) = (free_port(), free_port());
     let mut child = Command::new(BIN)
-        .args([
-            "demo",
-            "--listen",
-            &format!("127.0.0.1:{port}"),
-            "--admin-listen",
-            &format!("127.0.0.1:{admin}"),
-        ])
+        .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -251,7 +236,14 @@ async fn demo_works_without_any_outside_service() {
     .unwrap();
     assert!(banner.contains("DEVELOPMENT ONLY"), "{banner}");
     assert!(banner.contains("curl"), "{banner}");
-    let proxy = format!("http://127.0.0.1:{port}");
+    // where it listens, as the banner says
+    let proxy = banner
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("proxy"))
+        .and_then(|l| l.split_whitespace().next())
+        .expect("the banner names the proxy")
+        .to_string();
+    let port = proxy.rsplit(':').next().unwrap().parse::<u16>().unwrap();
     // the README's transcript shows what the demo prints (at its default address)
     let squeeze = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
     let readme = squeeze(

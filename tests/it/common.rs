@@ -222,6 +222,7 @@ pub fn config_text(issuer: &str, upstream: &str, o: &Opts) -> String {
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 shutdown_timeout = "5s"
+{workers}
 {server}
 
 [upstream]
@@ -246,6 +247,8 @@ jwks_min_refetch_interval = "{min_refetch}"
 {extra}
 "#,
         server = o.server,
+        // the same on every machine, unless the test sets its own
+        workers = if o.server.contains("workers") { "" } else { "workers = 2" },
         up = o.upstream,
         bearer = o.bearer,
         // the default public routes, unless the test sets its own
@@ -385,12 +388,74 @@ pub async fn http1_sender(addr: SocketAddr) -> hyper::client::conn::http1::SendR
     send
 }
 
-/// A free port on loopback (bound, then released).
-pub fn free_port() -> u16 {
+/// A loopback port nothing listens on (bound, then released): for an app or issuer that is
+/// down. Servers the tests start listen on port 0 instead, or retry when their port is taken.
+pub fn closed_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
-/// The status of a GET to `url`, with a bearer token if given.
+/// Polls `url` (at most 200 times, 25 ms apart) until it answers 200; panics with `what`
+/// otherwise.
+pub async fn wait_ready(url: &str, what: &str) {
+    for _ in 0..200 {
+        if let Ok(r) = client().get(url).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("{what} did not become ready ({url})");
+}
+
+/// What a `portcullis run` writes before it serves (JSON logs): the addresses of its start-up
+/// line (it was told to listen on port 0), and every line up to that one.
+pub struct Started {
+    pub addr: SocketAddr,
+    pub admin: SocketAddr,
+    pub lines: Vec<String>,
+}
+
+/// Reads `out` up to the start-up line (within 30 s).
+pub async fn read_started<R>(out: &mut R) -> Started
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    try_read_started(out)
+        .await
+        .unwrap_or_else(|lines| panic!("portcullis exited before its start-up line: {lines:?}"))
+}
+
+/// Reads `out` up to the start-up line (within 30 s), or returns the lines it wrote before it
+/// exited.
+pub async fn try_read_started<R>(out: &mut R) -> Result<Started, Vec<String>>
+where
+    R: tokio::io::AsyncBufRead + Unpin,
+{
+    use tokio::io::AsyncBufReadExt;
+    let mut lines = Vec::new();
+    let found = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let mut line = String::new();
+            if out.read_line(&mut line).await.unwrap() == 0 {
+                return None;
+            }
+            let v: Option<serde_json::Value> = serde_json::from_str(&line).ok();
+            lines.push(line.trim_end().to_string());
+            if let Some(v) = v.filter(|v| v["message"] == "portcullis started") {
+                let addr = |k: &str| v[k].as_str().unwrap().parse::<SocketAddr>().unwrap();
+                return Some((addr("listen"), addr("admin")));
+            }
+        }
+    })
+    .await
+    .expect("no start-up line within 30 s");
+    match found {
+        Some((addr, admin)) => Ok(Started { addr, admin, lines }),
+        None => Err(lines),
+    }
+}
+
 pub async fn status_of(url: &str, token: Option<&str>) -> u16 {
     let mut req = client().get(url);
     if let Some(t) = token {
@@ -415,49 +480,74 @@ pub async fn eventually_status(url: &str, token: Option<&str>, want: u16) -> u16
 /// The release-shaped binary (`target/.../portcullis`) running a config, with its stdout kept.
 pub struct Binary {
     pub addr: SocketAddr,
+    pub admin: SocketAddr,
     child: tokio::process::Child,
-    out: Option<tokio::io::BufReader<tokio::process::ChildStdout>>,
+    out: tokio::io::BufReader<tokio::process::ChildStdout>,
+    /// The lines up to and including the start-up line.
+    early: Vec<String>,
     _dir: tempfile::TempDir,
 }
 
 impl Binary {
-    /// Starts `portcullis run` with `config`, on free loopback ports (environment overrides
-    /// replace the file's listeners) and JSON logs; waits until `/readyz` is 200.
+    /// Starts `portcullis run` with `config` and JSON logs, listening on port 0 (environment
+    /// overrides replace the file's listeners); waits until `/readyz` is 200.
     pub async fn start(config: &str) -> Binary {
-        Self::start_on(config, free_port()).await
+        let bin = Self::spawn(config).await;
+        bin.ready().await;
+        bin
     }
 
-    /// Like [`Binary::start`], listening on `port`.
-    pub async fn start_on(config: &str, port: u16) -> Binary {
+    /// Starts it without waiting for readiness: returns once it listens (its start-up line).
+    pub async fn spawn(config: &str) -> Binary {
+        Self::try_spawn_on(config, 0).await.unwrap_or_else(|e| panic!("portcullis failed: {e}"))
+    }
+
+    /// Starts it listening on `port` (for a config that names its own address): returns once it
+    /// listens, or what it said on stderr when it could not start (a port taken meanwhile).
+    pub async fn try_spawn_on(config: &str, port: u16) -> Result<Binary, String> {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("portcullis.toml");
         std::fs::write(&path, config).unwrap();
-        let admin_port = free_port();
-        let child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
+        let mut child = tokio::process::Command::new(env!("CARGO_BIN_EXE_portcullis"))
             .arg("--config")
             .arg(&path)
             .env_remove("PORTCULLIS_CONFIG")
             .env("PORTCULLIS_SERVER_LISTEN", format!("127.0.0.1:{port}"))
-            .env("PORTCULLIS_SERVER_ADMIN_LISTEN", format!("127.0.0.1:{admin_port}"))
+            .env("PORTCULLIS_SERVER_ADMIN_LISTEN", "127.0.0.1:0")
             .env("PORTCULLIS_LOG_FORMAT", "json")
+            // the same on every machine, unless the config sets its own
+            .envs((!config.contains("workers")).then_some(("PORTCULLIS_SERVER_WORKERS", "2")))
             .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
+            .stderr(std::process::Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .unwrap();
-        let admin = format!("http://127.0.0.1:{admin_port}");
-        let mut ready = false;
-        for _ in 0..200 {
-            if let Ok(r) = client().get(format!("{admin}/readyz")).send().await {
-                if r.status() == 200 {
-                    ready = true;
-                    break;
-                }
+        let mut out = tokio::io::BufReader::new(child.stdout.take().expect("stdout"));
+        let started = match try_read_started(&mut out).await {
+            Ok(s) => s,
+            Err(_) => {
+                let mut err = String::new();
+                let mut stderr = child.stderr.take().expect("stderr");
+                let _ = stderr.read_to_string(&mut err).await;
+                let _ = child.wait().await;
+                return Err(err);
             }
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-        assert!(ready, "the binary did not become ready");
-        Binary { addr: ([127, 0, 0, 1], port).into(), child, out: None, _dir: dir }
+        };
+        // stderr is not read further: it must not fill up and stall the process
+        drop(child.stderr.take());
+        Ok(Binary {
+            addr: started.addr,
+            admin: started.admin,
+            child,
+            out,
+            early: started.lines,
+            _dir: dir,
+        })
+    }
+
+    /// Waits until `/readyz` is 200.
+    pub async fn ready(&self) {
+        wait_ready(&format!("http://{}/readyz", self.admin), "the binary").await;
     }
 
     /// The process's peak resident memory so far (`VmHWM`), in KiB.
@@ -471,16 +561,14 @@ impl Binary {
             .unwrap()
     }
 
-    /// The next JSON log line the running binary writes, within `within`.
+    /// The next JSON log line the running binary writes after its start-up line, within
+    /// `within`.
     pub async fn next_log_line(&mut self, within: Duration) -> Option<serde_json::Value> {
         use tokio::io::AsyncBufReadExt;
-        let out = self.out.get_or_insert_with(|| {
-            tokio::io::BufReader::new(self.child.stdout.take().expect("stdout"))
-        });
         let mut line = String::new();
         loop {
             line.clear();
-            match tokio::time::timeout(within, out.read_line(&mut line)).await {
+            match tokio::time::timeout(within, self.out.read_line(&mut line)).await {
                 Ok(Ok(n)) if n > 0 => {
                     if let Ok(v) = serde_json::from_str(&line) {
                         return Some(v);
@@ -498,37 +586,33 @@ impl Binary {
         std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         tokio::time::sleep(stall).await;
         let mut out = String::new();
-        let mut stdout = self.child.stdout.take().unwrap();
-        tokio::time::timeout(Duration::from_secs(60), stdout.read_to_string(&mut out))
+        tokio::time::timeout(Duration::from_secs(60), self.out.read_to_string(&mut out))
             .await
             .expect("stdout closed within 60 s")
             .unwrap();
         tokio::time::timeout(Duration::from_secs(60), self.child.wait()).await.unwrap().unwrap();
-        out.lines().map(str::to_string).collect()
+        self.early.into_iter().chain(out.lines().map(str::to_string)).collect()
     }
 
-    /// SIGTERM, wait (at most 10 s), and return the JSON log lines not read yet.
+    /// SIGTERM, wait (at most 10 s), and return the JSON log lines not read yet (the start-up
+    /// lines included).
     pub async fn stop(mut self) -> Vec<serde_json::Value> {
         let pid = self.child.id().unwrap().to_string();
         // Read while it shuts down: a log larger than the pipe holds would otherwise stall its
         // writer until the shutdown deadline, and lines would be lost.
-        let reader: Box<dyn tokio::io::AsyncRead + Unpin + Send> = match self.out.take() {
-            Some(r) => Box::new(r),
-            None => Box::new(self.child.stdout.take().unwrap()),
-        };
+        let mut reader = self.out;
         let read = tokio::spawn(async move {
-            let mut reader = reader;
             let mut out = String::new();
             reader.read_to_string(&mut out).await.map(|_| out)
         });
         std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
         tokio::time::timeout(Duration::from_secs(10), self.child.wait()).await.unwrap().unwrap();
         let out = read.await.unwrap().unwrap();
-        out.lines().filter_map(|l| serde_json::from_str(l).ok()).collect()
+        let early = self.early.iter().map(String::as_str);
+        early.chain(out.lines()).filter_map(|l| serde_json::from_str(l).ok()).collect()
     }
 }
 
-/// The access lines among `logs`.
 pub fn access_lines(logs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     logs.iter().filter(|v| v["target"] == "portcullis::access").collect()
 }

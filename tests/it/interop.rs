@@ -18,18 +18,29 @@ pub fn interop_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/interop")
 }
 
+/// The provider's port was taken between choosing it and listening on it.
+#[derive(Debug)]
+pub struct PortTaken;
+
 impl Op {
-    async fn start(port: u16, keys_file: &Path, rotate: bool) -> Op {
-        Self::start_with(port, keys_file, rotate, &[]).await
+    /// Starts the provider on a free port, another one if that was taken meanwhile.
+    async fn start(keys_file: &Path) -> Op {
+        for _ in 0..5 {
+            if let Ok(op) = Self::try_start(closed_port(), keys_file, false, &[]).await {
+                return op;
+            }
+        }
+        panic!("no free port for oidc-provider after 5 tries");
     }
 
-    /// Starts the provider with extra environment (the browser-login client's settings).
-    pub async fn start_with(
+    /// Starts the provider on `port` with extra environment (the browser-login client's
+    /// settings), or says the port is taken.
+    pub async fn try_start(
         port: u16,
         keys_file: &Path,
         rotate: bool,
         env: &[(&str, String)],
-    ) -> Op {
+    ) -> Result<Op, PortTaken> {
         let dir = interop_dir();
         assert!(
             dir.join("node_modules/oidc-provider").exists(),
@@ -57,15 +68,18 @@ impl Op {
         let ready = tokio::time::timeout(Duration::from_secs(30), async {
             while let Some(line) = lines.next_line().await.unwrap() {
                 if let Some(rest) = line.strip_prefix("READY ") {
-                    return rest.to_string();
+                    return Ok(rest.to_string());
+                }
+                if line == "EADDRINUSE" {
+                    return Err(PortTaken);
                 }
             }
             panic!("oidc-provider exited before it was ready");
         })
         .await
-        .expect("oidc-provider did not start within 30s");
+        .expect("oidc-provider did not start within 30s")?;
         let (issuer, kid) = ready.split_once(' ').unwrap();
-        Op { child, issuer: issuer.to_string(), kid: kid.to_string() }
+        Ok(Op { child, issuer: issuer.to_string(), kid: kid.to_string() })
     }
 
     /// A JWT access token from the client credentials grant for `resource`.
@@ -102,8 +116,8 @@ async fn status(proxy: &Proxy, token: &str) -> u16 {
 async fn oidc_provider_tokens_rotation_and_outage() {
     let dir = tempfile::tempdir().unwrap();
     let keys = dir.path().join("keys.json");
-    let port = free_port();
-    let op = Op::start(port, &keys, false).await;
+    let op = Op::start(&keys).await;
+    let port: u16 = op.issuer.rsplit(':').next().unwrap().parse().unwrap();
     let first_kid = op.kid.clone();
     let upstream = Upstream::start().await;
     let proxy = start_proxy(&op.issuer, &upstream.url(), Opts::default(), true).await;
@@ -125,7 +139,8 @@ async fn oidc_provider_tokens_rotation_and_outage() {
 
     // restart on the same port with a new key first in the JWKS: the proxy follows
     op.stop().await;
-    let op = Op::start(port, &keys, true).await;
+    // (its port was just ours: taken meanwhile, the test says so instead of hanging)
+    let op = Op::try_start(port, &keys, true, &[]).await.expect("the provider's port was taken");
     assert_ne!(op.kid, first_kid);
     let t2 = op.token(AUD).await;
     let s = eventually_status(&format!("{}/api/whoami", proxy.url), Some(&t2), 200).await;

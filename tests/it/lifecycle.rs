@@ -32,7 +32,7 @@ async fn protected_requests_get_503_until_keys_load() {
 #[tokio::test]
 async fn readyz_reports_an_unreachable_upstream() {
     let issuer = DevIssuer::start(&[KeyAlg::EdDsa]).await.unwrap();
-    let port = free_port();
+    let port = closed_port();
     let proxy =
         start_proxy(&issuer.issuer(), &format!("http://127.0.0.1:{port}"), Opts::default(), true)
             .await;
@@ -209,9 +209,18 @@ async fn idle_keep_alive_connections_are_parked_and_serve_their_next_request() {
     s.write_all(req.as_bytes()).await.unwrap();
     assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
     assert_eq!(server().connections(), (1, 0));
-    // idle for longer than two sweeps: parked, still open
-    tokio::time::sleep(Duration::from_millis(2600)).await;
-    assert_eq!(server().connections(), (1, 1), "the idle connection was not parked");
+    // idle (two sweeps, a second apart; exactly when is the unit test's, on paused time):
+    // parked, still open
+    let parked = || async {
+        for _ in 0..100 {
+            if server().connections() == (1, 1) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        false
+    };
+    assert!(parked().await, "the idle connection was not parked: {:?}", server().connections());
     // the next request on the same connection is served as usual
     s.write_all(req.replace("/api/a", "/api/b").as_bytes()).await.unwrap();
     let second = read_response(&mut s).await;
@@ -220,17 +229,31 @@ async fn idle_keep_alive_connections_are_parked_and_serve_their_next_request() {
     assert_eq!(w.upstream.last().path_and_query, "/api/b");
     assert_eq!(server().connections(), (1, 0));
     // two requests in one write, after parking: both answered, in order
-    tokio::time::sleep(Duration::from_millis(2600)).await;
-    assert_eq!(server().connections().1, 1);
+    assert!(parked().await, "not parked again: {:?}", server().connections());
     let two = format!("{}{}", req.replace("/api/a", "/api/c"), req.replace("/api/a", "/api/d"));
     s.write_all(two.as_bytes()).await.unwrap();
-    assert!(read_response(&mut s).await.starts_with("HTTP/1.1 200"));
-    tokio::time::sleep(Duration::from_millis(100)).await;
+    let mut both = String::new();
+    while both.matches("upstream ok").count() < 2 {
+        use tokio::io::AsyncReadExt;
+        let mut buf = [0u8; 4096];
+        let read = tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf));
+        let n = read.await.expect("both answers within 10 s").unwrap();
+        assert!(n > 0, "closed after {both:?}");
+        both.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(both.matches("HTTP/1.1 200").count(), 2, "{both}");
     let paths: Vec<String> = w.upstream.seen().iter().map(|x| x.path_and_query.clone()).collect();
     assert_eq!(paths[paths.len() - 2..], ["/api/c".to_string(), "/api/d".to_string()]);
     drop(s);
-    tokio::time::sleep(Duration::from_millis(100)).await;
-    assert_eq!(server().connections(), (0, 0));
+    let mut closed = false;
+    for _ in 0..100 {
+        closed = server().connections() == (0, 0);
+        if closed {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(closed, "still counted: {:?}", server().connections());
 }
 
 #[tokio::test]

@@ -23,22 +23,29 @@ fn chromium() -> String {
 async fn a_real_browser_signs_in_refreshes_signs_out_and_is_refused_by_rules() {
     let chromium = chromium();
     let dir = tempfile::tempdir().unwrap();
-    let (op_port, app_port) = (free_port(), free_port());
-    let app = format!("http://127.0.0.1:{app_port}");
-    let op = Op::start_with(
-        op_port,
-        &dir.path().join("keys.json"),
-        false,
-        &[
-            ("REDIRECT_URI", format!("{app}/oauth2/callback")),
-            ("POST_LOGOUT_URI", format!("{app}/")),
-            ("ACCESS_TTL", ACCESS_TTL.to_string()),
-        ],
-    )
-    .await;
     let upstream = Upstream::start().await;
-    let config = format!(
-        r#"
+    // The provider must know portcullis's address (the client's redirect URI) and portcullis
+    // the provider's, so both ports are chosen first; one taken meanwhile means trying again.
+    let mut tries = 0;
+    let (op, bin, app) = loop {
+        tries += 1;
+        assert!(tries <= 5, "no free pair of ports after 5 tries");
+        let (op_port, app_port) = (closed_port(), closed_port());
+        let app = format!("http://127.0.0.1:{app_port}");
+        let op = Op::try_start(
+            op_port,
+            &dir.path().join("keys.json"),
+            false,
+            &[
+                ("REDIRECT_URI", format!("{app}/oauth2/callback")),
+                ("POST_LOGOUT_URI", format!("{app}/")),
+                ("ACCESS_TTL", ACCESS_TTL.to_string()),
+            ],
+        )
+        .await;
+        let Ok(op) = op else { continue };
+        let config = format!(
+            r#"
 [upstream]
 url = "{upstream}"
 [oidc]
@@ -55,10 +62,16 @@ secret = "{SECRET}"
 path = "/admin"
 groups = ["admins"]
 "#,
-        upstream = upstream.url(),
-        issuer = op.issuer,
-    );
-    let bin = Binary::start_on(&config, app_port).await;
+            upstream = upstream.url(),
+            issuer = op.issuer,
+        );
+        match Binary::try_spawn_on(&config, app_port).await {
+            Ok(bin) => break (op, bin, app),
+            Err(e) if e.contains("in use") => op.stop().await,
+            Err(e) => panic!("portcullis did not start: {e}"),
+        }
+    };
+    bin.ready().await;
     let shots =
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("target/test-artifacts/login");
     std::fs::create_dir_all(&shots).unwrap();

@@ -208,7 +208,7 @@ async fn refused_or_reset_upstream_is_502_and_slow_head_is_504() {
     let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Es256])
         .await
         .unwrap();
-    let port = free_port();
+    let port = closed_port();
     let proxy =
         start_proxy(&issuer.issuer(), &format!("http://127.0.0.1:{port}"), Opts::default(), true)
             .await;

@@ -262,7 +262,7 @@ async fn header_values_are_unambiguous_and_a_user_that_cannot_be_sent_is_refused
 
 #[tokio::test]
 async fn a_token_on_a_public_route_is_verified_or_removed() {
-    let down = free_port();
+    let down = closed_port();
     let w = World::with(Opts {
         // a second issuer whose keys never load
         bearer: format!(
