@@ -9,6 +9,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::routing::any;
 use axum::Router;
+use http_body_util::BodyExt;
 use portcullis::devissuer::{DevIssuer, KeyAlg};
 use portcullis::Server;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -337,17 +338,31 @@ pub struct RawResponse {
 /// Sends `request` as bytes (no client-side normalisation of paths or headers) and reads the
 /// whole response; the request should say `Connection: close`.
 pub async fn raw(addr: SocketAddr, request: &str) -> RawResponse {
+    let (response, closed) = raw_exchange(addr, request, b"").await;
+    assert!(closed, "the connection stayed open: {response:?}");
+    response
+}
+
+/// A raw request head and body on its own connection; returns the response and whether the
+/// proxy closed the connection after it (or left it open, silent, for 5 s).
+pub async fn raw_exchange(addr: SocketAddr, head: &str, body: &[u8]) -> (RawResponse, bool) {
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-    s.write_all(request.as_bytes()).await.unwrap();
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(body).await.unwrap();
     let mut buf = Vec::new();
-    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
-        .await
-        .expect("response in time")
-        .unwrap();
+    let mut chunk = [0u8; 8192];
+    let closed = loop {
+        match tokio::time::timeout(Duration::from_secs(5), s.read(&mut chunk)).await {
+            Ok(Ok(0)) => break true,
+            Ok(Ok(n)) => buf.extend_from_slice(&chunk[..n]),
+            Ok(Err(_)) => break true,
+            Err(_) => break false,
+        }
+    };
     let text = String::from_utf8_lossy(&buf).to_string();
     let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
     let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
-    RawResponse { status, head: head.to_string(), body: body.to_string() }
+    (RawResponse { status, head: head.to_string(), body: body.to_string() }, closed)
 }
 
 /// A GET with extra header lines, sent raw.
@@ -615,4 +630,61 @@ impl Binary {
 
 pub fn access_lines(logs: &[serde_json::Value]) -> Vec<&serde_json::Value> {
     logs.iter().filter(|v| v["target"] == "portcullis::access").collect()
+}
+
+/// GET `path` with `token` (if any); the status and whether the app was reached.
+pub async fn get_with(w: &World, path: &str, token: Option<&str>) -> (u16, bool) {
+    let before = w.upstream.hits();
+    let status = status_of(&w.url(path), token).await;
+    (status, w.upstream.hits() > before)
+}
+
+pub fn minted(w: &World, patch: serde_json::Value) -> String {
+    let mut c = w.issuer.claims_for("alice", AUD);
+    for (k, v) in patch.as_object().unwrap() {
+        c[k] = v.clone();
+    }
+    w.issuer.mint(&c)
+}
+
+/// A token with this world's issuer and audience, signed by an attacker's own key.
+pub async fn forged(w: &World, user: &str) -> String {
+    let attacker = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    attacker.mint(&w.issuer.claims_for(user, AUD))
+}
+
+/// One request over a fresh h2c (prior knowledge) connection; `trailers`, if given, follow a
+/// small body. Returns the status (0 when the stream was reset) and the body.
+pub async fn h2c_request(
+    addr: SocketAddr,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+    trailers: Option<&[(&str, &str)]>,
+) -> (u16, String) {
+    let mut send = h2c_sender(addr).await;
+    let mut req = http::Request::builder().method(method).uri(format!("http://app.example{path}"));
+    for (k, v) in headers {
+        req = req.header(*k, http::HeaderValue::from_str(v).unwrap());
+    }
+    let mut frames: Vec<Result<http_body::Frame<Bytes>, std::convert::Infallible>> = Vec::new();
+    if let Some(t) = trailers {
+        frames.push(Ok(http_body::Frame::data(Bytes::from_static(b"payload"))));
+        let mut map = http::HeaderMap::new();
+        for (k, v) in t {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                http::HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        frames.push(Ok(http_body::Frame::trailers(map)));
+    }
+    let body = http_body_util::StreamBody::new(futures_util::stream::iter(frames));
+    let resp = match send.send_request(req.body(body).unwrap()).await {
+        Ok(r) => r,
+        Err(_) => return (0, String::new()),
+    };
+    let status = resp.status().as_u16();
+    let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+    (status, String::from_utf8_lossy(&body).into_owned())
 }

@@ -7,12 +7,14 @@
 mod cli;
 mod common;
 mod deploy;
+mod framing;
+mod identity_headers;
 mod interop;
 mod lifecycle;
 mod login;
+mod logs;
 mod protocols;
 mod proxy;
-mod review;
 mod rules;
-mod second_review;
-mod security;
+mod sessions;
+mod tokens;

@@ -1,6 +1,7 @@
 //! Forwarding: identity headers, X-Forwarded-*, hop-by-hop, streaming, pooling, 502/504.
 
 use crate::common::*;
+use portcullis::devissuer::{DevIssuer, KeyAlg};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -335,4 +336,118 @@ async fn upstream_url_path_is_a_prefix_and_ipv6_loopback_works() {
     let r = client().get(format!("{}/v6", proxy.url)).bearer_auth(&token).send().await.unwrap();
     assert_eq!(r.text().await.unwrap(), "v6 ok");
     assert_eq!(status_of(&format!("{}/readyz", proxy.admin), None).await, 200);
+}
+
+/// The accept queue of the listener on 127.0.0.1:`port`: connections the kernel completed that
+/// the app has not accepted yet (`/proc/net/tcp` shows it as a listener's `rx_queue`).
+fn accept_queue(port: u16) -> usize {
+    let want = format!("0100007F:{port:04X}");
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap();
+    table
+        .lines()
+        .skip(1)
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            (f.get(1) == Some(&want.as_str()) && f.get(3) == Some(&"0A")).then(|| {
+                let rx = f[4].split(':').nth(1).unwrap();
+                usize::from_str_radix(rx, 16).unwrap()
+            })
+        })
+        .sum()
+}
+
+#[tokio::test]
+async fn beyond_max_concurrent_requests_the_answer_is_503_and_the_app_is_not_reached() {
+    let w = World::with(Opts { upstream: "max_concurrent_requests = 2".into(), ..Opts::default() })
+        .await;
+    let t = w.token("alice");
+    let c = client();
+    let mut held = Vec::new();
+    for _ in 0..2 {
+        let mut r = c.get(w.url("/stream")).bearer_auth(&t).send().await.unwrap();
+        assert_eq!(&r.chunk().await.unwrap().unwrap()[..], b"first\n");
+        held.push(r);
+    }
+    let hits = w.upstream.hits();
+    let r = c.get(w.url("/api")).bearer_auth(&t).send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "1");
+    assert_eq!(w.upstream.hits(), hits, "the app was reached beyond the limit");
+    // a slot frees when a response body ends
+    w.upstream.release_stream();
+    let mut first = held.remove(0);
+    while first.chunk().await.unwrap().is_some() {}
+    drop(first);
+    assert_eq!(eventually_status(&w.url("/api"), Some(&t), 200).await, 200);
+    w.upstream.release_stream();
+}
+
+#[tokio::test]
+async fn a_burst_of_new_clients_never_overfills_the_apps_accept_queue() {
+    const CLIENTS: usize = 40;
+    // an app that accepts nothing until told, on a listener deep enough to show any excess
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.bind(&std::net::SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(1024).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let listener = tokio::net::TcpListener::from_std(socket.into()).unwrap();
+    let app_port = listener.local_addr().unwrap().port();
+    let gate = std::sync::Arc::new(tokio::sync::Notify::new());
+    let open = gate.clone();
+    tokio::spawn(async move {
+        open.notified().await;
+        let app = axum::Router::new().fallback(|| async { "ok" });
+        axum::serve(listener, app).await.unwrap();
+    });
+
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let o =
+        Opts { server: "workers = 2", upstream: "max_connecting = 8".into(), ..Opts::default() };
+    let text = config_text(&issuer.issuer(), &format!("http://127.0.0.1:{app_port}"), &o)
+        // waiting for the gate must not time out, whatever the machine's speed
+        .replace("connect_timeout = \"1s\"", "connect_timeout = \"60s\"")
+        .replace("response_timeout = \"2s\"", "response_timeout = \"60s\"");
+    let cfg = portcullis::config::load_str(&text, std::iter::empty()).unwrap().config;
+    let server = portcullis::Server::start(cfg).await.unwrap();
+    for _ in 0..400 {
+        if server.keys.all_loaded() {
+            break;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(25)).await;
+    }
+    assert!(server.keys.all_loaded());
+    let addr = server.addr;
+    let token = issuer.token_for("alice", AUD);
+    let requests: Vec<_> = (0..CLIENTS)
+        .map(|i| {
+            let t = token.clone();
+            tokio::spawn(async move {
+                let auth = format!("Bearer {t}");
+                raw_get(addr, &format!("/burst/{i}"), &[("Authorization", &auth)]).await.status
+            })
+        })
+        .collect();
+    // every client is in, and the app's queue holds what portcullis opened; it must never hold
+    // more than upstream.max_connecting, however long we look
+    let mut most = 0;
+    let mut stable = 0;
+    for _ in 0..3000 {
+        let q = accept_queue(app_port);
+        most = most.max(q);
+        if server.connections().0 == CLIENTS && q == most && q > 0 {
+            stable += 1;
+            if stable == 50 {
+                break;
+            }
+        } else {
+            stable = 0;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(5)).await;
+    }
+    assert_eq!(most, 8, "the app's accept queue held {most} connections");
+    gate.notify_one();
+    for r in requests {
+        assert_eq!(r.await.unwrap(), 200);
+    }
+    server.shutdown().await;
 }

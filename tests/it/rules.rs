@@ -212,3 +212,189 @@ async fn denials_are_logged_with_the_rule_and_check_prints_the_rules() {
     assert!(stdout.contains("authorization.rules[0]: path /admin (prefix), any method: requires a group of [admins]"), "{stdout}");
     assert!(stdout.contains("authorization.rules[3]: path /orders (prefix), POST, DELETE: requires all scopes [orders:write]"), "{stdout}");
 }
+
+const REPORT_RULES: &str = r#"
+[[authorization.rules]]
+path = "/reports"
+methods = ["POST", "DELETE"]
+groups = ["admins"]
+
+[[authorization.rules]]
+path = "/dashboards"
+methods = ["GET"]
+groups = ["admins"]
+"#;
+
+/// `method path` sent raw with bob's (a non-admin's) token: (status, reached the app).
+async fn as_bob(w: &World, method: &str, path: &str) -> (u16, bool) {
+    let before = w.upstream.hits();
+    let r = raw(
+        w.proxy.addr,
+        &format!(
+            "{method} {path} HTTP/1.1\r\nHost: app.example\r\nAuthorization: Bearer {}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            w.token("bob")
+        ),
+    )
+    .await;
+    (r.status, w.upstream.hits() > before)
+}
+
+const ADMIN_RULE: &str = r#"
+[[authorization.rules]]
+path = "/admin"
+groups = ["admins"]
+[[authorization.rules]]
+path_regex = "^/Exports/"
+groups = ["admins"]
+"#;
+
+#[tokio::test]
+async fn public_route_traversals_do_not_reach_protected_paths() {
+    let w = World::new().await;
+    for path in [
+        "/public/../admin",
+        "/public/%2e%2e/admin",
+        "/public/%2E%2E/admin",
+        "/public/./../admin",
+        "/public//../../admin",
+    ] {
+        let r = raw_get(w.proxy.addr, path, &[]).await;
+        assert_eq!(r.status, 401, "{path} should need a token: {r:?}");
+    }
+    for path in [
+        "/public/..;/admin",
+        "/public%2f..%2fadmin",
+        "/public%2F..%2Fadmin",
+        "/public/..%5cadmin",
+        "/public/..\\admin",
+        "/public/%2e%2e;/admin",
+        "/public/..%3B/admin",
+        "/public/..%3bx/admin",
+        "/public/..%00/admin",
+    ] {
+        let r = raw_get(w.proxy.addr, path, &[]).await;
+        assert_eq!(r.status, 400, "{path} should be refused: {r:?}");
+        assert!(r.body.contains("invalid_request"), "{path}: {}", r.body);
+    }
+    assert_eq!(w.upstream.hits(), 0, "a traversal reached the upstream");
+
+    // normalised public paths are forwarded as matched
+    let r = raw_get(w.proxy.addr, "/public/a/./b/../%63ss/x.css?v=1", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.upstream.last().path_and_query, "/public/a/css/x.css?v=1");
+    // and a valid token on a traversal gets the normalised path
+    let t = format!("Bearer {}", w.token("alice"));
+    let r = raw_get(w.proxy.addr, "/public/../admin", &[("Authorization", &t)]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.upstream.last().path_and_query, "/admin");
+}
+
+#[tokio::test]
+async fn method_overrides_in_every_spelling_defeat_a_method_restricted_public_route() {
+    let w = World::new().await; // public: GET=^/healthz$ and ^/public/
+    let post = |headers: &'static [(&'static str, &'static str)], path: &'static str| {
+        let w = &w;
+        async move {
+            let mut req = format!("POST {path} HTTP/1.1\r\nHost: app.example\r\nContent-Length: 0\r\nConnection: close\r\n");
+            for (k, v) in headers {
+                req.push_str(&format!("{k}: {v}\r\n"));
+            }
+            req.push_str("\r\n");
+            raw(w.proxy.addr, &req).await.status
+        }
+    };
+    assert_eq!(raw_get(w.proxy.addr, "/healthz", &[]).await.status, 200);
+    let hits = w.upstream.hits();
+    for h in
+        ["X-HTTP-Method-Override", "X_HTTP_METHOD_OVERRIDE", "x_http_method", "X-Method_Override"]
+    {
+        let r = raw_get(w.proxy.addr, "/healthz", &[(h, "DELETE")]).await;
+        assert_eq!(r.status, 401, "{h}");
+    }
+    for q in ["/healthz?_method=DELETE", "/healthz?a=1&%5Fmethod=PUT", "/healthz?_method"] {
+        assert_eq!(raw_get(w.proxy.addr, q, &[]).await.status, 401, "{q}");
+    }
+    assert_eq!(post(&[], "/healthz").await, 401);
+    assert_eq!(w.upstream.hits(), hits, "an override reached the app");
+    // a route open to every method stays open
+    assert_eq!(post(&[("X-HTTP-Method-Override", "DELETE")], "/public/x").await, 200);
+}
+
+#[tokio::test]
+async fn matrix_parameters_do_not_open_public_routes() {
+    let w = World::with(Opts {
+        bearer: r#"public_routes = ["\\.css$", "^/assets/"]"#.into(),
+        ..Opts::default()
+    })
+    .await;
+    for p in ["/admin;x.css", "/admin;.css", "/admin/users;jsessionid=1.css"] {
+        let r = raw_get(w.proxy.addr, p, &[]).await;
+        assert_eq!(r.status, 401, "{p}");
+    }
+    assert_eq!(w.upstream.hits(), 0);
+    // parameters are removed for matching only: the app gets the path as it came (normalised)
+    let r = raw_get(w.proxy.addr, "/assets;v=2/app.js", &[]).await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.upstream.last().path_and_query, "/assets;v=2/app.js");
+    let r = raw_get(w.proxy.addr, "/site.css", &[]).await;
+    assert_eq!(r.status, 200);
+}
+
+#[tokio::test]
+async fn methods_with_lower_case_letters_are_refused_before_any_rule() {
+    let w = World::with(Opts { extra: REPORT_RULES.into(), ..Opts::default() }).await;
+    for m in ["delete", "post", "Delete", "head", "get", "propfind"] {
+        assert_eq!(as_bob(&w, m, "/reports").await, (400, false), "{m}");
+        assert_eq!(as_bob(&w, m, "/public/x").await, (400, false), "{m} on a public route");
+    }
+    assert_eq!(as_bob(&w, "DELETE", "/reports").await, (403, false));
+    // upper-case extension methods pass (WebDAV)
+    assert_eq!(as_bob(&w, "PROPFIND", "/files/").await, (200, true));
+    assert_eq!(w.upstream.last().method, "PROPFIND");
+    // over h2c too
+    let auth = format!("Bearer {}", w.token("bob"));
+    let (status, _) =
+        h2c_request(w.proxy.addr, "delete", "/reports", &[("authorization", &auth)], None).await;
+    assert_eq!(status, 400);
+    assert!(w.upstream.seen().iter().all(|s| s.path_and_query != "/reports"));
+}
+
+#[tokio::test]
+async fn head_follows_get_in_rules_and_public_routes() {
+    let w = World::with(Opts { extra: REPORT_RULES.into(), ..Opts::default() }).await;
+    assert_eq!(as_bob(&w, "GET", "/dashboards").await, (403, false));
+    assert_eq!(as_bob(&w, "HEAD", "/dashboards").await, (403, false));
+    assert_eq!(as_bob(&w, "POST", "/dashboards").await, (200, true), "the rule is GET-only");
+    // the public route "GET=^/healthz$" answers HEAD without a token
+    let r = raw(
+        w.proxy.addr,
+        "HEAD /healthz HTTP/1.1\r\nHost: app.example\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(w.upstream.last().method, "HEAD");
+}
+
+#[tokio::test]
+async fn an_encoded_semicolon_is_a_parameter_to_rules_too() {
+    let w = World::with(Opts { extra: ADMIN_RULE.into(), ..Opts::default() }).await;
+    for path in ["/admin%3Bx", "/admin%3bx", "/admin;x", "/admin%3B.css/users"] {
+        assert_eq!(as_bob(&w, "GET", path).await, (403, false), "{path}");
+    }
+    // matched like an app that routes case-sensitively (Flask, Rails, Go): other cases pass
+    assert_eq!(as_bob(&w, "GET", "/ADMIN").await, (200, true));
+}
+
+#[tokio::test]
+async fn case_insensitive_paths_cover_rules_and_public_routes_together() {
+    let extra = format!("[authorization]\ncase_insensitive_paths = true\n{ADMIN_RULE}");
+    let w = World::with(Opts { extra, ..Opts::default() }).await;
+    for path in ["/ADMIN", "/Admin", "/%41dmin", "/aDmIn/x", "/EXPORTS/a", "/exports/a"] {
+        assert_eq!(as_bob(&w, "GET", path).await, (403, false), "{path}");
+    }
+    assert_eq!(as_bob(&w, "GET", "/administrator").await, (200, true));
+    // the public route "^/public/" answers /PUBLIC/ without a token, as the app would route it
+    let before = w.upstream.hits();
+    assert_eq!(raw_get(w.proxy.addr, "/PUBLIC/x", &[]).await.status, 200);
+    assert_eq!(w.upstream.hits(), before + 1);
+}
