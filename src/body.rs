@@ -42,7 +42,11 @@ impl ClientBodyError {
 
 /// The client's request body with an idle timeout: each frame must arrive within `idle` of the
 /// previous one (or of the start). Errors are [`ClientBodyError`]s, so the proxy can tell the
-/// client's fault (`400`, `408`) from the app's (`502`, `504`).
+/// client's fault (`400`, `408`) from the app's (`502`, `504`). (One wrapper for the timeout,
+/// the trailers and the error's class: tower-http's `TimeoutLayer` bounds a whole request, which
+/// would cut streams and WebSockets, and its `RequestBodyTimeout` would be a second wrapper
+/// around every body for the timeout alone. Bodies are streamed to the app, never collected, so
+/// there is no request-body limit to give to tower-http's `RequestBodyLimit`.)
 pub struct ClientBody {
     inner: Body,
     idle: Duration,

@@ -518,7 +518,8 @@ fn is_safe_request_id(b: &[u8]) -> bool {
 }
 
 /// A client-sent `X-Request-Id` is kept when safe (so traces join up across hops); otherwise a
-/// new one is made.
+/// new one is made. (tower-http's `SetRequestId` keeps whatever the client sent, however long or
+/// whatever it holds, and would need this check beside it as a layer of its own.)
 fn request_id<B>(req: &Request<B>) -> HeaderValue {
     let mut values = req.headers().get_all(&X_REQUEST_ID).iter();
     let keep = match (values.next(), values.next()) {

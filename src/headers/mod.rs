@@ -8,9 +8,9 @@
 
 //!
 //! - here: the names, hop-by-hop removal and trailers;
-//! - [`checks`]: what refuses a request before anything reads it (methods, HTTP/2 fields,
+//! - `checks`: what refuses a request before anything reads it (methods, HTTP/2 fields,
 //!   framing, `Host`, paths) and the layers that apply those checks;
-//! - [`untrusted`]: the headers only portcullis or a trusted proxy may set, removed per request.
+//! - `untrusted`: the headers only portcullis or a trusted proxy may set, removed per request.
 
 mod checks;
 mod untrusted;

@@ -10,6 +10,7 @@ mod deploy;
 mod framing;
 mod identity_headers;
 mod interop;
+mod layout;
 mod lifecycle;
 mod login;
 mod logs;
