@@ -266,8 +266,9 @@ where
 fn render(refusal: Refusal, asker: &Asker, browsers: Option<&BrowserAnswers>) -> Response<Body> {
     let Refusal { rejection, decision, plain, .. } = refusal;
     let mut resp = match browsers {
-        _ if asker.grpc => rejection.grpc_answer(asker),
+        // First: a gRPC status travels in a 200, which an ingress would take for "allowed".
         _ if plain => rejection.api_answer(asker),
+        _ if asker.grpc => rejection.grpc_answer(asker),
         Some(b) if asker.navigating || matches!(rejection, Rejection::LoginFailed { .. }) => {
             browser_answer(&rejection, &decision, asker, b)
         }
@@ -541,6 +542,11 @@ mod tests {
 
     /// What a browser navigation gets when the layer inside refuses with `refusal`.
     async fn answer_to_a_browser(refusal: Refusal) -> Response<Body> {
+        answer_to(refusal, "text/html").await
+    }
+
+    /// What a navigation with `content-type` gets when the layer inside refuses with `refusal`.
+    async fn answer_to(refusal: Refusal, content_type: &str) -> Response<Body> {
         let browsers = BrowserAnswers {
             pages: Arc::new(crate::pages::Pages::load(None).unwrap()),
             sign_in: SignIn { prefix: "/oauth2".into(), skip_page: true },
@@ -553,6 +559,7 @@ mod tests {
             .header("host", "app.example")
             .header("sec-fetch-mode", "navigate")
             .header("accept", "text/html")
+            .header("content-type", content_type)
             .body(Body::empty())
             .unwrap();
         AnswersLayer::new(Some(browsers)).layer(inner).oneshot(req).await.unwrap()
@@ -606,8 +613,14 @@ mod tests {
         );
         let resp = answer_to_a_browser(forbidden.clone()).await;
         assert!(resp.headers()[header::CONTENT_TYPE].to_str().unwrap().starts_with("text/html"));
-        let resp = answer_to_a_browser(forbidden.plainly()).await;
+        let resp = answer_to_a_browser(forbidden.clone().plainly()).await;
         assert_eq!(resp.status(), StatusCode::FORBIDDEN);
         assert_eq!(resp.headers()[header::CONTENT_TYPE], "application/json");
+
+        // a gRPC call's refusal is a gRPC status in a 200, unless it is to be answered plainly
+        let resp = answer_to(forbidden.clone(), "application/grpc").await;
+        assert_eq!(resp.status(), StatusCode::OK);
+        let resp = answer_to(forbidden.plainly(), "application/grpc").await;
+        assert_eq!(resp.status(), StatusCode::FORBIDDEN);
     }
 }
