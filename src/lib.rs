@@ -27,6 +27,9 @@
 //!   `Sessions`, where they are kept behind `SessionStore`, sealed cookies the first store),
 //!   `policy` (`[authorization]` rules, part of the decision), `inject` (the identity
 //!   headers set on the request).
+//! - [`forward_auth`]: `{prefix}/auth`, the same decision on the original request an ingress
+//!   names (nginx, Traefik/Caddy or Envoy dialect, from trusted proxies only), answered with
+//!   `X-Auth-Request-*` headers; nothing proxied.
 //! - [`login`]: the browser flow: routes and handlers, `flow` (start, callback, sign-out),
 //!   `provider` (oauth2 client, ID tokens, UserInfo, revocation, the refresh grant),
 //!   `redirect` (safe redirects).
@@ -53,6 +56,7 @@ pub mod cookie_header;
 pub mod demo;
 pub mod devissuer;
 pub mod error;
+pub mod forward_auth;
 pub mod headers;
 pub mod identity;
 pub mod idp;

@@ -20,6 +20,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
+use axum::routing::any;
 use axum::Router;
 use http::{Request, Response};
 use tokio::sync::watch;
@@ -32,6 +33,7 @@ use crate::auth::token::{TokenCache, Verifier};
 use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::clock::Clock;
 use crate::config::Config;
+use crate::forward_auth::ForwardAuth;
 use crate::headers::{
     NormalizePathLayer, StripHopByHopLayer, StripUntrustedLayer, UntrustedHeaders,
 };
@@ -97,6 +99,10 @@ pub struct Pipeline {
     upstream_slots: Option<Arc<tokio::sync::Semaphore>>,
     /// `server.workers`, which share `upstream.max_connecting`.
     workers: usize,
+    /// `oidc.prefix`: portcullis's own endpoints.
+    prefix: String,
+    /// `{prefix}/auth`.
+    forward_auth: Arc<ForwardAuth>,
 }
 
 impl Pipeline {
@@ -142,6 +148,13 @@ impl Pipeline {
             sessions: login.as_ref().map(|l| l.sessions().clone()),
             policy: Arc::new(config.authorization.clone()),
         });
+        let forward_auth = Arc::new(ForwardAuth {
+            auth: auth.clone(),
+            settings: config.forward_auth.clone(),
+            pass_token: config.identity.pass_token,
+            path: format!("{}/auth", config.oidc.prefix),
+            sign_in: login.as_ref().map(|l| l.sign_in()),
+        });
         Ok(Self {
             generation,
             auth,
@@ -156,6 +169,8 @@ impl Pipeline {
                 n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
             },
             workers: config.server.workers,
+            prefix: config.oidc.prefix.clone(),
+            forward_auth,
         })
     }
 
@@ -170,7 +185,7 @@ impl Pipeline {
         // portcullis's own endpoints (under `/oauth2`; they never reach the app), or the app's,
         // behind the protected chain.
         let router = OwnOrApp {
-            own: self.login.as_ref().map(|l| (format!("{}/", l.prefix()).into(), l.routes())),
+            own: Some((format!("{}/", self.prefix).into(), self.own_routes())),
             app: self.protected()?,
         };
         Ok(self.around(router))
@@ -213,6 +228,19 @@ impl Pipeline {
             .layer(NormalizePathLayer)
             .service(router);
         BoxCloneSyncService::new(stack)
+    }
+
+    /// portcullis's own endpoints: forward-auth, and the login's when browser login is on.
+    fn own_routes(&self) -> Router {
+        let auth = &self.forward_auth.path;
+        let forward = Router::new()
+            .route(auth, any(crate::forward_auth::check))
+            .route(&format!("{auth}/{{*original}}"), any(crate::forward_auth::check))
+            .with_state(self.forward_auth.clone());
+        match &self.login {
+            Some(login) => login.routes().merge(forward),
+            None => forward,
+        }
     }
 
     /// The chain every request for the app goes through.

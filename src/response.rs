@@ -359,6 +359,8 @@ pub enum Rejection {
     LoginFailed { status: StatusCode, message: &'static str },
     /// A cookie-authenticated request with an unsafe method from another origin: `403`.
     CrossSite,
+    /// A forward-auth check from a peer outside `server.trusted_proxies`: `403`.
+    ForwardAuthCaller,
     /// Keys not loaded yet: `503`.
     NotReady,
     /// An ambiguous path: `400`.
@@ -386,7 +388,9 @@ impl Rejection {
     pub fn status(&self) -> StatusCode {
         match self {
             Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => StatusCode::UNAUTHORIZED,
-            Rejection::Forbidden { .. } | Rejection::CrossSite => StatusCode::FORBIDDEN,
+            Rejection::Forbidden { .. } | Rejection::CrossSite | Rejection::ForwardAuthCaller => {
+                StatusCode::FORBIDDEN
+            }
             Rejection::LoginFailed { status, .. } => *status,
             Rejection::InvalidRequest { .. }
             | Rejection::BadRequest(_)
@@ -431,6 +435,9 @@ impl Rejection {
             Rejection::CrossSite => {
                 ("forbidden", "Cross-site requests with the session cookie are refused".into())
             }
+            Rejection::ForwardAuthCaller => {
+                ("forbidden", "Only a trusted proxy may ask for a forward-auth decision".into())
+            }
             Rejection::LoginFailed { message, .. } => ("login_failed", (*message).into()),
             Rejection::InvalidRequest { description, .. } => {
                 ("invalid_request", (*description).into())
@@ -462,15 +469,15 @@ impl Rejection {
     fn grpc_status(&self) -> u8 {
         match self {
             Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => 16, // UNAUTHENTICATED
-            Rejection::Forbidden { .. } | Rejection::CrossSite => 7,          // PERMISSION_DENIED
+            Rejection::Forbidden { .. } | Rejection::CrossSite | Rejection::ForwardAuthCaller => 7, // PERMISSION_DENIED
             Rejection::NotReady | Rejection::Busy | Rejection::BadGateway => 14, // UNAVAILABLE
-            Rejection::GatewayTimeout | Rejection::RequestBodyTimeout => 4,   // DEADLINE_EXCEEDED
+            Rejection::GatewayTimeout | Rejection::RequestBodyTimeout => 4, // DEADLINE_EXCEEDED
             Rejection::InvalidRequest { .. }
             | Rejection::BadRequest(_)
             | Rejection::BadPath(_)
             | Rejection::BadRequestBody => 3, // INVALID_ARGUMENT
-            Rejection::UnsupportedTransferCoding => 12,                       // UNIMPLEMENTED
-            _ => 13,                                                          // INTERNAL
+            Rejection::UnsupportedTransferCoding => 12,                     // UNIMPLEMENTED
+            _ => 13,                                                        // INTERNAL
         }
     }
 

@@ -167,6 +167,11 @@ pub(crate) struct RawRule {
     pub(crate) claims: Option<BTreeMap<String, Vec<String>>>,
 }
 
+section!(RawForwardAuth = "forward_auth" {
+    dialect: Option<String>,
+    redirect_browsers: Option<bool>,
+});
+
 section!(RawLog = "log" {
     level: Option<String>,
     format: Option<String>,
@@ -184,6 +189,7 @@ pub(crate) const SECTIONS: &[(&str, &[SectionKey])] = &[
     (RawBearer::NAME, RawBearer::KEYS),
     (RawIdentity::NAME, RawIdentity::KEYS),
     (RawAuthorization::NAME, RawAuthorization::KEYS),
+    (RawForwardAuth::NAME, RawForwardAuth::KEYS),
     (RawLog::NAME, RawLog::KEYS),
 ];
 
@@ -204,6 +210,8 @@ pub(crate) struct RawConfig {
     pub(crate) identity: RawIdentity,
     #[serde(default)]
     pub(crate) authorization: RawAuthorization,
+    #[serde(default)]
+    pub(crate) forward_auth: RawForwardAuth,
     #[serde(default)]
     pub(crate) log: RawLog,
 }

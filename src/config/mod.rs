@@ -16,6 +16,7 @@ use url::Url;
 mod authorization;
 mod bearer;
 mod file;
+mod forward_auth;
 mod identity;
 mod log;
 mod oidc;
@@ -27,6 +28,7 @@ pub use authorization::*;
 pub use bearer::*;
 pub use file::env_name;
 use file::*;
+pub use forward_auth::*;
 pub use identity::*;
 pub use log::*;
 pub use oidc::*;
@@ -97,6 +99,8 @@ pub struct Config {
     pub authorization: Policy,
     /// Browser login: on when `oidc.client_id` and `[session]` are both set.
     pub login: Option<LoginConfig>,
+    /// `[forward_auth]`: the `{oidc.prefix}/auth` endpoint.
+    pub forward_auth: ForwardAuthConfig,
     pub log: LogConfig,
 }
 
@@ -205,6 +209,11 @@ pub fn load_str(
         })
         .map_err(attribute)?;
     let config = validate(raw).map_err(attribute)?;
+    for net in config.server.trusted_proxies.iter().filter(|n| n.prefix_len() == 0) {
+        warnings.push(format!(
+            "server.trusted_proxies includes {net}: every peer may send forwarding headers and name the request a forward-auth check decides on"
+        ));
+    }
     for (i, r) in config.bearer.public_routes.iter().enumerate() {
         if !r.path.as_str().starts_with('^') {
             warnings.push(format!(
@@ -294,8 +303,9 @@ pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
                 )?;
         }
     }
+    let forward_auth = ForwardAuthConfig::from_raw(raw.forward_auth)?;
     let log = LogConfig::from_raw(raw.log)?;
-    Ok(Config { server, upstream, oidc, bearer, identity, authorization, login, log })
+    Ok(Config { server, upstream, oidc, bearer, identity, authorization, login, forward_auth, log })
 }
 
 #[cfg(test)]

@@ -14,6 +14,8 @@ pub struct OidcConfig {
     pub client_secret: Option<Secret>,
     /// Allow `http://` issuers and JWKS URLs off loopback. Defaults to false.
     pub insecure_allow_http: bool,
+    /// Where portcullis's own endpoints live (login, forward-auth). Defaults to `/oauth2`.
+    pub prefix: String,
 }
 
 /// The login keys of `[oidc]`, checked once `[session]` says login is on.
@@ -21,7 +23,6 @@ pub struct OidcConfig {
 pub(crate) struct RawLoginKeys {
     pub(crate) redirect_url: Option<String>,
     pub(crate) scopes: Option<Vec<String>>,
-    pub(crate) prefix: Option<String>,
     pub(crate) allowed_redirect_hosts: Option<Vec<String>>,
     pub(crate) post_logout_redirect_url: Option<String>,
     pub(crate) skip_sign_in_page: Option<bool>,
@@ -72,7 +73,6 @@ impl OidcConfig {
         let login = RawLoginKeys {
             redirect_url: raw.redirect_url.take(),
             scopes: raw.scopes.take(),
-            prefix: raw.prefix.take(),
             allowed_redirect_hosts: raw.allowed_redirect_hosts.take(),
             post_logout_redirect_url: raw.post_logout_redirect_url.take(),
             skip_sign_in_page: raw.skip_sign_in_page.take(),
@@ -112,12 +112,24 @@ impl OidcConfig {
         if jwks_url.is_some() && issuer.is_none() {
             return Err(ConfigError::new("oidc.jwks_url", "needs oidc.issuer"));
         }
+        let prefix = raw.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
+        let prefix = prefix.trim_end_matches('/').to_string();
+        if !prefix.starts_with('/')
+            || prefix.len() < 2
+            || crate::path::normalize(&prefix).ok().as_deref() != Some(prefix.as_str())
+        {
+            return Err(ConfigError::new(
+                "oidc.prefix",
+                "must be a clean path like \"/oauth2\" (not \"/\")",
+            ));
+        }
         let oidc = OidcConfig {
             issuer,
             jwks_url,
             client_id: raw.client_id,
             client_secret,
             insecure_allow_http: allow_http,
+            prefix,
         };
         Ok((oidc, login))
     }
@@ -186,17 +198,7 @@ pub(crate) fn login_from_raw(
             ))
         }
     };
-    let prefix = keys.prefix.unwrap_or_else(|| DEFAULT_PREFIX.to_string());
-    let prefix = prefix.trim_end_matches('/').to_string();
-    if !prefix.starts_with('/')
-        || prefix.len() < 2
-        || crate::path::normalize(&prefix).ok().as_deref() != Some(prefix.as_str())
-    {
-        return Err(ConfigError::new(
-            "oidc.prefix",
-            "must be a clean path like \"/oauth2\" (not \"/\")",
-        ));
-    }
+    let prefix = oidc.prefix.clone();
     let scopes =
         keys.scopes.unwrap_or_else(|| DEFAULT_SCOPES.iter().map(|s| s.to_string()).collect());
     if !scopes.iter().any(|s| s == "openid") {

@@ -116,6 +116,7 @@ fn every_env_key_is_a_real_key() {
             ("oidc", "scopes", _) => "openid,email",
             ("oidc", "prefix", _) => "/auth",
             ("upstream", "protocol", _) => "h2c",
+            ("forward_auth", "dialect", _) => "nginx",
             ("server", "templates_dir", _) => "/nonexistent",
             ("authorization", "issuers", _) => "https://idp.example.com/realms/main",
             (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",
@@ -355,4 +356,40 @@ fn login_start_up_errors_name_the_key() {
     let l = load_str(&text, no_env()).unwrap().config.login.unwrap();
     assert_eq!(l.session.secrets.len(), 2);
     assert!(!format!("{l:?}").contains(LOGIN_SECRET));
+}
+
+#[test]
+fn forward_auth_dialects_the_prefix_without_login_and_a_warning_for_trusting_everyone() {
+    let c = load_str(MINIMAL, no_env()).unwrap().config;
+    assert_eq!(c.forward_auth.dialect, None);
+    assert!(!c.forward_auth.redirect_browsers);
+    assert_eq!(c.oidc.prefix, "/oauth2");
+    assert!(c.login.is_none());
+    for (name, want) in [
+        ("nginx", Dialect::Nginx),
+        ("traefik", Dialect::Forwarded),
+        ("caddy", Dialect::Forwarded),
+        ("envoy", Dialect::Envoy),
+    ] {
+        let text =
+            format!("{MINIMAL}\n[forward_auth]\ndialect = \"{name}\"\nredirect_browsers = true\n");
+        let c = load_str(&text, no_env()).unwrap().config;
+        assert_eq!(c.forward_auth.dialect, Some(want));
+        assert!(c.forward_auth.redirect_browsers);
+    }
+    let e = load_str(&format!("{MINIMAL}\n[forward_auth]\ndialect = \"haproxy\"\n"), no_env());
+    assert_eq!(e.unwrap_err().key, "forward_auth.dialect");
+    // the prefix exists in bearer-only mode too, and is checked there
+    let c = load_str(&MINIMAL.replace("[oidc]", "[oidc]\nprefix = \"/_auth/\""), no_env());
+    assert_eq!(c.unwrap().config.oidc.prefix, "/_auth");
+    let e = load_str(&MINIMAL.replace("[oidc]", "[oidc]\nprefix = \"/\""), no_env());
+    assert_eq!(e.unwrap_err().key, "oidc.prefix");
+    // trusting every address is allowed, and said at start-up
+    for all in ["0.0.0.0/0", "::/0"] {
+        let text = format!("[server]\ntrusted_proxies = [\"{all}\"]\n{MINIMAL}");
+        let loaded = load_str(&text, no_env()).unwrap();
+        assert!(loaded.warnings.iter().any(|w| w.contains(all)), "{:?}", loaded.warnings);
+    }
+    let text = format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{MINIMAL}");
+    assert!(load_str(&text, no_env()).unwrap().warnings.is_empty());
 }

@@ -7,6 +7,7 @@
 mod cli;
 mod common;
 mod deploy;
+mod forward_auth;
 mod framing;
 mod identity_headers;
 mod interop;
