@@ -9,9 +9,10 @@
 //! header, lacking the method or carrying a `#` is `400`, so a client's copy of one dialect's
 //! headers passed through by an ingress that speaks another can never choose the path.
 //!
-//! Allowed: `200` with `X-Auth-Request-User`, `-Email`, `-Groups`, `-Preferred-Username` (and
-//! `-Access-Token` when `identity.pass_token` passes the token on), the values the app would get
-//! as `X-Forwarded-*`, and a refreshed session's cookies. Denied: `401` or `403`, answered plainly
+//! Allowed: `200` with `X-Auth-Request-User`, `-Email`, `-Groups`, `-Preferred-Username` (each
+//! present, empty when there is no such value, and `-Access-Token` when
+//! `identity.pass_token` passes the token on), the values the app would get as `X-Forwarded-*`,
+//! and a refreshed session's cookies. Denied: `401` or `403`, answered plainly
 //! (an ingress relays only the status; nginx turns anything else into a `500`), or, where the auth
 //! URL asks for it (`?rd=1`, or `forward_auth.redirect_browsers`), a browser navigation sent into
 //! login (Traefik and Caddy pass the answer to the browser).
@@ -401,26 +402,31 @@ fn allowed(access: Access, pass_token: PassToken, named: &str) -> Response<Body>
         Some(d) => format!("{named}: {d}"),
         None => named.to_string(),
     });
-    if let Some(auth) = access.authenticated {
-        let h = resp.headers_mut();
-        for (from, to) in &ANSWER_HEADERS {
-            if let Some((_, v)) = auth.identity.headers.iter().find(|(n, _)| n == from) {
-                h.insert(to.clone(), v.clone());
+    let h = resp.headers_mut();
+    // Each of them, empty when there is no such value (or no one signed in, on a public route):
+    // Caddy before 2.10 copies a header the answer lacks as the literal text of its placeholder.
+    let identity = access.authenticated.as_ref().map(|a| &a.identity);
+    for (from, to) in &ANSWER_HEADERS {
+        let found = identity.and_then(|i| i.headers.iter().find(|(n, _)| n == from));
+        h.insert(to.clone(), found.map_or(HeaderValue::from_static(""), |(_, v)| v.clone()));
+    }
+    match access.authenticated {
+        Some(auth) => {
+            let token = match &auth.credential {
+                Credential::Bearer(t) => Some(t),
+                Credential::Session { access_token } => access_token.as_ref(),
+            };
+            if let (Some(t), true) = (token, pass_token != PassToken::None) {
+                h.insert(X_AUTH_REQUEST_ACCESS_TOKEN, t.expose().clone());
             }
+            for v in auth.response_headers.get_all(header::SET_COOKIE) {
+                h.append(header::SET_COOKIE, v.clone());
+            }
+            crate::auth::make_private(h);
         }
-        let token = match &auth.credential {
-            Credential::Bearer(t) => Some(t),
-            Credential::Session { access_token } => access_token.as_ref(),
-        };
-        if let (Some(t), true) = (token, pass_token != PassToken::None) {
-            h.insert(X_AUTH_REQUEST_ACCESS_TOKEN, t.expose().clone());
+        None => {
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
         }
-        for v in auth.response_headers.get_all(header::SET_COOKIE) {
-            h.append(header::SET_COOKIE, v.clone());
-        }
-        crate::auth::make_private(h);
-    } else {
-        resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     }
     resp.extensions_mut().insert::<Decision>(decision);
     resp

@@ -10,6 +10,7 @@ mod deploy;
 mod forward_auth;
 mod framing;
 mod identity_headers;
+mod ingress;
 mod interop;
 mod layout;
 mod lifecycle;

@@ -1,0 +1,376 @@
+//! Forward-auth behind real ingresses: Debian's nginx (`auth_request`) and Caddy
+//! (`forward_auth`), each in front of the recording app, with portcullis answering
+//! `/oauth2/auth` and serving `/oauth2/*`. The configs are the snippets `docs/forward-auth.md`
+//! shows (with the test's ports), so the docs are tested here.
+
+use crate::common::*;
+use crate::login::{location, Browser};
+use portcullis::devissuer::{DevIssuer, KeyAlg};
+use std::path::Path;
+use std::time::Duration;
+
+const SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ3r4=";
+
+/// A server the tests start (nginx, Caddy) on a port it cannot be given as 0: chosen free, and
+/// chosen again when it was taken meanwhile. Stopped (by its id) when dropped.
+pub struct Ingress {
+    child: tokio::process::Child,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Ingress {
+    /// Starts `program args` with the config `make(port, dir)` wrote, until it listens.
+    async fn start(
+        program: &str,
+        args: &[&str],
+        make: impl Fn(u16, &Path) -> String,
+        file: &str,
+    ) -> Ingress {
+        assert!(
+            Path::new(program).exists(),
+            "{program} is not installed: `apt-get install nginx caddy` (bash .ci/run does)"
+        );
+        for _ in 0..5 {
+            let dir = tempfile::tempdir().unwrap();
+            let port = closed_port();
+            std::fs::write(dir.path().join(file), make(port, dir.path())).unwrap();
+            let mut child = tokio::process::Command::new(program)
+                .args(args)
+                .current_dir(dir.path())
+                .env("HOME", dir.path())
+                .env("XDG_DATA_HOME", dir.path())
+                .env("XDG_CONFIG_HOME", dir.path())
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::piped())
+                .kill_on_drop(true)
+                .spawn()
+                .unwrap();
+            let mut up = false;
+            for _ in 0..200 {
+                if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok() {
+                    up = true;
+                    break;
+                }
+                if child.try_wait().unwrap().is_some() {
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(25)).await;
+            }
+            if up {
+                return Ingress { child, port, _dir: dir };
+            }
+            let _ = child.kill().await;
+            let out = child.wait_with_output().await.unwrap();
+            let err = String::from_utf8_lossy(&out.stderr).to_string()
+                + &std::fs::read_to_string(dir.path().join("error.log")).unwrap_or_default();
+            assert!(err.contains("in use"), "{program} did not start: {err}");
+        }
+        panic!("no free port for {program} after 5 tries");
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{path}", self.port)
+    }
+}
+
+impl Drop for Ingress {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// The nginx snippet of `docs/forward-auth.md`, with its ports and temp paths.
+fn nginx_conf(port: u16, dir: &Path, portcullis: &str, app: &str) -> String {
+    let d = dir.display();
+    format!(
+        r#"
+worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+events {{ worker_connections 256; }}
+http {{
+  access_log off;
+  client_body_temp_path {d}/body; proxy_temp_path {d}/proxy; fastcgi_temp_path {d}/fcgi;
+  uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;
+  upstream portcullis {{ server {portcullis}; }}
+  server {{
+    listen 127.0.0.1:{port};
+{snippet}
+    # API clients: the plain 401
+    location /api/ {{
+      auth_request /oauth2/auth;
+{identity}
+      proxy_pass http://{app};
+    }}
+    # browsers: without a session, into login
+    location / {{
+      auth_request /oauth2/auth;
+{identity}
+      error_page 401 = @sign_in;
+      proxy_pass http://{app};
+    }}
+    location @sign_in {{
+      return 302 /oauth2/start?rd=$request_uri;
+    }}
+  }}
+}}
+"#,
+        snippet = NGINX_AUTH.replace("$PORTCULLIS", "portcullis"),
+        identity = NGINX_IDENTITY,
+    )
+}
+
+/// `docs/forward-auth.md`: the locations nginx needs for portcullis.
+pub const NGINX_AUTH: &str = r#"
+    # the check: the original request named in nginx's dialect, no body
+    location = /oauth2/auth {
+      internal;
+      proxy_pass http://$PORTCULLIS;
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI $request_uri;
+      proxy_set_header X-Original-Method $request_method;
+      proxy_set_header X-Forwarded-Host $http_host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }
+    # sign-in, callback and sign-out
+    location /oauth2/ {
+      proxy_pass http://$PORTCULLIS;
+      proxy_set_header Host $http_host;
+      proxy_set_header X-Forwarded-Proto $scheme;
+    }
+"#;
+
+/// `docs/forward-auth.md`: what goes in each protected location.
+pub const NGINX_IDENTITY: &str = r#"
+      auth_request_set $auth_user $upstream_http_x_auth_request_user;
+      auth_request_set $auth_email $upstream_http_x_auth_request_email;
+      auth_request_set $auth_groups $upstream_http_x_auth_request_groups;
+      auth_request_set $auth_username $upstream_http_x_auth_request_preferred_username;
+      # set from the answer, or removed (an empty value is not sent): a client's copy never
+      # reaches the app
+      proxy_set_header X-Forwarded-User $auth_user;
+      proxy_set_header X-Forwarded-Email $auth_email;
+      proxy_set_header X-Forwarded-Groups $auth_groups;
+      proxy_set_header X-Forwarded-Preferred-Username $auth_username;
+      proxy_set_header X-Auth-Request-User "";
+      proxy_set_header X-Auth-Request-Email "";
+      proxy_set_header X-Auth-Request-Groups "";
+      proxy_set_header X-Auth-Request-Preferred-Username "";
+      proxy_set_header X-Auth-Request-Access-Token "";
+      # a session refreshed during the check (nginx keeps only the first Set-Cookie)
+      auth_request_set $auth_cookie $upstream_http_set_cookie;
+      add_header Set-Cookie $auth_cookie;
+"#;
+
+/// `docs/forward-auth.md`: the Caddyfile, with the test's ports.
+fn caddyfile(port: u16, portcullis: &str, app: &str) -> String {
+    CADDYFILE
+        .replace("$LISTEN", &format!("127.0.0.1:{port}"))
+        .replace("$PORTCULLIS", portcullis)
+        .replace("$APP", app)
+}
+
+pub const CADDYFILE: &str = r#"{
+	admin off
+	auto_https off
+}
+
+http://$LISTEN {
+	# sign-in, callback and sign-out
+	handle /oauth2/* {
+		reverse_proxy $PORTCULLIS
+	}
+	# `route` keeps the order as written (Caddy sorts directives otherwise)
+	route {
+		# Caddy before 2.10 leaves a client's copy when the answer lacks the header, and
+		# passes `_` spellings: remove them all before the check
+		request_header -X-Forwarded-User
+		request_header -X_Forwarded_User
+		request_header -X-Forwarded-Email
+		request_header -X_Forwarded_Email
+		request_header -X-Forwarded-Groups
+		request_header -X_Forwarded_Groups
+		request_header -X-Forwarded-Preferred-Username
+		request_header -X_Forwarded_Preferred_Username
+		request_header -X-Auth-Request-*
+		request_header -X_Auth_Request_*
+		# rd=1: a browser without a session is sent into login (Caddy passes the answer on)
+		forward_auth $PORTCULLIS {
+			uri /oauth2/auth?rd=1
+			copy_headers X-Auth-Request-User>X-Forwarded-User X-Auth-Request-Email>X-Forwarded-Email X-Auth-Request-Groups>X-Forwarded-Groups X-Auth-Request-Preferred-Username>X-Forwarded-Preferred-Username
+		}
+		reverse_proxy $APP
+	}
+}
+"#;
+
+/// portcullis with browser login, trusting loopback, and an app.
+async fn portcullis() -> (DevIssuer, Upstream, Proxy) {
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let upstream = Upstream::start().await;
+    let o = Opts {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]",
+        oidc: "client_id = \"web\"\nclient_secret = \"s\"\nskip_sign_in_page = true".into(),
+        extra: format!(
+            "[session]\nsecret = \"{SECRET}\"\n[[authorization.rules]]\npath = \"/admin\"\ngroups = [\"admins\"]\n"
+        ),
+        ..Opts::default()
+    };
+    let proxy = start_proxy(&issuer.issuer(), &upstream.url(), o, true).await;
+    (issuer, upstream, proxy)
+}
+
+/// Every spelling of the identity headers a client might send, with recognisable values.
+fn client_copies() -> Vec<(&'static str, &'static str)> {
+    vec![
+        ("X-Forwarded-User", "mallory"),
+        ("X-Forwarded-Email", "mallory@evil.example"),
+        ("X-Forwarded-Groups", "admins"),
+        ("X-Forwarded-Preferred-Username", "mallory"),
+        ("X_Forwarded_User", "mallory"),
+        ("X-Auth-Request-User", "mallory"),
+        ("X-Auth-Request-Email", "mallory@evil.example"),
+        ("X-Auth-Request-Groups", "admins"),
+        ("X_Auth_Request_User", "mallory"),
+    ]
+}
+
+/// What the app saw of the identity headers, in any spelling.
+fn identity_seen(seen: &Seen) -> Vec<(String, String)> {
+    let mut out: Vec<(String, String)> = seen
+        .headers
+        .iter()
+        .filter(|(k, _)| {
+            let k = k.to_ascii_lowercase().replace('_', "-");
+            k.starts_with("x-forwarded-user")
+                || k.starts_with("x-forwarded-email")
+                || k.starts_with("x-forwarded-groups")
+                || k.starts_with("x-forwarded-preferred")
+                || k.starts_with("x-auth-request-")
+        })
+        // an empty value says "none" (Caddy copies portcullis's empty answer headers)
+        .filter(|(_, v)| !v.is_empty())
+        .map(|(k, v)| (k.to_ascii_lowercase(), v.clone()))
+        .collect();
+    out.sort();
+    out
+}
+
+/// GET `url` with `token` and the client's copies of the identity headers: the status.
+async fn get_spoofing(url: &str, token: Option<&str>) -> u16 {
+    let mut req = client().get(url);
+    for (k, v) in client_copies() {
+        req = req.header(k, v);
+    }
+    if let Some(t) = token {
+        req = req.bearer_auth(t);
+    }
+    req.send().await.unwrap().status().as_u16()
+}
+
+/// The behaviour both ingresses must show.
+async fn guards(ingress: &Ingress, issuer: &DevIssuer, upstream: &Upstream) {
+    let (alice, bob) = (issuer.token_for("alice", AUD), issuer.token_for("bob", AUD));
+    // a valid token: 200, and the user at the app, from portcullis's answer only
+    assert_eq!(get_spoofing(&ingress.url("/api/x"), Some(&alice)).await, 200);
+    let seen = upstream.last();
+    assert_eq!(seen.path_and_query, "/api/x");
+    assert_eq!(
+        identity_seen(&seen),
+        [
+            ("x-forwarded-email".to_string(), "alice@example.com".to_string()),
+            ("x-forwarded-groups".into(), "admins,developers".into()),
+            ("x-forwarded-preferred-username".into(), "alice".into()),
+            ("x-forwarded-user".into(), "alice".into()),
+        ]
+    );
+    // no token: 401, a rule's 403; nothing reaches the app
+    let hits = upstream.hits();
+    let api = client().get(ingress.url("/api/x")).send().await.unwrap();
+    assert_eq!(api.status(), 401);
+    assert_eq!(get_spoofing(&ingress.url("/admin/x"), Some(&bob)).await, 403);
+    assert_eq!(upstream.hits(), hits);
+    // a user without email or groups: the client's copies are gone, none of them filled in
+    let mut claims = issuer.claims_for("svc-7", AUD);
+    claims.as_object_mut().unwrap().retain(|k, _| !matches!(k.as_str(), "email" | "groups"));
+    let bare = issuer.mint(&claims);
+    assert_eq!(get_spoofing(&ingress.url("/api/y"), Some(&bare)).await, 200);
+    assert_eq!(
+        identity_seen(&upstream.last()),
+        [("x-forwarded-user".to_string(), "svc-7".to_string())]
+    );
+    // a public route: no identity, no client copy
+    assert_eq!(get_spoofing(&ingress.url("/public/z"), None).await, 200);
+    assert_eq!(identity_seen(&upstream.last()), []);
+}
+
+/// A browser signs in through the ingress and then reaches the app with its session.
+async fn browser_signs_in(ingress: &Ingress, issuer: &DevIssuer, upstream: &Upstream) {
+    let mut b = Browser::new();
+    let first = b.request("GET", &ingress.url("/app/page?x=1"), true, None).await;
+    assert_eq!(first.status, 302, "{}", first.body);
+    let mut next = location(&first);
+    // into login, through the ingress, to the provider
+    for _ in 0..3 {
+        if next.starts_with(&issuer.issuer()) {
+            break;
+        }
+        let url = if next.starts_with('/') { ingress.url(&next) } else { next.clone() };
+        let p = b.request("GET", &url, true, None).await;
+        assert_eq!(p.status, 302, "{url}: {}", p.body);
+        next = location(&p);
+    }
+    assert!(next.starts_with(&issuer.issuer()), "not sent to the provider: {next}");
+    let q = reqwest::Url::parse(&next).unwrap();
+    let mut form: Vec<(String, String)> = q.query_pairs().into_owned().collect();
+    form.push(("user".into(), "alice".into()));
+    let body: String =
+        url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let p = b.request("POST", &format!("{}/authorize", issuer.issuer()), true, Some(&body)).await;
+    let callback = location(&p);
+    assert!(callback.starts_with(&ingress.url("/oauth2/callback")), "{callback}");
+    let p = b.request("GET", &callback, true, None).await;
+    assert_eq!(p.status, 302, "{}", p.body);
+    let back = location(&p);
+    assert!(back.ends_with("/app/page?x=1"), "{back}");
+    let page = b.request("GET", &ingress.url("/app/page?x=1"), true, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let seen = upstream.last();
+    assert_eq!(seen.one("x-forwarded-user").as_deref(), Some("alice"));
+    assert_eq!(seen.one("x-forwarded-email").as_deref(), Some("alice@example.com"));
+    // The ingress forwards the browser's Cookie header as sent: the app gets the session cookie
+    // too (docs/forward-auth.md says so), sealed: nothing of the session readable in it.
+    let cookies = seen.all("cookie").join("; ");
+    assert!(cookies.contains("_portcullis="), "{cookies}");
+    assert!(!cookies.contains("alice") && !cookies.contains("eyJ"), "{cookies}");
+}
+
+#[tokio::test]
+async fn behind_a_real_nginx_auth_request() {
+    let (issuer, upstream, proxy) = portcullis().await;
+    let (p, app) = (proxy.addr.to_string(), upstream.addr.to_string());
+    let nginx = Ingress::start(
+        "/usr/sbin/nginx",
+        &["-c", "nginx.conf", "-p", "."],
+        |port, dir| nginx_conf(port, dir, &p, &app),
+        "nginx.conf",
+    )
+    .await;
+    guards(&nginx, &issuer, &upstream).await;
+    browser_signs_in(&nginx, &issuer, &upstream).await;
+}
+
+#[tokio::test]
+async fn behind_a_real_caddy_forward_auth() {
+    let (issuer, upstream, proxy) = portcullis().await;
+    let (p, app) = (proxy.addr.to_string(), upstream.addr.to_string());
+    let caddy = Ingress::start(
+        "/usr/bin/caddy",
+        &["run", "--config", "Caddyfile", "--adapter", "caddyfile"],
+        |port, _| caddyfile(port, &p, &app),
+        "Caddyfile",
+    )
+    .await;
+    guards(&caddy, &issuer, &upstream).await;
+    browser_signs_in(&caddy, &issuer, &upstream).await;
+}
