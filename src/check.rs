@@ -30,7 +30,12 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
     println!("config is valid");
     println!("  listen        {}", config.server.listen);
     println!("  admin_listen  {}", config.server.admin_listen);
-    println!("  upstream      {}", config.upstream.url);
+    match &config.upstream {
+        Some(u) => println!("  upstream      {}", u.url),
+        None => {
+            println!("  upstream      none: forward-auth checks only ({}/auth)", config.oidc.prefix)
+        }
+    }
     for i in &config.bearer.issuers {
         println!("  issuer        {} (audiences: {})", i.issuer, i.audiences.join(", "));
     }
@@ -90,11 +95,13 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
             }
         }
     }
-    let target = config.upstream.connect_target();
-    match crate::proxy::upstream_reachable(&target, config.upstream.connect_timeout).await {
-        Ok(()) => println!("ok    upstream {target} accepts connections"),
-        Err(problem) => {
-            println!("note  {problem} (fine if the app starts after the proxy)")
+    if let Some(upstream) = &config.upstream {
+        let target = upstream.connect_target();
+        match crate::proxy::upstream_reachable(&target, upstream.connect_timeout).await {
+            Ok(()) => println!("ok    upstream {target} accepts connections"),
+            Err(problem) => {
+                println!("note  {problem} (fine if the app starts after the proxy)")
+            }
         }
     }
     code

@@ -42,7 +42,7 @@ use crate::idp::jwks::{KeyCacheSettings, KeyStore};
 use crate::login::{Login, LoginState};
 use crate::pages::Pages;
 use crate::proxy::ProxyService;
-use crate::response::{AnswersLayer, BrowserAnswers};
+use crate::response::{AnswersLayer, BrowserAnswers, Refusal, Rejection};
 use crate::telemetry::AccessLogLayer;
 
 pub use crate::conn::Stack;
@@ -93,7 +93,8 @@ pub struct Pipeline {
     untrusted: Arc<UntrustedHeaders>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
     pass_token: crate::config::PassToken,
-    upstream: crate::config::UpstreamConfig,
+    /// The app; `None`: forward-auth only.
+    upstream: Option<crate::config::UpstreamConfig>,
     body_idle_timeout: Duration,
     /// `upstream.max_concurrent_requests`, shared by every worker.
     upstream_slots: Option<Arc<tokio::sync::Semaphore>>,
@@ -164,9 +165,9 @@ impl Pipeline {
             pass_token: config.identity.pass_token,
             upstream: config.upstream.clone(),
             body_idle_timeout: config.server.request_body_idle_timeout,
-            upstream_slots: match config.upstream.max_concurrent_requests {
-                0 => None,
-                n => Some(Arc::new(tokio::sync::Semaphore::new(n))),
+            upstream_slots: match config.upstream.as_ref().map(|u| u.max_concurrent_requests) {
+                None | Some(0) => None,
+                Some(n) => Some(Arc::new(tokio::sync::Semaphore::new(n))),
             },
             workers: config.server.workers,
             prefix: config.oidc.prefix.clone(),
@@ -245,6 +246,15 @@ impl Pipeline {
 
     /// The chain every request for the app goes through.
     fn protected(&self) -> anyhow::Result<Protected> {
+        let Some(upstream) = &self.upstream else {
+            // No app: only forward-auth checks (and the login) are answered here.
+            return Ok(BoxCloneSyncService::new(tower::service_fn(|_req| async {
+                let why = "no upstream.url: this portcullis answers forward-auth checks only";
+                Ok::<_, Infallible>(
+                    Refusal::new(Rejection::NoApp, "no_upstream").detail(why).response(),
+                )
+            })));
+        };
         let chain = ServiceBuilder::new()
             // The decision: public route? Valid bearer token or session? The [authorization]
             // requirements and this route's rule (read from the verified identity only, so
@@ -254,7 +264,7 @@ impl Pipeline {
             // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
             .layer(InjectIdentityLayer::new(self.pass_token))
             .service(ProxyService::new(
-                &self.upstream,
+                upstream,
                 self.body_idle_timeout,
                 self.upstream_slots.clone(),
                 self.untrusted.clone(),

@@ -365,8 +365,14 @@ mod tests {
                     [oidc]\nissuer = \"https://idp.example.com\"\n[bearer]\naudiences = [\"api\"]\n";
         let cfg = crate::config::load_str(text, std::iter::empty()).unwrap().config;
         let untrusted = Arc::new(crate::headers::UntrustedHeaders::new(&[]));
-        let svc =
-            ProxyService::new(&cfg.upstream, Duration::from_secs(5), None, untrusted, 1).unwrap();
+        let svc = ProxyService::new(
+            cfg.upstream.as_ref().unwrap(),
+            Duration::from_secs(5),
+            None,
+            untrusted,
+            1,
+        )
+        .unwrap();
         let mut req = Request::get("/x").header(header::HOST, "app.example");
         if let Some(p) = sent_proto {
             req = req.header(&X_FORWARDED_PROTO, p);

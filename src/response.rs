@@ -361,6 +361,8 @@ pub enum Rejection {
     CrossSite,
     /// A forward-auth check from a peer outside `server.trusted_proxies`: `403`.
     ForwardAuthCaller,
+    /// No app is configured (forward-auth only): `404`.
+    NoApp,
     /// Keys not loaded yet: `503`.
     NotReady,
     /// An ambiguous path: `400`.
@@ -400,6 +402,7 @@ impl Rejection {
             Rejection::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Rejection::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
             Rejection::NotReady | Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::NoApp => StatusCode::NOT_FOUND,
             Rejection::BadGateway => StatusCode::BAD_GATEWAY,
             Rejection::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
         }
@@ -438,6 +441,7 @@ impl Rejection {
             Rejection::ForwardAuthCaller => {
                 ("forbidden", "Only a trusted proxy may ask for a forward-auth decision".into())
             }
+            Rejection::NoApp => ("not_found", "Nothing is served here".into()),
             Rejection::LoginFailed { message, .. } => ("login_failed", (*message).into()),
             Rejection::InvalidRequest { description, .. } => {
                 ("invalid_request", (*description).into())

@@ -44,15 +44,16 @@ fn bind_workers(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::Tcp
 /// What `/readyz` checks.
 struct Readiness {
     keys: Arc<KeyStore>,
-    /// The app's address and `upstream.connect_timeout`, as the current pipeline has them.
-    upstream: std::sync::Mutex<(String, Duration)>,
+    /// The app's address and `upstream.connect_timeout`, as the current pipeline has them
+    /// (`None`: no app, forward-auth only).
+    upstream: std::sync::Mutex<Option<(String, Duration)>>,
     draining: AtomicBool,
 }
 
 impl Readiness {
     fn set_upstream(&self, config: &Config) {
         if let Ok(mut u) = self.upstream.lock() {
-            *u = (config.upstream.connect_target(), config.upstream.connect_timeout);
+            *u = config.upstream.as_ref().map(|c| (c.connect_target(), c.connect_timeout));
         }
     }
 }
@@ -74,12 +75,11 @@ async fn readyz(State(r): State<Arc<Readiness>>) -> (StatusCode, String) {
     if !r.keys.any_loaded() {
         problems.push(format!("keys of {} not loaded", missing.join(", ")));
     }
-    let (upstream, connect_timeout) = match r.upstream.lock() {
-        Ok(u) => u.clone(),
-        Err(_) => (String::new(), Duration::ZERO),
-    };
-    if let Err(problem) = crate::proxy::upstream_reachable(&upstream, connect_timeout).await {
-        problems.push(problem);
+    let upstream = r.upstream.lock().ok().and_then(|u| u.clone());
+    if let Some((upstream, connect_timeout)) = upstream {
+        if let Err(problem) = crate::proxy::upstream_reachable(&upstream, connect_timeout).await {
+            problems.push(problem);
+        }
     }
     if !problems.is_empty() {
         (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", problems.join("; ")))
@@ -148,7 +148,7 @@ impl Server {
 
         let readiness = Arc::new(Readiness {
             keys: keys.clone(),
-            upstream: std::sync::Mutex::new((String::new(), Duration::ZERO)),
+            upstream: std::sync::Mutex::new(None),
             draining: AtomicBool::new(false),
         });
         readiness.set_upstream(&config);
@@ -199,7 +199,11 @@ impl Server {
             )?;
             workers_done.push(done_rx);
         }
-        tracing::info!(listen = %addr, admin = %admin_addr, upstream = %config.upstream.url, workers = config.server.workers, "portcullis started");
+        let upstream = config
+            .upstream
+            .as_ref()
+            .map_or("none (forward-auth only)".into(), |u| u.url.to_string());
+        tracing::info!(listen = %addr, admin = %admin_addr, upstream = %upstream, workers = config.server.workers, "portcullis started");
         Ok(Server {
             addr,
             admin_addr,

@@ -198,8 +198,8 @@ pub(crate) const SECTIONS: &[(&str, &[SectionKey])] = &[
 pub(crate) struct RawConfig {
     #[serde(default)]
     pub(crate) server: RawServer,
-    #[serde(default)]
-    pub(crate) upstream: RawUpstream,
+    /// Absent: no app, forward-auth checks only.
+    pub(crate) upstream: Option<RawUpstream>,
     #[serde(default)]
     pub(crate) oidc: RawOidc,
     /// Present (even empty) turns browser login on, with `oidc.client_id`.

@@ -91,7 +91,9 @@ impl fmt::Display for Secret {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub server: ServerConfig,
-    pub upstream: UpstreamConfig,
+    /// The app; `None` without an `[upstream]` section: portcullis only answers forward-auth
+    /// checks (and its own endpoints).
+    pub upstream: Option<UpstreamConfig>,
     pub oidc: OidcConfig,
     pub bearer: BearerConfig,
     pub identity: IdentityConfig,
@@ -287,7 +289,7 @@ pub(crate) fn nonempty(key: &str, value: String) -> Result<String, ConfigError> 
 /// Each section validates itself; what spans sections is passed in.
 pub(crate) fn validate(raw: RawConfig) -> Result<Config, ConfigError> {
     let server = ServerConfig::from_raw(raw.server)?;
-    let upstream = UpstreamConfig::from_raw(raw.upstream)?;
+    let upstream = raw.upstream.map(UpstreamConfig::from_raw).transpose()?;
     let (oidc, login_keys) = OidcConfig::from_raw(raw.oidc)?;
     let bearer = BearerConfig::from_raw(raw.bearer, &oidc, raw.session.is_some())?;
     let login = login_from_raw(login_keys, raw.session, &oidc, &bearer, &server)?;

@@ -35,8 +35,8 @@ fn minimal_config_gets_documented_defaults() {
     assert_eq!(c.server.admin_listen.to_string(), DEFAULT_ADMIN_LISTEN);
     assert_eq!(c.server.shutdown_timeout, Duration::from_secs(30));
     assert!(c.server.workers >= 1);
-    assert_eq!(c.upstream.connect_timeout, Duration::from_secs(2));
-    assert_eq!(c.upstream.response_timeout, Duration::from_secs(60));
+    assert_eq!(c.upstream.as_ref().unwrap().connect_timeout, Duration::from_secs(2));
+    assert_eq!(c.upstream.as_ref().unwrap().response_timeout, Duration::from_secs(60));
     assert_eq!(c.bearer.algorithms, ASYMMETRIC_ALGORITHMS);
     assert_eq!(c.bearer.leeway, Duration::from_secs(30));
     assert_eq!(c.bearer.required_claims, vec!["sub"]);
@@ -86,7 +86,7 @@ fn env_overrides_file_values() {
     assert_eq!(c.server.admin_listen.to_string(), "127.0.0.1:9999");
     assert_eq!(c.bearer.issuers[0].audiences, vec!["a", "b"]);
     assert_eq!(c.bearer.token_cache_size, 7);
-    assert!(!c.upstream.pass_host_header);
+    assert!(!c.upstream.as_ref().unwrap().pass_host_header);
     let names: Vec<_> =
         c.identity.claim_headers.iter().map(|(h, c)| (h.as_str(), c.as_str())).collect();
     assert_eq!(names, vec![("x-org", "org"), ("x-tenant", "tid")]);
@@ -196,6 +196,14 @@ fn missing_issuer_and_upstream_are_named() {
     assert_eq!(err("[upstream]\nurl = \"http://127.0.0.1:1\"", no_env()).key, "oidc.issuer");
     let text = MINIMAL.replace("url = \"http://127.0.0.1:8080\"", "");
     assert_eq!(err(&text, no_env()).key, "upstream.url");
+    // without any [upstream]: no app, forward-auth only; an override makes the section
+    let text = MINIMAL.replace("[upstream]\n    url = \"http://127.0.0.1:8080\"", "");
+    assert!(load_str(&text, no_env()).unwrap().config.upstream.is_none());
+    let env = vec![("PORTCULLIS_UPSTREAM_URL".to_string(), "http://127.0.0.1:9".to_string())];
+    assert!(load_str(&text, env).unwrap().config.upstream.is_some());
+    let env = vec![("PORTCULLIS_UPSTREAM_CONNECT_TIMEOUT".to_string(), "1s".to_string())];
+    let e = load_str(&text, env).unwrap_err();
+    assert_eq!((e.key.as_str(), e.variable), ("upstream.url", None));
 }
 
 #[test]

@@ -32,7 +32,10 @@ fn kubernetes_probes_point_at_the_admin_endpoints() {
     .config;
     assert!(m.contains(&format!("containerPort: {}", cfg.server.listen.port())));
     assert!(m.contains(&format!("containerPort: {}", cfg.server.admin_listen.port())));
-    assert!(cfg.upstream.url.host_str() == Some("127.0.0.1"), "the app must bind loopback");
+    assert!(
+        cfg.upstream.as_ref().unwrap().url.host_str() == Some("127.0.0.1"),
+        "the app must bind loopback"
+    );
 }
 
 #[test]
@@ -46,5 +49,5 @@ fn compose_app_shares_the_proxy_network_namespace() {
             .unwrap()
             .config;
     assert!(c.contains(&format!("\"{0}:{0}\"", cfg.server.listen.port())));
-    assert!(cfg.upstream.url.host_str() == Some("127.0.0.1"));
+    assert!(cfg.upstream.as_ref().unwrap().url.host_str() == Some("127.0.0.1"));
 }

@@ -118,7 +118,7 @@ async fn refusals_are_plain_401_and_403_decided_on_the_original_request() {
     // a public route of the original path: allowed without a token, no identity
     let r = check(&w, "GET", "/oauth2/auth", &refs(&nginx("/public/x", None))).await;
     assert_eq!(r.status, 200);
-    assert_eq!(header(&r, "x-auth-request-user"), None);
+    assert_eq!(header(&r, "x-auth-request-user").as_deref(), Some(""), "present and empty");
     // an original path that normalises onto a protected one is that one
     let r = check(&w, "GET", "/oauth2/auth", &refs(&nginx("/public/../admin", Some(&bob)))).await;
     assert_eq!(r.status, 403);
@@ -184,4 +184,39 @@ async fn the_auth_url_narrows_the_rules_and_never_widens_them() {
     let r = check(&w, "GET", "/oauth2/auth/api?allowed_groups=nobody", &h).await;
     assert_eq!(r.status, 200, "{r:?}");
     assert_eq!(w.upstream.hits(), 0);
+}
+
+#[tokio::test]
+async fn without_an_upstream_only_checks_are_answered_and_readyz_waits_for_no_app() {
+    let issuer = portcullis::devissuer::DevIssuer::start(&[portcullis::devissuer::KeyAlg::Rs256])
+        .await
+        .unwrap();
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:0\"\nadmin_listen = \"127.0.0.1:0\"\nworkers = 2\ntrusted_proxies = [\"127.0.0.1/32\"]\n[oidc]\nissuer = \"{}\"\n[bearer]\naudiences = [\"{AUD}\"]\n",
+        issuer.issuer()
+    );
+    let cfg = portcullis::config::load_str(&text, std::iter::empty()).unwrap().config;
+    assert!(cfg.upstream.is_none());
+    let server = portcullis::Server::start(cfg).await.unwrap();
+    let admin = format!("http://{}", server.admin_addr);
+    wait_ready(&format!("{admin}/readyz"), "a forward-auth-only portcullis").await;
+    let body = client().get(format!("{admin}/readyz")).send().await.unwrap().text().await.unwrap();
+    assert!(!body.contains("upstream"), "{body}");
+    let token = issuer.token_for("alice", AUD);
+    let auth = format!("Bearer {token}");
+    let mut h = nginx("/api", None);
+    h.push(("Authorization", auth));
+    let mut req =
+        "GET /oauth2/auth HTTP/1.1\r\nHost: auth.internal\r\nConnection: close\r\n".to_string();
+    for (k, v) in &h {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    let r = raw(server.addr, &req).await;
+    assert_eq!(r.status, 200, "{r:?}");
+    assert_eq!(header(&r, "x-auth-request-user").as_deref(), Some("alice"));
+    // anything else is not served, whoever asks
+    let r = raw_get(server.addr, "/api", &[("Authorization", &format!("Bearer {token}"))]).await;
+    assert_eq!(r.status, 404, "{r:?}");
+    server.shutdown().await;
 }
