@@ -149,10 +149,13 @@ pub struct AuthSettings {
 impl AuthSettings {
     /// Whether a request may skip authentication.
     /// `route` is the request's path without `;` parameters ([`crate::path::route_path`]).
-    fn is_public(&self, req: &RequestView<'_>, route: &str) -> bool {
+    fn is_public(&self, req: &RequestView<'_>, host: Option<&str>, route: &str) -> bool {
         // Matched on the path without `;` parameters: servlet containers route `/admin;x.css`
         // to `/admin`, so it must not match a public `\.css$`.
-        let mut matching = self.public_routes.iter().filter(|r| r.matches(req.method, route));
+        let mut matching = self
+            .public_routes
+            .iter()
+            .filter(|r| r.matches(req.method, route) && r.hosts.matches(host));
         let Some(first) = matching.next() else {
             return false;
         };
@@ -309,11 +312,17 @@ impl AuthSettings {
     /// let them ([`Access`]), or the refusal (401, 400, 403, 503).
     pub async fn decide(&self, req: &RequestView<'_>) -> Result<Access, Refusal> {
         let route = crate::path::route_path(req.path);
-        if self.is_public(req, &route) {
+        // Read only when some route or rule names hosts (most configs name none).
+        let host_aware =
+            self.policy.host_aware() || self.public_routes.iter().any(|r| !r.hosts.is_empty());
+        let host =
+            req.host.filter(|_| host_aware).map(|h| crate::config::canonical_host(h, req.scheme));
+        if self.is_public(req, host.as_deref(), &route) {
             return Ok(self.public(req).await);
         }
         let auth = self.check(req).await?;
-        if let Err(denial) = self.policy.decide(req.method, &route, &auth.identity) {
+        if let Err(denial) = self.policy.decide(req.method, host.as_deref(), &route, &auth.identity)
+        {
             let scope = (!denial.unmet.missing_scopes.is_empty())
                 .then(|| denial.unmet.missing_scopes.join(" "));
             let detail = format!("{}: {}", denial.rule, denial.unmet.reason);
@@ -634,6 +643,7 @@ mod tests {
             key: "authorization.rules[0]".into(),
             path: RulePath::Prefix("/admin".into()),
             methods: Vec::new(),
+            hosts: Default::default(),
             require: admins,
         };
         let s = AuthSettings {

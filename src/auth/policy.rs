@@ -121,8 +121,9 @@ fn claim_values(v: Option<&Value>) -> Vec<String> {
 }
 
 impl Rule {
-    fn applies_to(&self, method: &Method) -> bool {
-        self.methods.is_empty() || self.methods.iter().any(|m| method_covers(m, method))
+    fn applies_to(&self, method: &Method, host: Option<&str>) -> bool {
+        (self.methods.is_empty() || self.methods.iter().any(|m| method_covers(m, method)))
+            && self.hosts.matches(host)
     }
 
     /// The rule in words, for `portcullis check`.
@@ -136,7 +137,12 @@ impl Rule {
         } else {
             self.methods.iter().map(Method::as_str).collect::<Vec<_>>().join(", ")
         };
-        format!("{}: {path}, {methods}: requires {}", self.key, self.require.describe())
+        let hosts = if self.hosts.is_empty() {
+            String::new()
+        } else {
+            format!(", hosts {}", self.hosts.describe())
+        };
+        format!("{}: {path}, {methods}{hosts}: requires {}", self.key, self.require.describe())
     }
 }
 
@@ -155,9 +161,10 @@ pub struct Denial {
 }
 
 impl Policy {
-    /// The rule that applies to `method` on `path` (the route path: normalised, `;`
-    /// parameters removed), if any.
-    pub fn rule_for(&self, method: &Method, path: &str) -> Option<&Rule> {
+    /// The rule that applies to `method` on `host` (as [`crate::config::canonical_host`] made
+    /// it; `None`: not needed, no rule names hosts, or the request named none) and `path` (the
+    /// route path: normalised, `;` parameters removed), if any.
+    pub fn rule_for(&self, method: &Method, host: Option<&str>, path: &str) -> Option<&Rule> {
         let lower;
         let path = if self.case_insensitive_paths && path.bytes().any(|b| b.is_ascii_uppercase()) {
             lower = path.to_ascii_lowercase();
@@ -165,7 +172,7 @@ impl Policy {
         } else {
             path
         };
-        let applicable = || self.rules.iter().filter(|r| r.applies_to(method));
+        let applicable = || self.rules.iter().filter(|r| r.applies_to(method, host));
         let by_regex =
             applicable().find(|r| matches!(&r.path, RulePath::Regex(re) if re.is_match(path)));
         by_regex.or_else(|| {
@@ -184,9 +191,15 @@ impl Policy {
     }
 
     /// Whether `id` may make this request.
-    pub fn decide(&self, method: &Method, path: &str, id: &Identity) -> Result<(), Denial> {
+    pub fn decide(
+        &self,
+        method: &Method,
+        host: Option<&str>,
+        path: &str,
+        id: &Identity,
+    ) -> Result<(), Denial> {
         self.base.check(id).map_err(|unmet| Denial { rule: "authorization".into(), unmet })?;
-        if let Some(rule) = self.rule_for(method, path) {
+        if let Some(rule) = self.rule_for(method, host, path) {
             rule.require.check(id).map_err(|unmet| Denial { rule: rule.key.clone(), unmet })?;
         }
         Ok(())
@@ -194,6 +207,11 @@ impl Policy {
 
     pub fn is_empty(&self) -> bool {
         self.base.is_empty() && self.rules.is_empty()
+    }
+
+    /// Whether some rule names hosts (else a request's host need not be read).
+    pub fn host_aware(&self) -> bool {
+        self.rules.iter().any(|r| !r.hosts.is_empty())
     }
 }
 
@@ -214,7 +232,7 @@ mod tests {
     }
 
     fn rule(key: &str, path: RulePath, require: Requirement) -> Rule {
-        Rule { key: key.into(), path, methods: Vec::new(), require }
+        Rule { key: key.into(), path, methods: Vec::new(), hosts: Default::default(), require }
     }
 
     fn groups(g: &[&str]) -> Requirement {
@@ -232,7 +250,7 @@ mod tests {
             ],
             ..Policy::default()
         };
-        let key = |path: &str| p.rule_for(&Method::GET, path).map(|r| r.key.as_str());
+        let key = |path: &str| p.rule_for(&Method::GET, None, path).map(|r| r.key.as_str());
         assert_eq!(key("/admin"), Some("r0"));
         assert_eq!(key("/admin/"), Some("r0"));
         assert_eq!(key("/admin/users"), Some("r0"));
@@ -256,8 +274,9 @@ mod tests {
             ],
             ..Policy::default()
         };
-        let key =
-            |m: Method, path: &str| p.rule_for(&m, path).map(|r| r.key.as_str()).unwrap_or("-");
+        let key = |m: Method, path: &str| {
+            p.rule_for(&m, None, path).map(|r| r.key.as_str()).unwrap_or("-")
+        };
         assert_eq!(key(Method::POST, "/admin/reports/x"), "r2");
         assert_eq!(key(Method::GET, "/admin/reports/x.csv"), "r3");
         assert_eq!(key(Method::GET, "/admin/reports/x"), "r4");
@@ -271,7 +290,7 @@ mod tests {
             ..Policy::default()
         };
         let key = |p: &Policy, path: &str| {
-            p.rule_for(&Method::GET, path).map(|r| r.key.as_str()).unwrap_or("-").to_string()
+            p.rule_for(&Method::GET, None, path).map(|r| r.key.as_str()).unwrap_or("-").to_string()
         };
         assert_eq!(key(&p, "/admin/x"), "a");
         assert_eq!(key(&p, "/ADMIN/x"), "-");
@@ -289,8 +308,9 @@ mod tests {
         let mut head_only = rule("h", RulePath::Prefix("/status".into()), groups(&["a"]));
         head_only.methods = vec![Method::HEAD];
         let p = Policy { rules: vec![get_only, head_only], ..Policy::default() };
-        let key =
-            |m: Method, path: &str| p.rule_for(&m, path).map(|r| r.key.as_str()).unwrap_or("-");
+        let key = |m: Method, path: &str| {
+            p.rule_for(&m, None, path).map(|r| r.key.as_str()).unwrap_or("-")
+        };
         assert_eq!(key(Method::GET, "/reports"), "g");
         assert_eq!(key(Method::HEAD, "/reports"), "g");
         assert_eq!(key(Method::POST, "/reports"), "-");
@@ -360,13 +380,13 @@ mod tests {
                                      "realm_access": {"roles": ["staff"]}}));
         let outside = identity(json!({"sub": "u", "email": "a@evil.example",
                                       "realm_access": {"roles": ["staff"]}}));
-        assert!(p.decide(&Method::GET, "/admin/x", &inside).is_ok());
-        let d = p.decide(&Method::GET, "/x", &outside).unwrap_err();
+        assert!(p.decide(&Method::GET, None, "/admin/x", &inside).is_ok());
+        let d = p.decide(&Method::GET, None, "/x", &outside).unwrap_err();
         assert_eq!(d.rule, "authorization");
         let no_group = identity(json!({"sub": "u", "email": "a@example.com"}));
-        let d = p.decide(&Method::GET, "/admin", &no_group).unwrap_err();
+        let d = p.decide(&Method::GET, None, "/admin", &no_group).unwrap_err();
         assert_eq!(d.rule, "r0");
-        assert!(p.decide(&Method::GET, "/x", &no_group).is_ok());
+        assert!(p.decide(&Method::GET, None, "/x", &no_group).is_ok());
     }
 
     #[test]

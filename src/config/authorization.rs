@@ -146,7 +146,8 @@ pub(crate) fn authorization_from_raw(
                 "requires nothing: give it issuers, groups, scopes, emails, email_domains or claims",
             ));
         }
-        rules.push(Rule { key, path, methods, require });
+        let hosts = Hosts::parse(&format!("{key}.hosts"), r.hosts.unwrap_or_default())?;
+        rules.push(Rule { key, path, methods, hosts, require });
     }
     Ok(Policy { base, rules, case_insensitive_paths })
 }
@@ -183,6 +184,8 @@ pub struct Rule {
     pub path: RulePath,
     /// Empty: every method.
     pub methods: Vec<Method>,
+    /// Empty: every host.
+    pub hosts: Hosts,
     pub require: Requirement,
 }
 

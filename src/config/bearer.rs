@@ -97,6 +97,8 @@ pub struct TrustedIssuer {
 pub struct PublicRoute {
     pub method: Option<Method>,
     pub path: Regex,
+    /// The hosts it applies to; empty: every host.
+    pub hosts: Hosts,
 }
 
 impl PublicRoute {
@@ -117,7 +119,7 @@ impl PublicRoute {
             _ => (None, spec),
         };
         let path = Regex::new(pattern).map_err(|e| format!("invalid regex {pattern:?}: {e}"))?;
-        Ok(Self { method, path })
+        Ok(Self { method, path, hosts: Hosts::default() })
     }
 
     /// A `GET` route covers `HEAD` too (apps answer `HEAD` with their `GET` handler).
@@ -219,11 +221,23 @@ impl BearerConfig {
             nonempty(&format!("bearer.required_claims[{i}]"), c.clone())?;
         }
         let mut public_routes = Vec::new();
-        for (i, spec) in b.public_routes.unwrap_or_default().iter().enumerate() {
-            public_routes.push(
-                PublicRoute::parse(spec)
-                    .map_err(|m| ConfigError::new(format!("bearer.public_routes[{i}]"), m))?,
-            );
+        for (i, raw) in b.public_routes.unwrap_or_default().into_iter().enumerate() {
+            let key = format!("bearer.public_routes[{i}]");
+            let (spec, hosts) = match raw {
+                RawPublicRoute::Spec(s) => (s, Hosts::default()),
+                RawPublicRoute::Table(t) => {
+                    if t.hosts.is_empty() {
+                        return Err(ConfigError::new(
+                            format!("{key}.hosts"),
+                            "is empty: name the hosts, or write the route as a string for every host",
+                        ));
+                    }
+                    (t.route, Hosts::parse(&format!("{key}.hosts"), t.hosts)?)
+                }
+            };
+            let mut route = PublicRoute::parse(&spec).map_err(|m| ConfigError::new(&key, m))?;
+            route.hosts = hosts;
+            public_routes.push(route);
         }
         let realm = b.realm.unwrap_or_else(|| DEFAULT_REALM.to_string());
         if realm.contains(['"', '\\']) || !realm.chars().all(|c| c == ' ' || c.is_ascii_graphic()) {

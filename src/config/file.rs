@@ -40,6 +40,10 @@ impl EnvKind for Option<BTreeMap<String, String>> {
     const KIND: Option<Kind> = Some(Kind::Map);
 }
 
+impl EnvKind for Option<Vec<RawPublicRoute>> {
+    const KIND: Option<Kind> = Some(Kind::List);
+}
+
 impl EnvKind for Option<Vec<RawIssuer>> {
     const KIND: Option<Kind> = None;
 }
@@ -121,7 +125,7 @@ section!(RawBearer = "bearer" {
     algorithms: Option<Vec<String>>,
     leeway: Option<String>,
     required_claims: Option<Vec<String>>,
-    public_routes: Option<Vec<String>>,
+    public_routes: Option<Vec<RawPublicRoute>>,
     realm: Option<String>,
     jwks_refresh_interval: Option<String>,
     jwks_min_refetch_interval: Option<String>,
@@ -165,6 +169,23 @@ pub(crate) struct RawRule {
     pub(crate) emails: Option<Vec<String>>,
     pub(crate) email_domains: Option<Vec<String>>,
     pub(crate) claims: Option<BTreeMap<String, Vec<String>>>,
+    pub(crate) hosts: Option<Vec<String>>,
+}
+
+/// One `bearer.public_routes` entry as written: `"[METHOD=]regex"`, or a table with the same
+/// `route` and the `hosts` it applies to.
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+pub(crate) enum RawPublicRoute {
+    Spec(String),
+    Table(RawPublicRouteTable),
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(crate) struct RawPublicRouteTable {
+    pub(crate) route: String,
+    pub(crate) hosts: Vec<String>,
 }
 
 section!(RawForwardAuth = "forward_auth" {

@@ -17,6 +17,7 @@ mod authorization;
 mod bearer;
 mod file;
 mod forward_auth;
+mod hosts;
 mod identity;
 mod log;
 mod oidc;
@@ -29,6 +30,7 @@ pub use bearer::*;
 pub use file::env_name;
 use file::*;
 pub use forward_auth::*;
+pub use hosts::*;
 pub use identity::*;
 pub use log::*;
 pub use oidc::*;
@@ -217,7 +219,7 @@ pub fn load_str(
         ));
     }
     for (i, r) in config.bearer.public_routes.iter().enumerate() {
-        if !r.path.as_str().starts_with('^') {
+        if !r.path.as_str().starts_with('^') && r.hosts.is_empty() {
             warnings.push(format!(
                 "bearer.public_routes[{i}] {:?} is not anchored with '^': it also matches paths that merely contain it",
                 r.path.as_str()

@@ -401,3 +401,56 @@ fn forward_auth_dialects_the_prefix_without_login_and_a_warning_for_trusting_eve
     let text = format!("[server]\ntrusted_proxies = [\"10.0.0.0/8\"]\n{MINIMAL}");
     assert!(load_str(&text, no_env()).unwrap().warnings.is_empty());
 }
+
+#[test]
+fn hosts_on_rules_and_public_routes() {
+    let h = Hosts::parse(
+        "k",
+        vec!["App.example.com".into(), ".corp.example".into(), "x.example:8443".into()],
+    )
+    .unwrap();
+    let m = |host: &str, scheme: &str| h.matches(Some(&canonical_host(host, scheme)));
+    assert!(m("app.EXAMPLE.com", "http"));
+    assert!(m("app.example.com:443", "https"), "the default port is no port");
+    assert!(m("app.example.com:80", "http"));
+    assert!(!m("app.example.com:8080", "http"), "another port is another host");
+    assert!(!m("app.example.com.evil", "http"));
+    assert!(
+        m("a.corp.example", "http") && m("b.a.corp.example:9000", "http"),
+        "subdomains, any port"
+    );
+    assert!(!m("corp.example", "http"), "the domain itself is not its subdomain");
+    assert!(!m("evilcorp.example", "http"), "a dot boundary");
+    assert!(m("x.example:8443", "https") && !m("x.example", "https"));
+    assert!(!h.matches(None), "a request naming no host matches no host list");
+    assert!(Hosts::default().matches(None) && Hosts::default().matches(Some("any")));
+    assert_eq!(canonical_host("[::1]:443", "https"), "[::1]");
+    assert!(Hosts::parse("k", vec!["[::1]".into()]).unwrap().matches(Some("[::1]")));
+    for bad in ["", "a b", "a/b", "http://x", "a@b"] {
+        assert_eq!(Hosts::parse("k", vec![bad.into()]).unwrap_err().key, "k[0]", "{bad:?}");
+    }
+
+    let text = MINIMAL.replace(
+        "[bearer]",
+        "[bearer]\npublic_routes = [\"GET=^/healthz$\", { route = \"^/public/\", hosts = [\"docs.example.com\"] }]",
+    );
+    let c = load_str(&text, no_env()).unwrap().config;
+    assert!(c.bearer.public_routes[0].hosts.is_empty());
+    assert!(c.bearer.public_routes[1].hosts.matches(Some("docs.example.com")));
+    assert!(!c.bearer.public_routes[1].hosts.matches(Some("app.example.com")));
+    let empty =
+        MINIMAL.replace("[bearer]", "[bearer]\npublic_routes = [{ route = \"^/p/\", hosts = [] }]");
+    assert_eq!(err(&empty, no_env()).key, "bearer.public_routes[0].hosts");
+    let bad = MINIMAL
+        .replace("[bearer]", "[bearer]\npublic_routes = [{ route = \"^/p/\", hosts = [\"a b\"] }]");
+    assert_eq!(err(&bad, no_env()).key, "bearer.public_routes[0].hosts[0]");
+    // from the environment: strings, for every host
+    let env = vec![("PORTCULLIS_BEARER_PUBLIC_ROUTES".to_string(), "^/a/,GET=^/b$".to_string())];
+    assert_eq!(load_str(MINIMAL, env).unwrap().config.bearer.public_routes.len(), 2);
+
+    let rules = format!("{MINIMAL}\n[[authorization.rules]]\npath = \"/admin\"\nhosts = [\"app.example.com\"]\ngroups = [\"admins\"]\n");
+    let c = load_str(&rules, no_env()).unwrap().config;
+    assert!(c.authorization.rules[0].hosts.matches(Some("app.example.com")));
+    let bad = rules.replace("[\"app.example.com\"]", "[\"\"]");
+    assert_eq!(err(&bad, no_env()).key, "authorization.rules[0].hosts[0]");
+}

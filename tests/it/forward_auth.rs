@@ -220,3 +220,62 @@ async fn without_an_upstream_only_checks_are_answered_and_readyz_waits_for_no_ap
     assert_eq!(r.status, 404, "{r:?}");
     server.shutdown().await;
 }
+
+#[tokio::test]
+async fn rules_and_public_routes_apply_to_the_hosts_they_name() {
+    let w = World::with(Opts {
+        server: "trusted_proxies = [\"127.0.0.1/32\"]",
+        bearer: "public_routes = [\"GET=^/healthz$\", { route = \"^/docs/\", hosts = [\"docs.example.com\"] }]".into(),
+        extra: "[[authorization.rules]]\npath = \"/admin\"\nhosts = [\"app.example.com\", \".corp.example\"]\ngroups = [\"admins\"]\n".into(),
+        ..Opts::default()
+    })
+    .await;
+    let bob = format!("Bearer {}", w.token("bob"));
+    let on = |host: &str, uri: &str, auth: Option<&str>| {
+        let mut h = vec![
+            ("X-Original-URI", uri.to_string()),
+            ("X-Original-Method", "GET".to_string()),
+            ("X-Forwarded-Host", host.to_string()),
+            ("X-Forwarded-Proto", "https".to_string()),
+        ];
+        if let Some(a) = auth {
+            h.push(("Authorization", a.to_string()));
+        }
+        h
+    };
+    let status = |h: Vec<(&'static str, String)>| {
+        let w = &w;
+        async move { check(w, "GET", "/oauth2/auth", &refs(&h)).await.status }
+    };
+    // public on its host only
+    assert_eq!(status(on("docs.example.com", "/docs/x", None)).await, 200);
+    assert_eq!(status(on("DOCS.example.com:443", "/docs/x", None)).await, 200);
+    assert_eq!(status(on("app.example.com", "/docs/x", None)).await, 401);
+    // the rule on its hosts only
+    assert_eq!(status(on("app.example.com", "/admin", Some(&bob))).await, 403);
+    assert_eq!(status(on("eu.corp.example", "/admin", Some(&bob))).await, 403);
+    assert_eq!(status(on("blog.example.com", "/admin", Some(&bob))).await, 200);
+    // the proxy reads its own Host the same way
+    assert_eq!(
+        raw(
+            w.proxy.addr,
+            "GET /docs/x HTTP/1.1\r\nHost: docs.example.com\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .status,
+        200
+    );
+    assert_eq!(w.upstream.hits(), 1);
+    assert_eq!(
+        raw(
+            w.proxy.addr,
+            "GET /docs/x HTTP/1.1\r\nHost: app.example.com\r\nConnection: close\r\n\r\n"
+        )
+        .await
+        .status,
+        401
+    );
+    let r = raw_get(w.proxy.addr, "/admin", &[("Authorization", &bob)]).await;
+    assert_eq!(r.status, 200, "app.example is not a host the rule names");
+    assert_eq!(w.upstream.hits(), 2);
+}
