@@ -412,12 +412,21 @@ fn allowed(access: Access, pass_token: PassToken, named: &str) -> Response<Body>
     }
     match access.authenticated {
         Some(auth) => {
-            let token = match &auth.credential {
-                Credential::Bearer(t) => Some(t),
-                Credential::Session { access_token } => access_token.as_ref(),
+            let (token, id_token) = match &auth.credential {
+                Credential::Bearer(t) => (Some(t), None),
+                Credential::Session { access_token, id_token } => {
+                    (access_token.as_ref(), id_token.as_ref())
+                }
             };
             if let (Some(t), true) = (token, pass_token != PassToken::None) {
                 h.insert(X_AUTH_REQUEST_ACCESS_TOKEN, t.expose().clone());
+            }
+            // identity.pass_id_token: for `auth_request_set $authorization
+            // $upstream_http_authorization` (oauth2-proxy's --set-authorization-header)
+            if let Some(v) =
+                id_token.and_then(|t| crate::auth::inject::bearer_value(t.expose().as_bytes()))
+            {
+                h.insert(header::AUTHORIZATION, v);
             }
             for v in auth.response_headers.get_all(header::SET_COOKIE) {
                 h.append(header::SET_COOKIE, v.clone());

@@ -93,6 +93,7 @@ pub struct Pipeline {
     untrusted: Arc<UntrustedHeaders>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
     pass_token: crate::config::PassToken,
+    pass_id_token: bool,
     /// The app; `None`: forward-auth only.
     upstream: Option<crate::config::UpstreamConfig>,
     body_idle_timeout: Duration,
@@ -148,6 +149,8 @@ impl Pipeline {
             realm: config.bearer.realm.as_str().into(),
             sessions: login.as_ref().map(|l| l.sessions().clone()),
             policy: Arc::new(config.authorization.clone()),
+            skip_auth_preflight: config.bearer.skip_auth_preflight,
+            pass_id_token: config.identity.pass_id_token,
         });
         let forward_auth = Arc::new(ForwardAuth {
             auth: auth.clone(),
@@ -163,6 +166,7 @@ impl Pipeline {
             untrusted,
             trusted_proxies: config.server.trusted_proxies.clone().into(),
             pass_token: config.identity.pass_token,
+            pass_id_token: config.identity.pass_id_token,
             upstream: config.upstream.clone(),
             body_idle_timeout: config.server.request_body_idle_timeout,
             upstream_slots: match config.upstream.as_ref().map(|u| u.max_concurrent_requests) {
@@ -262,7 +266,7 @@ impl Pipeline {
             // 503).
             .layer(AuthenticateLayer::new(self.auth.clone()))
             // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
-            .layer(InjectIdentityLayer::new(self.pass_token))
+            .layer(InjectIdentityLayer::new(self.pass_token, self.pass_id_token))
             .service(ProxyService::new(
                 upstream,
                 self.body_idle_timeout,

@@ -17,18 +17,20 @@ use crate::identity::X_FORWARDED_ACCESS_TOKEN;
 #[derive(Debug, Clone)]
 pub struct InjectIdentityLayer {
     pass_token: PassToken,
+    pass_id_token: bool,
 }
 
 impl InjectIdentityLayer {
-    pub fn new(pass_token: PassToken) -> Self {
-        Self { pass_token }
+    /// `identity.pass_token` and `identity.pass_id_token`.
+    pub fn new(pass_token: PassToken, pass_id_token: bool) -> Self {
+        Self { pass_token, pass_id_token }
     }
 }
 
 impl<S> Layer<S> for InjectIdentityLayer {
     type Service = InjectIdentity<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        InjectIdentity { inner, pass_token: self.pass_token }
+        InjectIdentity { inner, pass_token: self.pass_token, pass_id_token: self.pass_id_token }
     }
 }
 
@@ -36,6 +38,7 @@ impl<S> Layer<S> for InjectIdentityLayer {
 pub struct InjectIdentity<S> {
     inner: S,
     pass_token: PassToken,
+    pass_id_token: bool,
 }
 
 impl<S, B> Service<Request<B>> for InjectIdentity<S>
@@ -52,13 +55,15 @@ where
 
     fn call(&mut self, mut req: Request<B>) -> Self::Future {
         let found = req.extensions().get::<Authenticated>().map(|auth| {
-            let token = match &auth.credential {
-                Credential::Bearer(t) => Some(t.clone()),
-                Credential::Session { access_token } => access_token.clone(),
+            let (token, id_token) = match &auth.credential {
+                Credential::Bearer(t) => (Some(t.clone()), None),
+                Credential::Session { access_token, id_token } => {
+                    (access_token.clone(), id_token.clone())
+                }
             };
-            (auth.identity.clone(), token)
+            (auth.identity.clone(), token, id_token)
         });
-        if let Some((identity, token)) = found {
+        if let Some((identity, token, id_token)) = found {
             let headers = req.headers_mut();
             headers.reserve(identity.headers.len());
             for (name, value) in &identity.headers {
@@ -70,11 +75,7 @@ where
                     headers.remove(header::AUTHORIZATION);
                 }
                 (PassToken::Authorization, Some(token)) => {
-                    let mut v = Vec::with_capacity(7 + token.expose().len());
-                    v.extend_from_slice(b"Bearer ");
-                    v.extend_from_slice(token.expose().as_bytes());
-                    if let Ok(mut v) = HeaderValue::from_bytes(&v) {
-                        v.set_sensitive(true);
+                    if let Some(v) = bearer_value(token.expose().as_bytes()) {
                         headers.insert(header::AUTHORIZATION, v);
                     }
                 }
@@ -83,7 +84,24 @@ where
                     headers.insert(X_FORWARDED_ACCESS_TOKEN, token.expose().clone());
                 }
             }
+            // A session's ID token, as oauth2-proxy's `--set-authorization-header` sends it
+            // (never with pass_token = "authorization": the configuration refuses both).
+            if let Some(id_token) = id_token.filter(|_| self.pass_id_token) {
+                if let Some(v) = bearer_value(id_token.expose().as_bytes()) {
+                    headers.insert(header::AUTHORIZATION, v);
+                }
+            }
         }
         self.inner.call(req)
     }
+}
+
+/// `Bearer <token>`, marked sensitive.
+pub fn bearer_value(token: &[u8]) -> Option<HeaderValue> {
+    let mut v = Vec::with_capacity(7 + token.len());
+    v.extend_from_slice(b"Bearer ");
+    v.extend_from_slice(token);
+    let mut v = HeaderValue::from_bytes(&v).ok()?;
+    v.set_sensitive(true);
+    Some(v)
 }

@@ -49,8 +49,9 @@ pub struct PublicRoute;
 pub enum Credential {
     /// A bearer JWT in `Authorization`.
     Bearer(Token),
-    /// A browser session cookie; the access token is kept only when `pass_token` passes it on.
-    Session { access_token: Option<Token> },
+    /// A browser session cookie; the access token is kept only when `pass_token` passes it on,
+    /// the ID token for `pass_id_token`.
+    Session { access_token: Option<Token>, id_token: Option<Token> },
 }
 
 /// A caller whose credential verified: what the layers after authentication (rules, identity
@@ -120,6 +121,14 @@ impl<'a> RequestView<'a> {
     }
 }
 
+/// A CORS preflight: `OPTIONS` with `Origin` and `Access-Control-Request-Method` (what a
+/// browser sends, without credentials, before a cross-origin request).
+fn is_preflight(req: &RequestView<'_>) -> bool {
+    req.method == Method::OPTIONS
+        && req.headers.contains_key(header::ORIGIN)
+        && req.headers.contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+}
+
 /// What the decision let through.
 #[derive(Debug)]
 pub struct Access {
@@ -144,12 +153,19 @@ pub struct AuthSettings {
     pub sessions: Option<Arc<session::Sessions>>,
     /// The `[authorization]` requirements and rules.
     pub policy: Arc<Policy>,
+    /// `bearer.skip_auth_preflight`: CORS preflights are public routes.
+    pub skip_auth_preflight: bool,
+    /// `identity.pass_id_token`: a session's credential carries its ID token.
+    pub pass_id_token: bool,
 }
 
 impl AuthSettings {
     /// Whether a request may skip authentication.
     /// `route` is the request's path without `;` parameters ([`crate::path::route_path`]).
     fn is_public(&self, req: &RequestView<'_>, host: Option<&str>, route: &str) -> bool {
+        if self.skip_auth_preflight && is_preflight(req) {
+            return true;
+        }
         // Matched on the path without `;` parameters: servlet containers route `/admin;x.css`
         // to `/admin`, so it must not match a public `\.css$`.
         let mut matching = self
@@ -196,8 +212,15 @@ impl AuthSettings {
                         for v in checked.set_cookie {
                             response_headers.append(header::SET_COOKIE, v);
                         }
+                        let id_token = checked
+                            .session
+                            .id_token
+                            .as_deref()
+                            .filter(|_| self.pass_id_token)
+                            .and_then(|t| HeaderValue::from_str(t).ok())
+                            .map(Token::new);
                         return Ok(Authenticated {
-                            credential: Credential::Session { access_token },
+                            credential: Credential::Session { access_token, id_token },
                             identity: Arc::new(checked.identity),
                             reason: match checked.refreshed {
                                 session::Refreshed::No => "session",
@@ -493,6 +516,8 @@ mod tests {
             realm: "r".into(),
             sessions: None,
             policy: Arc::default(),
+            skip_auth_preflight: false,
+            pass_id_token: false,
         })
     }
 
@@ -652,6 +677,8 @@ mod tests {
             realm: "r".into(),
             sessions: None,
             policy: Arc::new(crate::config::Policy { rules: vec![rule], ..Default::default() }),
+            skip_auth_preflight: false,
+            pass_id_token: false,
         };
         let mut headers = HeaderMap::new();
         let bearer = format!("Bearer {}", dev.token_for("alice", "api"));

@@ -54,6 +54,10 @@ pub struct BearerConfig {
     /// JOSE `typ` values accepted besides none at all (compared case-insensitively,
     /// `application/` optional). Defaults to `JWT` and `at+jwt` (RFC 9068).
     pub token_types: Vec<String>,
+    /// CORS preflights (`OPTIONS` with `Origin` and `Access-Control-Request-Method`) pass
+    /// without authentication, as a public route (browsers send them without credentials;
+    /// oauth2-proxy's `--skip-auth-preflight`). Defaults to false.
+    pub skip_auth_preflight: bool,
 }
 
 impl BearerConfig {
@@ -70,6 +74,7 @@ impl BearerConfig {
             jwks_min_refetch_interval: DEFAULT_JWKS_MIN_REFETCH_INTERVAL,
             token_cache_size: DEFAULT_TOKEN_CACHE_SIZE,
             token_types: default_token_types(),
+            skip_auth_preflight: false,
         }
     }
 }
@@ -295,6 +300,7 @@ impl BearerConfig {
             jwks_refresh_interval,
             jwks_min_refetch_interval,
             token_cache_size,
+            skip_auth_preflight: b.skip_auth_preflight.unwrap_or(false),
         })
     }
 }

@@ -131,6 +131,7 @@ section!(RawBearer = "bearer" {
     jwks_min_refetch_interval: Option<String>,
     token_cache_size: Option<i64>,
     token_types: Option<Vec<String>>,
+    skip_auth_preflight: Option<bool>,
     issuers: Option<Vec<RawIssuer>>,
 });
 
@@ -143,6 +144,7 @@ section!(RawIdentity = "identity" {
     pass_token: Option<String>,
     require_verified_email: Option<bool>,
     pass_issuer: Option<bool>,
+    pass_id_token: Option<bool>,
 });
 
 section!(RawAuthorization = "authorization" {

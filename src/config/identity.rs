@@ -36,6 +36,10 @@ pub struct IdentityConfig {
     /// Send the token's issuer as `X-Forwarded-Issuer` (`sub` is unique only per issuer).
     /// Defaults to true when more than one issuer is trusted.
     pub pass_issuer: bool,
+    /// Send a browser session's ID token to the app as `Authorization: Bearer <id token>`
+    /// (oauth2-proxy's `--set-authorization-header`; in forward-auth, an `Authorization` answer
+    /// header). Not with `pass_token = "authorization"`. Defaults to false.
+    pub pass_id_token: bool,
 }
 
 impl Default for IdentityConfig {
@@ -51,6 +55,7 @@ impl Default for IdentityConfig {
             pass_token: PassToken::None,
             require_verified_email: None,
             pass_issuer: false,
+            pass_id_token: false,
         }
     }
 }
@@ -95,7 +100,15 @@ impl IdentityConfig {
                 ))
             }
         };
+        let pass_id_token = id.pass_id_token.unwrap_or(false);
+        if pass_id_token && pass_token == PassToken::Authorization {
+            return Err(ConfigError::new(
+                "identity.pass_id_token",
+                "cannot be on with identity.pass_token = \"authorization\": both would be the app's Authorization header",
+            ));
+        }
         Ok(IdentityConfig {
+            pass_id_token,
             user_claim: claim("identity.user_claim", id.user_claim, DEFAULT_USER_CLAIM)?,
             email_claim: claim("identity.email_claim", id.email_claim, DEFAULT_EMAIL_CLAIM)?,
             groups_claim: claim("identity.groups_claim", id.groups_claim, DEFAULT_GROUPS_CLAIM)?,

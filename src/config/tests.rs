@@ -454,3 +454,16 @@ fn hosts_on_rules_and_public_routes() {
     let bad = rules.replace("[\"app.example.com\"]", "[\"\"]");
     assert_eq!(err(&bad, no_env()).key, "authorization.rules[0].hosts[0]");
 }
+
+#[test]
+fn pass_id_token_and_skip_auth_preflight() {
+    let c = load_str(MINIMAL, no_env()).unwrap().config;
+    assert!(!c.identity.pass_id_token && !c.bearer.skip_auth_preflight);
+    let text = format!("{MINIMAL}\n[identity]\npass_id_token = true\n");
+    assert!(load_str(&text, no_env()).unwrap().config.identity.pass_id_token);
+    // both would be the app's Authorization header
+    let both = format!("{text}pass_token = \"authorization\"\n");
+    assert_eq!(err(&both, no_env()).key, "identity.pass_id_token");
+    let text = MINIMAL.replace("[bearer]", "[bearer]\nskip_auth_preflight = true");
+    assert!(load_str(&text, no_env()).unwrap().config.bearer.skip_auth_preflight);
+}

@@ -279,11 +279,17 @@ impl LoginWorld {
 
     /// With extra `[session]` lines.
     pub async fn with_session(session: &str) -> Self {
+        Self::with(session, "").await
+    }
+
+    /// With extra `[session]` and `[identity]` lines.
+    pub async fn with(session: &str, identity: &'static str) -> Self {
         let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
         let upstream = Upstream::start().await;
         let o = Opts {
             oidc: "client_id = \"web\"\nclient_secret = \"s\"\nallowed_redirect_hosts = [\"allowed.example\"]".into(),
             extra: format!("[session]\nsecret = \"{SECRET}\"\n{session}\n[[authorization.rules]]\npath = \"/admin\"\ngroups = [\"admins\"]\n"),
+            identity,
             ..Opts::default()
         };
         let proxy = start_proxy(&issuer.issuer(), &upstream.url(), o, true).await;

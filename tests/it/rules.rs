@@ -398,3 +398,22 @@ async fn case_insensitive_paths_cover_rules_and_public_routes_together() {
     assert_eq!(raw_get(w.proxy.addr, "/PUBLIC/x", &[]).await.status, 200);
     assert_eq!(w.upstream.hits(), before + 1);
 }
+
+#[tokio::test]
+async fn cors_preflights_pass_only_when_skip_auth_preflight_is_on() {
+    let preflight = "OPTIONS /api/x HTTP/1.1\r\nHost: app.example\r\nOrigin: https://web.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n";
+    let origin_only = "OPTIONS /api/x HTTP/1.1\r\nHost: app.example\r\nOrigin: https://web.example\r\nConnection: close\r\n\r\n";
+    let off = World::new().await;
+    assert_eq!(raw(off.proxy.addr, preflight).await.status, 401);
+    assert_eq!(off.upstream.hits(), 0);
+    let on =
+        World::with(Opts { bearer: "skip_auth_preflight = true".into(), ..Opts::default() }).await;
+    assert_eq!(raw(on.proxy.addr, preflight).await.status, 200);
+    assert_eq!(on.upstream.last().method, "OPTIONS");
+    assert_eq!(on.upstream.last().one("x-forwarded-user"), None);
+    // an OPTIONS that is no preflight still needs a token
+    assert_eq!(raw(on.proxy.addr, origin_only).await.status, 401);
+    let get = "GET /api/x HTTP/1.1\r\nHost: app.example\r\nOrigin: https://web.example\r\nAccess-Control-Request-Method: POST\r\nConnection: close\r\n\r\n";
+    assert_eq!(raw(on.proxy.addr, get).await.status, 401);
+    assert_eq!(on.upstream.hits(), 1);
+}

@@ -1,6 +1,7 @@
 //! Browser sessions after sign-in: cookies read as bytes, cross-site requests, sign-out,
 //! refreshes and the callback's parameters.
 
+use crate::common::*;
 use crate::login::{Browser, LoginWorld};
 
 /// A GET with `cookie` as raw bytes (a browser sends what a page stored, UTF-8 included), as a
@@ -250,4 +251,28 @@ async fn a_callback_with_a_repeated_code_or_state_is_refused() {
         assert_eq!(p.status, 400, "{extra}");
         assert!(!b.jar.contains_key("_portcullis"), "{extra} signed in");
     }
+}
+
+#[tokio::test]
+async fn pass_id_token_sends_a_sessions_id_token_to_the_app_and_nothing_for_bearer_tokens() {
+    use base64::Engine as _;
+    let w = LoginWorld::with("", "pass_id_token = true").await;
+    let mut b = Browser::new();
+    let p = w.login(&mut b, "/", "alice").await;
+    assert_eq!(p.status, 302, "{}", p.body);
+    let page = b.request("GET", &w.url("/api/me"), true, None).await;
+    assert_eq!(page.status, 200);
+    let auth = w.upstream.last().one("authorization").expect("the ID token");
+    let token = auth.strip_prefix("Bearer ").unwrap();
+    let payload = token.split('.').nth(1).unwrap();
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(payload).unwrap(),
+    )
+    .unwrap();
+    assert_eq!((claims["sub"].as_str(), claims["aud"].as_str()), (Some("alice"), Some("web")));
+    // a bearer token is no session: pass_token (none) decides, nothing is sent
+    let api = w.issuer.token_for("alice", AUD);
+    let r = client().get(w.url("/api/x")).bearer_auth(&api).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(w.upstream.last().one("authorization"), None);
 }
