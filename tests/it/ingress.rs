@@ -114,95 +114,32 @@ http {{
   }}
 }}
 "#,
-        snippet = NGINX_AUTH.replace("$PORTCULLIS", "portcullis"),
-        identity = NGINX_IDENTITY,
+        snippet = snippet("nginx-auth"),
+        identity = snippet("nginx-identity"),
     )
 }
 
-/// `docs/forward-auth.md`: the locations nginx needs for portcullis.
-pub const NGINX_AUTH: &str = r#"
-    # the check: the original request named in nginx's dialect, no body
-    location = /oauth2/auth {
-      internal;
-      proxy_pass http://$PORTCULLIS;
-      proxy_pass_request_body off;
-      proxy_set_header Content-Length "";
-      proxy_set_header X-Original-URI $request_uri;
-      proxy_set_header X-Original-Method $request_method;
-      proxy_set_header X-Forwarded-Host $http_host;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }
-    # sign-in, callback and sign-out
-    location /oauth2/ {
-      proxy_pass http://$PORTCULLIS;
-      proxy_set_header Host $http_host;
-      proxy_set_header X-Forwarded-Proto $scheme;
-    }
-"#;
+/// The fenced block after `<!-- snippet: name -->` in `docs/forward-auth.md`: the tests run
+/// what the docs show.
+fn snippet(name: &str) -> String {
+    let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/forward-auth.md"))
+        .unwrap();
+    let marker = format!("<!-- snippet: {name} -->");
+    let after = &doc[doc.find(&marker).unwrap_or_else(|| panic!("no {marker} in the docs"))..];
+    let fence = after.find("```").unwrap();
+    let body = &after[fence..];
+    let body = &body[body.find('\n').unwrap() + 1..];
+    body[..body.find("```").unwrap()].to_string()
+}
 
-/// `docs/forward-auth.md`: what goes in each protected location.
-pub const NGINX_IDENTITY: &str = r#"
-      auth_request_set $auth_user $upstream_http_x_auth_request_user;
-      auth_request_set $auth_email $upstream_http_x_auth_request_email;
-      auth_request_set $auth_groups $upstream_http_x_auth_request_groups;
-      auth_request_set $auth_username $upstream_http_x_auth_request_preferred_username;
-      # set from the answer, or removed (an empty value is not sent): a client's copy never
-      # reaches the app
-      proxy_set_header X-Forwarded-User $auth_user;
-      proxy_set_header X-Forwarded-Email $auth_email;
-      proxy_set_header X-Forwarded-Groups $auth_groups;
-      proxy_set_header X-Forwarded-Preferred-Username $auth_username;
-      proxy_set_header X-Auth-Request-User "";
-      proxy_set_header X-Auth-Request-Email "";
-      proxy_set_header X-Auth-Request-Groups "";
-      proxy_set_header X-Auth-Request-Preferred-Username "";
-      proxy_set_header X-Auth-Request-Access-Token "";
-      # a session refreshed during the check (nginx keeps only the first Set-Cookie)
-      auth_request_set $auth_cookie $upstream_http_set_cookie;
-      add_header Set-Cookie $auth_cookie;
-"#;
-
-/// `docs/forward-auth.md`: the Caddyfile, with the test's ports.
+/// The docs' Caddyfile, on loopback over http, with the test's addresses.
 fn caddyfile(port: u16, portcullis: &str, app: &str) -> String {
-    CADDYFILE
-        .replace("$LISTEN", &format!("127.0.0.1:{port}"))
-        .replace("$PORTCULLIS", portcullis)
-        .replace("$APP", app)
+    let site = snippet("caddyfile")
+        .replace("app.example.com {", &format!("http://127.0.0.1:{port} {{"))
+        .replace("portcullis:4180", portcullis)
+        .replace("app:8080", app);
+    format!("{{\n\tadmin off\n\tauto_https off\n}}\n\n{site}")
 }
-
-pub const CADDYFILE: &str = r#"{
-	admin off
-	auto_https off
-}
-
-http://$LISTEN {
-	# sign-in, callback and sign-out
-	handle /oauth2/* {
-		reverse_proxy $PORTCULLIS
-	}
-	# `route` keeps the order as written (Caddy sorts directives otherwise)
-	route {
-		# Caddy before 2.10 leaves a client's copy when the answer lacks the header, and
-		# passes `_` spellings: remove them all before the check
-		request_header -X-Forwarded-User
-		request_header -X_Forwarded_User
-		request_header -X-Forwarded-Email
-		request_header -X_Forwarded_Email
-		request_header -X-Forwarded-Groups
-		request_header -X_Forwarded_Groups
-		request_header -X-Forwarded-Preferred-Username
-		request_header -X_Forwarded_Preferred_Username
-		request_header -X-Auth-Request-*
-		request_header -X_Auth_Request_*
-		# rd=1: a browser without a session is sent into login (Caddy passes the answer on)
-		forward_auth $PORTCULLIS {
-			uri /oauth2/auth?rd=1
-			copy_headers X-Auth-Request-User>X-Forwarded-User X-Auth-Request-Email>X-Forwarded-Email X-Auth-Request-Groups>X-Forwarded-Groups X-Auth-Request-Preferred-Username>X-Forwarded-Preferred-Username
-		}
-		reverse_proxy $APP
-	}
-}
-"#;
 
 /// portcullis with browser login, trusting loopback, and an app.
 async fn portcullis() -> (DevIssuer, Upstream, Proxy) {
