@@ -6,6 +6,9 @@
 # issuer makes a fresh RSA key on the main thread at start-up, whose cost varies from run to
 # run. Needs valgrind, nginx and python3 (apt-get install valgrind nginx).
 #   usage: benches/callgrind.sh [requests=2000] [binary=target/release/portcullis]
+#   MODE=forward-auth: the same token in forward-auth checks (GET /oauth2/auth naming the
+#   original request in nginx's dialect, as nginx's auth_request sends it) instead of proxied
+#   requests; nothing reaches the app.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}; bin=${2:-target/release/portcullis}
@@ -29,14 +32,20 @@ count() { # requests -> instructions of the whole run
   local pid=$!
   for _ in $(seq 600); do grep -q '^  TOKEN=' "$work/p.$reqs.log" 2>/dev/null && break; sleep 0.1; done
   local token; token=$(grep -m1 '^  TOKEN=' "$work/p.$reqs.log" | cut -d= -f2)
-  python3 - "$reqs" "$token" <<'PY'
+  python3 - "$reqs" "$token" "${MODE:-proxy}" <<'PY'
 import http.client, sys
-n, token = int(sys.argv[1]), sys.argv[2]
+n, token, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 c = http.client.HTTPConnection("127.0.0.1", 18280, timeout=60)
+path, headers = "/", {"Authorization": "Bearer " + token}
+if mode == "forward-auth":
+    path = "/oauth2/auth"
+    headers.update({"X-Original-URI": "/", "X-Original-Method": "GET",
+                    "X-Forwarded-Host": "app.example.com", "X-Forwarded-Proto": "https"})
 for _ in range(n):
-    c.request("GET", "/", headers={"Authorization": "Bearer " + token})
+    c.request("GET", path, headers=headers)
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
+    assert mode != "forward-auth" or r.getheader("X-Auth-Request-User") == "alice"
 PY
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   local total=0

@@ -60,6 +60,9 @@ pub fn demo_config_toml(
 listen = "{listen}"
 admin_listen = "{admin}"
 shutdown_timeout = "5s"
+# loopback may ask forward-auth checks (/oauth2/auth) and send forwarding headers: everything
+# here is on this machine; in production, name your ingress's addresses
+trusted_proxies = ["127.0.0.1/32", "::1/128"]
 
 [upstream]
 url = "{upstream}"

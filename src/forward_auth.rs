@@ -24,7 +24,6 @@
 use std::sync::Arc;
 
 use axum::body::Body;
-use axum::extract::{Request, State};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 
@@ -47,6 +46,13 @@ const ANSWER_HEADERS: [(HeaderName, HeaderName); 4] = [
 ];
 const X_AUTH_REQUEST_ACCESS_TOKEN: HeaderName =
     HeaderName::from_static("x-auth-request-access-token");
+const X_ORIGINAL_URI: HeaderName = HeaderName::from_static("x-original-uri");
+const X_ORIGINAL_URL: HeaderName = HeaderName::from_static("x-original-url");
+const X_ORIGINAL_METHOD: HeaderName = HeaderName::from_static("x-original-method");
+const X_FORWARDED_URI: HeaderName = HeaderName::from_static("x-forwarded-uri");
+const X_FORWARDED_METHOD: HeaderName = HeaderName::from_static("x-forwarded-method");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 
 /// The request an ingress asks about.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -73,7 +79,7 @@ impl Original {
 }
 
 /// The one value of `name` in `headers`: `Ok(None)` when absent, an error when repeated.
-fn one<'a>(headers: &'a HeaderMap, name: &str) -> Result<Option<&'a str>, &'static str> {
+fn one(headers: &HeaderMap, name: HeaderName) -> Result<Option<&str>, &'static str> {
     let mut values = headers.get_all(name).iter();
     match (values.next(), values.next()) {
         (None, _) => Ok(None),
@@ -125,9 +131,9 @@ pub fn original(
     fixed: Option<Dialect>,
 ) -> Result<Original, &'static str> {
     let Asked { kept: original, method, headers, path, query, scheme } = *asked;
-    let nginx = original.contains_key("x-original-uri") || original.contains_key("x-original-url");
+    let nginx = original.contains_key(X_ORIGINAL_URI) || original.contains_key(X_ORIGINAL_URL);
     let forwarded =
-        original.contains_key("x-forwarded-uri") || original.contains_key("x-forwarded-method");
+        original.contains_key(X_FORWARDED_URI) || original.contains_key(X_FORWARDED_METHOD);
     let after = path.strip_prefix(auth_path).unwrap_or_default();
     let envoy = !after.is_empty();
     let dialect = match (nginx, forwarded, envoy) {
@@ -144,16 +150,16 @@ pub fn original(
         return Err("the original request is named in another dialect than forward_auth.dialect");
     }
     // The generic forwarding headers a trusted proxy may send with any dialect.
-    let forwarded_host = one(headers, "x-forwarded-host")?.map(host_of).transpose()?;
-    let forwarded_proto = one(headers, "x-forwarded-proto")?.map(scheme_of).transpose()?;
+    let forwarded_host = one(headers, X_FORWARDED_HOST)?.map(host_of).transpose()?;
+    let forwarded_proto = one(headers, X_FORWARDED_PROTO)?.map(scheme_of).transpose()?;
     let default_scheme = || forwarded_proto.clone().unwrap_or_else(|| scheme.to_string());
     let (method, scheme, host, target) = match dialect {
         Dialect::Nginx => {
-            let uri = match (one(original, "x-original-uri")?, one(original, "x-original-url")?) {
+            let uri = match (one(original, X_ORIGINAL_URI)?, one(original, X_ORIGINAL_URL)?) {
                 (Some(u), None) | (None, Some(u)) => u,
                 _ => return Err("both X-Original-URI and X-Original-URL"),
             };
-            let method = one(original, "x-original-method")?.ok_or("no X-Original-Method")?;
+            let method = one(original, X_ORIGINAL_METHOD)?.ok_or("no X-Original-Method")?;
             if uri.starts_with('/') {
                 let host = forwarded_host
                     .clone()
@@ -168,13 +174,13 @@ pub fn original(
             }
         }
         Dialect::Forwarded => {
-            let method = one(original, "x-forwarded-method")?.ok_or("no X-Forwarded-Method")?;
-            let uri = one(original, "x-forwarded-uri")?.ok_or("no X-Forwarded-Uri")?;
+            let method = one(original, X_FORWARDED_METHOD)?.ok_or("no X-Forwarded-Method")?;
+            let uri = one(original, X_FORWARDED_URI)?.ok_or("no X-Forwarded-Uri")?;
             let host = forwarded_host.clone().ok_or("no X-Forwarded-Host")?;
             (method, default_scheme(), host, uri.to_string())
         }
         Dialect::Envoy => {
-            let host = one(headers, "host")?.ok_or("no Host")?;
+            let host = one(headers, header::HOST)?.ok_or("no Host")?;
             let target = match query {
                 Some(q) => format!("{after}?{q}"),
                 None => after.to_string(),
@@ -292,8 +298,9 @@ fn navigating(method: &Method, headers: &HeaderMap) -> bool {
         && !headers.contains_key(header::AUTHORIZATION)
 }
 
-/// `{prefix}/auth` and `{prefix}/auth/{*original path}` (Envoy).
-pub async fn check(State(fa): State<Arc<ForwardAuth>>, req: Request) -> Response<Body> {
+/// `{prefix}/auth` and `{prefix}/auth/{*original path}` (Envoy), called by the pipeline's router
+/// directly (no router lookup, no extractors: a check is as hot as a proxied request).
+pub async fn check(fa: Arc<ForwardAuth>, req: http::Request<Body>) -> Response<Body> {
     let (parts, _) = req.into_parts();
     let trusted = parts.extensions.get::<ClientAddr>().is_some_and(|c| c.trusted);
     if !trusted {
@@ -410,33 +417,29 @@ fn allowed(access: Access, pass_token: PassToken, named: &str) -> Response<Body>
         let found = identity.and_then(|i| i.headers.iter().find(|(n, _)| n == from));
         h.insert(to.clone(), found.map_or(HeaderValue::from_static(""), |(_, v)| v.clone()));
     }
-    match access.authenticated {
-        Some(auth) => {
-            let (token, id_token) = match &auth.credential {
-                Credential::Bearer(t) => (Some(t), None),
-                Credential::Session { access_token, id_token } => {
-                    (access_token.as_ref(), id_token.as_ref())
-                }
-            };
-            if let (Some(t), true) = (token, pass_token != PassToken::None) {
-                h.insert(X_AUTH_REQUEST_ACCESS_TOKEN, t.expose().clone());
+    if let Some(auth) = access.authenticated {
+        let (token, id_token) = match &auth.credential {
+            Credential::Bearer(t) => (Some(t), None),
+            Credential::Session { access_token, id_token } => {
+                (access_token.as_ref(), id_token.as_ref())
             }
-            // identity.pass_id_token: for `auth_request_set $authorization
-            // $upstream_http_authorization` (oauth2-proxy's --set-authorization-header)
-            if let Some(v) =
-                id_token.and_then(|t| crate::auth::inject::bearer_value(t.expose().as_bytes()))
-            {
-                h.insert(header::AUTHORIZATION, v);
-            }
-            for v in auth.response_headers.get_all(header::SET_COOKIE) {
-                h.append(header::SET_COOKIE, v.clone());
-            }
-            crate::auth::make_private(h);
+        };
+        if let (Some(t), true) = (token, pass_token != PassToken::None) {
+            h.insert(X_AUTH_REQUEST_ACCESS_TOKEN, t.expose().clone());
         }
-        None => {
-            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+        // identity.pass_id_token: for `auth_request_set $authorization
+        // $upstream_http_authorization` (oauth2-proxy's --set-authorization-header)
+        if let Some(v) =
+            id_token.and_then(|t| crate::auth::inject::bearer_value(t.expose().as_bytes()))
+        {
+            h.insert(header::AUTHORIZATION, v);
+        }
+        for v in auth.response_headers.get_all(header::SET_COOKIE) {
+            h.append(header::SET_COOKIE, v.clone());
         }
     }
+    // an answer about one request, for one caller
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private, no-store"));
     resp.extensions_mut().insert::<Decision>(decision);
     resp
 }

@@ -20,7 +20,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use axum::body::Body;
-use axum::routing::any;
 use axum::Router;
 use http::{Request, Response};
 use tokio::sync::watch;
@@ -191,6 +190,7 @@ impl Pipeline {
         // behind the protected chain.
         let router = OwnOrApp {
             own: Some((format!("{}/", self.prefix).into(), self.own_routes())),
+            forward_auth: self.forward_auth.clone(),
             app: self.protected()?,
         };
         Ok(self.around(router))
@@ -235,16 +235,12 @@ impl Pipeline {
         BoxCloneSyncService::new(stack)
     }
 
-    /// portcullis's own endpoints: forward-auth, and the login's when browser login is on.
+    /// portcullis's own endpoints but forward-auth's (which [`OwnOrApp`] calls directly): the
+    /// login's when browser login is on; nothing else exists under the prefix.
     fn own_routes(&self) -> Router {
-        let auth = &self.forward_auth.path;
-        let forward = Router::new()
-            .route(auth, any(crate::forward_auth::check))
-            .route(&format!("{auth}/{{*original}}"), any(crate::forward_auth::check))
-            .with_state(self.forward_auth.clone());
         match &self.login {
-            Some(login) => login.routes().merge(forward),
-            None => forward,
+            Some(login) => login.routes(),
+            None => Router::new(),
         }
     }
 
@@ -287,6 +283,8 @@ type Protected = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 struct OwnOrApp {
     /// The prefix with its trailing `/`, and the router of what is under it.
     own: Option<(Arc<str>, Router)>,
+    /// `{prefix}/auth` (and below it, Envoy's dialect).
+    forward_auth: Arc<ForwardAuth>,
     app: Protected,
 }
 
@@ -294,7 +292,10 @@ impl tower::Service<Request<Body>> for OwnOrApp {
     type Response = Response<Body>;
     type Error = Infallible;
     type Future = futures_util::future::Either<
-        <Router as tower::Service<Request<Body>>>::Future,
+        futures_util::future::Either<
+            <Router as tower::Service<Request<Body>>>::Future,
+            futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>>,
+        >,
         <Protected as tower::Service<Request<Body>>>::Future,
     >;
 
@@ -310,8 +311,14 @@ impl tower::Service<Request<Body>> for OwnOrApp {
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         use futures_util::future::Either;
         if let Some((prefix, router)) = &mut self.own {
-            if req.uri().path().starts_with(&**prefix) {
-                return Either::Left(router.call(req));
+            let path = req.uri().path();
+            if path.starts_with(&**prefix) {
+                let rest = path.strip_prefix(self.forward_auth.path.as_str());
+                if rest.is_some_and(|r| r.is_empty() || r.starts_with('/')) {
+                    let check = crate::forward_auth::check(self.forward_auth.clone(), req);
+                    return Either::Left(Either::Right(Box::pin(async move { Ok(check.await) })));
+                }
+                return Either::Left(Either::Left(router.call(req)));
             }
         }
         Either::Right(self.app.call(req))

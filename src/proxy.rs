@@ -141,14 +141,20 @@ impl Proxy {
             // From a trusted proxy: its forwarding headers stay, the peer is appended to
             // `X-Forwarded-For`, and what it did not say is filled in.
             Some(ClientAddr { ip: Some(ip), trusted: true, scheme, .. }) => {
-                let chain = h
-                    .get_all(&X_FORWARDED_FOR)
-                    .iter()
-                    .filter_map(|v| v.to_str().ok())
-                    .chain(ip.to_str().ok())
-                    .collect::<Vec<_>>()
-                    .join(", ");
-                if let Ok(v) = HeaderValue::from_str(&chain) {
+                // The chain it sent (its ASCII values), then the peer: built on bytes, and
+                // just the peer when it sent none.
+                let mut chain = Vec::new();
+                for v in h.get_all(&X_FORWARDED_FOR).iter().filter(|v| v.to_str().is_ok()) {
+                    chain.extend_from_slice(v.as_bytes());
+                    chain.extend_from_slice(b", ");
+                }
+                let value = if chain.is_empty() {
+                    Some(ip.clone())
+                } else {
+                    chain.extend_from_slice(ip.as_bytes());
+                    HeaderValue::from_bytes(&chain).ok()
+                };
+                if let Some(v) = value {
                     h.insert(X_FORWARDED_FOR, v);
                 }
                 h.entry(X_REAL_IP).or_insert(ip);

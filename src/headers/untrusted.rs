@@ -27,7 +27,8 @@ enum Class {
 /// The names [`StripUntrusted`] removes, by canonical spelling (lower case, `-`).
 #[derive(Debug)]
 pub struct UntrustedHeaders {
-    names: HashMap<String, Class>,
+    /// Hashed with foldhash: a lookup per `x-`-like header of every request.
+    names: HashMap<String, Class, foldhash::fast::RandomState>,
     /// First bytes (lower case) of every name and prefix: most request headers are ruled out
     /// by one lookup, without hashing.
     first: [bool; 256],
@@ -36,7 +37,7 @@ pub struct UntrustedHeaders {
 impl UntrustedHeaders {
     /// `identity` are the identity headers portcullis can set (defaults and configured ones).
     pub fn new(identity: &[HeaderName]) -> Self {
-        let mut names = HashMap::new();
+        let mut names = HashMap::default();
         for n in TRUSTED_PROXY_HEADERS {
             names.insert(n.to_string(), Class::TrustedProxyOnly);
         }
@@ -173,13 +174,17 @@ where
         let mut original = http::HeaderMap::new();
         for (name, verdict) in doomed {
             if verdict == Verdict::Original {
-                for v in req.headers().get_all(&name) {
-                    original.append(name.clone(), v.clone());
+                // moved, not copied
+                if let http::header::Entry::Occupied(e) = req.headers_mut().entry(&name) {
+                    let (name, values) = e.remove_entry_mult();
+                    for v in values {
+                        original.append(name.clone(), v);
+                    }
                 }
             } else {
                 tracing::debug!(header = %name, "stripped client-sent header");
+                req.headers_mut().remove(&name);
             }
-            req.headers_mut().remove(&name);
         }
         if !original.is_empty() {
             req.extensions_mut().insert(OriginalRequest(original));
