@@ -18,9 +18,12 @@
 #                         access line to a file. off: no access log in either.
 #     --h2                HTTP/2 with prior knowledge (h2load -m 10): nginx `http2` proxy
 #                         against portcullis's h2c
+#     --forward-auth      nginx with auth_request asking portcullis (/oauth2/auth, nginx's
+#                         dialect, keep-alive) in front of the app, against the plain nginx
+#                         proxy; CPU counts portcullis and that nginx together
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=5 secs=10 conns=64 logs=off tokens=1 h2=0
+rounds=5 secs=10 conns=64 logs=off tokens=1 h2=0 fa=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -29,6 +32,7 @@ while [ $# -gt 0 ]; do
     --logs) logs=$2; shift 2 ;;
     --tokens) tokens=$2; shift 2 ;;
     --h2) h2=1; shift ;;
+    --forward-auth) fa=1; shift ;;
     *) echo "unknown option $1 (see the head of $0)" >&2; exit 2 ;;
   esac
 done
@@ -88,6 +92,49 @@ http {
 }
 NGINX
 nginx -c "$work/nginx.conf" -p "$work/proxy" & pids+=($!)
+# --forward-auth: the same nginx proxy asking portcullis first (docs/forward-auth.md's snippet)
+if [ "$fa" = 1 ]; then
+  mkdir -p "$work/fa"
+  cat > "$work/fa.conf" <<NGINX
+worker_processes 2;
+daemon off;
+pid $work/fa.pid;
+error_log $work/fa-error.log warn;
+events { worker_connections 4096; }
+http {
+  upstream app { server 127.0.0.1:18081; keepalive 128; }
+  upstream portcullis { server 127.0.0.1:18080; keepalive 128; }
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:18083;
+    $nginx_log
+    location = /oauth2/auth {
+      internal;
+      proxy_pass http://portcullis;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_pass_request_body off;
+      proxy_set_header Content-Length "";
+      proxy_set_header X-Original-URI \$request_uri;
+      proxy_set_header X-Original-Method \$request_method;
+      proxy_set_header X-Forwarded-Host \$http_host;
+      proxy_set_header X-Forwarded-Proto \$scheme;
+    }
+    location / {
+      auth_request /oauth2/auth;
+      auth_request_set \$auth_user \$upstream_http_x_auth_request_user;
+      proxy_set_header X-Forwarded-User \$auth_user;
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+  }
+}
+NGINX
+  nginx -c "$work/fa.conf" -p "$work/fa" & pids+=($!)
+fi
 
 PORTCULLIS_LOG_LEVEL=$p_level "$bin" demo --listen 127.0.0.1:18080 --admin-listen 127.0.0.1:18090 \
   --upstream http://127.0.0.1:18081 > "$work/portcullis.log" 2>&1 & ppid=$!; pids+=($ppid)
@@ -129,6 +176,8 @@ fi
 proc_pids() { # proxy -> its pids
   if [ "$1" = nginx ]; then
     echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"
+  elif [ "$fa" = 1 ]; then
+    echo "$ppid $(cat "$work/fa.pid") $(pgrep -P "$(cat "$work/fa.pid")" | tr '\n' ' ')"
   else
     echo "$ppid"
   fi
@@ -176,6 +225,13 @@ median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a
 range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
 
 proto=HTTP/1.1; [ "$h2" = 1 ] && proto="HTTP/2 (h2c, h2load -m 10)"
+p_url=http://127.0.0.1:18080/
+if [ "$fa" = 1 ]; then
+  [ "$h2" = 0 ] || { echo "--forward-auth is HTTP/1.1 only" >&2; exit 2; }
+  for _ in $(seq 50); do curl -fsS -o /dev/null -H "Authorization: Bearer $token" http://127.0.0.1:18083/ 2>/dev/null && break; sleep 0.1; done
+  p_url=http://127.0.0.1:18083/
+  proto="HTTP/1.1, forward-auth: \"portcullis\" is nginx auth_request asking portcullis"
+fi
 echo "portcullis against a plain nginx proxy: $proto, $rounds interleaved rounds of ${secs}s, access logs $logs in both, $tokens token(s)"
 echo
 lat="p50/p99 ms"; [ "$h2" = 1 ] && lat="mean ms"
@@ -184,10 +240,10 @@ IFS=, read -r -a sweep <<< "$conns"
 for c in "${sweep[@]}"; do
   # warm-up, both
   run nginx http://127.0.0.1:18082/ "$c" > /dev/null
-  run portcullis http://127.0.0.1:18080/ "$c" > /dev/null
+  run portcullis "$p_url" "$c" > /dev/null
   : > "$work/n.txt"; : > "$work/p.txt"; : > "$work/ratio.txt"
   for i in $(seq "$rounds"); do
-    n=$(run nginx http://127.0.0.1:18082/ "$c"); p=$(run portcullis http://127.0.0.1:18080/ "$c")
+    n=$(run nginx http://127.0.0.1:18082/ "$c"); p=$(run portcullis "$p_url" "$c")
     echo "$n" >> "$work/n.txt"; echo "$p" >> "$work/p.txt"
     awk -v p="${p%% *}" -v n="${n%% *}" 'BEGIN {printf "%.4f\n", p/n}' >> "$work/ratio.txt"
     echo "  c=$c round $i: nginx $n  portcullis $p  (req/s p50_ms p99_ms cpu_us user_us sys_us)" >&2
