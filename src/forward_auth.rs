@@ -9,8 +9,9 @@
 //! header, lacking the method or carrying a `#` is `400`, so a client's copy of one dialect's
 //! headers passed through by an ingress that speaks another can never choose the path.
 //!
-//! Allowed: `200` with `X-Auth-Request-User`, `-Email`, `-Groups`, `-Preferred-Username` (each
-//! present, empty when there is no such value, and `-Access-Token` when
+//! Allowed: `200` with `X-Auth-Request-User`, `-Email`, `-Groups`, `-Preferred-Username` and the
+//! other identity headers the app would get under their own names (claim headers; each present,
+//! empty when there is no such value), `X-Auth-Request-Access-Token` when
 //! `identity.pass_token` passes the token on), the values the app would get as `X-Forwarded-*`,
 //! and a refreshed session's cookies. Denied: `401` or `403`, answered plainly
 //! (an ingress relays only the status; nginx turns anything else into a `500`), or, where the auth
@@ -276,6 +277,9 @@ pub struct ForwardAuth {
     pub path: String,
     /// Where browsers sign in, when browser login is on.
     pub sign_in: Option<SignIn>,
+    /// The other identity headers the app would get (`identity.claim_headers`, and
+    /// `X-Forwarded-Issuer` with `pass_issuer`): answered under their own names.
+    pub other_headers: Vec<HeaderName>,
 }
 
 /// A refusal answered plainly, with its reason for the log.
@@ -361,7 +365,7 @@ pub async fn check(fa: Arc<ForwardAuth>, req: http::Request<Body>) -> Response<B
         Err(refusal) => Err(refusal),
     };
     match decided {
-        Ok(access) => allowed(access, fa.pass_token, &named),
+        Ok(access) => allowed(access, &fa, &named),
         Err(mut refusal) => {
             let detail = refusal.decision.detail.take();
             refusal.decision.detail =
@@ -402,7 +406,8 @@ fn narrowed(access: &Access, constraints: &Constraints, realm: &Arc<str>) -> Opt
 }
 
 /// `200` with the identity headers and a refreshed session's cookies.
-fn allowed(access: Access, pass_token: PassToken, named: &str) -> Response<Body> {
+fn allowed(access: Access, fa: &ForwardAuth, named: &str) -> Response<Body> {
+    let pass_token = fa.pass_token;
     let mut resp = Response::new(Body::empty());
     let mut decision = access.decision;
     decision.detail = Some(match decision.detail.take() {
@@ -413,9 +418,15 @@ fn allowed(access: Access, pass_token: PassToken, named: &str) -> Response<Body>
     // Each of them, empty when there is no such value (or no one signed in, on a public route):
     // Caddy before 2.10 copies a header the answer lacks as the literal text of its placeholder.
     let identity = access.authenticated.as_ref().map(|a| &a.identity);
+    let value = |name: &HeaderName| {
+        let found = identity.and_then(|i| i.headers.iter().find(|(n, _)| n == name));
+        found.map_or(HeaderValue::from_static(""), |(_, v)| v.clone())
+    };
     for (from, to) in &ANSWER_HEADERS {
-        let found = identity.and_then(|i| i.headers.iter().find(|(n, _)| n == from));
-        h.insert(to.clone(), found.map_or(HeaderValue::from_static(""), |(_, v)| v.clone()));
+        h.insert(to.clone(), value(from));
+    }
+    for name in &fa.other_headers {
+        h.insert(name.clone(), value(name));
     }
     if let Some(auth) = access.authenticated {
         let (token, id_token) = match &auth.credential {

@@ -157,6 +157,14 @@ impl Pipeline {
             pass_token: config.identity.pass_token,
             path: format!("{}/auth", config.oidc.prefix),
             sign_in: login.as_ref().map(|l| l.sign_in()),
+            other_headers: {
+                let mut names: Vec<http::HeaderName> =
+                    config.identity.claim_headers.iter().map(|(h, _)| h.clone()).collect();
+                if config.identity.pass_issuer {
+                    names.push(crate::identity::X_FORWARDED_ISSUER);
+                }
+                names
+            },
         });
         Ok(Self {
             generation,

@@ -147,6 +147,7 @@ async fn portcullis() -> (DevIssuer, Upstream, Proxy) {
     let upstream = Upstream::start().await;
     let o = Opts {
         server: "trusted_proxies = [\"127.0.0.1/32\"]",
+        identity: "claim_headers = { \"X-Tenant\" = \"tid\" }",
         oidc: "client_id = \"web\"\nclient_secret = \"s\"\nskip_sign_in_page = true".into(),
         extra: format!(
             "[session]\nsecret = \"{SECRET}\"\n[[authorization.rules]]\npath = \"/admin\"\ngroups = [\"admins\"]\n"
@@ -169,6 +170,8 @@ fn client_copies() -> Vec<(&'static str, &'static str)> {
         ("X-Auth-Request-Email", "mallory@evil.example"),
         ("X-Auth-Request-Groups", "admins"),
         ("X_Auth_Request_User", "mallory"),
+        ("X-Tenant", "evil-corp"),
+        ("X_Tenant", "evil-corp"),
     ]
 }
 
@@ -184,6 +187,7 @@ fn identity_seen(seen: &Seen) -> Vec<(String, String)> {
                 || k.starts_with("x-forwarded-groups")
                 || k.starts_with("x-forwarded-preferred")
                 || k.starts_with("x-auth-request-")
+                || k.starts_with("x-tenant")
         })
         // an empty value says "none" (Caddy copies portcullis's empty answer headers)
         .filter(|(_, v)| !v.is_empty())
@@ -207,7 +211,9 @@ async fn get_spoofing(url: &str, token: Option<&str>) -> u16 {
 
 /// The behaviour both ingresses must show.
 async fn guards(ingress: &Ingress, issuer: &DevIssuer, upstream: &Upstream) {
-    let (alice, bob) = (issuer.token_for("alice", AUD), issuer.token_for("bob", AUD));
+    let mut claims = issuer.claims_for("alice", AUD);
+    claims["tid"] = "t-1".into();
+    let (alice, bob) = (issuer.mint(&claims), issuer.token_for("bob", AUD));
     // a valid token: 200, and the user at the app, from portcullis's answer only
     assert_eq!(get_spoofing(&ingress.url("/api/x"), Some(&alice)).await, 200);
     let seen = upstream.last();
@@ -219,6 +225,7 @@ async fn guards(ingress: &Ingress, issuer: &DevIssuer, upstream: &Upstream) {
             ("x-forwarded-groups".into(), "admins,developers".into()),
             ("x-forwarded-preferred-username".into(), "alice".into()),
             ("x-forwarded-user".into(), "alice".into()),
+            ("x-tenant".into(), "t-1".into()),
         ]
     );
     // no token: 401, a rule's 403; nothing reaches the app
@@ -280,6 +287,15 @@ async fn browser_signs_in(ingress: &Ingress, issuer: &DevIssuer, upstream: &Upst
     let cookies = seen.all("cookie").join("; ");
     assert!(cookies.contains("_portcullis="), "{cookies}");
     assert!(!cookies.contains("alice") && !cookies.contains("eyJ"), "{cookies}");
+    // sign-out through the ingress (a same-origin POST): the next visit is sent into login
+    b.fetch_site = Some("same-origin");
+    let out = b.request("POST", &ingress.url("/oauth2/sign_out"), true, Some("")).await;
+    assert!((300..400).contains(&out.status), "{} {}", out.status, out.body);
+    assert!(!b.jar.keys().any(|k| k == "_portcullis"), "{:?}", b.jar);
+    let hits = upstream.hits();
+    let again = b.request("GET", &ingress.url("/app/page?x=1"), true, None).await;
+    assert_eq!(again.status, 302, "{}", again.body);
+    assert_eq!(upstream.hits(), hits);
 }
 
 #[tokio::test]
