@@ -287,6 +287,34 @@ async fn browser_signs_in(ingress: &Ingress, issuer: &DevIssuer, upstream: &Upst
     let cookies = seen.all("cookie").join("; ");
     assert!(cookies.contains("_portcullis="), "{cookies}");
     assert!(!cookies.contains("alice") && !cookies.contains("eyJ"), "{cookies}");
+    // a cross-site POST with the session: refused on the original request's origin, before the app
+    let hits = upstream.hits();
+    let r = b
+        .http
+        .post(ingress.url("/app/form"))
+        .header("cookie", b.cookie_header())
+        .header("origin", "https://evil.example")
+        .header("sec-fetch-site", "cross-site")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(upstream.hits(), hits);
+    // the same from the app's own page passes
+    let own = ingress.url("");
+    let r = b
+        .http
+        .post(ingress.url("/app/form"))
+        .header("cookie", b.cookie_header())
+        .header("origin", own.trim_end_matches('/'))
+        .header("sec-fetch-site", "same-origin")
+        .body("x=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(upstream.last().method, "POST");
     // sign-out through the ingress (a same-origin POST): the next visit is sent into login
     b.fetch_site = Some("same-origin");
     let out = b.request("POST", &ingress.url("/oauth2/sign_out"), true, Some("")).await;
