@@ -43,7 +43,8 @@
 //!   [`pages`]: the HTML pages browsers get.
 //! - [`error`]: errors with their source chains, for logs.
 //! - [`clock`]: Unix time, injectable, so expiry is tested with paused time.
-//! - [`check`]: `portcullis check`, the config and issuer probe.
+//! - [`check`]: `portcullis check`, the config and issuer probe; [`probe`]: `portcullis probe`,
+//!   the health check for images without curl.
 //! - [`devissuer`], [`demo`]: the development-only issuer and echo app behind `portcullis demo`.
 
 pub mod auth;
@@ -65,6 +66,7 @@ pub mod pages;
 pub mod path;
 pub mod peer;
 pub mod pipeline;
+pub mod probe;
 pub mod proxy;
 pub mod response;
 pub mod server;

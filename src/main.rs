@@ -1,4 +1,4 @@
-//! The `portcullis` command: `run` (the default), `check`, `demo`.
+//! The `portcullis` command: `run` (the default), `check`, `demo`, `probe`.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
-use portcullis::{check, config, demo, server, telemetry};
+use portcullis::{check, config, demo, probe, server, telemetry};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,14 @@ enum Command {
         /// Put your own app on loopback behind the demo instead of the built-in echo app.
         #[arg(long)]
         upstream: Option<String>,
+    },
+    /// GET a URL (e.g. http://127.0.0.1:9090/healthz): exit 0 on a 2xx within the timeout,
+    /// else 1 with the reason. For health checks in images without curl.
+    Probe {
+        url: String,
+        /// How long to wait for the answer.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
     },
 }
 
@@ -110,6 +118,13 @@ fn main() -> ExitCode {
             }
             ExitCode::from(rt.block_on(check::run(&loaded.config, offline)))
         }
+        Command::Probe { url, timeout } => match rt.block_on(probe::probe(&url, timeout)) {
+            Ok(_) => ExitCode::SUCCESS,
+            Err(why) => {
+                eprintln!("portcullis probe: {why}");
+                ExitCode::FAILURE
+            }
+        },
         Command::Demo { listen, admin_listen, upstream } => {
             // The demo's log settings come from the environment like any config key's would.
             let log = config::LogConfig {

@@ -308,3 +308,46 @@ async fn a_busy_port_is_a_clear_error() {
     assert_eq!(code, 1);
     assert!(err.contains("server.listen") && err.contains(&port.to_string()), "{err}");
 }
+
+#[tokio::test]
+async fn probe_exits_zero_on_a_2xx_in_time_and_one_with_the_reason_otherwise() {
+    use axum::routing::get;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let app = axum::Router::new()
+        .route("/healthz", get(|| async { "ok\n" }))
+        .route("/readyz", get(|| async { (axum::http::StatusCode::SERVICE_UNAVAILABLE, "no\n") }))
+        .route("/moved", get(|| async { axum::response::Redirect::temporary("/healthz") }))
+        .route(
+            "/slow",
+            get(|| async {
+                tokio::time::sleep(Duration::from_secs(30)).await;
+                "late\n"
+            }),
+        );
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    let probe = |path: String, extra: &'static [&'static str]| async move {
+        let mut args = vec!["probe".to_string(), path];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        output(&args, &[("HTTP_PROXY", "http://127.0.0.1:1"), ("http_proxy", "http://127.0.0.1:1")])
+            .await
+    };
+    let (code, _, err) = probe(format!("http://{addr}/healthz"), &[]).await;
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = probe(format!("http://{addr}/readyz"), &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("503"), "{err}");
+    let (code, _, err) = probe(format!("http://{addr}/moved"), &[]).await;
+    assert_eq!(code, 1, "a redirect is no 2xx");
+    assert!(err.contains("307"), "{err}");
+    let (code, _, err) = probe(format!("http://{addr}/slow"), &["--timeout", "300ms"]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("within"), "{err}");
+    let (code, _, err) = probe(format!("http://127.0.0.1:{}/healthz", closed_port()), &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("portcullis probe:"), "{err}");
+    let (code, _, err) = probe("not a url".into(), &[]).await;
+    assert_eq!(code, 1);
+    assert!(err.contains("not a URL"), "{err}");
+}
