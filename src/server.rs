@@ -394,8 +394,15 @@ pub async fn shutdown_signal() {
 /// the log writer may use what is left of it.
 pub async fn run(config: Config) -> anyhow::Result<std::time::Instant> {
     let timeout = config.server.shutdown_timeout;
+    let delay = config.server.shutdown_delay;
     let server = Server::start(config).await?;
     shutdown_signal().await;
+    if !delay.is_zero() {
+        // Still serving, but no longer ready: load balancers stop sending meanwhile.
+        server.readiness.draining.store(true, Ordering::Relaxed);
+        tracing::info!(delay = ?delay, "serving for server.shutdown_delay before draining");
+        tokio::time::sleep(delay).await;
+    }
     let deadline = std::time::Instant::now() + timeout;
     server.shutdown().await;
     tracing::info!("stopped");

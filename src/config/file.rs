@@ -79,6 +79,7 @@ section!(RawServer = "server" {
     listen: Option<String>,
     admin_listen: Option<String>,
     shutdown_timeout: Option<String>,
+    shutdown_delay: Option<String>,
     workers: Option<i64>,
     trusted_proxies: Option<Vec<String>>,
     request_body_idle_timeout: Option<String>,

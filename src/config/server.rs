@@ -25,6 +25,11 @@ pub struct ServerConfig {
     pub admin_listen: SocketAddr,
     /// How long in-flight requests may finish after SIGTERM/SIGINT. Defaults to 30 s.
     pub shutdown_timeout: Duration,
+    /// How long to keep serving new requests after SIGTERM/SIGINT, with `/readyz` answering
+    /// `503`, before the drain starts: the time a load balancer takes to stop sending (a pod
+    /// leaving a Service's endpoints). Defaults to 0 (a native sidecar stops after its app and
+    /// needs none).
+    pub shutdown_delay: Duration,
     /// Threads serving proxied traffic, each with its own listener (`SO_REUSEPORT`) and upstream
     /// pool. Defaults to the CPUs available to the process (cgroup limits included).
     pub workers: usize,
@@ -83,6 +88,11 @@ impl ServerConfig {
                 "server.shutdown_timeout",
                 raw.shutdown_timeout.as_deref(),
                 DEFAULT_SHUTDOWN_TIMEOUT,
+            )?,
+            shutdown_delay: duration(
+                "server.shutdown_delay",
+                raw.shutdown_delay.as_deref(),
+                Duration::ZERO,
             )?,
             workers: match raw.workers {
                 None | Some(0) => std::thread::available_parallelism()

@@ -51,7 +51,7 @@ async fn every_example_and_deploy_config_passes_offline_check() {
         write(secrets.path(), "session", "ZGVtby1zZXNzaW9uLXNlY3JldC0zMi1ieXRlcy0hISE=\n");
     let client = write(secrets.path(), "client", "client-secret\n");
     let mut n = 0;
-    let dirs = ["config", "deploy/kubernetes", "deploy/compose"];
+    let dirs = ["config", "deploy/kubernetes/common", "deploy/overlays/example", "deploy/compose"];
     for entry in dirs.iter().flat_map(|d| std::fs::read_dir(root.join(d)).unwrap()) {
         let path = entry.unwrap().path();
         if path.extension().is_some_and(|e| e == "toml") {
@@ -72,7 +72,7 @@ async fn every_example_and_deploy_config_passes_offline_check() {
             n += 1;
         }
     }
-    assert!(n >= 9, "expected the example and deploy configs, found {n}");
+    assert!(n >= 10, "expected the example and deploy configs, found {n}");
 }
 
 #[tokio::test]

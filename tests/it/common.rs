@@ -560,6 +560,12 @@ impl Binary {
         })
     }
 
+    /// Sends SIGTERM (the process is killed when dropped, if still running).
+    pub fn terminate(&self) {
+        let pid = self.child.id().unwrap().to_string();
+        std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    }
+
     /// Waits until `/readyz` is 200.
     pub async fn ready(&self) {
         wait_ready(&format!("http://{}/readyz", self.admin), "the binary").await;

@@ -325,3 +325,30 @@ async fn a_swapped_pipeline_serves_the_next_request_on_an_open_connection() {
     assert!(e.contains("server.workers"), "{e}");
     assert_eq!(get_over(&mut conn, "/public/x", None).await, 401);
 }
+
+#[tokio::test]
+async fn shutdown_delay_keeps_serving_while_readyz_turns_503() {
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let upstream = Upstream::start().await;
+    let o = Opts { server: "shutdown_delay = \"60s\"", ..Opts::default() };
+    let bin = Binary::start(&config_text(&issuer.issuer(), &upstream.url(), &o)).await;
+    let token = issuer.token_for("alice", AUD);
+    bin.terminate();
+    let readyz = format!("http://{}/readyz", bin.admin);
+    let mut status = 0;
+    for _ in 0..200 {
+        status = client().get(&readyz).send().await.unwrap().status().as_u16();
+        if status == 503 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    assert_eq!(status, 503, "not unready after SIGTERM");
+    let body = client().get(&readyz).send().await.unwrap().text().await.unwrap();
+    assert!(body.contains("shutting down"), "{body}");
+    // within the delay (60 s: far longer than this takes), new connections are still served
+    let r = client().get(format!("http://{}/api", bin.addr)).bearer_auth(&token).send().await;
+    assert_eq!(r.unwrap().status(), 200);
+    assert_eq!(upstream.last().path_and_query, "/api");
+    // (dropped: the process is killed)
+}
