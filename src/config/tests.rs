@@ -120,7 +120,14 @@ fn every_env_key_is_a_real_key() {
             ("server", "templates_dir", _) => "/nonexistent",
             ("authorization", "issuers", _) => "https://idp.example.com/realms/main",
             (_, k, _) if k.ends_with("listen") => "127.0.0.1:1",
-            (_, k, _) if k.ends_with("timeout") || k.ends_with("interval") || k == "leeway" => "1s",
+            (_, k, _)
+                if k.ends_with("timeout")
+                    || k.ends_with("interval")
+                    || k.ends_with("delay")
+                    || k == "leeway" =>
+            {
+                "1s"
+            }
             (_, "url", _) => "http://127.0.0.1:1",
             (_, "issuer", _) | (_, "jwks_url", _) => "https://idp.example.com",
             (_, "pass_token", _) => "authorization",
@@ -466,4 +473,16 @@ fn pass_id_token_and_skip_auth_preflight() {
     assert_eq!(err(&both, no_env()).key, "identity.pass_id_token");
     let text = MINIMAL.replace("[bearer]", "[bearer]\nskip_auth_preflight = true");
     assert!(load_str(&text, no_env()).unwrap().config.bearer.skip_auth_preflight);
+}
+
+#[test]
+fn shutdown_delay_defaults_to_none_and_is_a_duration() {
+    assert!(load_str(MINIMAL, no_env()).unwrap().config.server.shutdown_delay.is_zero());
+    let text = format!("[server]\nshutdown_delay = \"5s\"\n{MINIMAL}");
+    assert_eq!(
+        load_str(&text, no_env()).unwrap().config.server.shutdown_delay,
+        Duration::from_secs(5)
+    );
+    let text = format!("[server]\nshutdown_delay = \"soon\"\n{MINIMAL}");
+    assert_eq!(err(&text, no_env()).key, "server.shutdown_delay");
 }
