@@ -287,21 +287,6 @@ fn refuse(rejection: Rejection, reason: &'static str, detail: impl Into<String>)
     Refusal::new(rejection, reason).detail(detail).plainly().response()
 }
 
-/// A browser navigation, as [`crate::response`] tells one (and it may follow a redirect).
-fn navigating(method: &Method, headers: &HeaderMap) -> bool {
-    let fetch_mode = headers.get("sec-fetch-mode").map(|v| v.as_bytes());
-    let navigation = match fetch_mode {
-        Some(m) => m.eq_ignore_ascii_case(b"navigate"),
-        None => headers
-            .get_all(header::ACCEPT)
-            .iter()
-            .any(|v| v.as_bytes().windows(9).any(|w| w.eq_ignore_ascii_case(b"text/html"))),
-    };
-    navigation
-        && (method == Method::GET || method == Method::HEAD)
-        && !headers.contains_key(header::AUTHORIZATION)
-}
-
 /// `{prefix}/auth` and `{prefix}/auth/{*original path}` (Envoy), called by the pipeline's router
 /// directly (no router lookup, no extractors: a check is as hot as a proxied request).
 pub async fn check(fa: Arc<ForwardAuth>, req: http::Request<Body>) -> Response<Body> {
@@ -376,7 +361,7 @@ pub async fn check(fa: Arc<ForwardAuth>, req: http::Request<Body>) -> Response<B
                 Some(sign_in)
                     if unauthenticated
                         && wants_redirect
-                        && navigating(&orig.method, &parts.headers) =>
+                        && crate::response::may_send_into_login(&orig.method, &parts.headers) =>
                 {
                     let mut resp = crate::response::redirect(&sign_in.location(&orig.url()));
                     for v in refusal.set_cookies {

@@ -121,9 +121,28 @@ fn contains_ignore_case(haystack: &[u8], needle: &[u8]) -> bool {
     haystack.windows(needle.len()).any(|w| w.eq_ignore_ascii_case(needle))
 }
 
+/// Whether a request with `method` and `headers` is a browser navigation that may be sent into
+/// login (as [`Answers`] tells one): forward-auth asks it about the original request.
+pub fn may_send_into_login(method: &http::Method, headers: &http::HeaderMap) -> bool {
+    Asker::from_head(method, headers).redirectable
+}
+
 impl Asker {
     fn of<B>(req: &Request<B>) -> Self {
-        let h = req.headers();
+        let mut asker = Self::from_head(req.method(), req.headers());
+        asker.request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        // Only a browser's answer needs where it was going (API clients are the hot path).
+        if asker.navigating {
+            asker.path_and_query =
+                req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
+            asker.host =
+                req.headers().get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
+        }
+        asker
+    }
+
+    /// What the method and headers say (no request id, path or host).
+    fn from_head(method: &http::Method, h: &http::HeaderMap) -> Self {
         // One pass over the names instead of a hashed lookup for each (every request pays
         // for this, though only refusals need it); the first value of a name counts, as `get`.
         let (mut fetch_mode, mut expect, mut content_type) = (None, None, None);
@@ -143,24 +162,16 @@ impl Asker {
             Some(v) => v.as_bytes().eq_ignore_ascii_case(b"navigate"),
             None => html,
         };
-        let mut asker = Self {
-            request_id: req.extensions().get::<RequestId>().map(|r| r.0.clone()),
+        Self {
             expects_continue: expect
                 .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue")),
             navigating,
+            redirectable: navigating
+                && (method == http::Method::GET || method == http::Method::HEAD)
+                && !h.contains_key(header::AUTHORIZATION),
             grpc: content_type.is_some_and(|v| v.as_bytes().starts_with(b"application/grpc")),
             ..Self::default()
-        };
-        // Only a browser's answer needs where it was going (API clients are the hot path).
-        if navigating {
-            asker.redirectable = (req.method() == http::Method::GET
-                || req.method() == http::Method::HEAD)
-                && !h.contains_key(header::AUTHORIZATION);
-            asker.path_and_query =
-                req.uri().path_and_query().map(|p| p.as_str().to_string()).unwrap_or_default();
-            asker.host = h.get(header::HOST).and_then(|v| v.to_str().ok()).map(str::to_string);
         }
-        asker
     }
 }
 
@@ -587,6 +598,26 @@ mod tests {
         };
         let a = asker(&[("accept", "application/json"), ("Accept", "Text/HTML;q=0.1")]);
         assert!(a.navigating && !a.grpc && !a.expects_continue);
+        // only a GET or HEAD navigation without credentials may be sent into login
+        let nav = [("sec-fetch-mode", "navigate")];
+        let h = |pairs: &[(&str, &str)]| {
+            let mut m = http::HeaderMap::new();
+            for (k, v) in pairs {
+                m.append(http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            m
+        };
+        for (method, headers, may) in [
+            (http::Method::GET, h(&nav), true),
+            (http::Method::HEAD, h(&nav), true),
+            (http::Method::POST, h(&nav), false),
+            (http::Method::GET, h(&[nav[0], ("authorization", "Bearer x")]), false),
+            (http::Method::GET, h(&[("accept", "text/html")]), true),
+            (http::Method::GET, h(&[("accept", "text/html"), ("sec-fetch-mode", "cors")]), false),
+            (http::Method::GET, h(&[]), false),
+        ] {
+            assert_eq!(may_send_into_login(&method, &headers), may, "{method} {headers:?}");
+        }
         assert_eq!((a.path_and_query.as_str(), a.host.as_deref()), ("/p?q=1", Some("app.example")));
         assert!(!a.redirectable, "a POST is not redirected into login");
         // Sec-Fetch-Mode decides over Accept, its first value counts
