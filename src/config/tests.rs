@@ -428,6 +428,8 @@ fn hosts_on_rules_and_public_routes() {
     );
     assert!(!m("corp.example", "http"), "the domain itself is not its subdomain");
     assert!(!m("evilcorp.example", "http"), "a dot boundary");
+    assert!(!h.matches(Some(".corp.example")), "the pattern itself is no subdomain");
+    assert_eq!(h.describe(), "app.example.com, .corp.example, x.example:8443");
     assert!(m("x.example:8443", "https") && !m("x.example", "https"));
     assert!(!h.matches(None), "a request naming no host matches no host list");
     assert!(Hosts::default().matches(None) && Hosts::default().matches(Some("any")));
