@@ -434,6 +434,10 @@ fn hosts_on_rules_and_public_routes() {
     assert!(!h.matches(None), "a request naming no host matches no host list");
     assert!(Hosts::default().matches(None) && Hosts::default().matches(Some("any")));
     assert_eq!(canonical_host("[::1]:443", "https"), "[::1]");
+    // nothing but a port, or a port after an empty one, is left as it came
+    assert_eq!(canonical_host(":80", "http"), ":80");
+    assert_eq!(canonical_host("a::80", "http"), "a::80");
+    assert_eq!(canonical_host(" A.example:443 ", "http"), "a.example:443");
     assert!(Hosts::parse("k", vec!["[::1]".into()]).unwrap().matches(Some("[::1]")));
     for bad in ["", "a b", "a/b", "http://x", "a@b"] {
         assert_eq!(Hosts::parse("k", vec![bad.into()]).unwrap_err().key, "k[0]", "{bad:?}");
