@@ -66,6 +66,12 @@ http { access_log off; server { listen 127.0.0.1:18081; location / { return 200 
 NGINX
 mkdir -p "$work/app" "$work/proxy"
 nginx -c "$work/app.conf" -p "$work/app" & pids+=($!)
+# how both nginx proxies forward to the app (keep-alive, like portcullis)
+to_app='      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host $host;
+      proxy_set_header X-Forwarded-For $remote_addr;'
 # the plain reverse proxy, as a user would set it up in portcullis's place
 cat > "$work/nginx.conf" <<NGINX
 worker_processes 2;
@@ -82,11 +88,7 @@ http {
     listen 127.0.0.1:18082 $h2flag;
     $nginx_log
     location / {
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
+$to_app
     }
   }
 }
@@ -124,11 +126,7 @@ http {
       auth_request /oauth2/auth;
       auth_request_set \$auth_user \$upstream_http_x_auth_request_user;
       proxy_set_header X-Forwarded-User \$auth_user;
-      proxy_pass http://app;
-      proxy_http_version 1.1;
-      proxy_set_header Connection "";
-      proxy_set_header Host \$host;
-      proxy_set_header X-Forwarded-For \$remote_addr;
+$to_app
     }
   }
 }
