@@ -9,6 +9,8 @@
 #   MODE=forward-auth: the same token in forward-auth checks (GET /oauth2/auth naming the
 #   original request in nginx's dialect, as nginx's auth_request sends it) instead of proxied
 #   requests; nothing reaches the app.
+#   MODE=session: a browser session (a cookie from signing in as alice at the demo's issuer,
+#   in both runs, so the sign-in is subtracted) instead of the token.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}; bin=${2:-target/release/portcullis}
@@ -37,6 +39,31 @@ import http.client, sys
 n, token, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 c = http.client.HTTPConnection("127.0.0.1", 18280, timeout=60)
 path, headers = "/", {"Authorization": "Bearer " + token}
+if mode == "session":
+    # sign in as a browser would: start, the issuer's form, the callback; keep the cookies
+    import urllib.parse
+    jar = {}
+    def take(r):
+        for k, v in r.getheaders():
+            if k.lower() == "set-cookie":
+                name, _, rest = v.partition("=")
+                jar[name] = rest.split(";")[0]
+    def cookie():
+        return "; ".join(f"{k}={v}" for k, v in jar.items())
+    nav = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Host": "127.0.0.1:18280"}
+    c.request("GET", "/oauth2/start?rd=%2F", headers=nav)
+    r = c.getresponse(); r.read(); take(r)
+    authorize = urllib.parse.urlsplit(r.getheader("Location"))
+    form = urllib.parse.parse_qsl(authorize.query) + [("user", "alice")]
+    i = http.client.HTTPConnection(authorize.hostname, authorize.port, timeout=60)
+    i.request("POST", "/authorize", body=urllib.parse.urlencode(form),
+              headers={"Content-Type": "application/x-www-form-urlencoded"})
+    r = i.getresponse(); r.read()
+    back = urllib.parse.urlsplit(r.getheader("Location"))
+    c.request("GET", back.path + "?" + back.query, headers=dict(nav, Cookie=cookie()))
+    r = c.getresponse(); r.read(); take(r)
+    assert r.status == 302 and any(k.startswith("_portcullis") for k in jar), (r.status, jar)
+    headers = {"Cookie": cookie()}
 if mode == "forward-auth":
     path = "/oauth2/auth"
     headers.update({"X-Original-URI": "/", "X-Original-Method": "GET",
@@ -46,6 +73,7 @@ for _ in range(n):
     r = c.getresponse(); r.read()
     assert r.status == 200, r.status
     assert mode != "forward-auth" or r.getheader("X-Auth-Request-User") == "alice"
+    assert not r.getheader("Set-Cookie"), "a refresh or activity write in the measured requests"
 PY
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   local total=0
