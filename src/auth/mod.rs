@@ -192,7 +192,8 @@ impl AuthSettings {
         if let Some(sessions) =
             self.sessions.as_ref().filter(|_| !req.headers.contains_key(header::AUTHORIZATION))
         {
-            if sessions.present(req.headers) {
+            // Read once (one pass over the cookies); nothing changes before the CSRF decision.
+            if let Some(loaded) = sessions.load(req.headers).await {
                 // Decided before anything that changes state (a refresh, which may rotate the
                 // refresh token; a rewritten or cleared cookie).
                 if !same_origin_or_safe(req) {
@@ -200,8 +201,12 @@ impl AuthSettings {
                         "an unsafe method or upgrade with the session cookie from another origin",
                     ));
                 }
-                match sessions.check(req.headers).await {
-                    Some(Ok(checked)) => {
+                let checked = match loaded {
+                    Ok(l) => sessions.check_loaded(l, req.headers).await,
+                    Err(why) => Err(why),
+                };
+                match checked {
+                    Ok(checked) => {
                         let access_token = checked
                             .session
                             .access_token
@@ -230,11 +235,10 @@ impl AuthSettings {
                             response_headers,
                         });
                     }
-                    Some(Err(why)) => {
+                    Err(why) => {
                         tracing::debug!(reason = %why, "no session");
                         session_problem = Some((why, sessions.clear(req.headers).await));
                     }
-                    None => {}
                 }
             }
         }

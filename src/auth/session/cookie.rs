@@ -297,11 +297,24 @@ impl Cookies {
 
     /// The sealed activity value the request carries (exact raw name).
     pub fn activity_value(&self, request: &HeaderMap) -> Option<String> {
+        self.activity_value_in(&request_cookies(request))
+    }
+
+    fn activity_value_in(&self, all: &[(&[u8], &[u8])]) -> Option<String> {
         let name = self.activity_name();
-        request_cookies(request)
-            .into_iter()
+        all.iter()
             .find(|(n, _)| *n == name.as_bytes())
             .and_then(|(_, v)| std::str::from_utf8(v).ok().map(str::to_string))
+    }
+
+    /// The sealed session value and the sealed activity value, from one pass over the request's
+    /// cookies (what [`Cookies::session_value`] and [`Cookies::activity_value`] say).
+    pub fn session_and_activity(
+        &self,
+        request: &HeaderMap,
+    ) -> (Option<Result<String, CookieError>>, Option<String>) {
+        let all = request_cookies(request);
+        (self.session_value_in(&all), self.activity_value_in(&all))
     }
 
     /// `Set-Cookie` storing the sealed activity `value` for `max_age`.
@@ -334,7 +347,10 @@ impl Cookies {
     /// The sealed session value the request carries: the single cookie, or its chunks joined.
     /// Found by the exact raw name only: another spelling never opens a session.
     pub fn session_value(&self, request: &HeaderMap) -> Option<Result<String, CookieError>> {
-        let all = request_cookies(request);
+        self.session_value_in(&request_cookies(request))
+    }
+
+    fn session_value_in(&self, all: &[(&[u8], &[u8])]) -> Option<Result<String, CookieError>> {
         let value = |name: &str| all.iter().find(|(n, _)| *n == name.as_bytes()).map(|(_, v)| *v);
         if let Some(v) = value(&self.name) {
             return Some(
@@ -473,7 +489,8 @@ impl CookieStore {
 
     fn load_now(&self, request: &HeaderMap) -> Option<Result<Loaded, String>> {
         let (codec, cookies) = (&self.jar.codec, &self.jar.cookies);
-        let value = match cookies.session_value(request)? {
+        let (session, activity) = cookies.session_and_activity(request);
+        let value = match session? {
             Ok(v) => v,
             Err(e) => return Some(Err(e.to_string())),
         };
@@ -481,8 +498,7 @@ impl CookieStore {
             Ok(s) => s,
             Err(e) => return Some(Err(format!("session cookie {e}"))),
         };
-        let recorded = cookies
-            .activity_value(request)
+        let recorded = activity
             .and_then(|v| codec.open_json::<Activity>(ACTIVITY, &v).ok())
             .filter(|a| a.id == session.id)
             .map_or(0, |a| a.seen);

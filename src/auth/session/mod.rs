@@ -122,14 +122,25 @@ impl Sessions {
     /// activity the store knows of), refreshed when its access token expired, activity recorded.
     /// `None` without a session; `Err(why)` when it does not hold (logged at debug by callers).
     pub async fn check(&self, request: &HeaderMap) -> Option<Result<Checked, String>> {
-        let loaded = match self.store.load(request).await? {
+        let loaded = match self.load(request).await? {
             Ok(l) => l,
             Err(why) => return Some(Err(why)),
         };
         Some(self.check_loaded(loaded, request).await)
     }
 
-    async fn check_loaded(&self, loaded: Loaded, request: &HeaderMap) -> Result<Checked, String> {
+    /// The session a request carries, as stored (nothing changed yet: decide on CSRF between
+    /// this and [`Sessions::check_loaded`]). `None` without a session.
+    pub async fn load(&self, request: &HeaderMap) -> Option<Result<Loaded, String>> {
+        self.store.load(request).await
+    }
+
+    /// [`Sessions::check`] of a session [`Sessions::load`] gave.
+    pub async fn check_loaded(
+        &self,
+        loaded: Loaded,
+        request: &HeaderMap,
+    ) -> Result<Checked, String> {
         let Loaded { session: mut s, last_seen } = loaded;
         let t = self.clock.now();
         if t >= s.created + self.lifetimes.max_lifetime.as_secs() {
