@@ -226,7 +226,7 @@ impl AuthSettings {
                             .map(Token::new);
                         return Ok(Authenticated {
                             credential: Credential::Session { access_token, id_token },
-                            identity: Arc::new(checked.identity),
+                            identity: checked.identity,
                             reason: match checked.refreshed {
                                 session::Refreshed::No => "session",
                                 session::Refreshed::Here => "session_refreshed",

@@ -357,7 +357,7 @@ async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
                 resp.headers_mut().append(header::SET_COOKIE, v);
             }
             let mut d = Decision::new("session");
-            d.identity = Some(Arc::new(id));
+            d.identity = Some(id);
             resp.extensions_mut().insert(d);
             resp
         }

@@ -17,7 +17,9 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::identity::{Identity, IdentityMapper};
 pub use cookie::{random_token, CookieStore, Jar};
-pub use store::{Loaded, Refreshed, Refresher, Save, SessionIndex, SessionStore, StoreError};
+pub use store::{
+    Loaded, Opened, Refreshed, Refresher, Save, SessionIndex, SessionStore, StoreError,
+};
 
 /// A signed-in browser. Sealed into the session cookie; tokens only as far as needed.
 #[derive(Clone, Serialize, Deserialize)]
@@ -74,8 +76,8 @@ const ACTIVITY_MAX_INTERVAL: u64 = 60;
 /// refresh, or recorded activity), and whether it was refreshed.
 #[derive(Debug)]
 pub struct Checked {
-    pub session: Session,
-    pub identity: Identity,
+    pub session: Arc<Session>,
+    pub identity: Arc<Identity>,
     pub set_cookie: Vec<HeaderValue>,
     pub refreshed: Refreshed,
 }
@@ -141,32 +143,38 @@ impl Sessions {
         loaded: Loaded,
         request: &HeaderMap,
     ) -> Result<Checked, String> {
-        let Loaded { session: mut s, last_seen } = loaded;
+        let Loaded { opened, last_seen } = loaded;
         let t = self.clock.now();
+        let s = &opened.session;
         if t >= s.created + self.lifetimes.max_lifetime.as_secs() {
             return Err("session reached session.max_lifetime".into());
         }
         if t >= last_seen + self.lifetimes.idle_timeout.as_secs() {
             return Err("session idle longer than session.idle_timeout".into());
         }
-        let mut refreshed = Refreshed::No;
+        let map = |s: &Session| {
+            self.mapper
+                .identity(&s.iss, s.claims.clone())
+                .map_err(|e| format!("session identity: {e}"))
+        };
         if s.at_exp.is_some_and(|exp| exp <= t) && s.refresh_token.is_some() {
-            (s, refreshed) = self.store.refresh(s, &*self.refresher).await?;
-        }
-        let identity = self
-            .mapper
-            .identity(&s.iss, s.claims.clone())
-            .map_err(|e| format!("session identity: {e}"))?;
-        let ttl = self.time_left(&s);
-        let set_cookie = if refreshed != Refreshed::No {
+            let (mut s, refreshed) =
+                self.store.refresh(Session::clone(s), &*self.refresher).await?;
+            let identity = Arc::new(map(&s)?);
             s.seen = t;
-            self.store.save(&s, Save::Refreshed, ttl, request).await.unwrap_or_default()
-        } else if t.saturating_sub(last_seen) >= self.activity_interval() {
-            self.store.touch(&s, t, ttl, request).await.unwrap_or_default()
+            let ttl = self.time_left(&s);
+            let set_cookie =
+                self.store.save(&s, Save::Refreshed, ttl, request).await.unwrap_or_default();
+            return Ok(Checked { session: Arc::new(s), identity, set_cookie, refreshed });
+        }
+        // The session as opened: its identity mapped once for all the requests that carry it.
+        let identity = opened.identity_with(map)?;
+        let set_cookie = if t.saturating_sub(last_seen) >= self.activity_interval() {
+            self.store.touch(s, t, self.time_left(s), request).await.unwrap_or_default()
         } else {
             Vec::new()
         };
-        Ok(Checked { session: s, identity, set_cookie, refreshed })
+        Ok(Checked { session: s.clone(), identity, set_cookie, refreshed: Refreshed::No })
     }
 
     /// Stores a session just signed in: the `Set-Cookie` values that carry it.
@@ -181,7 +189,11 @@ impl Sessions {
     /// The session a request carries as stored, unchecked (sign-out revokes its tokens even
     /// when it has expired here).
     pub async fn peek(&self, request: &HeaderMap) -> Option<Session> {
-        self.store.load(request).await.and_then(Result::ok).map(|l| l.session)
+        self.store
+            .load(request)
+            .await
+            .and_then(Result::ok)
+            .map(|l| Session::clone(&l.opened.session))
     }
 
     /// Ends the request's session: the `Set-Cookie` values clearing every cookie of ours.
@@ -349,6 +361,32 @@ mod tests {
         tokio::time::advance(Duration::from_secs(11)).await;
         assert!(visit(&sessions, &mut other).await.unwrap_err().contains("idle_timeout"));
         assert!(visit(&sessions, &mut third).await.is_ok());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_sessions_cookie_is_opened_and_mapped_once_and_still_checked_every_time() {
+        let sessions = paused_sessions("idle_timeout = \"1m\"\nmax_lifetime = \"5m\"");
+        let jar = signed_in(&sessions);
+        let h = jar.headers();
+        let first = sessions.load(&h).await.unwrap().unwrap();
+        let again = sessions.load(&h).await.unwrap().unwrap();
+        assert!(Arc::ptr_eq(&first.opened, &again.opened), "opened twice");
+        let a = sessions.check_loaded(first, &h).await.unwrap();
+        let b = sessions.check_loaded(again, &h).await.unwrap();
+        assert!(Arc::ptr_eq(&a.identity, &b.identity), "mapped twice");
+        assert_eq!(a.identity.subject, "alice");
+        // a cookie that does not open is never kept
+        let mut forged = jar.headers();
+        let value = jar.0["_portcullis"].clone();
+        let flipped = if value.ends_with('A') { "B" } else { "A" };
+        let tampered = format!("_portcullis={}{flipped}", &value[..value.len() - 1]);
+        forged.insert(header::COOKIE, HeaderValue::from_str(&tampered).unwrap());
+        assert!(sessions.load(&forged).await.unwrap().is_err());
+        assert!(sessions.load(&forged).await.unwrap().is_err());
+        // lifetimes hold on the kept one: idle past the timeout, then over max_lifetime
+        tokio::time::advance(Duration::from_secs(61)).await;
+        let err = sessions.check(&h).await.unwrap().unwrap_err();
+        assert!(err.contains("idle_timeout"), "{err}");
     }
 
     #[tokio::test(start_paused = true)]

@@ -7,19 +7,44 @@
 //! session does.
 
 use std::fmt;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 use http::header::{HeaderMap, HeaderValue};
 
 use super::Session;
+use crate::identity::Identity;
 
 /// A session as a store hands it back, with its last recorded activity.
 #[derive(Debug, Clone)]
 pub struct Loaded {
-    pub session: Session,
+    pub opened: Arc<Opened>,
     /// The last activity the store knows of (at least [`Session::seen`]), for `idle_timeout`.
     pub last_seen: u64,
+}
+
+/// A session opened from what the store keeps, and the identity its claims map to, computed
+/// once: a store may hand the same `Opened` to many requests (the cookie store keeps those it
+/// opened). Lifetimes and idle time are still checked on every request.
+#[derive(Debug)]
+pub struct Opened {
+    pub session: Arc<Session>,
+    identity: OnceLock<Result<Arc<Identity>, String>>,
+}
+
+impl Opened {
+    pub fn new(session: Session) -> Self {
+        Self { session: Arc::new(session), identity: OnceLock::new() }
+    }
+
+    /// The identity of the session's claims: `map`ped the first time only.
+    pub fn identity_with(
+        &self,
+        map: impl FnOnce(&Session) -> Result<Identity, String>,
+    ) -> Result<Arc<Identity>, String> {
+        self.identity.get_or_init(|| map(&self.session).map(Arc::new)).clone()
+    }
 }
 
 /// Why a session is saved.
