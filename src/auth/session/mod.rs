@@ -5,6 +5,7 @@
 //! are the first store.
 
 pub mod cookie;
+mod opened;
 pub mod store;
 
 use std::sync::Arc;

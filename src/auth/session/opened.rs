@@ -1,0 +1,82 @@
+//! The sessions a cookie store opened, kept by their sealed value.
+
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
+
+use super::store::Opened;
+
+/// The most opened sessions a cookie store keeps (each a few KiB: the sealed value, the session
+/// and its identity).
+pub const OPENED_SESSIONS: usize = 1024;
+
+/// Sessions opened from their sealed cookie value, so that the next request with the very same
+/// value skips the decryption, the JSON and the claims' mapping (a cookie session then costs
+/// about what a cached bearer token does). Opening is a function of the value and the store's
+/// secrets alone, and the store (with this cache) is made anew with each pipeline, so a changed
+/// secret or identity mapping never meets an entry of the old one; lifetimes and idle time are
+/// checked on every request as before. Keyed by the whole value, compared in full on a hit, and
+/// hashed with foldhash under a per-process seed; when full, an arbitrary eighth is dropped.
+#[derive(Debug)]
+pub(super) struct OpenedSessions {
+    map: RwLock<HashMap<Box<str>, Arc<Opened>, foldhash::fast::RandomState>>,
+    capacity: usize,
+}
+
+impl OpenedSessions {
+    pub(super) fn new(capacity: usize) -> Self {
+        Self { map: RwLock::new(HashMap::default()), capacity }
+    }
+
+    pub(super) fn get(&self, sealed: &str) -> Option<Arc<Opened>> {
+        self.map.read().ok()?.get(sealed).cloned()
+    }
+
+    pub(super) fn insert(&self, sealed: &str, opened: Arc<Opened>) {
+        let Ok(mut map) = self.map.write() else { return };
+        if map.len() >= self.capacity {
+            let drop_n = (self.capacity / 8).max(1);
+            let doomed: Vec<Box<str>> = map.keys().take(drop_n).cloned().collect();
+            for k in doomed {
+                map.remove(&k);
+            }
+        }
+        map.insert(sealed.into(), opened);
+    }
+
+    pub(super) fn len(&self) -> usize {
+        self.map.read().map(|m| m.len()).unwrap_or(0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::auth::session::Session;
+
+    #[test]
+    fn opened_sessions_are_bounded() {
+        let cache = OpenedSessions::new(16);
+        let s = |i: u64| {
+            Arc::new(Opened::new(Session {
+                id: format!("s{i}"),
+                iss: "i".into(),
+                claims: Default::default(),
+                created: i,
+                seen: i,
+                at_exp: None,
+                refresh_token: None,
+                id_token: None,
+                sid: None,
+                access_token: None,
+            }))
+        };
+        for i in 0..50 {
+            cache.insert(&format!("sealed-{i}"), s(i));
+            assert!(cache.len() <= 16);
+        }
+        // only the very same value hits
+        cache.insert("sealed-x", s(99));
+        assert_eq!(cache.get("sealed-x").unwrap().session.id, "s99");
+        assert!(cache.get("sealed-").is_none() && cache.get("sealed-xx").is_none());
+    }
+}
