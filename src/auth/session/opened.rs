@@ -70,9 +70,17 @@ mod tests {
                 access_token: None,
             }))
         };
-        for i in 0..50 {
+        // up to the bound, everything is kept
+        for i in 0..16 {
             cache.insert(&format!("sealed-{i}"), s(i));
-            assert!(cache.len() <= 16);
+            assert_eq!(cache.len(), i as usize + 1);
+        }
+        // at the bound, an eighth goes before the next one comes in
+        cache.insert("sealed-16", s(16));
+        assert_eq!(cache.len(), 16 - 2 + 1);
+        for i in 17..50 {
+            cache.insert(&format!("sealed-{i}"), s(i));
+            assert!((14..=16).contains(&cache.len()), "{}", cache.len());
         }
         // only the very same value hits
         cache.insert("sealed-x", s(99));
