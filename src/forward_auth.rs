@@ -381,13 +381,7 @@ pub async fn check(fa: Arc<ForwardAuth>, req: http::Request<Body>) -> Response<B
 fn narrowed(access: &Access, constraints: &Constraints, realm: &Arc<str>) -> Option<Refusal> {
     let auth = access.authenticated.as_ref().filter(|_| !access.public)?;
     let why = constraints.unmet(&auth.identity)?;
-    let r = Rejection::Forbidden { realm: realm.clone(), scope: None };
-    let mut refusal = Refusal::new(r, "forbidden").detail(format!("auth URL: {why}"));
-    refusal.decision.identity = Some(auth.identity.clone());
-    // a session refreshed on the way keeps its new cookie
-    refusal.set_cookies =
-        auth.response_headers.get_all(header::SET_COOKIE).iter().cloned().collect();
-    Some(refusal)
+    Some(auth.forbidden(realm, None, format!("auth URL: {why}")))
 }
 
 /// `200` with the identity headers and a refreshed session's cookies.

@@ -72,6 +72,18 @@ impl Authenticated {
     pub fn reason(&self) -> &'static str {
         self.reason
     }
+
+    /// The `403` refusing this caller (`scope`: the scopes it lacks), with its identity for the
+    /// log; a session refreshed on the way keeps its new cookie (its old refresh token may be
+    /// spent).
+    pub fn forbidden(&self, realm: &Arc<str>, scope: Option<String>, detail: String) -> Refusal {
+        let r = Rejection::Forbidden { realm: realm.clone(), scope };
+        let mut refusal = Refusal::new(r, "forbidden").detail(detail);
+        refusal.decision.identity = Some(self.identity.clone());
+        refusal.set_cookies =
+            self.response_headers.get_all(header::SET_COOKIE).iter().cloned().collect();
+        refusal
+    }
 }
 
 /// The request a decision is about. Proxied requests give their own parts
@@ -354,14 +366,7 @@ impl AuthSettings {
                 .then(|| denial.unmet.missing_scopes.join(" "));
             let detail = format!("{}: {}", denial.rule, denial.unmet.reason);
             tracing::debug!(rule = %denial.rule, reason = %denial.unmet.reason, "request denied");
-            let r = Rejection::Forbidden { realm: self.realm.clone(), scope };
-            let mut refusal = Refusal::new(r, "forbidden").detail(detail);
-            refusal.decision.identity = Some(auth.identity);
-            // A session refreshed on the way keeps its new cookie (its old refresh token may
-            // be spent).
-            refusal.set_cookies =
-                auth.response_headers.get_all(header::SET_COOKIE).iter().cloned().collect();
-            return Err(refusal);
+            return Err(auth.forbidden(&self.realm, scope, detail));
         }
         let decision = Decision {
             reason: auth.reason().into(),
