@@ -197,7 +197,7 @@ impl Pipeline {
         // portcullis's own endpoints (under `/oauth2`; they never reach the app), or the app's,
         // behind the protected chain.
         let router = OwnOrApp {
-            own: Some((format!("{}/", self.prefix).into(), self.own_routes())),
+            own: (format!("{}/", self.prefix).into(), self.own_routes()),
             forward_auth: self.forward_auth.clone(),
             app: self.protected()?,
         };
@@ -290,7 +290,7 @@ type Protected = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
 #[derive(Clone)]
 struct OwnOrApp {
     /// The prefix with its trailing `/`, and the router of what is under it.
-    own: Option<(Arc<str>, Router)>,
+    own: (Arc<str>, Router),
     /// `{prefix}/auth` (and below it, Envoy's dialect).
     forward_auth: Arc<ForwardAuth>,
     app: Protected,
@@ -318,16 +318,15 @@ impl tower::Service<Request<Body>> for OwnOrApp {
 
     fn call(&mut self, req: Request<Body>) -> Self::Future {
         use futures_util::future::Either;
-        if let Some((prefix, router)) = &mut self.own {
-            let path = req.uri().path();
-            if path.starts_with(&**prefix) {
-                let rest = path.strip_prefix(self.forward_auth.path.as_str());
-                if rest.is_some_and(|r| r.is_empty() || r.starts_with('/')) {
-                    let check = crate::forward_auth::check(self.forward_auth.clone(), req);
-                    return Either::Left(Either::Right(Box::pin(async move { Ok(check.await) })));
-                }
-                return Either::Left(Either::Left(router.call(req)));
+        let (prefix, router) = &mut self.own;
+        let path = req.uri().path();
+        if path.starts_with(&**prefix) {
+            let rest = path.strip_prefix(self.forward_auth.path.as_str());
+            if rest.is_some_and(|r| r.is_empty() || r.starts_with('/')) {
+                let check = crate::forward_auth::check(self.forward_auth.clone(), req);
+                return Either::Left(Either::Right(Box::pin(async move { Ok(check.await) })));
             }
+            return Either::Left(Either::Left(router.call(req)));
         }
         Either::Right(self.app.call(req))
     }
