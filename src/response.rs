@@ -342,8 +342,8 @@ fn browser_answer(
                        "status": other.status().as_u16(), "request_id": request_id,
                        "sign_in_url": sign_in}),
             );
-            if matches!(other, Rejection::NotReady | Rejection::Busy) {
-                resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+            if let Some(after) = other.retry_after() {
+                resp.headers_mut().insert(header::RETRY_AFTER, after);
             }
             resp
         }
@@ -391,6 +391,9 @@ pub enum Rejection {
     RequestBodyTimeout,
     /// `upstream.max_concurrent_requests` are in flight: `503` with `Retry-After`.
     Busy,
+    /// The session store (Redis) cannot say whether a session holds: `503` with
+    /// `Retry-After`. Bearer tokens are not affected.
+    SessionsUnavailable,
     /// The upstream refused, reset or broke the connection: `502`.
     BadGateway,
     /// No response head within `upstream.response_timeout`: `504`.
@@ -412,10 +415,21 @@ impl Rejection {
             Rejection::HeadTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             Rejection::UnsupportedTransferCoding => StatusCode::NOT_IMPLEMENTED,
             Rejection::RequestBodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            Rejection::NotReady | Rejection::Busy => StatusCode::SERVICE_UNAVAILABLE,
+            Rejection::NotReady | Rejection::Busy | Rejection::SessionsUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             Rejection::NoApp => StatusCode::NOT_FOUND,
             Rejection::BadGateway => StatusCode::BAD_GATEWAY,
             Rejection::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+        }
+    }
+
+    /// `Retry-After` for what passes by itself: starting, busy, the session store back.
+    fn retry_after(&self) -> Option<HeaderValue> {
+        match self {
+            Rejection::NotReady | Rejection::Busy => Some(HeaderValue::from_static("1")),
+            Rejection::SessionsUnavailable => Some(HeaderValue::from_static("2")),
+            _ => None,
         }
     }
 
@@ -460,6 +474,9 @@ impl Rejection {
             Rejection::NotReady => {
                 ("unavailable", "The proxy is starting; try again shortly".into())
             }
+            Rejection::SessionsUnavailable => {
+                ("unavailable", "Sessions are unavailable for a moment; try again shortly".into())
+            }
             Rejection::BadPath(e) => ("invalid_request", format!("Refused path: {e}").into()),
             Rejection::HeadTooLarge => ("invalid_request", "The request head is too large".into()),
             Rejection::BadRequest(why) => ("invalid_request", (*why).into()),
@@ -485,7 +502,10 @@ impl Rejection {
         match self {
             Rejection::NoToken { .. } | Rejection::InvalidToken { .. } => 16, // UNAUTHENTICATED
             Rejection::Forbidden { .. } | Rejection::CrossSite | Rejection::ForwardAuthCaller => 7, // PERMISSION_DENIED
-            Rejection::NotReady | Rejection::Busy | Rejection::BadGateway => 14, // UNAVAILABLE
+            Rejection::NotReady
+            | Rejection::Busy
+            | Rejection::SessionsUnavailable
+            | Rejection::BadGateway => 14, // UNAVAILABLE
             Rejection::GatewayTimeout | Rejection::RequestBodyTimeout => 4, // DEADLINE_EXCEEDED
             Rejection::InvalidRequest { .. }
             | Rejection::BadRequest(_)
@@ -538,8 +558,8 @@ impl Rejection {
         if let Some(c) = self.challenge().and_then(|c| HeaderValue::from_str(&c).ok()) {
             h.insert(header::WWW_AUTHENTICATE, c);
         }
-        if matches!(self, Rejection::NotReady | Rejection::Busy) {
-            h.insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        if let Some(after) = self.retry_after() {
+            h.insert(header::RETRY_AFTER, after);
         }
         // The connection is closed after these, and the client is told so: a body that broke
         // off or was never sent (a refused `Expect: 100-continue`) leaves the stream unusable.

@@ -247,9 +247,22 @@ impl AuthSettings {
                             response_headers,
                         });
                     }
-                    Err(why) => {
+                    Err(session::SessionError::Unavailable(why)) => {
+                        // Never a pass, and never a sign-in that would end the same way.
+                        tracing::warn!(reason = %why, "session store unavailable");
+                        return Err(Refusal::new(
+                            Rejection::SessionsUnavailable,
+                            "session_store_unavailable",
+                        )
+                        .detail(why));
+                    }
+                    Err(session::SessionError::Invalid(why)) => {
                         tracing::debug!(reason = %why, "no session");
-                        session_problem = Some((why, sessions.clear(req.headers).await));
+                        let cleared = sessions.clear(req.headers).await;
+                        if let Err(e) = cleared.ended {
+                            tracing::warn!(error = %e, "a session that no longer holds was not removed from its store");
+                        }
+                        session_problem = Some((why, cleared.set_cookie));
                     }
                 }
             }

@@ -285,7 +285,16 @@ impl Login {
                 ),
             },
         };
-        for v in self.sessions.clear(&parts.headers).await {
+        let cleared = self.sessions.clear(&parts.headers).await;
+        if let Err(e) = cleared.ended {
+            // The browser keeps its cookie to try again: a sign-out that only forgot the
+            // cookie here would leave every copy of it signed in.
+            tracing::warn!(error = %e, "sign-out could not end the session in its store");
+            return Refusal::new(Rejection::SessionsUnavailable, "session_store_unavailable")
+                .detail(e.to_string())
+                .response();
+        }
+        for v in cleared.set_cookie {
             resp.headers_mut().append(header::SET_COOKIE, v);
         }
         resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));

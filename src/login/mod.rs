@@ -41,7 +41,9 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::auth::session::cookie::{self as session, Attempt, ATTEMPT_LIFETIME};
-use crate::auth::session::{CookieStore, Jar, Lifetimes, Refresher, Session, Sessions};
+use crate::auth::session::{
+    CookieStore, Jar, Lifetimes, Refresher, Session, SessionError, Sessions,
+};
 use crate::auth::token::Verifier;
 use crate::clock::Clock;
 use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
@@ -108,7 +110,7 @@ pub struct Login {
 pub struct LoginState {
     /// Attempt states already used, with their expiry.
     used_states: Mutex<HashMap<String, u64>>,
-    refreshes: Arc<crate::auth::session::cookie::RefreshSlots>,
+    refreshes: Arc<crate::auth::session::RefreshSlots>,
 }
 
 impl std::fmt::Debug for Login {
@@ -361,7 +363,13 @@ async fn userinfo(State(login): State<Arc<Login>>, req: Request) -> Response<Bod
             resp.extensions_mut().insert(d);
             resp
         }
-        Some(Err(why)) => no_session(Some(why)),
+        Some(Err(SessionError::Unavailable(why))) => {
+            tracing::warn!(reason = %why, "session store unavailable");
+            Refusal::new(Rejection::SessionsUnavailable, "session_store_unavailable")
+                .detail(why)
+                .response()
+        }
+        Some(Err(SessionError::Invalid(why))) => no_session(Some(why)),
         None => no_session(None),
     }
 }

@@ -5,8 +5,7 @@
 //! into numbered chunks when large. Also the short-lived login-attempt cookies, and removing
 //! every cookie of ours before a request reaches the app.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -20,9 +19,11 @@ use crate::cookie_header::{fold_name, Pair};
 use http::header::{self, HeaderMap, HeaderValue};
 use serde::{Deserialize, Serialize};
 
+use super::flight::RefreshSlots;
 use super::opened::{OpenedSessions, OPENED_SESSIONS};
 use super::store::{
-    Loaded, Opened, Refreshed, Refresher, Save, SessionIndex, SessionStore, StoreError,
+    Cleared, Loaded, Opened, Refreshed, Refresher, Save, SessionError, SessionIndex, SessionStore,
+    StoreError,
 };
 use super::Session;
 use crate::config::{LoginConfig, Secret};
@@ -453,15 +454,6 @@ impl Jar {
     }
 }
 
-/// How long a refresh's outcome is handed to requests that still carry the old cookie.
-pub const REFRESH_GRACE: Duration = Duration::from_secs(30);
-
-/// A refresh in progress or just done, shared by the requests of one session.
-struct RefreshSlot {
-    started: tokio::time::Instant,
-    outcome: tokio::sync::OnceCell<Result<Session, String>>,
-}
-
 /// Sessions sealed into the browser's cookies (chunked when large), activity in its own small
 /// cookie. Refreshes run one per session at a time in this process; a refreshed session is a
 /// new cookie (the session is the cookie). Sessions cannot be ended by an index: they are in
@@ -472,18 +464,6 @@ pub struct CookieStore {
     refreshes: Arc<RefreshSlots>,
     /// Sessions opened, by their sealed value (see [`OpenedSessions`]).
     opened: OpenedSessions,
-}
-
-/// The refreshes in progress or just done (within the grace), by session and refresh token.
-/// They outlive a pipeline swap: a refresh in flight when the configuration changes is still
-/// the one every request of that session waits for.
-#[derive(Debug, Default)]
-pub struct RefreshSlots(Mutex<HashMap<String, Arc<RefreshSlot>>>);
-
-impl std::fmt::Debug for RefreshSlot {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RefreshSlot").field("started", &self.started).finish()
-    }
 }
 
 impl CookieStore {
@@ -497,19 +477,19 @@ impl CookieStore {
         self.opened.len()
     }
 
-    fn load_now(&self, request: &HeaderMap) -> Option<Result<Loaded, String>> {
+    fn load_now(&self, request: &HeaderMap) -> Option<Result<Loaded, SessionError>> {
         let (codec, cookies) = (&self.jar.codec, &self.jar.cookies);
         let (session, activity) = cookies.session_and_activity(request);
         let value = match session? {
             Ok(v) => v,
-            Err(e) => return Some(Err(e.to_string())),
+            Err(e) => return Some(Err(SessionError::Invalid(e.to_string()))),
         };
         let opened = match self.opened.get(&value) {
             Some(o) => o,
             None => {
                 let session: Session = match codec.open_json(SESSION, &value) {
                     Ok(s) => s,
-                    Err(e) => return Some(Err(format!("session cookie {e}"))),
+                    Err(e) => return Some(Err(format!("session cookie {e}").into())),
                 };
                 let opened = Arc::new(Opened::new(session));
                 self.opened.insert(&value, opened.clone());
@@ -537,23 +517,6 @@ impl CookieStore {
             StoreError::TooLarge(sealed.len())
         })
     }
-
-    /// The slot of the refresh of `s` (by its id and refresh token), made if there is none.
-    fn slot(&self, s: &Session) -> Result<Arc<RefreshSlot>, String> {
-        let rt = s.refresh_token.as_deref().unwrap_or_default();
-        let d = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, rt.as_bytes());
-        let hex: String = d.as_ref()[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let key = format!("{}:{hex}", s.id);
-        let mut map = self.refreshes.0.lock().map_err(|_| "refresh lock poisoned".to_string())?;
-        map.retain(|_, v| v.started.elapsed() < REFRESH_GRACE);
-        let slot = map.entry(key).or_insert_with(|| {
-            Arc::new(RefreshSlot {
-                started: tokio::time::Instant::now(),
-                outcome: tokio::sync::OnceCell::new(),
-            })
-        });
-        Ok(slot.clone())
-    }
 }
 
 impl SessionStore for CookieStore {
@@ -561,7 +524,10 @@ impl SessionStore for CookieStore {
         self.jar.cookies.has_session(request)
     }
 
-    fn load<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Option<Result<Loaded, String>>> {
+    fn load<'a>(
+        &'a self,
+        request: &'a HeaderMap,
+    ) -> BoxFuture<'a, Option<Result<Loaded, SessionError>>> {
         Box::pin(std::future::ready(self.load_now(request)))
     }
 
@@ -587,8 +553,9 @@ impl SessionStore for CookieStore {
         Box::pin(std::future::ready(Ok(vec![self.jar.cookies.set_activity(sealed, ttl)])))
     }
 
-    fn clear<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Vec<HeaderValue>> {
-        Box::pin(std::future::ready(self.jar.cookies.clear_all(request)))
+    fn clear<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Cleared> {
+        let set_cookie = self.jar.cookies.clear_all(request);
+        Box::pin(std::future::ready(Cleared { set_cookie, ended: Ok(()) }))
     }
 
     /// One refresh per session at a time in the process; requests of that moment, and those
@@ -597,19 +564,13 @@ impl SessionStore for CookieStore {
         &'a self,
         session: Session,
         refresher: &'a dyn Refresher,
-    ) -> BoxFuture<'a, Result<(Session, Refreshed), String>> {
+    ) -> BoxFuture<'a, Result<(Session, Refreshed), SessionError>> {
         Box::pin(async move {
-            let slot = self.slot(&session)?;
-            let mut ran = false;
-            let outcome = slot
-                .outcome
-                .get_or_init(|| {
-                    ran = true;
-                    refresher.refresh(session)
-                })
-                .await
-                .clone()?;
-            Ok((outcome, if ran { Refreshed::Here } else { Refreshed::Shared }))
+            let run = || async {
+                let refreshed = refresher.refresh(session.clone()).await;
+                Ok((refreshed.map_err(SessionError::Invalid)?, Refreshed::Here))
+            };
+            self.refreshes.run(&session, run).await
         })
     }
 

@@ -5,6 +5,7 @@
 //! are the first store.
 
 pub mod cookie;
+pub mod flight;
 mod opened;
 pub mod store;
 
@@ -18,8 +19,10 @@ use serde_json::{Map, Value};
 use crate::clock::Clock;
 use crate::identity::{Identity, IdentityMapper};
 pub use cookie::{random_token, CookieStore, Jar};
+pub use flight::RefreshSlots;
 pub use store::{
-    Loaded, Opened, Refreshed, Refresher, Save, SessionIndex, SessionStore, StoreError,
+    Cleared, Loaded, Opened, Refreshed, Refresher, Save, SessionError, SessionIndex, SessionStore,
+    StoreError,
 };
 
 /// A signed-in browser. Sealed into the session cookie; tokens only as far as needed.
@@ -124,7 +127,7 @@ impl Sessions {
     /// The session a request carries, checked: `max_lifetime` and `idle_timeout` (the last
     /// activity the store knows of), refreshed when its access token expired, activity recorded.
     /// `None` without a session; `Err(why)` when it does not hold (logged at debug by callers).
-    pub async fn check(&self, request: &HeaderMap) -> Option<Result<Checked, String>> {
+    pub async fn check(&self, request: &HeaderMap) -> Option<Result<Checked, SessionError>> {
         let loaded = match self.load(request).await? {
             Ok(l) => l,
             Err(why) => return Some(Err(why)),
@@ -134,7 +137,7 @@ impl Sessions {
 
     /// The session a request carries, as stored (nothing changed yet: decide on CSRF between
     /// this and [`Sessions::check_loaded`]). `None` without a session.
-    pub async fn load(&self, request: &HeaderMap) -> Option<Result<Loaded, String>> {
+    pub async fn load(&self, request: &HeaderMap) -> Option<Result<Loaded, SessionError>> {
         self.store.load(request).await
     }
 
@@ -143,15 +146,17 @@ impl Sessions {
         &self,
         loaded: Loaded,
         request: &HeaderMap,
-    ) -> Result<Checked, String> {
+    ) -> Result<Checked, SessionError> {
         let Loaded { opened, last_seen } = loaded;
         let t = self.clock.now();
         let s = &opened.session;
         if t >= s.created + self.lifetimes.max_lifetime.as_secs() {
-            return Err("session reached session.max_lifetime".into());
+            return Err(SessionError::Invalid("session reached session.max_lifetime".into()));
         }
         if t >= last_seen + self.lifetimes.idle_timeout.as_secs() {
-            return Err("session idle longer than session.idle_timeout".into());
+            return Err(SessionError::Invalid(
+                "session idle longer than session.idle_timeout".into(),
+            ));
         }
         let map = |s: &Session| {
             self.mapper
@@ -198,7 +203,7 @@ impl Sessions {
     }
 
     /// Ends the request's session: the `Set-Cookie` values clearing every cookie of ours.
-    pub async fn clear(&self, request: &HeaderMap) -> Vec<HeaderValue> {
+    pub async fn clear(&self, request: &HeaderMap) -> Cleared {
         self.store.clear(request).await
     }
 
@@ -331,7 +336,8 @@ mod tests {
     /// One request of the browser: whether its session held, and the cookies it got.
     async fn visit(sessions: &Sessions, jar: &mut Browser) -> Result<Refreshed, String> {
         let h = jar.headers();
-        let checked = sessions.check(&h).await.ok_or("no session cookie")??;
+        let checked =
+            sessions.check(&h).await.ok_or("no session cookie")?.map_err(|e| e.to_string())?;
         jar.take(checked.set_cookie);
         Ok(checked.refreshed)
     }
@@ -386,7 +392,7 @@ mod tests {
         assert!(sessions.load(&forged).await.unwrap().is_err());
         // lifetimes hold on the kept one: idle past the timeout, then over max_lifetime
         tokio::time::advance(Duration::from_secs(61)).await;
-        let err = sessions.check(&h).await.unwrap().unwrap_err();
+        let err = sessions.check(&h).await.unwrap().unwrap_err().to_string();
         assert!(err.contains("idle_timeout"), "{err}");
     }
 
@@ -462,6 +468,8 @@ mod tests {
         assert_eq!(refresher.calls.load(Ordering::SeqCst), 1);
         // the store clears every cookie of ours
         let cleared = sessions.clear(&jar.headers()).await;
+        assert_eq!(cleared.ended, Ok(()));
+        let cleared = cleared.set_cookie;
         assert!(cleared.iter().all(|v| v.to_str().unwrap().contains("Max-Age=0")), "{cleared:?}");
         assert!(cleared.iter().any(|v| v.to_str().unwrap().starts_with("_portcullis=")));
         let end = sessions.end(&SessionIndex::Sub("alice".into())).await;
@@ -476,7 +484,10 @@ mod tests {
         h.insert(header::COOKIE, HeaderValue::from_static("_portcullis=forged"));
         assert!(sessions.present(&h));
         let err = sessions.check(&h).await.unwrap().unwrap_err();
-        assert!(err.contains("session cookie"), "{err}");
+        assert!(
+            matches!(&err, SessionError::Invalid(why) if why.contains("session cookie")),
+            "{err}"
+        );
         assert!(sessions.peek(&h).await.is_none());
     }
 }

@@ -91,6 +91,45 @@ pub enum StoreError {
     Unavailable(String),
 }
 
+/// Why a request's session gave no identity.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    /// It does not open, has expired or was ended, or its refresh failed: the browser signs in
+    /// again (the reason is logged at debug).
+    #[error("{0}")]
+    Invalid(String),
+    /// The store could not say (Redis unreachable or too slow): `503`, never a pass and never
+    /// a sign-in that would fail the same way.
+    #[error("session store unavailable: {0}")]
+    Unavailable(String),
+}
+
+impl From<String> for SessionError {
+    fn from(why: String) -> Self {
+        SessionError::Invalid(why)
+    }
+}
+
+impl From<StoreError> for SessionError {
+    fn from(e: StoreError) -> Self {
+        match e {
+            StoreError::Unavailable(why) => SessionError::Unavailable(why),
+            other => SessionError::Invalid(other.to_string()),
+        }
+    }
+}
+
+/// A session ended at the request's asking (sign-out, or a session that no longer holds).
+#[derive(Debug)]
+pub struct Cleared {
+    /// `Set-Cookie` values removing every cookie of ours the request carries: sent whatever
+    /// the store said.
+    pub set_cookie: Vec<HeaderValue>,
+    /// Whether the store ended it (a server-side store deletes it; a cookie store has
+    /// nothing to delete).
+    pub ended: Result<(), StoreError>,
+}
+
 /// Brings a session's tokens and claims up to date at the provider (the login's refresh
 /// grant). Handed to the store, which decides who runs it.
 pub trait Refresher: Send + Sync + fmt::Debug {
@@ -103,9 +142,12 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Whether the request carries a session of this store at all; no I/O.
     fn present(&self, request: &HeaderMap) -> bool;
 
-    /// The session the request carries: `None` without one, `Err(why)` when it does not open
-    /// (the browser signs in again; `why` is logged at debug).
-    fn load<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Option<Result<Loaded, String>>>;
+    /// The session the request carries: `None` without one, `Err` when it does not open (the
+    /// browser signs in again) or the store cannot say (`503`).
+    fn load<'a>(
+        &'a self,
+        request: &'a HeaderMap,
+    ) -> BoxFuture<'a, Option<Result<Loaded, SessionError>>>;
 
     /// Stores `session` for `ttl` (what is left of its `max_lifetime`): the `Set-Cookie` values
     /// that carry it (or its ticket) to the browser.
@@ -129,7 +171,7 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
 
     /// Ends the request's session: removed from the store, and the `Set-Cookie` values
     /// clearing every cookie of ours the request carries.
-    fn clear<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Vec<HeaderValue>>;
+    fn clear<'a>(&'a self, request: &'a HeaderMap) -> BoxFuture<'a, Cleared>;
 
     /// Refreshes `session` with `refresher`, one refresh per session at a time (in this
     /// process for cookies; across replicas for a shared store), the outcome handed to the
@@ -138,7 +180,7 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         &'a self,
         session: Session,
         refresher: &'a dyn Refresher,
-    ) -> BoxFuture<'a, Result<(Session, Refreshed), String>>;
+    ) -> BoxFuture<'a, Result<(Session, Refreshed), SessionError>>;
 
     /// Ends every session `index` names: how many were ended.
     fn end<'a>(&'a self, index: &'a SessionIndex) -> BoxFuture<'a, Result<u64, StoreError>>;
