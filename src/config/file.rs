@@ -119,6 +119,13 @@ section!(RawSession = "session" {
     cookie_domain: Option<String>,
     max_lifetime: Option<String>,
     idle_timeout: Option<String>,
+    redis_url: Option<String>,
+    redis_password_file: Option<String>,
+    redis_ca_file: Option<String>,
+    redis_key_prefix: Option<String>,
+    redis_connect_timeout: Option<String>,
+    redis_timeout: Option<String>,
+    refresh_lock_lease: Option<String>,
 });
 
 section!(RawBearer = "bearer" {

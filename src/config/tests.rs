@@ -109,6 +109,10 @@ fn every_env_key_is_a_real_key() {
             ("session", "secret", _) => LOGIN_SECRET,
             ("session", "secret_file", _) => continue,
             ("session", "store", _) => "cookie",
+            ("session", "redis_url", _) => "rediss://portcullis:pw@redis.example.com:6380/2",
+            ("session", "redis_password_file" | "redis_ca_file", _) => continue, // files: below
+            ("session", "redis_key_prefix", _) => "app:",
+            ("session", "refresh_lock_lease", _) => "1s",
             ("session", "max_lifetime" | "idle_timeout", _) => "2h",
             ("oidc", "redirect_url" | "post_logout_redirect_url", _) => {
                 "https://app.example.com/oauth2/callback"
@@ -137,7 +141,13 @@ fn every_env_key_is_a_real_key() {
             _ => "x",
         };
         let env = vec![(env_name(section, key), value.to_string())];
-        let base = if section == "session" { login_config() } else { MINIMAL.to_string() };
+        let base = match (section, key) {
+            ("session", k) if k.starts_with("redis_") || k == "refresh_lock_lease" => {
+                login_config() + "store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n"
+            }
+            ("session", _) => login_config(),
+            _ => MINIMAL.to_string(),
+        };
         let loaded = load_str(&base, env);
         assert!(loaded.is_ok(), "{section}.{key}: {:?}", loaded.err());
         assert!(loaded.unwrap().warnings.is_empty());
@@ -491,4 +501,102 @@ fn shutdown_delay_defaults_to_none_and_is_a_duration() {
     );
     let text = format!("[server]\nshutdown_delay = \"soon\"\n{MINIMAL}");
     assert_eq!(err(&text, no_env()).key, "server.shutdown_delay");
+}
+
+#[test]
+fn redis_store_keys_defaults_env_and_mistakes_named() {
+    let redis = |extra: &str| login_config() + "store = \"redis\"\n" + extra;
+    let store = |text: String, env: Vec<(String, String)>| match load_str(&text, env)
+        .unwrap()
+        .config
+        .login
+        .unwrap()
+        .session
+        .store
+    {
+        StoreConfig::Redis(r) => r,
+        StoreConfig::Cookie => panic!("cookie store"),
+    };
+    // defaults
+    let r = store(redis("redis_url = \"redis://127.0.0.1:6379/0\"\n"), no_env());
+    assert_eq!(r.key_prefix, "portcullis:");
+    assert_eq!(r.timeout, DEFAULT_REDIS_TIMEOUT);
+    assert_eq!(r.connect_timeout, DEFAULT_REDIS_CONNECT_TIMEOUT);
+    assert_eq!(r.lock_lease, DEFAULT_REFRESH_LOCK_LEASE);
+    assert!(!r.url.is_tls() && r.password.is_none() && r.ca_pem.is_none());
+    // switching store from the environment needs nothing else
+    let env = vec![
+        ("PORTCULLIS_SESSION_STORE".to_string(), "redis".to_string()),
+        (
+            "PORTCULLIS_SESSION_REDIS_URL".into(),
+            "rediss://u:hunter2@redis.example.com:6380/3".into(),
+        ),
+        ("PORTCULLIS_SESSION_REDIS_TIMEOUT".into(), "250ms".into()),
+    ];
+    let r = store(login_config(), env);
+    assert!(r.url.is_tls());
+    assert_eq!(r.timeout, Duration::from_millis(250));
+    // the password never prints
+    let shown = format!("{} {:?} {r:?}", r.url, r.url);
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(shown.contains("rediss://u:***@redis.example.com:6380/3"), "{shown}");
+    assert_eq!(r.url.expose().password(), Some("hunter2"));
+    // the cookie store stays the default, and redis keys without it are a mistake
+    let c = load_str(&login_config(), no_env()).unwrap().config.login.unwrap();
+    assert!(matches!(c.session.store, StoreConfig::Cookie));
+    let stray = login_config() + "redis_url = \"redis://127.0.0.1:6379\"\n";
+    assert_eq!(err(&stray, no_env()).key, "session.redis_url");
+    // mistakes name their key, and never echo the URL
+    for (extra, key) in [
+        ("", "session.redis_url"),
+        ("redis_url = \"http://secret:hunter2@127.0.0.1:6379\"\n", "session.redis_url"),
+        ("redis_url = \"rediss://secret:hunter2@127.0.0.1:6379/#insecure\"\n", "session.redis_url"),
+        ("redis_url = \"redis://secret:hunter2@127.0.0.1:6379/x\"\n", "session.redis_url"),
+        (
+            "redis_url = \"redis://127.0.0.1\"\nredis_key_prefix = \"{x}\"\n",
+            "session.redis_key_prefix",
+        ),
+        ("redis_url = \"redis://127.0.0.1\"\nredis_timeout = \"0s\"\n", "session.redis_timeout"),
+        (
+            "redis_url = \"redis://127.0.0.1\"\nrefresh_lock_lease = \"1m\"\n",
+            "session.refresh_lock_lease",
+        ),
+        (
+            "redis_url = \"redis://127.0.0.1\"\nredis_ca_file = \"/etc/hostname\"\n",
+            "session.redis_ca_file",
+        ),
+        (
+            "redis_url = \"rediss://127.0.0.1\"\nredis_ca_file = \"/nonexistent\"\n",
+            "session.redis_ca_file",
+        ),
+        (
+            "redis_url = \"redis://127.0.0.1\"\nredis_password_file = \"/nonexistent\"\n",
+            "session.redis_password_file",
+        ),
+    ] {
+        let e = err(&redis(extra), no_env());
+        assert_eq!(e.key, key, "{extra}");
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+    }
+    let e = err(&login_config().replace("[session]", "[session]\nstore = \"memcached\""), no_env());
+    assert_eq!(e.key, "session.store");
+    // a password file, and a CA file for rediss://
+    let dir = tempfile::tempdir().unwrap();
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "s3cret\n").unwrap();
+    let ca = dir.path().join("ca.pem");
+    std::fs::write(&ca, "-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----\n").unwrap();
+    let text = redis(&format!(
+        "redis_url = \"rediss://127.0.0.1:6380\"\nredis_password_file = {:?}\nredis_ca_file = {:?}\n",
+        pw.display().to_string(),
+        ca.display().to_string()
+    ));
+    let r = store(text, no_env());
+    assert_eq!(r.password.as_ref().map(|p| p.expose()), Some("s3cret"));
+    assert!(r.ca_pem.is_some());
+    let both = redis(&format!(
+        "redis_url = \"redis://:pw@127.0.0.1\"\nredis_password_file = {:?}\n",
+        pw.display().to_string()
+    ));
+    assert_eq!(err(&both, no_env()).key, "session.redis_password_file");
 }

@@ -218,9 +218,14 @@ impl Login {
                 .status(StatusCode::FORBIDDEN)
                 .message("Your account cannot be used here (for example, its email address is not verified).")
         })?;
-        let cookies = self.sessions.open(&session, &parts.headers).await.map_err(|e| {
-            LoginError::new("session_too_large", e.to_string())
-                .status(StatusCode::INTERNAL_SERVER_ERROR)
+        let cookies = self.sessions.open(&session, &parts.headers).await.map_err(|e| match e {
+            StoreError::Unavailable(_) => {
+                LoginError::new("session_store_unavailable", e.to_string())
+                    .status(StatusCode::SERVICE_UNAVAILABLE)
+                    .message("Sessions are unavailable for a moment. Please try again shortly.")
+            }
+            _ => LoginError::new("session_too_large", e.to_string())
+                .status(StatusCode::INTERNAL_SERVER_ERROR),
         })?;
         let mut resp = redirect_to(&attempt.rd);
         for v in cookies {

@@ -41,12 +41,16 @@ use serde_json::{json, Map, Value};
 use url::Url;
 
 use crate::auth::session::cookie::{self as session, Attempt, ATTEMPT_LIFETIME};
+use crate::auth::session::redis::{Redis, RedisStore};
 use crate::auth::session::{
-    CookieStore, Jar, Lifetimes, Refresher, Session, SessionError, Sessions,
+    CookieStore, Jar, Lifetimes, Refresher, Session, SessionError, SessionStore, Sessions,
+    StoreError,
 };
 use crate::auth::token::Verifier;
 use crate::clock::Clock;
-use crate::config::{BearerConfig, IdentityConfig, LoginConfig, PassToken, TrustedIssuer};
+use crate::config::{
+    BearerConfig, IdentityConfig, LoginConfig, PassToken, StoreConfig, TrustedIssuer,
+};
 use crate::error::error_chain;
 use crate::identity::IdentityMapper;
 use crate::idp::discovery::{read_bounded, ProviderMetadata};
@@ -169,13 +173,19 @@ impl Login {
             max_lifetime: cfg.session.max_lifetime,
             idle_timeout: cfg.session.idle_timeout,
         };
-        let sessions = Arc::new(Sessions::new(
-            Arc::new(CookieStore::new(jar.clone(), kept.refreshes.clone())),
-            provider.clone(),
-            mapper.clone(),
-            lifetimes,
-            clock,
-        ));
+        let store: Arc<dyn SessionStore> = match &cfg.session.store {
+            StoreConfig::Cookie => Arc::new(CookieStore::new(jar.clone(), kept.refreshes.clone())),
+            StoreConfig::Redis(r) => Arc::new(RedisStore::new(
+                jar.clone(),
+                Arc::new(Redis::new(r)?),
+                r,
+                lifetimes,
+                clock,
+                kept.refreshes.clone(),
+            )),
+        };
+        let sessions =
+            Arc::new(Sessions::new(store, provider.clone(), mapper.clone(), lifetimes, clock));
         Ok(Self {
             provider,
             jar,

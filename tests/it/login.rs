@@ -270,6 +270,8 @@ pub struct LoginWorld {
     pub issuer: DevIssuer,
     pub upstream: Upstream,
     pub proxy: Proxy,
+    /// The configuration the proxy runs, for another replica of it.
+    pub config: String,
 }
 
 impl LoginWorld {
@@ -292,8 +294,29 @@ impl LoginWorld {
             identity,
             ..Opts::default()
         };
+        let config = config_text(&issuer.issuer(), &upstream.url(), &o);
         let proxy = start_proxy(&issuer.issuer(), &upstream.url(), o, true).await;
-        Self { issuer, upstream, proxy }
+        Self { issuer, upstream, proxy, config }
+    }
+
+    /// Another replica: the same configuration, its own listener (its own workers, caches and
+    /// connections), in front of the same app and issuer.
+    pub async fn replica(&self) -> Proxy {
+        let cfg = portcullis::config::load_str(&self.config, std::iter::empty()).unwrap().config;
+        let server = portcullis::server::Server::start(cfg).await.unwrap();
+        for _ in 0..200 {
+            if server.keys.all_loaded() {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(25)).await;
+        }
+        assert!(server.keys.all_loaded(), "the replica's keys did not load");
+        Proxy {
+            url: format!("http://{}", server.addr),
+            admin: format!("http://{}", server.admin_addr),
+            addr: server.addr,
+            server: Some(server),
+        }
     }
 
     pub fn url(&self, p: &str) -> String {

@@ -18,6 +18,7 @@ mod login;
 mod logs;
 mod protocols;
 mod proxy;
+mod redis;
 mod rules;
 mod sessions;
 mod tokens;

@@ -484,7 +484,7 @@ impl CookieStore {
             Ok(v) => v,
             Err(e) => return Some(Err(SessionError::Invalid(e.to_string()))),
         };
-        let opened = match self.opened.get(&value) {
+        let opened = match self.opened.get(value.as_bytes()) {
             Some(o) => o,
             None => {
                 let session: Session = match codec.open_json(SESSION, &value) {
@@ -492,7 +492,7 @@ impl CookieStore {
                     Err(e) => return Some(Err(format!("session cookie {e}").into())),
                 };
                 let opened = Arc::new(Opened::new(session));
-                self.opened.insert(&value, opened.clone());
+                self.opened.insert(value.as_bytes(), opened.clone());
                 opened
             }
         };
@@ -564,6 +564,7 @@ impl SessionStore for CookieStore {
         &'a self,
         session: Session,
         refresher: &'a dyn Refresher,
+        _request: &'a HeaderMap,
     ) -> BoxFuture<'a, Result<(Session, Refreshed), SessionError>> {
         Box::pin(async move {
             let run = || async {

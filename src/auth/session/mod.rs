@@ -7,6 +7,7 @@
 pub mod cookie;
 pub mod flight;
 mod opened;
+pub mod redis;
 pub mod store;
 
 use std::sync::Arc;
@@ -165,7 +166,7 @@ impl Sessions {
         };
         if s.at_exp.is_some_and(|exp| exp <= t) && s.refresh_token.is_some() {
             let (mut s, refreshed) =
-                self.store.refresh(Session::clone(s), &*self.refresher).await?;
+                self.store.refresh(Session::clone(s), &*self.refresher, request).await?;
             let identity = Arc::new(map(&s)?);
             s.seen = t;
             let ttl = self.time_left(&s);

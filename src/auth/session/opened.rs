@@ -1,4 +1,5 @@
-//! The sessions a cookie store opened, kept by their sealed value.
+//! The sessions a store opened, kept by their sealed value (a cookie's; a Redis store's, with
+//! the ticket that opens it).
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
@@ -18,7 +19,7 @@ pub const OPENED_SESSIONS: usize = 1024;
 /// hashed with foldhash under a per-process seed; when full, an arbitrary eighth is dropped.
 #[derive(Debug)]
 pub(super) struct OpenedSessions {
-    map: RwLock<HashMap<Box<str>, Arc<Opened>, foldhash::fast::RandomState>>,
+    map: RwLock<HashMap<Box<[u8]>, Arc<Opened>, foldhash::fast::RandomState>>,
     capacity: usize,
 }
 
@@ -27,15 +28,15 @@ impl OpenedSessions {
         Self { map: RwLock::new(HashMap::default()), capacity }
     }
 
-    pub(super) fn get(&self, sealed: &str) -> Option<Arc<Opened>> {
+    pub(super) fn get(&self, sealed: &[u8]) -> Option<Arc<Opened>> {
         self.map.read().ok()?.get(sealed).cloned()
     }
 
-    pub(super) fn insert(&self, sealed: &str, opened: Arc<Opened>) {
+    pub(super) fn insert(&self, sealed: &[u8], opened: Arc<Opened>) {
         let Ok(mut map) = self.map.write() else { return };
         if map.len() >= self.capacity {
             let drop_n = (self.capacity / 8).max(1);
-            let doomed: Vec<Box<str>> = map.keys().take(drop_n).cloned().collect();
+            let doomed: Vec<Box<[u8]>> = map.keys().take(drop_n).cloned().collect();
             for k in doomed {
                 map.remove(&k);
             }
@@ -72,19 +73,19 @@ mod tests {
         };
         // up to the bound, everything is kept
         for i in 0..16 {
-            cache.insert(&format!("sealed-{i}"), s(i));
+            cache.insert(format!("sealed-{i}").as_bytes(), s(i));
             assert_eq!(cache.len(), i as usize + 1);
         }
         // at the bound, an eighth goes before the next one comes in
-        cache.insert("sealed-16", s(16));
+        cache.insert(b"sealed-16", s(16));
         assert_eq!(cache.len(), 16 - 2 + 1);
         for i in 17..50 {
-            cache.insert(&format!("sealed-{i}"), s(i));
+            cache.insert(format!("sealed-{i}").as_bytes(), s(i));
             assert!((14..=16).contains(&cache.len()), "{}", cache.len());
         }
         // only the very same value hits
-        cache.insert("sealed-x", s(99));
-        assert_eq!(cache.get("sealed-x").unwrap().session.id, "s99");
-        assert!(cache.get("sealed-").is_none() && cache.get("sealed-xx").is_none());
+        cache.insert(b"sealed-x", s(99));
+        assert_eq!(cache.get(b"sealed-x").unwrap().session.id, "s99");
+        assert!(cache.get(b"sealed-").is_none() && cache.get(b"sealed-xx").is_none());
     }
 }

@@ -180,6 +180,7 @@ pub trait SessionStore: Send + Sync + fmt::Debug {
         &'a self,
         session: Session,
         refresher: &'a dyn Refresher,
+        request: &'a HeaderMap,
     ) -> BoxFuture<'a, Result<(Session, Refreshed), SessionError>>;
 
     /// Ends every session `index` names: how many were ended.
