@@ -5,6 +5,7 @@ use crate::common::*;
 use crate::login::{location, Browser, LoginWorld};
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
@@ -314,5 +315,261 @@ async fn rediss_with_a_private_ca_and_nothing_without_it() {
     let p = untrusting.login(&mut b, "/", "alice").await;
     assert!(p.status >= 500, "{} {}", p.status, p.body);
     assert!(!b.jar.contains_key("_portcullis"));
+    redis.stop().await;
+}
+
+/// The Redis configuration `[session]` lines give.
+fn redis_config(
+    url: &str,
+    extra: &str,
+) -> (portcullis::config::LoginConfig, Box<portcullis::config::RedisConfig>) {
+    let text = format!(
+        "[server]\nlisten = \"127.0.0.1:4180\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+         [oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"web\"\n\
+         [bearer]\naudiences = [\"api\"]\n\
+         [session]\nsecret = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n{}",
+        redis_session(url, extra)
+    );
+    let login =
+        portcullis::config::load_str(&text, std::iter::empty()).unwrap().config.login.unwrap();
+    match login.session.store.clone() {
+        portcullis::config::StoreConfig::Redis(r) => (login, r),
+        portcullis::config::StoreConfig::Cookie => unreachable!(),
+    }
+}
+
+#[tokio::test]
+async fn the_refresh_lock_belongs_to_its_owner_is_renewed_expires_and_guards_the_write() {
+    use portcullis::auth::session::redis::{Cas, Redis};
+    let redis = RedisServer::start(None).await;
+    let (_, cfg) = redis_config(&redis.url(), "");
+    let r = Redis::new(&cfg).unwrap();
+    let (lock, long) = ("portcullis:session:{t}:lock", Duration::from_secs(60));
+
+    // one owner at a time; another can neither renew nor release it
+    assert!(r.lock(lock, "a", Duration::from_secs(2)).await.unwrap());
+    assert!(!r.lock(lock, "b", long).await.unwrap());
+    assert!(!r.renew(lock, "b", long).await.unwrap());
+    assert!(!r.unlock(lock, "b").await.unwrap());
+    // its owner renews it: the lease starts again, longer than the first
+    assert!(r.renew(lock, "a", long).await.unwrap());
+    let mut c = redis.client().await;
+    let left: i64 = redis::cmd("PTTL").arg(lock).query_async(&mut c).await.unwrap();
+    assert!(left > 10_000, "lease after renewal: {left} ms");
+    assert!(r.unlock(lock, "a").await.unwrap());
+    // a lease that is not renewed lapses, and the next one may take the lock
+    assert!(r.lock(lock, "a", Duration::from_millis(100)).await.unwrap());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(!r.renew(lock, "a", long).await.unwrap(), "a lapsed lock was renewed");
+    assert!(r.lock(lock, "b", long).await.unwrap());
+
+    // compare-and-set: written only over the refresh token that was used; the lock released
+    // only for its owner
+    let key = "portcullis:session:{t}";
+    let old = [1u8; 16];
+    let mut value = old.to_vec();
+    value.extend_from_slice(b"first");
+    let _: () = redis::cmd("SET")
+        .arg(key)
+        .arg(&value)
+        .arg("EX")
+        .arg(600)
+        .query_async(&mut c)
+        .await
+        .unwrap();
+    let mut newer = [2u8; 16].to_vec();
+    newer.extend_from_slice(b"second");
+    assert_eq!(r.compare_and_set(key, lock, &old, &newer, "a").await.unwrap(), Cas::Written);
+    let held: Option<String> = redis::cmd("GET").arg(lock).query_async(&mut c).await.unwrap();
+    assert_eq!(held.as_deref(), Some("b"), "another owner's lock was released");
+    let ttl: i64 = redis::cmd("TTL").arg(key).query_async(&mut c).await.unwrap();
+    assert!(ttl > 500, "the write dropped the session's expiry ({ttl})");
+    // a replica holding the old refresh token cannot overwrite the newer session
+    let mut stale = old.to_vec();
+    stale.extend_from_slice(b"stale");
+    assert_eq!(r.compare_and_set(key, lock, &old, &stale, "b").await.unwrap(), Cas::Changed);
+    let stored: Vec<u8> = redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap();
+    assert_eq!(stored, newer);
+    assert!(r.lock(lock, "c", long).await.unwrap(), "the owner's compare-and-set kept its lock");
+    // a session ended meanwhile is not written back
+    let _: () = redis::cmd("DEL").arg(key).query_async(&mut c).await.unwrap();
+    assert_eq!(r.compare_and_set(key, lock, &[2u8; 16], &stale, "c").await.unwrap(), Cas::Gone);
+    let gone: Option<Vec<u8>> = redis::cmd("GET").arg(key).query_async(&mut c).await.unwrap();
+    assert_eq!(gone, None);
+    redis.stop().await;
+}
+
+/// A provider's refresh grant: slow, counted, rotating the refresh token; refusing a refresh
+/// token it already rotated (`invalid_grant`), as a provider with rotation does.
+#[derive(Debug, Default)]
+struct SlowProvider {
+    calls: std::sync::atomic::AtomicUsize,
+    delay: Duration,
+    fail: bool,
+}
+
+impl portcullis::auth::session::Refresher for SlowProvider {
+    fn refresh(
+        &self,
+        mut s: portcullis::auth::session::Session,
+    ) -> futures_util::future::BoxFuture<'_, Result<portcullis::auth::session::Session, String>>
+    {
+        Box::pin(async move {
+            let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
+            tokio::time::sleep(self.delay).await;
+            if self.fail {
+                return Err("refresh failed: invalid_grant".into());
+            }
+            s.refresh_token = Some(format!("rotated-{n}"));
+            s.at_exp = Some(portcullis::clock::system_now() + 3600);
+            Ok(s)
+        })
+    }
+}
+
+/// One replica's sessions over the Redis at `url` (its own connections and refresh slots).
+fn replica(url: &str, provider: Arc<SlowProvider>) -> portcullis::auth::session::Sessions {
+    use portcullis::auth::session::{redis::*, Jar, Lifetimes, Sessions};
+    let (login, cfg) = redis_config(url, "refresh_lock_lease = \"200ms\"\n");
+    let lifetimes = Lifetimes {
+        max_lifetime: login.session.max_lifetime,
+        idle_timeout: login.session.idle_timeout,
+    };
+    let clock = portcullis::clock::Clock::default();
+    let store = RedisStore::new(
+        Arc::new(Jar::new(&login).unwrap()),
+        Arc::new(Redis::new(&cfg).unwrap()),
+        &cfg,
+        lifetimes,
+        clock,
+        Arc::default(),
+    );
+    let identity = portcullis::config::load_str(
+        "[server]\nlisten = \"127.0.0.1:1\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"https://idp.example.com\"\n[bearer]\naudiences = [\"api\"]\n",
+        std::iter::empty(),
+    )
+    .unwrap()
+    .config
+    .identity;
+    Sessions::new(
+        Arc::new(store),
+        provider,
+        portcullis::identity::IdentityMapper::for_sessions(identity),
+        lifetimes,
+        clock,
+    )
+}
+
+/// A session whose access token has expired, stored through `sessions`: the request headers
+/// carrying its ticket.
+async fn expired_session(sessions: &portcullis::auth::session::Sessions) -> http::HeaderMap {
+    let now = portcullis::clock::system_now();
+    let mut claims = serde_json::Map::new();
+    claims.insert("sub".into(), serde_json::json!("alice"));
+    let s = portcullis::auth::session::Session {
+        id: portcullis::auth::session::random_token(),
+        iss: "https://idp.example.com".into(),
+        claims,
+        created: now,
+        seen: now,
+        at_exp: Some(now - 1),
+        refresh_token: Some("first".into()),
+        id_token: None,
+        sid: None,
+        access_token: None,
+    };
+    let set = sessions.open(&s, &http::HeaderMap::new()).await.unwrap();
+    let cookie = set[0].to_str().unwrap().split(';').next().unwrap().to_string();
+    let mut h = http::HeaderMap::new();
+    h.insert(http::header::COOKIE, cookie.parse().unwrap());
+    h
+}
+
+#[tokio::test]
+async fn one_refresh_across_replicas_even_past_the_first_lease_and_a_loser_never_ends_it() {
+    use portcullis::auth::session::Refreshed;
+    let redis = RedisServer::start(None).await;
+    // the provider takes 5 leases of the lock: it must be renewed, or a second refresh starts
+    let provider =
+        Arc::new(SlowProvider { delay: Duration::from_millis(1_000), ..Default::default() });
+    let (a, b) = (replica(&redis.url(), provider.clone()), replica(&redis.url(), provider.clone()));
+    let headers = expired_session(&a).await;
+
+    // ten requests on each replica at once
+    let mut all = Vec::new();
+    for i in 0..20 {
+        let (s, h) = (if i % 2 == 0 { &a } else { &b }, headers.clone());
+        all.push(async move { s.check(&h).await.unwrap() });
+    }
+    let outcomes = futures_util::future::join_all(all).await;
+    let mut here = 0;
+    for o in outcomes {
+        let c = o.unwrap_or_else(|e| panic!("a request lost its session: {e}"));
+        assert_eq!(c.session.refresh_token.as_deref(), Some("rotated-1"));
+        assert!(c.set_cookie.is_empty(), "a refresh set a cookie: the ticket stays");
+        here += usize::from(c.refreshed == Refreshed::Here);
+    }
+    assert_eq!(
+        provider.calls.load(std::sync::atomic::Ordering::SeqCst),
+        1,
+        "refreshes at the provider"
+    );
+    assert_eq!(here, 1);
+    // and the next request, on either replica, needs none
+    let c = b.check(&headers).await.unwrap().unwrap();
+    assert_eq!(c.refreshed, Refreshed::No);
+    assert_eq!(c.session.refresh_token.as_deref(), Some("rotated-1"));
+
+    redis.stop().await;
+}
+
+#[tokio::test]
+async fn a_replica_that_lost_its_lock_neither_overwrites_the_winner_nor_ends_the_session() {
+    use portcullis::auth::session::Refreshed;
+    let redis = RedisServer::start(None).await;
+    let mut c = redis.client().await;
+    // the loser's provider either refuses the rotated-out token (invalid_grant) or, without
+    // reuse detection, answers it: either way the winner's session stands
+    for fail in [true, false] {
+        let slow = Arc::new(SlowProvider {
+            delay: Duration::from_millis(800),
+            fail,
+            ..Default::default()
+        });
+        let fast = Arc::new(SlowProvider::default());
+        let loser = Arc::new(replica(&redis.url(), slow.clone()));
+        let winner = replica(&redis.url(), fast.clone());
+        let headers = expired_session(&winner).await;
+        let task = {
+            let (loser, h) = (loser.clone(), headers.clone());
+            tokio::spawn(async move { loser.check(&h).await.unwrap() })
+        };
+        // the loser's refresh is at the provider; then its lock is lost (a failover)
+        while slow.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        let locks: Vec<String> =
+            redis::cmd("KEYS").arg("portcullis:session:*:lock").query_async(&mut c).await.unwrap();
+        assert_eq!(locks.len(), 1, "{locks:?}");
+        let _: () = redis::cmd("DEL").arg(&locks[0]).query_async(&mut c).await.unwrap();
+        // another replica refreshes meanwhile and wins
+        let won = winner.check(&headers).await.unwrap().unwrap();
+        assert_eq!(won.refreshed, Refreshed::Here);
+        assert_eq!(won.session.refresh_token.as_deref(), Some("rotated-1"));
+        // the loser re-reads instead of ending the session or writing over the winner's
+        let lost = task.await.unwrap().unwrap_or_else(|e| panic!("fail={fail}: {e}"));
+        assert_eq!(lost.refreshed, Refreshed::Shared, "fail={fail}");
+        assert_eq!(lost.session.refresh_token.as_deref(), Some("rotated-1"), "fail={fail}");
+        let now = winner.check(&headers).await.unwrap().unwrap();
+        assert_eq!(now.session.refresh_token.as_deref(), Some("rotated-1"), "fail={fail}");
+        assert_eq!(now.refreshed, Refreshed::No);
+    }
+    // and a refresh that fails with nobody else winning ends the session
+    let refusing = Arc::new(SlowProvider { fail: true, ..Default::default() });
+    let alone = replica(&redis.url(), refusing.clone());
+    let headers = expired_session(&alone).await;
+    let e = alone.check(&headers).await.unwrap().unwrap_err();
+    assert!(e.to_string().contains("invalid_grant"), "{e}");
+    assert_eq!(refusing.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     redis.stop().await;
 }

@@ -715,3 +715,111 @@ impl SessionStore for RedisStore {
         self.jar.cookies.strip_from(headers)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn jar_for(client_id: &str) -> Jar {
+        let text = format!(
+            "[server]\nlisten = \"127.0.0.1:4180\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+             [oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"{client_id}\"\n\
+             [bearer]\naudiences = [\"api\"]\n\
+             [session]\nsecret = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
+             store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\n"
+        );
+        let cfg = crate::config::load_str(&text, std::iter::empty()).unwrap().config;
+        Jar::new(&cfg.login.unwrap()).unwrap()
+    }
+
+    fn session(refresh_token: &str) -> Session {
+        let mut claims = serde_json::Map::new();
+        claims.insert("sub".into(), json!("alice"));
+        Session {
+            id: "s1".into(),
+            iss: "https://idp.example.com".into(),
+            claims,
+            created: 1_000,
+            seen: 1_000,
+            at_exp: Some(2_000),
+            refresh_token: Some(refresh_token.into()),
+            id_token: Some("header.payload.signature".into()),
+            sid: None,
+            access_token: None,
+        }
+    }
+
+    #[test]
+    fn a_ticket_opens_only_as_sealed_whole_and_here() {
+        let jar = jar_for("web");
+        let t = Ticket::new(1_234).unwrap();
+        let sealed = t.seal(&jar);
+        assert_eq!(Ticket::open(&jar, &sealed).unwrap(), t);
+        assert!(sealed.len() < 120, "{}", sealed.len());
+        // two tickets never share an id or a key
+        let u = Ticket::new(1_234).unwrap();
+        assert!(u.id != t.id && u.key != t.key);
+        // every byte flipped, and every truncation, opens nothing
+        let bytes = sealed.as_bytes();
+        for i in 0..bytes.len() {
+            let mut b = bytes.to_vec();
+            b[i] = if b[i] == b'A' { b'B' } else { b'A' };
+            assert!(Ticket::open(&jar, std::str::from_utf8(&b).unwrap()).is_err(), "flip at {i}");
+        }
+        for n in 0..sealed.len() {
+            assert!(Ticket::open(&jar, &sealed[..n]).is_err(), "truncated to {n}");
+        }
+        // another app's ticket (the same secret) and a cookie session's value are not tickets
+        assert!(Ticket::open(&jar_for("other"), &sealed).is_err());
+        let cookie_value = jar.codec.seal(super::super::cookie::SESSION, &t.to_bytes());
+        assert!(Ticket::open(&jar, &cookie_value).is_err());
+        // sealed for a ticket but not one: a clear error
+        let short = jar.codec.seal(TICKET, b"short");
+        assert!(Ticket::open(&jar, &short).unwrap_err().contains("length"));
+    }
+
+    #[test]
+    fn a_stored_session_opens_only_with_its_ticket_under_its_key() {
+        let t = Ticket::new(1_000).unwrap();
+        let stored = t.seal_session("p:session:{a}", &session("rt-1")).unwrap();
+        let back = t.open_session("p:session:{a}", &stored).unwrap();
+        assert_eq!(back.refresh_token.as_deref(), Some("rt-1"));
+        // nothing of it in clear
+        let text = String::from_utf8_lossy(&stored);
+        for clear in ["alice", "rt-1", "header.payload", "idp.example.com"] {
+            assert!(!text.contains(clear), "{clear}");
+        }
+        // another ticket's key, another key name (a value copied between entries), tampering
+        // and truncation open nothing
+        let other = Ticket::new(1_000).unwrap();
+        assert!(other.open_session("p:session:{a}", &stored).is_err());
+        assert!(t.open_session("p:session:{b}", &stored).is_err());
+        for i in FP_LEN..stored.len() {
+            let mut v = stored.clone();
+            v[i] ^= 1;
+            assert!(t.open_session("p:session:{a}", &v).is_err(), "flip at {i}");
+        }
+        for n in 0..stored.len() {
+            assert!(t.open_session("p:session:{a}", &stored[..n]).is_err(), "truncated to {n}");
+        }
+        // the fingerprint names the refresh token, under the session's own key
+        assert_eq!(&stored[..FP_LEN], &t.fingerprint(Some("rt-1")));
+        let rotated = t.seal_session("p:session:{a}", &session("rt-2")).unwrap();
+        assert_ne!(&rotated[..FP_LEN], &stored[..FP_LEN]);
+        assert_ne!(other.fingerprint(Some("rt-1")), t.fingerprint(Some("rt-1")));
+    }
+
+    #[test]
+    fn the_entry_expires_at_the_idle_timeout_or_the_lifetime_whichever_is_first() {
+        let l = Lifetimes {
+            max_lifetime: Duration::from_secs(3_600),
+            idle_timeout: Duration::from_secs(600),
+        };
+        // early on, idle time decides; near the end, the lifetime does
+        assert_eq!(expires_at(10_000, 10_000, &l), 10_600);
+        assert_eq!(expires_at(10_000, 12_000, &l), 12_600);
+        assert_eq!(expires_at(10_000, 13_200, &l), 13_600);
+        assert_eq!(expires_at(10_000, 13_500, &l), 13_600);
+    }
+}
