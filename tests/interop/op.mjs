@@ -137,10 +137,20 @@ provider.on('grant.success', (ctx) => {
 const page = (body) => `<!doctype html><html><head><meta charset="utf-8"><title>Test provider</title>
   <style>body{font:16px system-ui,sans-serif;max-width:22rem;margin:3rem auto}input,button{font:inherit;padding:.4rem;width:100%;margin:.3rem 0}</style>
   </head><body>${body}</body></html>`;
+// A token endpoint slowed on request (GET /_test/slow?ms=N): a refresh that outlasts a lock's lease.
+let slowMs = 0;
 provider.use(async (ctx, next) => {
   if (ctx.path === '/_test/stats') {
     ctx.body = stats;
     return;
+  }
+  if (ctx.path === '/_test/slow') {
+    slowMs = Number(ctx.query.ms || 0);
+    ctx.body = { slowMs };
+    return;
+  }
+  if (ctx.path === '/token' && ctx.method === 'POST' && slowMs > 0) {
+    await new Promise((resolve) => { setTimeout(resolve, slowMs); });
   }
   const m = ctx.path.match(/^\/interaction\/([^/]+)(\/login)?$/);
   if (!m) return next();

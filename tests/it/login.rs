@@ -10,7 +10,7 @@ const SECRET: &str = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ3r4=";
 /// dashboard burst that must refresh the session.
 const ACCESS_TTL: u64 = 3;
 
-fn chromium() -> String {
+pub fn chromium() -> String {
     let path = std::env::var("CHROMIUM").unwrap_or_else(|_| "/usr/bin/chromium".into());
     assert!(
         std::path::Path::new(&path).exists(),

@@ -573,3 +573,138 @@ async fn a_replica_that_lost_its_lock_neither_overwrites_the_winner_nor_ends_the
     assert_eq!(refusing.calls.load(std::sync::atomic::Ordering::SeqCst), 1);
     redis.stop().await;
 }
+
+#[tokio::test]
+async fn a_real_browser_signs_in_on_one_replica_refreshes_across_both_and_signs_out_on_the_other() {
+    const ACCESS_TTL: u64 = 3;
+    let chromium = crate::login::chromium();
+    let dir = tempfile::tempdir().unwrap();
+    let redis = RedisServer::start(None).await;
+    let upstream = Upstream::start().await;
+    let mut tries = 0;
+    let (op, a, b, app_a, app_b) = loop {
+        tries += 1;
+        assert!(tries <= 5, "no free ports after 5 tries");
+        let (op_port, port_a, port_b) = (closed_port(), closed_port(), closed_port());
+        let app_a = format!("http://127.0.0.1:{port_a}");
+        let op = crate::interop::Op::try_start(
+            op_port,
+            &dir.path().join("keys.json"),
+            false,
+            &[
+                ("REDIRECT_URI", format!("{app_a}/oauth2/callback")),
+                ("POST_LOGOUT_URI", format!("{app_a}/")),
+                ("ACCESS_TTL", ACCESS_TTL.to_string()),
+            ],
+        )
+        .await;
+        let Ok(op) = op else { continue };
+        let config = format!(
+            r#"
+[upstream]
+url = "{upstream}"
+[oidc]
+issuer = "{issuer}"
+client_id = "portcullis-web"
+client_secret = "web-secret-not-for-production"
+scopes = ["openid", "email", "profile", "groups", "offline_access"]
+post_logout_redirect_url = "{app_a}/"
+[bearer]
+audiences = ["{AUD}"]
+[session]
+secret = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ3r4="
+{session}
+"#,
+            upstream = upstream.url(),
+            issuer = op.issuer,
+            session = redis_session(&redis.url(), "refresh_lock_lease = \"500ms\"\n"),
+        );
+        let a = match Binary::try_spawn_on(&config, port_a).await {
+            Ok(bin) => bin,
+            Err(e) if e.contains("in use") => {
+                op.stop().await;
+                continue;
+            }
+            Err(e) => panic!("portcullis A did not start: {e}"),
+        };
+        match Binary::try_spawn_on(&config, port_b).await {
+            Ok(b) => break (op, a, b, app_a, format!("http://127.0.0.1:{port_b}")),
+            Err(e) if e.contains("in use") => {
+                a.stop().await;
+                op.stop().await;
+            }
+            Err(e) => panic!("portcullis B did not start: {e}"),
+        }
+    };
+    a.ready().await;
+    b.ready().await;
+
+    let out = tokio::time::timeout(
+        Duration::from_secs(120),
+        Command::new("node")
+            .arg("replicas.mjs")
+            .current_dir(crate::interop::interop_dir())
+            .env("A", &app_a)
+            .env("B", &app_b)
+            .env("OP", &op.issuer)
+            .env("ACCESS_TTL", ACCESS_TTL.to_string())
+            // three of the lock's leases: without renewal a second refresh would start
+            .env("SLOW_MS", "1500")
+            .env("CHROMIUM", &chromium)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the browser run finished within 2 minutes")
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let seen: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or_default())
+        .unwrap_or_else(|_| panic!("no result from the browser:\n{stdout}\n{stderr}"));
+    assert!(
+        out.status.success() && seen.get("error").is_none(),
+        "browser run failed: {seen:#}\n{stderr}"
+    );
+
+    // the cookie is a small ticket, HttpOnly
+    let cookies = seen["cookies"].as_array().unwrap();
+    let ticket = cookies.iter().find(|c| c["name"] == "_portcullis").expect("a session cookie");
+    assert!(ticket["size"].as_u64().unwrap() < 200, "{ticket}");
+    assert_eq!(ticket["httpOnly"], true);
+    // B knew the session A opened
+    assert_eq!(seen["through_b"], 200, "{seen:#}");
+    assert_eq!(seen["through_b_url"], format!("{app_b}/through/b"));
+    let on_b = upstream.seen().into_iter().find(|s| s.path_and_query == "/through/b").unwrap();
+    assert_eq!(on_b.one("x-forwarded-user").as_deref(), Some("alice"));
+    // the burst over both replicas: all pass, one refresh reached the provider
+    let burst = seen["burst"].as_array().unwrap();
+    assert_eq!(burst.len(), 30);
+    assert!(burst.iter().all(|s| s == 200), "{burst:?}");
+    assert_eq!(seen["refreshes"], 1, "refreshes that reached the provider");
+    let dash =
+        upstream.seen().into_iter().filter(|s| s.path_and_query.starts_with("/api/dash/")).count();
+    assert_eq!(dash, 30);
+    // signed out through B: no cookie of ours left, A asks for a sign-in again
+    assert!(
+        seen["cookies_after"].as_array().unwrap().iter().all(|c| c != "_portcullis"),
+        "{seen:#}"
+    );
+    assert_eq!(seen["a_after_sign_out"], "/oauth2/sign_in", "{seen:#}");
+    // a copy of the cookie taken before the sign-out opens nothing on A
+    let copied = seen["cookie"].as_str().expect("the cookie before sign-out");
+    let hits = upstream.hits();
+    let mut copy = Browser::new();
+    copy.jar.insert("_portcullis".into(), copied.into());
+    let p = visit(&mut copy, &format!("{app_a}/copied"), true).await;
+    assert_eq!(p.status, 302, "{}", p.body);
+    assert!(location(&p).starts_with("/oauth2/sign_in"));
+    assert_eq!(visit(&mut copy, &format!("{app_a}/api/copied"), false).await.status, 401);
+    assert_eq!(upstream.hits(), hits, "the copied cookie reached the app");
+    let mut c = redis.client().await;
+    assert!(session_keys(&mut c).await.is_empty(), "a session is left in Redis");
+
+    a.stop().await;
+    b.stop().await;
+    op.stop().await;
+    redis.stop().await;
+}
