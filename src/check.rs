@@ -1,7 +1,7 @@
 //! `portcullis check`: validates the config and, unless `--offline`, probes every issuer the way
 //! the proxy will (discovery, then the JWKS), saying what failed in words a user can act on.
 
-use crate::config::Config;
+use crate::config::{Config, StoreConfig};
 use crate::idp::discovery::{idp_client, FetchError};
 use crate::idp::jwks::{IssuerKeys, KeyCacheSettings};
 
@@ -53,6 +53,17 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
         ),
         None => println!("  browser login off (set oidc.client_id and [session] to turn it on)"),
     }
+    let redis = config.login.as_ref().and_then(|l| match &l.session.store {
+        StoreConfig::Cookie => None,
+        StoreConfig::Redis(r) => Some(r),
+    });
+    match (&config.login, redis) {
+        (Some(_), Some(r)) => {
+            println!("  sessions      in Redis at {} (keys {}*)", r.url, r.key_prefix)
+        }
+        (Some(_), None) => println!("  sessions      in encrypted cookies"),
+        (None, _) => {}
+    }
     let policy = &config.authorization;
     if policy.is_empty() {
         println!("  authorization any valid token (no [authorization] requirements or rules)");
@@ -91,6 +102,20 @@ pub async fn run(config: &Config, offline: bool) -> u8 {
             Err(e) => {
                 println!("FAIL  {}: {e}", i.issuer);
                 println!("      hint: {}", hint(&e, &i.issuer));
+                code = PROBE_FAILED;
+            }
+        }
+    }
+    if let Some(r) = redis {
+        let answered = match crate::auth::session::redis::Redis::new(r) {
+            Ok(client) => client.ping().await.map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match answered {
+            Ok(()) => println!("ok    sessions: Redis at {} answers", r.url),
+            Err(e) => {
+                println!("FAIL  sessions: Redis at {}: {e}", r.url);
+                println!("      hint: is it running and reachable from here, and are the user, password (session.redis_password_file) and CA (session.redis_ca_file) right?");
                 code = PROBE_FAILED;
             }
         }

@@ -120,6 +120,33 @@ async fn check_exit_codes() {
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("2 signing key(s)"), "{out}");
 
+    // Redis sessions: the store and its URL (password hidden), and whether Redis answers
+    let redis = crate::redis::RedisServer::start_with(&["--requirepass", "hunter2"]).await;
+    let login = |port: u16| {
+        format!(
+            "[server]\nlisten = \"127.0.0.1:4180\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}\"\nclient_id = \"web\"\n[bearer]\naudiences = [\"a\"]\n\
+             [session]\nsecret = \"q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ3r4=\"\nstore = \"redis\"\n\
+             redis_url = \"redis://:hunter2@127.0.0.1:{port}/0\"\n",
+            issuer.issuer()
+        )
+    };
+    let with_redis = write(dir.path(), "redis.toml", &login(redis.port));
+    let (code, out, err) = output(&["check", "--config", &with_redis], &[]).await;
+    assert_eq!(code, 0, "{out}{err}");
+    let shown = format!("redis://:***@127.0.0.1:{}/0", redis.port);
+    assert!(out.contains(&format!("sessions      in Redis at {shown}")), "{out}");
+    assert!(out.contains(&format!("ok    sessions: Redis at {shown} answers")), "{out}");
+    assert!(!out.contains("hunter2") && !err.contains("hunter2"), "{out}{err}");
+    let port = redis.stop().await;
+    let (code, out, err) = output(&["check", "--config", &with_redis], &[]).await;
+    assert_eq!(code, 1, "{out}");
+    assert!(
+        out.contains("FAIL  sessions: Redis at") && out.contains("cannot reach Redis"),
+        "{out}"
+    );
+    assert!(!out.contains("hunter2") && !err.contains("hunter2"), "{out}{err}");
+    let _ = port;
+
     // issuer mismatch in discovery: 1, telling the exact value to use
     let slash = write(dir.path(), "slash.toml", &format!("[upstream]\nurl = \"http://127.0.0.1:1\"\n[oidc]\nissuer = \"{}/\"\n[bearer]\naudiences = [\"a\"]\n", issuer.issuer()));
     let (code, out, _) = output(&["check", "--config", &slash], &[]).await;

@@ -330,6 +330,59 @@ fn compose_validates_and_a_restart_of_portcullis_cannot_cut_the_app_off() {
 }
 
 #[test]
+fn compose_with_redis_validates_keeps_redis_private_and_switches_portcullis_by_environment() {
+    let (ok, out) = run(Command::new(tool("check-jsonschema"))
+        .args(["--builtin-schema", "vendor.compose-spec"])
+        .arg(root().join("deploy/compose/compose.redis.yaml")));
+    assert!(ok, "{out}");
+    let c = &yaml_docs(&read("deploy/compose/compose.redis.yaml"))[0]["services"];
+    let r = &c["redis"];
+    // in edge's namespace, on loopback, nothing published, hardened, an ACL file, no disk
+    assert_eq!(r["network_mode"], "service:edge");
+    assert!(r.get("ports").is_none());
+    assert_eq!(r["read_only"], true);
+    assert_eq!(r["cap_drop"], serde_json::json!(["ALL"]));
+    let cmd: Vec<&str> =
+        r["command"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let arg = |name: &str| cmd.iter().position(|a| *a == name).map(|i| cmd[i + 1]);
+    assert_eq!(arg("--bind"), Some("127.0.0.1"));
+    assert_eq!(arg("--aclfile"), Some("/run/secrets/redis-users.acl"));
+    assert_eq!(arg("--maxmemory-policy"), Some("volatile-ttl"));
+    assert_eq!(arg("--save"), Some(""));
+    // portcullis's variables are real keys, and give the Redis store as the user of the ACL
+    let env = c["portcullis"]["environment"].as_object().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (secret, password) = (dir.path().join("s"), dir.path().join("p"));
+    std::fs::write(&secret, "ZGVtby1zZXNzaW9uLXNlY3JldC0zMi1ieXRlcy0hISE=").unwrap();
+    std::fs::write(&password, "pw").unwrap();
+    let mut vars = vec![
+        ("PORTCULLIS_SESSION_SECRET_FILE".to_string(), secret.display().to_string()),
+        ("PORTCULLIS_OIDC_CLIENT_SECRET_FILE".to_string(), secret.display().to_string()),
+    ];
+    for (k, v) in env {
+        let v = v.as_str().unwrap();
+        let v = if k.ends_with("_PASSWORD_FILE") {
+            assert_eq!(v, "/run/secrets/redis-password");
+            password.display().to_string()
+        } else {
+            v.to_string()
+        };
+        vars.push((k.clone(), v));
+    }
+    let loaded =
+        portcullis::config::load_str(&read("deploy/compose/portcullis.toml"), vars).unwrap();
+    assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+    match &loaded.config.login.unwrap().session.store {
+        portcullis::config::StoreConfig::Redis(r) => {
+            assert_eq!(r.url.expose().host_str(), Some("127.0.0.1"));
+            assert_eq!(r.url.expose().username(), "portcullis");
+            assert_eq!(r.password.as_ref().map(|p| p.expose()), Some("pw"));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn the_dockerfile_is_hadolint_clean_and_checks_itself_with_portcullis_probe() {
     let file = root().join("deploy/Dockerfile");
     let (ok, out) = run(Command::new(tool("hadolint")).arg(&file));

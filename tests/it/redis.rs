@@ -98,8 +98,17 @@ pub struct RedisServer {
 impl RedisServer {
     /// Starts on a free port (another one if it was taken meanwhile).
     pub async fn start(tls: Option<&Tls>) -> RedisServer {
+        Self::start_full(tls, &[]).await
+    }
+
+    /// Starts on a free port with more `redis-server` arguments.
+    pub async fn start_with(args: &[&str]) -> RedisServer {
+        Self::start_full(None, args).await
+    }
+
+    async fn start_full(tls: Option<&Tls>, args: &[&str]) -> RedisServer {
         for _ in 0..5 {
-            if let Some(r) = Self::try_start_on(closed_port(), tls).await {
+            if let Some(r) = Self::try_start_full(closed_port(), tls, args).await {
                 return r;
             }
         }
@@ -108,9 +117,14 @@ impl RedisServer {
 
     /// Starts on `port`; `None` when the port is taken.
     pub async fn try_start_on(port: u16, tls: Option<&Tls>) -> Option<RedisServer> {
+        Self::try_start_full(port, tls, &[]).await
+    }
+
+    async fn try_start_full(port: u16, tls: Option<&Tls>, args: &[&str]) -> Option<RedisServer> {
         let mut cmd = Command::new("redis-server");
         cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--daemonize", "no"])
-            .args(["--logfile", "", "--loglevel", "notice"]);
+            .args(["--logfile", "", "--loglevel", "notice"])
+            .args(args);
         match tls {
             None => cmd.args(["--port", &port.to_string()]),
             Some(t) => cmd.args(["--port", "0", "--tls-port", &port.to_string()]).args([
@@ -706,5 +720,56 @@ secret = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ3r4="
     a.stop().await;
     b.stop().await;
     op.stop().await;
+    redis.stop().await;
+}
+
+/// The ACL line of the Compose example (its `printf` format, with the password's SHA-256).
+fn acl_from_the_compose_example(password: &str) -> String {
+    let compose = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("deploy/compose/compose.redis.yaml"),
+    )
+    .unwrap();
+    let line = compose.lines().find(|l| l.contains("printf 'user default off")).unwrap();
+    let format = line.split('\'').nth(1).unwrap();
+    let digest = aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, password.as_bytes());
+    let hex: String = digest.as_ref().iter().map(|b| format!("{b:02x}")).collect();
+    format.replace("\\n", "\n").replace("%s", &hex)
+}
+
+#[tokio::test]
+async fn as_the_acl_user_of_the_docs_with_a_password_file_and_a_wrong_password_is_a_503() {
+    let dir = tempfile::tempdir().unwrap();
+    let acl = dir.path().join("users.acl");
+    std::fs::write(&acl, acl_from_the_compose_example("s3cret-pw")).unwrap();
+    let redis = RedisServer::start_with(&["--aclfile", acl.to_str().unwrap()]).await;
+    let url = format!("redis://portcullis@127.0.0.1:{}/0", redis.port);
+    let pw = dir.path().join("password");
+    std::fs::write(&pw, "s3cret-pw\n").unwrap();
+    let extra = format!("redis_password_file = {:?}\n", pw.display().to_string());
+    let w = LoginWorld::with_session(&redis_session(&url, &extra)).await;
+    let mut browser = Browser::new();
+    assert_eq!(w.login(&mut browser, "/", "alice").await.status, 302);
+    assert_eq!(visit(&mut browser, &w.url("/x"), false).await.status, 200);
+    // refresh scripts run as this user too
+    let (_, cfg) = redis_config(&url, &extra);
+    let r = portcullis::auth::session::redis::Redis::new(&cfg).unwrap();
+    assert!(r.lock("portcullis:session:{acl}:lock", "me", Duration::from_secs(5)).await.unwrap());
+    assert!(r.renew("portcullis:session:{acl}:lock", "me", Duration::from_secs(5)).await.unwrap());
+    assert!(r.unlock("portcullis:session:{acl}:lock", "me").await.unwrap());
+    // keys outside the prefix are refused to it
+    assert!(r.get("other:key").await.is_err());
+
+    // the wrong password: sign-in is a 503, and the log never holds the password
+    std::fs::write(&pw, "wrong-pw-123").unwrap();
+    // (the password file is read at start-up: a replica started now reads the wrong one)
+    let cfg = portcullis::config::load_str(&w.config, std::iter::empty()).unwrap().config;
+    let wrong = portcullis::server::Server::start(cfg).await.unwrap();
+    let mut copy = Browser::new();
+    copy.jar = browser.jar.clone();
+    let p = visit(&mut copy, &format!("http://{}/x", wrong.addr), false).await;
+    assert_eq!(p.status, 503, "{}", p.body);
+    assert!(p.body.contains("Sessions are unavailable"), "{}", p.body);
+    assert!(!p.body.contains("wrong-pw") && !p.body.contains("s3cret"), "{}", p.body);
+    wrong.shutdown().await;
     redis.stop().await;
 }

@@ -314,6 +314,16 @@ impl Redis {
         }
     }
 
+    /// Whether Redis answers (`portcullis check`).
+    pub async fn ping(&self) -> Result<(), StoreError> {
+        let pong: String = self.query(&redis::cmd("PING")).await?;
+        if pong == "PONG" {
+            Ok(())
+        } else {
+            Err(StoreError::Unavailable(format!("PING answered {pong:?}")))
+        }
+    }
+
     /// The stored value, its expiry slid to `expire_at` in the same round trip.
     pub async fn get_and_slide(
         &self,
