@@ -559,7 +559,7 @@ impl SessionStore for CookieStore {
     }
 
     /// One refresh per session at a time in the process; requests of that moment, and those
-    /// arriving with the old cookie within [`REFRESH_GRACE`], get its outcome.
+    /// arriving with the old cookie within [`REFRESH_GRACE`](super::flight::REFRESH_GRACE), get its outcome.
     fn refresh<'a>(
         &'a self,
         session: Session,
