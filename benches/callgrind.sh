@@ -11,6 +11,8 @@
 #   requests; nothing reaches the app.
 #   MODE=session: a browser session (a cookie from signing in as alice at the demo's issuer,
 #   in both runs, so the sign-in is subtracted) instead of the token.
+#   MODE=redis-session: the same with sessions in a redis-server this script starts (Debian's;
+#   its own instructions are not counted), and the Redis commands per request counted.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}; bin=${2:-target/release/portcullis}
@@ -25,45 +27,32 @@ events { worker_connections 1024; }
 http { access_log off; server { listen 127.0.0.1:18281; location / { return 200 "ok\n"; } } }
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
+mode=${MODE:-proxy}; extra=()
+if [ "$mode" = redis-session ]; then
+  redis-server --bind 127.0.0.1 --port 18282 --save "" --appendonly no --logfile "" > "$work/redis.log" 2>&1 & pids+=($!)
+  for _ in $(seq 100); do redis-cli -p 18282 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  extra=(--redis redis://127.0.0.1:18282/0); mode=session
+fi
+commands() { [ ${#extra[@]} -gt 0 ] && redis-cli -p 18282 info stats | awk -F: '/^total_commands_processed/ {print $2+0}' || echo 0; }
 
 count() { # requests -> instructions of the whole run
   local reqs=$1 out="$work/cg.$1"
   PORTCULLIS_LOG_LEVEL=${LOG_LEVEL:-info} taskset -c 0 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" \
     "$bin" demo --listen 127.0.0.1:18280 --admin-listen 127.0.0.1:18290 --upstream http://127.0.0.1:18281 \
-    > "$work/p.$reqs.log" 2>&1 &
+    "${extra[@]}" > "$work/p.$reqs.log" 2>&1 &
   local pid=$!
   for _ in $(seq 600); do grep -q '^  TOKEN=' "$work/p.$reqs.log" 2>/dev/null && break; sleep 0.1; done
   local token; token=$(grep -m1 '^  TOKEN=' "$work/p.$reqs.log" | cut -d= -f2)
-  python3 - "$reqs" "$token" "${MODE:-proxy}" <<'PY'
+  local before; before=$(commands)
+  python3 - "$reqs" "$token" "$mode" <<'PY'
 import http.client, sys
 n, token, mode = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 c = http.client.HTTPConnection("127.0.0.1", 18280, timeout=60)
 path, headers = "/", {"Authorization": "Bearer " + token}
 if mode == "session":
-    # sign in as a browser would: start, the issuer's form, the callback; keep the cookies
-    import urllib.parse
-    jar = {}
-    def take(r):
-        for k, v in r.getheaders():
-            if k.lower() == "set-cookie":
-                name, _, rest = v.partition("=")
-                jar[name] = rest.split(";")[0]
-    def cookie():
-        return "; ".join(f"{k}={v}" for k, v in jar.items())
-    nav = {"Accept": "text/html", "Sec-Fetch-Mode": "navigate", "Host": "127.0.0.1:18280"}
-    c.request("GET", "/oauth2/start?rd=%2F", headers=nav)
-    r = c.getresponse(); r.read(); take(r)
-    authorize = urllib.parse.urlsplit(r.getheader("Location"))
-    form = urllib.parse.parse_qsl(authorize.query) + [("user", "alice")]
-    i = http.client.HTTPConnection(authorize.hostname, authorize.port, timeout=60)
-    i.request("POST", "/authorize", body=urllib.parse.urlencode(form),
-              headers={"Content-Type": "application/x-www-form-urlencoded"})
-    r = i.getresponse(); r.read()
-    back = urllib.parse.urlsplit(r.getheader("Location"))
-    c.request("GET", back.path + "?" + back.query, headers=dict(nav, Cookie=cookie()))
-    r = c.getresponse(); r.read(); take(r)
-    assert r.status == 302 and any(k.startswith("_portcullis") for k in jar), (r.status, jar)
-    headers = {"Cookie": cookie()}
+    sys.path.insert(0, "benches")
+    from signin import sign_in
+    headers = {"Cookie": sign_in(18280)}
 if mode == "forward-auth":
     path = "/oauth2/auth"
     headers.update({"X-Original-URI": "/", "X-Original-Method": "GET",
@@ -75,6 +64,7 @@ for _ in range(n):
     assert mode != "forward-auth" or r.getheader("X-Auth-Request-User") == "alice"
     assert not r.getheader("Set-Cookie"), "a refresh or activity write in the measured requests"
 PY
+  echo $(( $(commands) - before )) > "$work/commands.$reqs"
   kill -INT "$pid"; wait "$pid" 2>/dev/null || true
   local total=0
   for f in "$out"-*; do
@@ -88,3 +78,7 @@ PY
 base=$(count 0); full=$(count "$n")
 echo "instructions: $full with $n requests, $base with none"
 awk -v a="$full" -v b="$base" -v n="$n" 'BEGIN {printf "instructions per proxied request: %.0f\n", (a-b)/n}'
+if [ ${#extra[@]} -gt 0 ]; then
+  awk -v a="$(cat "$work/commands.$n")" -v b="$(cat "$work/commands.0")" -v n="$n" \
+    'BEGIN {printf "Redis commands per request: %.2f\n", (a-b)/n}'
+fi

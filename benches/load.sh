@@ -21,9 +21,13 @@
 #     --forward-auth      nginx with auth_request asking portcullis (/oauth2/auth, nginx's
 #                         dialect, keep-alive) in front of the app, against the plain nginx
 #                         proxy; CPU counts portcullis and that nginx together
+#     --sessions          portcullis against itself: the bearer token, a cookie session and a
+#                         Redis session (a second demo with --redis, a redis-server this script
+#                         starts on the same two cores), interleaved; ratios against the bearer
+#                         run, Redis's CPU and commands per request reported (needs redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-rounds=5 secs=10 conns=64 logs=off tokens=1 h2=0 fa=0
+rounds=5 secs=10 conns=64 logs=off tokens=1 h2=0 fa=0 sessions=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --rounds) rounds=$2; shift 2 ;;
@@ -33,6 +37,7 @@ while [ $# -gt 0 ]; do
     --tokens) tokens=$2; shift 2 ;;
     --h2) h2=1; shift ;;
     --forward-auth) fa=1; shift ;;
+    --sessions) sessions=1; shift ;;
     *) echo "unknown option $1 (see the head of $0)" >&2; exit 2 ;;
   esac
 done
@@ -174,6 +179,10 @@ fi
 proc_pids() { # proxy -> its pids
   if [ "$1" = nginx ]; then
     echo "$(cat "$work/nginx.pid") $(pgrep -P "$(cat "$work/nginx.pid")" | tr '\n' ' ')"
+  elif [ "$1" = redis ]; then
+    echo "$rpid"
+  elif [ "$1" = portcullis-redis ]; then
+    echo "$ppid_redis"
   elif [ "$fa" = 1 ]; then
     echo "$ppid $(cat "$work/fa.pid") $(pgrep -P "$(cat "$work/fa.pid")" | tr '\n' ' ')"
   else
@@ -221,6 +230,64 @@ run() { # proxy url conns -> "rps p50_ms p99_ms cpu_us_per_request user_us syste
 }
 median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
 range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
+
+if [ "$sessions" = 1 ]; then
+  [ "$h2" = 0 ] && [ "$fa" = 0 ] && [ "$tokens" = 1 ] || { echo "--sessions is HTTP/1.1 with one token" >&2; exit 2; }
+  command -v redis-server >/dev/null || { echo "needs redis-server" >&2; exit 1; }
+  redis-server --bind 127.0.0.1 --port 18084 --save "" --appendonly no --logfile "" > "$work/redis.log" 2>&1 & rpid=$!; pids+=($rpid)
+  for _ in $(seq 100); do redis-cli -p 18084 ping >/dev/null 2>&1 && break; sleep 0.1; done
+  PORTCULLIS_LOG_LEVEL=$p_level "$bin" demo --listen 127.0.0.1:18085 --admin-listen 127.0.0.1:18095 \
+    --upstream http://127.0.0.1:18081 --redis redis://127.0.0.1:18084/0 > "$work/portcullis-redis.log" 2>&1 & ppid_redis=$!; pids+=($ppid_redis)
+  for _ in $(seq 100); do curl -fsS -o /dev/null http://127.0.0.1:18095/healthz 2>/dev/null && break; sleep 0.1; done
+  cookie_session=$(python3 benches/signin.py 18080)
+  redis_session=$(python3 benches/signin.py 18085)
+  commands() { redis-cli -p 18084 info stats | awk -F: '/^total_commands_processed/ {print $2+0}'; }
+  # kind -> "proxy url" and its wrk headers
+  pick() {
+    case "$1" in
+      bearer) target="portcullis http://127.0.0.1:18080/"; wrk_auth=(-H "Authorization: Bearer $token") ;;
+      cookie) target="portcullis http://127.0.0.1:18080/"; wrk_auth=(-H "Cookie: $cookie_session") ;;
+      redis) target="portcullis-redis http://127.0.0.1:18085/"; wrk_auth=(-H "Cookie: $redis_session") ;;
+    esac
+  }
+  echo "portcullis with a bearer token, a cookie session and a Redis session: HTTP/1.1, $rounds interleaved rounds of ${secs}s, $conns connections, access log $logs"
+  echo "(Redis on the same two cores; its CPU is counted apart, and in the total)"
+  echo
+  for k in bearer cookie redis; do pick "$k"; run ${target% *} "${target#* }" "$conns" > /dev/null; done
+  for k in bearer cookie redis; do : > "$work/$k.txt"; done
+  : > "$work/cookie.ratio"; : > "$work/redis.ratio"; : > "$work/redis.cmds"; : > "$work/redis.cpu"
+  for i in $(seq "$rounds"); do
+    for k in bearer cookie redis; do
+      pick "$k"
+      if [ "$k" = redis ]; then c0=$(commands); r0=$(cpu_ticks redis); fi
+      out=$(run ${target% *} "${target#* }" "$conns"); echo "$out" >> "$work/$k.txt"
+      if [ "$k" = redis ]; then
+        reqs=$(awk '/requests in/ {print $1}' "$work/load.out")
+        awk -v a="$(commands)" -v b="$c0" -v n="$reqs" 'BEGIN {printf "%.3f\n", (a-b)/n}' >> "$work/redis.cmds"
+        r1=$(cpu_ticks redis)
+        awk -v before="$r0" -v after="$r1" -v n="$reqs" -v hz="$hz" \
+          'BEGIN {split(before, x, " "); split(after, y, " "); printf "%.1f\n", (y[1]+y[2]-x[1]-x[2]) / hz / n * 1e6}' >> "$work/redis.cpu"
+      fi
+      echo "  round $i $k: $out (req/s p50_ms p99_ms cpu_us user_us sys_us)" >&2
+    done
+    b=$(tail -1 "$work/bearer.txt" | cut -d' ' -f1)
+    for k in cookie redis; do
+      awk -v p="$(tail -1 "$work/$k.txt" | cut -d' ' -f1)" -v n="$b" 'BEGIN {printf "%.4f\n", p/n}' >> "$work/$k.ratio"
+    done
+  done
+  col() { cut -d' ' -f"$2" "$work/$1.txt" | median; }
+  printf '%-16s | %-26s | %-22s | %s\n' session "req/s (p50/p99 ms)" "vs bearer (range)" "CPU µs/req (user+sys)"
+  for k in bearer cookie redis; do
+    ratio="1.00×"
+    [ "$k" = bearer ] || ratio="$(median < "$work/$k.ratio" | awk '{printf "%.2f", $1}')× ($(range < "$work/$k.ratio"))"
+    extra=""
+    [ "$k" = redis ] && extra=" + Redis $(median < "$work/redis.cpu") = $(awk -v a="$(col redis 4)" -v b="$(median < "$work/redis.cpu")" 'BEGIN {printf "%.1f", a+b}')"
+    printf '%-16s | %-26s | %-22s | %s%s\n' "$k" "$(col "$k" 1) ($(col "$k" 2)/$(col "$k" 3))" "$ratio" "$(col "$k" 4)" "$extra"
+  done
+  echo
+  echo "Redis commands per request: $(median < "$work/redis.cmds")"
+  exit 0
+fi
 
 proto=HTTP/1.1; [ "$h2" = 1 ] && proto="HTTP/2 (h2c, h2load -m 10)"
 p_url=http://127.0.0.1:18080/

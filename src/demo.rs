@@ -54,7 +54,13 @@ pub fn demo_config_toml(
     admin: SocketAddr,
     issuer: &str,
     upstream: &str,
+    redis: Option<&str>,
 ) -> String {
+    let store = match redis {
+        // sessions on this Redis server (docs/sessions-in-redis.md)
+        Some(url) => format!("store = \"redis\"\nredis_url = {url:?}\n"),
+        None => String::new(),
+    };
     format!(
         r#"[server]
 listen = "{listen}"
@@ -80,7 +86,7 @@ public_routes = ["^/public/"]
 [session]
 # a throwaway secret for the demo; in production: `openssl rand -base64 32`, from a file
 secret = "{secret}"
-
+{store}
 [[authorization.rules]]
 path = "/admin"
 groups = ["admins"]
@@ -90,10 +96,12 @@ groups = ["admins"]
 }
 
 /// Runs the demo until Ctrl-C; `upstream` replaces the echo app (it must be on loopback).
+/// `redis`: keep sessions on that Redis server instead of in cookies.
 pub async fn run(
     listen: SocketAddr,
     admin: SocketAddr,
     upstream: Option<String>,
+    redis: Option<String>,
 ) -> anyhow::Result<()> {
     for a in [listen, admin] {
         if !a.ip().is_loopback() {
@@ -113,7 +121,7 @@ pub async fn run(
         }
         None => format!("http://{}", start_echo_app().await?),
     };
-    let text = demo_config_toml(listen, admin, &dev.issuer(), &app);
+    let text = demo_config_toml(listen, admin, &dev.issuer(), &app, redis.as_deref());
     let cfg = config::load_str(&text, std::iter::empty())?.config;
     let server = Server::start(cfg).await?;
     for _ in 0..100 {

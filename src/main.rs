@@ -44,6 +44,10 @@ enum Command {
         /// Put your own app on loopback behind the demo instead of the built-in echo app.
         #[arg(long)]
         upstream: Option<String>,
+        /// Keep browser sessions on this Redis server (e.g. redis://127.0.0.1:6379/0) instead
+        /// of in cookies.
+        #[arg(long)]
+        redis: Option<String>,
     },
     /// GET a URL (e.g. http://127.0.0.1:9090/healthz): exit 0 on a 2xx within the timeout,
     /// else 1 with the reason. For health checks in images without curl.
@@ -125,7 +129,7 @@ fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Command::Demo { listen, admin_listen, upstream } => {
+        Command::Demo { listen, admin_listen, upstream, redis } => {
             // The demo's log settings come from the environment like any config key's would.
             let log = config::LogConfig {
                 level: std::env::var("PORTCULLIS_LOG_LEVEL").unwrap_or_else(|_| "info".into()),
@@ -135,7 +139,7 @@ fn main() -> ExitCode {
                 },
             };
             let _guard = telemetry::init(&log);
-            match rt.block_on(demo::run(listen, admin_listen, upstream)) {
+            match rt.block_on(demo::run(listen, admin_listen, upstream, redis)) {
                 Ok(()) => ExitCode::SUCCESS,
                 Err(e) => {
                     eprintln!("portcullis demo: {e:#}");

@@ -17,22 +17,28 @@ pub const OPENED_SESSIONS: usize = 1024;
 /// secret or identity mapping never meets an entry of the old one; lifetimes and idle time are
 /// checked on every request as before. Keyed by the whole value, compared in full on a hit, and
 /// hashed with foldhash under a per-process seed; when full, an arbitrary eighth is dropped.
+///
+/// The Redis store keeps its opened tickets the same way ([`Kept`] of another value).
+pub(super) type OpenedSessions = Kept<Arc<Opened>>;
+
+/// A bounded map from a sealed value to what opening it gave (a pure function of the value and
+/// the store's secrets).
 #[derive(Debug)]
-pub(super) struct OpenedSessions {
-    map: RwLock<HashMap<Box<[u8]>, Arc<Opened>, foldhash::fast::RandomState>>,
+pub(super) struct Kept<V> {
+    map: RwLock<HashMap<Box<[u8]>, V, foldhash::fast::RandomState>>,
     capacity: usize,
 }
 
-impl OpenedSessions {
+impl<V: Clone> Kept<V> {
     pub(super) fn new(capacity: usize) -> Self {
         Self { map: RwLock::new(HashMap::default()), capacity }
     }
 
-    pub(super) fn get(&self, sealed: &[u8]) -> Option<Arc<Opened>> {
+    pub(super) fn get(&self, sealed: &[u8]) -> Option<V> {
         self.map.read().ok()?.get(sealed).cloned()
     }
 
-    pub(super) fn insert(&self, sealed: &[u8], opened: Arc<Opened>) {
+    pub(super) fn insert(&self, sealed: &[u8], opened: V) {
         let Ok(mut map) = self.map.write() else { return };
         if map.len() >= self.capacity {
             let drop_n = (self.capacity / 8).max(1);

@@ -27,7 +27,7 @@
 //! - **Connections**: one multiplexed connection per worker, made on the worker's runtime the
 //!   first time it needs one (commands never cross threads; start-up does not wait for Redis).
 
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::thread::ThreadId;
 use std::time::Duration;
 
@@ -39,7 +39,7 @@ use redis::aio::{ConnectionManager, ConnectionManagerConfig};
 
 use super::cookie::Jar;
 use super::flight::RefreshSlots;
-use super::opened::{OpenedSessions, OPENED_SESSIONS};
+use super::opened::{Kept, OPENED_SESSIONS};
 use super::store::{
     Cleared, Loaded, Opened, Refreshed, Refresher, Save, SessionError, SessionIndex, SessionStore,
     StoreError,
@@ -115,8 +115,13 @@ impl Ticket {
         Self::from_bytes(&plain).ok_or_else(|| "session ticket of the wrong length".to_string())
     }
 
-    fn hex_id(&self) -> String {
-        self.id.iter().map(|b| format!("{b:02x}")).collect()
+    /// The id in hex, appended to `out`.
+    fn push_hex_id(&self, out: &mut String) {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        for b in self.id {
+            out.push(HEX[usize::from(b >> 4)] as char);
+            out.push(HEX[usize::from(b & 15)] as char);
+        }
     }
 
     /// The fingerprint of a refresh token under this session's key (none: of the empty one).
@@ -273,11 +278,13 @@ impl Redis {
 
     /// The session's key and its lock's, under one hash tag (one Cluster slot).
     pub fn keys(&self, ticket: &Ticket) -> (String, String) {
-        let id = ticket.hex_id();
-        (
-            format!("{}session:{{{id}}}", self.prefix),
-            format!("{}session:{{{id}}}:lock", self.prefix),
-        )
+        let mut key = String::with_capacity(self.prefix.len() + 10 + 2 * ID_LEN);
+        key.push_str(&self.prefix);
+        key.push_str("session:{");
+        ticket.push_hex_id(&mut key);
+        key.push('}');
+        let lock = format!("{key}:lock");
+        (key, lock)
     }
 
     /// This worker's connection, made (lazily: it connects on first use) on its runtime.
@@ -423,6 +430,20 @@ fn redis_error(e: &redis::RedisError) -> String {
     }
 }
 
+/// A ticket opened from a cookie, its keys, and the session it last opened (by the stored value).
+struct OpenTicket {
+    ticket: Ticket,
+    key: String,
+    lock: String,
+    last: Mutex<Option<(Box<[u8]>, Arc<Opened>)>>,
+}
+
+impl std::fmt::Debug for OpenTicket {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("OpenTicket").field("key", &self.key).finish_non_exhaustive()
+    }
+}
+
 /// Sessions in Redis, the browser holding a ticket (see the module's documentation).
 #[derive(Debug)]
 pub struct RedisStore {
@@ -432,8 +453,9 @@ pub struct RedisStore {
     lease: Duration,
     clock: Clock,
     refreshes: Arc<RefreshSlots>,
-    /// Decrypted sessions by ticket and stored value: never instead of reading Redis.
-    opened: OpenedSessions,
+    /// Tickets opened, by the cookie's value, each with the session it last decrypted (by the
+    /// whole stored value): never instead of reading Redis.
+    tickets: Kept<Arc<OpenTicket>>,
 }
 
 impl RedisStore {
@@ -452,48 +474,59 @@ impl RedisStore {
             lease: cfg.lock_lease,
             clock,
             refreshes,
-            opened: OpenedSessions::new(OPENED_SESSIONS),
+            tickets: Kept::new(OPENED_SESSIONS),
         }
     }
 
     /// The request's ticket: `None` without a session cookie.
-    fn ticket(&self, request: &HeaderMap) -> Option<Result<Ticket, String>> {
-        Some(match self.jar.cookies.session_value(request)? {
-            Ok(v) => Ticket::open(&self.jar, &v),
-            Err(e) => Err(format!("session cookie {e}")),
-        })
+    fn ticket(&self, request: &HeaderMap) -> Option<Result<Arc<OpenTicket>, String>> {
+        let value = match self.jar.cookies.session_value(request)? {
+            Ok(v) => v,
+            Err(e) => return Some(Err(format!("session cookie {e}"))),
+        };
+        if let Some(t) = self.tickets.get(value.as_bytes()) {
+            return Some(Ok(t));
+        }
+        let ticket = match Ticket::open(&self.jar, &value) {
+            Ok(t) => t,
+            Err(why) => return Some(Err(why)),
+        };
+        let (key, lock) = self.redis.keys(&ticket);
+        let open = Arc::new(OpenTicket { ticket, key, lock, last: Mutex::new(None) });
+        self.tickets.insert(value.as_bytes(), open.clone());
+        Some(Ok(open))
     }
 
-    /// The session a stored value holds, opened once per (ticket, value).
-    fn open(&self, ticket: &Ticket, key: &str, value: &[u8]) -> Result<Arc<Opened>, String> {
-        let mut cache_key = Vec::with_capacity(TICKET_LEN + value.len());
-        cache_key.extend_from_slice(&ticket.to_bytes());
-        cache_key.extend_from_slice(value);
-        if let Some(o) = self.opened.get(&cache_key) {
-            return Ok(o);
+    /// The session a stored value holds: decrypted again only when the value changed.
+    fn open(&self, t: &OpenTicket, value: &[u8]) -> Result<Arc<Opened>, String> {
+        if let Ok(last) = t.last.lock() {
+            if let Some((_, o)) = last.as_ref().filter(|(v, _)| **v == *value) {
+                return Ok(o.clone());
+            }
         }
-        let opened = Arc::new(Opened::new(ticket.open_session(key, value)?));
-        self.opened.insert(&cache_key, opened.clone());
+        let opened = Arc::new(Opened::new(t.ticket.open_session(&t.key, value)?));
+        if let Ok(mut last) = t.last.lock() {
+            *last = Some((value.into(), opened.clone()));
+        }
         Ok(opened)
     }
 
     async fn load_now(&self, request: &HeaderMap) -> Option<Result<Loaded, SessionError>> {
-        let ticket = match self.ticket(request)? {
+        let t = match self.ticket(request)? {
             Ok(t) => t,
             Err(why) => return Some(Err(SessionError::Invalid(why))),
         };
-        let (key, _) = self.redis.keys(&ticket);
         let now = self.clock.now();
-        let at = expires_at(ticket.created, now, &self.lifetimes);
+        let at = expires_at(t.ticket.created, now, &self.lifetimes);
         if at <= now {
             return Some(Err(SessionError::Invalid("session reached session.max_lifetime".into())));
         }
-        Some(match self.redis.get_and_slide(&key, at).await {
+        Some(match self.redis.get_and_slide(&t.key, at).await {
             Err(e) => Err(e.into()),
             Ok(None) => Err(SessionError::Invalid(
                 "session ended (signed out, idle or expired) in Redis".into(),
             )),
-            Ok(Some(value)) => match self.open(&ticket, &key, &value) {
+            Ok(Some(value)) => match self.open(&t, &value) {
                 // Redis keeps idle time: the entry exists, so it was used within it.
                 Ok(opened) => Ok(Loaded { opened, last_seen: now }),
                 Err(why) => Err(SessionError::Invalid(why)),
@@ -523,15 +556,14 @@ impl RedisStore {
     /// won. `Ok(None)` when it still has `old`.
     async fn newer(
         &self,
-        ticket: &Ticket,
-        key: &str,
+        t: &OpenTicket,
         old: &[u8; FP_LEN],
     ) -> Result<Option<Session>, SessionError> {
-        match self.redis.get(key).await? {
+        match self.redis.get(&t.key).await? {
             None => Err(SessionError::Invalid("session ended during its refresh".into())),
             Some(v) if v.get(..FP_LEN) == Some(&old[..]) => Ok(None),
             Some(v) => {
-                let opened = self.open(ticket, key, &v).map_err(SessionError::Invalid)?;
+                let opened = self.open(t, &v).map_err(SessionError::Invalid)?;
                 Ok(Some(Session::clone(&opened.session)))
             }
         }
@@ -541,23 +573,20 @@ impl RedisStore {
     /// result (or take the lock over when it lapses without one).
     async fn refresh_across(
         &self,
-        ticket: Ticket,
+        t: &OpenTicket,
         session: Session,
         refresher: &dyn Refresher,
     ) -> Result<(Session, Refreshed), SessionError> {
-        let (key, lock) = self.redis.keys(&ticket);
-        let old = ticket.fingerprint(session.refresh_token.as_deref());
+        let old = t.ticket.fingerprint(session.refresh_token.as_deref());
         let owner = super::random_token();
         let deadline = tokio::time::Instant::now() + REFRESH_BUDGET + self.lease * 2;
         loop {
-            if self.redis.lock(&lock, &owner, self.lease).await? {
-                return self
-                    .refresh_owned(&ticket, session, refresher, (&key, &lock), &old, &owner)
-                    .await;
+            if self.redis.lock(&t.lock, &owner, self.lease).await? {
+                return self.refresh_owned(t, session, refresher, &old, &owner).await;
             }
             // Another replica refreshes: wait for its session.
             tokio::time::sleep(WAIT_POLL).await;
-            if let Some(s) = self.newer(&ticket, &key, &old).await? {
+            if let Some(s) = self.newer(t, &old).await? {
                 return Ok((s, Refreshed::Shared));
             }
             if tokio::time::Instant::now() >= deadline {
@@ -570,15 +599,15 @@ impl RedisStore {
 
     async fn refresh_owned(
         &self,
-        ticket: &Ticket,
+        t: &OpenTicket,
         session: Session,
         refresher: &dyn Refresher,
-        (key, lock): (&str, &str),
         old: &[u8; FP_LEN],
         owner: &str,
     ) -> Result<(Session, Refreshed), SessionError> {
+        let (key, lock) = (t.key.as_str(), t.lock.as_str());
         // Another replica may have refreshed between this request's read and the lock.
-        match self.newer(ticket, key, old).await {
+        match self.newer(t, old).await {
             Ok(None) => {}
             other => {
                 let _ = self.redis.unlock(lock, owner).await;
@@ -613,13 +642,14 @@ impl RedisStore {
         };
         match outcome {
             Some(Ok(refreshed)) => {
-                let value = ticket.seal_session(key, &refreshed).map_err(SessionError::Invalid)?;
+                let value =
+                    t.ticket.seal_session(key, &refreshed).map_err(SessionError::Invalid)?;
                 match self.redis.compare_and_set(key, lock, old, &value, owner).await? {
                     Cas::Written => Ok((refreshed, Refreshed::Here)),
                     Cas::Gone => {
                         Err(SessionError::Invalid("session ended during its refresh".into()))
                     }
-                    Cas::Changed => match self.newer(ticket, key, old).await? {
+                    Cas::Changed => match self.newer(t, old).await? {
                         Some(s) => Ok((s, Refreshed::Shared)),
                         None => {
                             Err(SessionError::Invalid("session changed during its refresh".into()))
@@ -634,7 +664,7 @@ impl RedisStore {
                     _ => "the refresh took longer than its budget".to_string(),
                 };
                 // `invalid_grant` may only mean that another replica redeemed it first.
-                match self.newer(ticket, key, old).await? {
+                match self.newer(t, old).await? {
                     Some(s) => Ok((s, Refreshed::Shared)),
                     None => Err(SessionError::Invalid(why)),
                 }
@@ -687,10 +717,7 @@ impl SessionStore for RedisStore {
         Box::pin(async move {
             let set_cookie = self.jar.cookies.clear_all(request);
             let ended = match self.ticket(request) {
-                Some(Ok(ticket)) => {
-                    let (key, lock) = self.redis.keys(&ticket);
-                    self.redis.delete(&[&key, &lock]).await.map(|_| ())
-                }
+                Some(Ok(t)) => self.redis.delete(&[&t.key, &t.lock]).await.map(|_| ()),
                 // nothing stored under a ticket that does not open
                 _ => Ok(()),
             };
@@ -710,7 +737,7 @@ impl SessionStore for RedisStore {
                 Some(Err(why)) => return Err(SessionError::Invalid(why)),
                 None => return Err(SessionError::Invalid("no session ticket".into())),
             };
-            let run = || self.refresh_across(ticket, session.clone(), refresher);
+            let run = || self.refresh_across(&ticket, session.clone(), refresher);
             self.refreshes.run(&session, run).await
         })
     }
@@ -818,6 +845,25 @@ mod tests {
         let rotated = t.seal_session("p:session:{a}", &session("rt-2")).unwrap();
         assert_ne!(&rotated[..FP_LEN], &stored[..FP_LEN]);
         assert_ne!(other.fingerprint(Some("rt-1")), t.fingerprint(Some("rt-1")));
+    }
+
+    #[test]
+    fn a_session_and_its_lock_share_a_hash_tag_under_the_prefix() {
+        let text = "[server]\nlisten = \"127.0.0.1:4180\"\n[upstream]\nurl = \"http://127.0.0.1:1\"\n\
+             [oidc]\nissuer = \"https://idp.example.com\"\nclient_id = \"web\"\n\
+             [bearer]\naudiences = [\"api\"]\n\
+             [session]\nsecret = \"MDEyMzQ1Njc4OWFiY2RlZjAxMjM0NTY3ODlhYmNkZWY=\"\n\
+             store = \"redis\"\nredis_url = \"redis://127.0.0.1:6379\"\nredis_key_prefix = \"app1:\"\n";
+        let cfg = crate::config::load_str(text, std::iter::empty()).unwrap().config;
+        let crate::config::StoreConfig::Redis(r) = cfg.login.unwrap().session.store else {
+            panic!("not redis")
+        };
+        let redis = Redis::new(&r).unwrap();
+        let mut t = Ticket::new(0).unwrap();
+        t.id = [0x0f, 0xa0, 0, 0xff, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 0xed];
+        let (key, lock) = redis.keys(&t);
+        assert_eq!(key, "app1:session:{0fa000ff0102030405060708090a0bed}");
+        assert_eq!(lock, "app1:session:{0fa000ff0102030405060708090a0bed}:lock");
     }
 
     #[test]
