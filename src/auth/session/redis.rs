@@ -435,8 +435,11 @@ struct OpenTicket {
     ticket: Ticket,
     key: String,
     lock: String,
-    last: Mutex<Option<(Box<[u8]>, Arc<Opened>)>>,
+    last: Mutex<Option<Decrypted>>,
 }
+
+/// A stored value and the session it decrypted to.
+type Decrypted = (Box<[u8]>, Arc<Opened>);
 
 impl std::fmt::Debug for OpenTicket {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
