@@ -276,3 +276,35 @@ async fn pass_id_token_sends_a_sessions_id_token_to_the_app_and_nothing_for_bear
     assert_eq!(r.status(), 200);
     assert_eq!(w.upstream.last().one("authorization"), None);
 }
+
+#[tokio::test]
+async fn a_kept_cookie_session_is_dropped_when_its_secret_is_removed_by_a_new_configuration() {
+    let w = LoginWorld::new().await;
+    let mut b = Browser::new();
+    assert_eq!(w.login(&mut b, "/", "alice").await.status, 302);
+    same_origin(&mut b);
+    // opened once, and kept
+    for _ in 0..2 {
+        assert_eq!(b.request("GET", &w.url("/x"), false, None).await.status, 200);
+    }
+    let server = w.proxy.server.as_ref().unwrap();
+    let line = w.config.lines().find(|l| l.starts_with("secret = ")).unwrap().to_string();
+    let old = line.trim_start_matches("secret = ").trim_matches('"').to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let with_secrets = |secrets: &[&str]| {
+        let f = dir.path().join(format!("secrets-{}", secrets.len()));
+        std::fs::write(&f, secrets.join("\n")).unwrap();
+        let text = w.config.replace(&line, &format!("secret_file = {:?}", f.display().to_string()));
+        portcullis::config::load_str(&text, std::iter::empty()).unwrap().config
+    };
+    let new = "bmV3LXNlY3JldC0zMi1ieXRlcy1yb3RhdGVkLWluISE=";
+    // rotation: a new first secret, the old one still opens
+    server.swap(&with_secrets(&[new, &old])).await.unwrap();
+    assert_eq!(b.request("GET", &w.url("/x"), false, None).await.status, 200);
+    // the old secret removed: the session it sealed opens nowhere, kept or not
+    server.swap(&with_secrets(&[new])).await.unwrap();
+    let hits = w.upstream.hits();
+    let p = b.request("GET", &w.url("/x"), false, None).await;
+    assert_eq!(p.status, 401, "{}", p.body);
+    assert_eq!(w.upstream.hits(), hits, "a session of a removed secret reached the app");
+}
