@@ -222,6 +222,9 @@ impl Cookies {
     /// chunks, login attempts, the activity cookie) by the app: its name in any spelling
     /// ([`fold_name`]), or a piece without `=` that is such a name.
     pub fn is_ours(&self, pair: &Pair<'_>) -> bool {
+        if pair.name == self.name.as_bytes() {
+            return true; // the usual case, without folding
+        }
         let folded = fold_name(pair.name);
         let base = &self.folded_base;
         folded == *base
