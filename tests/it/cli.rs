@@ -234,10 +234,12 @@ async fn run_serves_until_sigterm_then_drains_and_exits_zero() {
     assert!(!out.contains(sig), "part of the token was logged");
 }
 
-#[tokio::test]
-async fn demo_works_without_any_outside_service() {
+/// Starts `portcullis demo` on free ports with `extra` arguments: the process, the banner it
+/// printed, its token and where its proxy listens.
+async fn spawn_demo(extra: &[&str]) -> (tokio::process::Child, String, String, String) {
     let mut child = Command::new(BIN)
         .args(["demo", "--listen", "127.0.0.1:0", "--admin-listen", "127.0.0.1:0"])
+        .args(extra)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .kill_on_drop(true)
@@ -261,15 +263,22 @@ async fn demo_works_without_any_outside_service() {
     })
     .await
     .unwrap();
-    assert!(banner.contains("DEVELOPMENT ONLY"), "{banner}");
-    assert!(banner.contains("curl"), "{banner}");
-    // where it listens, as the banner says
     let proxy = banner
         .lines()
         .find_map(|l| l.trim().strip_prefix("proxy"))
         .and_then(|l| l.split_whitespace().next())
         .expect("the banner names the proxy")
         .to_string();
+    // keep reading, so the demo never blocks on a full pipe
+    tokio::spawn(async move { while let Ok(Some(_)) = lines.next_line().await {} });
+    (child, banner, token, proxy)
+}
+
+#[tokio::test]
+async fn demo_works_without_any_outside_service() {
+    let (mut child, banner, token, proxy) = spawn_demo(&[]).await;
+    assert!(banner.contains("DEVELOPMENT ONLY"), "{banner}");
+    assert!(banner.contains("curl"), "{banner}");
     let port = proxy.rsplit(':').next().unwrap().parse::<u16>().unwrap();
     // the README's transcript shows what the demo prints (at its default address)
     let squeeze = |s: &str| s.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -377,4 +386,47 @@ async fn probe_exits_zero_on_a_2xx_in_time_and_one_with_the_reason_otherwise() {
     let (code, _, err) = probe("not a url".into(), &[]).await;
     assert_eq!(code, 1);
     assert!(err.contains("not a URL"), "{err}");
+}
+
+#[tokio::test]
+async fn demo_with_redis_keeps_its_sessions_there() {
+    let redis = crate::redis::RedisServer::start(None).await;
+    let (mut child, _, _, proxy) = spawn_demo(&["--redis", &redis.url()]).await;
+    let nav =
+        reqwest::Client::builder().redirect(reqwest::redirect::Policy::none()).build().unwrap();
+    // sign in as alice: start, the development issuer's form, the callback
+    let r = nav.get(format!("{proxy}/oauth2/start?rd=%2F")).send().await.unwrap();
+    let attempt =
+        r.headers()["set-cookie"].to_str().unwrap().split(';').next().unwrap().to_string();
+    let authorize = reqwest::Url::parse(r.headers()["location"].to_str().unwrap()).unwrap();
+    let mut form: Vec<(String, String)> = authorize.query_pairs().into_owned().collect();
+    form.push(("user".into(), "alice".into()));
+    let issuer = format!("{}://{}", authorize.scheme(), authorize.authority());
+    let body: String =
+        url::form_urlencoded::Serializer::new(String::new()).extend_pairs(form).finish();
+    let r = nav
+        .post(format!("{issuer}/authorize"))
+        .header("content-type", "application/x-www-form-urlencoded")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let callback = r.headers()["location"].to_str().unwrap().to_string();
+    let r = nav.get(&callback).header("cookie", &attempt).send().await.unwrap();
+    assert_eq!(r.status(), 302);
+    let session = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().split(';').next().unwrap().to_string())
+        .find(|c| c.starts_with("_portcullis="))
+        .expect("a session cookie");
+    let r = nav.get(format!("{proxy}/hello")).header("cookie", &session).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    let mut c = redis.client().await;
+    let keys: Vec<String> =
+        redis::cmd("KEYS").arg("portcullis:session:*").query_async(&mut c).await.unwrap();
+    assert_eq!(keys.len(), 1, "{keys:?}");
+    let _ = child.kill().await;
+    redis.stop().await;
 }
