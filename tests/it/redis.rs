@@ -417,8 +417,12 @@ async fn the_refresh_lock_belongs_to_its_owner_is_renewed_expires_and_guards_the
 /// token it already rotated (`invalid_grant`), as a provider with rotation does.
 #[derive(Debug, Default)]
 struct SlowProvider {
+    /// Names the refresh tokens it gives (`<name>-<n>`).
+    name: &'static str,
     calls: std::sync::atomic::AtomicUsize,
     delay: Duration,
+    /// When set, it answers only once the test adds a permit.
+    gate: Option<Arc<tokio::sync::Semaphore>>,
     fail: bool,
 }
 
@@ -431,10 +435,13 @@ impl portcullis::auth::session::Refresher for SlowProvider {
         Box::pin(async move {
             let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1;
             tokio::time::sleep(self.delay).await;
+            if let Some(gate) = &self.gate {
+                let _ = gate.acquire().await.map(|p| p.forget());
+            }
             if self.fail {
                 return Err("refresh failed: invalid_grant".into());
             }
-            s.refresh_token = Some(format!("rotated-{n}"));
+            s.refresh_token = Some(format!("{}-{n}", self.name));
             s.at_exp = Some(portcullis::clock::system_now() + 3600);
             Ok(s)
         })
@@ -444,7 +451,8 @@ impl portcullis::auth::session::Refresher for SlowProvider {
 /// One replica's sessions over the Redis at `url` (its own connections and refresh slots).
 fn replica(url: &str, provider: Arc<SlowProvider>) -> portcullis::auth::session::Sessions {
     use portcullis::auth::session::{redis::*, Jar, Lifetimes, Sessions};
-    let (login, cfg) = redis_config(url, "refresh_lock_lease = \"200ms\"\n");
+    // renewed every third of a second: a worker stalled for 600 ms still keeps it
+    let (login, cfg) = redis_config(url, "refresh_lock_lease = \"1s\"\n");
     let lifetimes = Lifetimes {
         max_lifetime: login.session.max_lifetime,
         idle_timeout: login.session.idle_timeout,
@@ -503,9 +511,12 @@ async fn expired_session(sessions: &portcullis::auth::session::Sessions) -> http
 async fn one_refresh_across_replicas_even_past_the_first_lease_and_a_loser_never_ends_it() {
     use portcullis::auth::session::Refreshed;
     let redis = RedisServer::start(None).await;
-    // the provider takes 5 leases of the lock: it must be renewed, or a second refresh starts
-    let provider =
-        Arc::new(SlowProvider { delay: Duration::from_millis(1_000), ..Default::default() });
+    // the provider takes three leases of the lock: it must be renewed, or a second refresh starts
+    let provider = Arc::new(SlowProvider {
+        name: "rotated",
+        delay: Duration::from_millis(3_000),
+        ..Default::default()
+    });
     let (a, b) = (replica(&redis.url(), provider.clone()), replica(&redis.url(), provider.clone()));
     let headers = expired_session(&a).await;
 
@@ -545,12 +556,14 @@ async fn a_replica_that_lost_its_lock_neither_overwrites_the_winner_nor_ends_the
     // the loser's provider either refuses the rotated-out token (invalid_grant) or, without
     // reuse detection, answers it: either way the winner's session stands
     for fail in [true, false] {
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
         let slow = Arc::new(SlowProvider {
-            delay: Duration::from_millis(800),
+            name: "loser",
+            gate: Some(gate.clone()),
             fail,
             ..Default::default()
         });
-        let fast = Arc::new(SlowProvider::default());
+        let fast = Arc::new(SlowProvider { name: "winner", ..Default::default() });
         let loser = Arc::new(replica(&redis.url(), slow.clone()));
         let winner = replica(&redis.url(), fast.clone());
         let headers = expired_session(&winner).await;
@@ -569,13 +582,15 @@ async fn a_replica_that_lost_its_lock_neither_overwrites_the_winner_nor_ends_the
         // another replica refreshes meanwhile and wins
         let won = winner.check(&headers).await.unwrap().unwrap();
         assert_eq!(won.refreshed, Refreshed::Here);
-        assert_eq!(won.session.refresh_token.as_deref(), Some("rotated-1"));
-        // the loser re-reads instead of ending the session or writing over the winner's
+        assert_eq!(won.session.refresh_token.as_deref(), Some("winner-1"));
+        // then the loser's provider answers; it re-reads instead of ending the session or
+        // writing over the winner's
+        gate.add_permits(1);
         let lost = task.await.unwrap().unwrap_or_else(|e| panic!("fail={fail}: {e}"));
         assert_eq!(lost.refreshed, Refreshed::Shared, "fail={fail}");
-        assert_eq!(lost.session.refresh_token.as_deref(), Some("rotated-1"), "fail={fail}");
+        assert_eq!(lost.session.refresh_token.as_deref(), Some("winner-1"), "fail={fail}");
         let now = winner.check(&headers).await.unwrap().unwrap();
-        assert_eq!(now.session.refresh_token.as_deref(), Some("rotated-1"), "fail={fail}");
+        assert_eq!(now.session.refresh_token.as_deref(), Some("winner-1"), "fail={fail}");
         assert_eq!(now.refreshed, Refreshed::No);
     }
     // and a refresh that fails with nobody else winning ends the session
@@ -631,7 +646,7 @@ secret = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ3r4="
 "#,
             upstream = upstream.url(),
             issuer = op.issuer,
-            session = redis_session(&redis.url(), "refresh_lock_lease = \"500ms\"\n"),
+            session = redis_session(&redis.url(), "refresh_lock_lease = \"1s\"\n"),
         );
         let a = match Binary::try_spawn_on(&config, port_a).await {
             Ok(bin) => bin,
@@ -663,7 +678,7 @@ secret = "q83vEjRWeJq83vEjRWeJq83vEjRWeJq83vEjRWeJ3r4="
             .env("OP", &op.issuer)
             .env("ACCESS_TTL", ACCESS_TTL.to_string())
             // three of the lock's leases: without renewal a second refresh would start
-            .env("SLOW_MS", "1500")
+            .env("SLOW_MS", "3000")
             .env("CHROMIUM", &chromium)
             .kill_on_drop(true)
             .output(),
