@@ -14,6 +14,8 @@
 //! A request beyond that waits for a released connection or a free slot, within
 //! `upstream.connect_timeout`, so a burst of new clients passes without errors or stalls.
 
+pub mod framing;
+
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
