@@ -578,6 +578,21 @@ fn redis_store_keys_defaults_env_and_mistakes_named() {
         assert_eq!(e.key, key, "{extra}");
         assert!(!e.to_string().contains("hunter2"), "{e}");
     }
+    // the bounds of the timeouts and the lease, exactly
+    for (key, ok, refused) in [
+        ("redis_timeout", ["10ms", "60s"], ["9ms", "61s"]),
+        ("redis_connect_timeout", ["10ms", "60s"], ["9ms", "61s"]),
+        ("refresh_lock_lease", ["100ms", "15s"], ["99ms", "16s"]),
+    ] {
+        for v in ok {
+            let text = redis(&format!("redis_url = \"redis://127.0.0.1\"\n{key} = \"{v}\"\n"));
+            assert!(load_str(&text, no_env()).is_ok(), "{key} = {v}");
+        }
+        for v in refused {
+            let text = redis(&format!("redis_url = \"redis://127.0.0.1\"\n{key} = \"{v}\"\n"));
+            assert_eq!(err(&text, no_env()).key, format!("session.{key}"), "{key} = {v}");
+        }
+    }
     let e = err(&login_config().replace("[session]", "[session]\nstore = \"memcached\""), no_env());
     assert_eq!(e.key, "session.store");
     // a password file, and a CA file for rediss://
@@ -594,9 +609,40 @@ fn redis_store_keys_defaults_env_and_mistakes_named() {
     let r = store(text, no_env());
     assert_eq!(r.password.as_ref().map(|p| p.expose()), Some("s3cret"));
     assert!(r.ca_pem.is_some());
+    // a CA without TLS is a mistake even when it is a good one; TLS with a file that is no CA
+    let plain = redis(&format!(
+        "redis_url = \"redis://127.0.0.1:6380\"\nredis_ca_file = {:?}\n",
+        ca.display().to_string()
+    ));
+    assert!(err(&plain, no_env()).to_string().contains("rediss://"));
+    let not_pem = redis(&format!(
+        "redis_url = \"rediss://127.0.0.1:6380\"\nredis_ca_file = {:?}\n",
+        pw.display().to_string()
+    ));
+    assert!(err(&not_pem, no_env()).to_string().contains("no PEM certificate"));
     let both = redis(&format!(
         "redis_url = \"redis://:pw@127.0.0.1\"\nredis_password_file = {:?}\n",
         pw.display().to_string()
     ));
     assert_eq!(err(&both, no_env()).key, "session.redis_password_file");
+}
+
+#[test]
+fn session_defaults_and_the_cookie_name_and_domain() {
+    let l = load_str(&login_config(), no_env()).unwrap().config.login.unwrap();
+    assert_eq!(l.session.max_lifetime, Duration::from_secs(12 * 3600));
+    assert_eq!(l.session.idle_timeout, Duration::from_secs(3600));
+    assert_eq!(l.session.cookie_name, "_portcullis");
+    assert_eq!(l.session.cookie_domain, None);
+    let with = |line: &str| login_config().replace("[session]", &format!("[session]\n{line}"));
+    for bad in ["cookie_name = \"\"", "cookie_name = \"a b\"", "cookie_name = \"a;b\""] {
+        assert_eq!(err(&with(bad), no_env()).key, "session.cookie_name", "{bad}");
+    }
+    let l = load_str(&with("cookie_name = \"my-app_1\""), no_env()).unwrap().config.login.unwrap();
+    assert_eq!(l.session.cookie_name, "my-app_1");
+    let l = load_str(&with("cookie_domain = \" \""), no_env()).unwrap().config.login.unwrap();
+    assert_eq!(l.session.cookie_domain, None, "a blank domain is none");
+    let l =
+        load_str(&with("cookie_domain = \"example.com\""), no_env()).unwrap().config.login.unwrap();
+    assert_eq!(l.session.cookie_domain.as_deref(), Some("example.com"));
 }

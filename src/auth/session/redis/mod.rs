@@ -421,6 +421,12 @@ mod tests {
         let sealed = t.seal(&jar);
         assert_eq!(Ticket::open(&jar, &sealed).unwrap(), t);
         assert!(sealed.len() < 120, "{}", sealed.len());
+        // its Debug shows neither the id nor the key
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("1234") && !shown.contains("key") && !shown.contains("id:"),
+            "{shown}"
+        );
         // two tickets never share an id or a key
         let u = Ticket::new(1_234).unwrap();
         assert!(u.id != t.id && u.key != t.key);
