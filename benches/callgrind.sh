@@ -13,6 +13,9 @@
 #   in both runs, so the sign-in is subtracted) instead of the token.
 #   MODE=redis-session: the same with sessions in a redis-server this script starts (Debian's;
 #   its own instructions are not counted), and the Redis commands per request counted.
+#   MODE=nginx: the baseline, a plain nginx reverse proxy (one process, keep-alive to the same
+#   upstream, its access log on, buffered as in load.sh --logs on) counted the same way, sent
+#   the same requests with the same token (taken from a demo run of the binary).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 n=${1:-2000}; bin=${2:-target/release/portcullis}
@@ -28,6 +31,34 @@ http { access_log off; server { listen 127.0.0.1:18281; location / { return 200 
 NGINX
 nginx -c "$work/nginx.conf" -p "$work" & pids+=($!)
 mode=${MODE:-proxy}; extra=()
+if [ "$mode" = nginx ]; then
+  cat > "$work/proxy.conf" <<NGINX
+worker_processes 1; master_process off; daemon off; pid $work/proxy.pid; error_log $work/proxy-error.log warn;
+events { worker_connections 1024; }
+http {
+  upstream app { server 127.0.0.1:18281; keepalive 16; }
+  keepalive_requests 1000000;
+  server {
+    listen 127.0.0.1:18280;
+    access_log $work/proxy-access.log combined buffer=64k;
+    location / {
+      proxy_pass http://app;
+      proxy_http_version 1.1;
+      proxy_set_header Connection "";
+      proxy_set_header Host \$host;
+      proxy_set_header X-Forwarded-For \$remote_addr;
+    }
+  }
+}
+NGINX
+  mkdir -p "$work/proxy"
+  # the same token portcullis is sent: from a demo run (not measured)
+  "$bin" demo --listen 127.0.0.1:18280 --admin-listen 127.0.0.1:18290 --upstream http://127.0.0.1:18281 > "$work/token.log" 2>&1 &
+  demo=$!
+  for _ in $(seq 600); do grep -q '^  TOKEN=' "$work/token.log" 2>/dev/null && break; sleep 0.1; done
+  nginx_token=$(grep -m1 '^  TOKEN=' "$work/token.log" | cut -d= -f2)
+  kill -INT "$demo"; wait "$demo" 2>/dev/null || true
+fi
 if [ "$mode" = redis-session ]; then
   redis-server --bind 127.0.0.1 --port 18282 --save "" --appendonly no --logfile "" > "$work/redis.log" 2>&1 & pids+=($!)
   for _ in $(seq 100); do redis-cli -p 18282 ping >/dev/null 2>&1 && break; sleep 0.1; done
@@ -36,13 +67,20 @@ fi
 commands() { [ ${#extra[@]} -gt 0 ] && redis-cli -p 18282 info stats | awk -F: '/^total_commands_processed/ {print $2+0}' || echo 0; }
 
 count() { # requests -> instructions of the whole run
-  local reqs=$1 out="$work/cg.$1"
-  PORTCULLIS_LOG_LEVEL=${LOG_LEVEL:-info} taskset -c 0 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" \
-    "$bin" demo --listen 127.0.0.1:18280 --admin-listen 127.0.0.1:18290 --upstream http://127.0.0.1:18281 \
-    "${extra[@]}" > "$work/p.$reqs.log" 2>&1 &
+  local reqs=$1 out="$work/cg.$1" token
+  if [ "$mode" = nginx ]; then
+    taskset -c 0 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" \
+      nginx -c "$work/proxy.conf" -p "$work/proxy" > "$work/p.$reqs.log" 2>&1 &
+    for _ in $(seq 600); do python3 -c 'import socket; socket.create_connection(("127.0.0.1", 18280), 1)' 2>/dev/null && break; sleep 0.1; done
+    token=$nginx_token
+  else
+    PORTCULLIS_LOG_LEVEL=${LOG_LEVEL:-info} taskset -c 0 valgrind --tool=callgrind --separate-threads=yes --callgrind-out-file="$out" \
+      "$bin" demo --listen 127.0.0.1:18280 --admin-listen 127.0.0.1:18290 --upstream http://127.0.0.1:18281 \
+      "${extra[@]}" > "$work/p.$reqs.log" 2>&1 &
+    for _ in $(seq 600); do grep -q '^  TOKEN=' "$work/p.$reqs.log" 2>/dev/null && break; sleep 0.1; done
+    token=$(grep -m1 '^  TOKEN=' "$work/p.$reqs.log" | cut -d= -f2)
+  fi
   local pid=$!
-  for _ in $(seq 600); do grep -q '^  TOKEN=' "$work/p.$reqs.log" 2>/dev/null && break; sleep 0.1; done
-  local token; token=$(grep -m1 '^  TOKEN=' "$work/p.$reqs.log" | cut -d= -f2)
   local before; before=$(commands)
   python3 - "$reqs" "$token" "$mode" <<'PY'
 import http.client, sys
@@ -65,10 +103,11 @@ for _ in range(n):
     assert not r.getheader("Set-Cookie"), "a refresh or activity write in the measured requests"
 PY
   echo $(( $(commands) - before )) > "$work/commands.$reqs"
-  kill -INT "$pid"; wait "$pid" 2>/dev/null || true
+  if [ "$mode" = nginx ]; then kill -QUIT "$pid"; else kill -INT "$pid"; fi
+  wait "$pid" 2>/dev/null || true
   local total=0
   for f in "$out"-*; do
-    case "$f" in *-01) continue ;; esac   # the main thread
+    case "$f" in *-01) [ "$mode" = nginx ] || continue ;; esac   # portcullis's main thread
     local t; t=$(callgrind_annotate "$f" 2>/dev/null | awk '/PROGRAM TOTALS/ {gsub(",","",$1); print $1}')
     total=$((total + ${t:-0}))
   done

@@ -1,7 +1,7 @@
 //! The bodies portcullis wraps on their way through: the client's request body, which must
 //! keep arriving (`server.request_body_idle_timeout`) and whose failures are the client's, and
 //! the app's response body, which holds its slot of `upstream.max_concurrent_requests` until it
-//! ends and hands its connection back for the next request when it has ended.
+//! ends (its connection goes back for the next request from [`crate::upstream`] itself).
 
 use std::future::Future;
 use std::pin::Pin;
@@ -15,7 +15,6 @@ use std::sync::Arc;
 use tokio::sync::OwnedSemaphorePermit;
 
 use crate::headers::{clean_trailers, malformed_h2_field, UntrustedHeaders};
-use crate::upstream::Lease;
 use tokio::time::{Instant, Sleep};
 
 /// Why the client's request body could not be forwarded.
@@ -125,28 +124,15 @@ impl http_body::Body for ClientBody {
 }
 
 /// The app's response body: holds its concurrency slot (if any) until it ends or is dropped,
-/// cleans its trailers of hop-by-hop, framing and credential fields, and releases its HTTP/1.1
-/// connection for the next request once it has been read to the end (a body dropped half-read
-/// takes its connection with it).
+/// and cleans its trailers of hop-by-hop, framing and credential fields.
 pub struct AppBody<B> {
     inner: B,
     _permit: Option<OwnedSemaphorePermit>,
-    lease: Option<Lease>,
 }
 
 impl<B: http_body::Body> AppBody<B> {
-    pub fn new(inner: B, permit: Option<OwnedSemaphorePermit>, lease: Option<Lease>) -> Self {
-        let mut body = Self { inner, _permit: permit, lease };
-        body.release_if_ended();
-        body
-    }
-
-    fn release_if_ended(&mut self) {
-        if self.inner.is_end_stream() {
-            if let Some(lease) = self.lease.take() {
-                lease.release();
-            }
-        }
+    pub fn new(inner: B, permit: Option<OwnedSemaphorePermit>) -> Self {
+        Self { inner, _permit: permit }
     }
 }
 
@@ -161,19 +147,10 @@ where
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<B::Data>, B::Error>>> {
-        let polled = match Pin::new(&mut self.inner).poll_frame(cx) {
+        match Pin::new(&mut self.inner).poll_frame(cx) {
             Poll::Ready(Some(Ok(frame))) => Poll::Ready(Some(Ok(clean_frame(frame, None)))),
-            Poll::Ready(Some(Err(e))) => {
-                // a broken body: its connection is not reused
-                self.lease = None;
-                return Poll::Ready(Some(Err(e)));
-            }
             other => other,
-        };
-        if polled.is_ready() {
-            self.release_if_ended();
         }
-        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -18,7 +18,7 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::headers::WebSocketUpgrade;
 use crate::peer::ClientAddr;
 use crate::response::{Refusal, Rejection};
-use crate::upstream::Upstream;
+use crate::upstream::{Answer, Upstream};
 use http::StatusCode;
 use http_body::Body as _;
 use tokio::sync::Semaphore;
@@ -197,15 +197,15 @@ impl Proxy {
 }
 
 /// The app switched protocols: answer the client with the app's `101` (hop-by-hop headers
-/// removed but `Connection: upgrade` and `Upgrade`), then copy bytes both ways until either side
-/// closes, and close both. The concurrency slot is held for as long.
+/// removed but `Connection: upgrade` and `Upgrade`), then copy bytes both ways (first those the
+/// app sent with its `101`) until either side closes, and close both. The concurrency slot is
+/// held for as long.
 fn splice(
     client_side: hyper::upgrade::OnUpgrade,
-    resp: &mut Response<hyper::body::Incoming>,
+    app_side: (tokio::net::TcpStream, bytes::Bytes),
+    mut headers: http::HeaderMap,
     permit: Option<tokio::sync::OwnedSemaphorePermit>,
 ) -> Response<Body> {
-    let app_side = hyper::upgrade::on(&mut *resp);
-    let mut headers = std::mem::take(resp.headers_mut());
     let upgrade = headers.get(header::UPGRADE).cloned();
     crate::headers::remove_hop_by_hop(&mut headers);
     headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -214,10 +214,16 @@ fn splice(
     }
     tokio::spawn(async move {
         let _permit = permit;
-        match tokio::try_join!(client_side, app_side) {
-            Ok((client, app)) => {
+        let (mut app, early) = app_side;
+        match client_side.await {
+            Ok(client) => {
                 let mut client = hyper_util::rt::TokioIo::new(client);
-                let mut app = hyper_util::rt::TokioIo::new(app);
+                if !early.is_empty() {
+                    if let Err(e) = tokio::io::AsyncWriteExt::write_all(&mut client, &early).await {
+                        tracing::debug!(error = %e, "websocket ended with an error");
+                        return;
+                    }
+                }
                 match tokio::io::copy_bidirectional(&mut client, &mut app).await {
                     Ok((up, down)) => tracing::debug!(up, down, "websocket closed"),
                     Err(e) => tracing::debug!(error = %e, "websocket ended with an error"),
@@ -294,28 +300,44 @@ impl Service<Request<Body>> for ProxyService {
                 client_side
             });
             let timeout = this.target.response_timeout;
-            match tokio::time::timeout(timeout, this.upstream.send(req)).await {
-                Ok(Ok((mut resp, lease))) => {
-                    if let Some(client_side) =
-                        upgrade.filter(|_| resp.status() == StatusCode::SWITCHING_PROTOCOLS)
-                    {
-                        // the connection is the WebSocket's now: never back in the pool
-                        drop(lease);
-                        return Ok(splice(client_side, &mut resp, permit));
-                    }
-                    if this.target.h2c {
-                        if let Some(name) = crate::headers::malformed_h2_field(resp.headers()) {
-                            let detail = format!(
-                                "the app's HTTP/2 field {name} starts or ends with whitespace"
-                            );
-                            tracing::warn!(upstream = %this.target.authority, "{detail}");
-                            return Ok(error(Rejection::BadGateway, "upstream_malformed", detail));
-                        }
-                    }
+            let asks_upgrade = upgrade.is_some();
+            match tokio::time::timeout(timeout, this.upstream.send(req, asks_upgrade)).await {
+                Ok(Ok(resp)) => {
                     let (mut parts, body) = resp.into_parts();
+                    let body = match body {
+                        Answer::H1(body) => {
+                            if let Some(client_side) =
+                                upgrade.filter(|_| parts.status == StatusCode::SWITCHING_PROTOCOLS)
+                            {
+                                // the connection is the WebSocket's now: never back in the pool
+                                let Some(app_side) = body.into_upgraded() else {
+                                    return Ok(error(
+                                        Rejection::BadGateway,
+                                        "upstream_failed",
+                                        "the app's 101 came without its connection".into(),
+                                    ));
+                                };
+                                return Ok(splice(client_side, app_side, parts.headers, permit));
+                            }
+                            Body::new(AppBody::new(body, permit))
+                        }
+                        Answer::H2(body) => {
+                            if let Some(name) = crate::headers::malformed_h2_field(&parts.headers) {
+                                let detail = format!(
+                                    "the app's HTTP/2 field {name} starts or ends with whitespace"
+                                );
+                                tracing::warn!(upstream = %this.target.authority, "{detail}");
+                                return Ok(error(
+                                    Rejection::BadGateway,
+                                    "upstream_malformed",
+                                    detail,
+                                ));
+                            }
+                            Body::new(AppBody::new(body, permit))
+                        }
+                    };
                     crate::headers::remove_hop_by_hop(&mut parts.headers);
                     crate::headers::clean_trailer_declaration(&mut parts.headers, None);
-                    let body = Body::new(AppBody::new(body, permit, lease));
                     Ok(Response::from_parts(parts, body))
                 }
                 Ok(Err(e)) => {
@@ -339,6 +361,10 @@ impl Service<Request<Body>> for ProxyService {
                             ));
                         }
                         None => {}
+                    }
+                    if let Some(f) = e.framing() {
+                        tracing::warn!(upstream = %this.target.authority, error = %f, "the app's response is framed ambiguously; connection closed");
+                        return Ok(error(Rejection::BadGateway, "upstream_malformed", detail));
                     }
                     if e.is_timeout() {
                         tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream connect timed out");

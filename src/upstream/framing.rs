@@ -43,6 +43,8 @@ pub enum FramingError {
     Interim(u16),
     #[error("malformed chunked body ({0})")]
     Chunk(&'static str),
+    #[error("bytes after the end of the response")]
+    Trailing,
 }
 
 /// How a response body is delimited.

@@ -3,10 +3,11 @@
 //! one multiplexed h2c connection. A request goes straight to its connection's task; there is no
 //! shared pool task, no background task per request, and no lock another core contends for.
 //!
-//! An HTTP/1.1 connection goes back on the stack when its response body has ended (see
-//! [`Lease`]); one whose body was dropped half-read, or that the app closed, is not reused. A
-//! request the app never saw (a kept-alive connection it had just closed) is sent again, once,
-//! on a new connection.
+//! HTTP/1.1 is spoken by the lean client in [`h1`] (its framing in [`framing`]); h2c by
+//! hyper's client. An HTTP/1.1 connection goes back on the stack when its response body has
+//! ended exactly where its framing said (see [`h1`]); one whose body was dropped half-read,
+//! that the app framed wrongly or that the app closed is not reused. A request the app never
+//! saw (a kept-alive connection it had just closed) is sent again, once, on a new connection.
 //!
 //! New connections are paced: at most `connecting` per worker may be waiting for their first
 //! response (until then the connection may still sit in the app's accept queue, and a full
@@ -15,17 +16,21 @@
 //! `upstream.connect_timeout`, so a burst of new clients passes without errors or stalls.
 
 pub mod framing;
+pub mod h1;
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use axum::body::Body;
-use http::{Request, Response};
+use http::{Method, Request, Response, Version};
+use http_body::Body as _;
 use hyper::body::Incoming;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::TcpStream;
+
+use h1::{Conn, Exchange, ExchangeError, RequestFraming};
 
 /// Idle connections kept per worker.
 const MAX_IDLE: usize = 256;
@@ -45,8 +50,12 @@ pub enum UpstreamError {
     NoConnectSlot { target: String, timeout: Duration, connecting: usize },
     #[error("handshake with {target}: {source}")]
     Handshake { target: String, source: hyper::Error },
+    /// h2c.
     #[error(transparent)]
     Request(#[from] hyper::Error),
+    /// HTTP/1.1.
+    #[error(transparent)]
+    Exchange(#[from] ExchangeError),
 }
 
 impl UpstreamError {
@@ -58,6 +67,23 @@ impl UpstreamError {
             _ => false,
         }
     }
+
+    /// The app framed its response so that it could be read two ways (a 502; the connection
+    /// was closed).
+    pub fn framing(&self) -> Option<&framing::FramingError> {
+        match self {
+            UpstreamError::Exchange(ExchangeError::Framing(e)) => Some(e),
+            _ => None,
+        }
+    }
+}
+
+/// The app's response body: from the lean HTTP/1.1 client, or from hyper's h2c client. (Not
+/// boxed: HTTP/1.1 is the common case, and the body is boxed once, into `axum::body::Body`.)
+#[allow(clippy::large_enum_variant)]
+pub enum Answer {
+    H1(h1::ResponseBody),
+    H2(Incoming),
 }
 
 /// One worker's connections to the app. Cheap to clone (shared).
@@ -81,31 +107,33 @@ struct Inner {
 }
 
 struct Idle {
-    sender: http1::SendRequest<Body>,
+    conn: Conn,
     since: Instant,
 }
 
-/// An HTTP/1.1 connection lent to one exchange. [`Lease::release`] it when the response body
-/// has ended, and it serves the next request; dropped without that, the connection closes.
-pub struct Lease {
-    sender: http1::SendRequest<Body>,
-    pool: Arc<Inner>,
-}
-
-impl Lease {
-    pub fn release(self) {
-        let mut idle = lock(&self.pool.idle);
+/// A connection whose exchange ended cleanly serves the next request.
+impl h1::Release for Inner {
+    fn release(&self, conn: Conn) {
+        let mut idle = lock(&self.idle);
         if idle.len() >= MAX_IDLE {
             idle.pop_front();
         }
-        idle.push_back(Idle { sender: self.sender, since: Instant::now() });
+        idle.push_back(Idle { conn, since: Instant::now() });
         drop(idle);
-        self.pool.released.notify_one();
+        self.released.notify_one();
     }
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Methods a client may repeat on its own (RFC 9110 §9.2.2).
+fn idempotent(m: &Method) -> bool {
+    matches!(
+        *m,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::TRACE | Method::PUT | Method::DELETE
+    )
 }
 
 impl Upstream {
@@ -127,61 +155,82 @@ impl Upstream {
     }
 
     /// Sends `req` (origin-form URI and `Host` for HTTP/1.1, absolute URI for h2c) and returns
-    /// the response head, with the HTTP/1.1 connection to release when its body ends.
+    /// the response head; an HTTP/1.1 connection goes back to the pool when its body has ended
+    /// cleanly. `upgrade`: the request asks the app to switch protocols (a `101` is refused
+    /// otherwise).
     pub async fn send(
         &self,
         req: Request<Body>,
-    ) -> Result<(Response<Incoming>, Option<Lease>), UpstreamError> {
+        upgrade: bool,
+    ) -> Result<Response<Answer>, UpstreamError> {
         if self.inner.h2c {
-            return self.send_h2(req).await.map(|r| (r, None));
+            return self.send_h2(req).await.map(|r| r.map(Answer::H2));
         }
+        let (parts, body) = req.into_parts();
+        let framing = RequestFraming::of(&parts.method, &parts.headers, &body);
+        let mut body = (!body.is_end_stream()).then_some(body);
+        let head_request = parts.method == Method::HEAD;
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
+        // the head, once written, carried to a new connection for a retry
+        let mut written: Option<Vec<u8>> = None;
         // Set when the first wait begins: a request served by an idle connection never reads
         // the clock here.
         let mut deadline = None;
-        let mut req = req;
-        // Kept-alive connections may be used until one turns out closed before our request
-        // went out; that request goes once more, on a new connection only.
+        // Kept-alive connections may be used until one turns out closed before the app saw
+        // the request; that request goes once more, on a new connection only.
         let mut reuse = true;
         loop {
-            if reuse {
-                if let Some(mut sender) = self.checkout().await {
-                    match sender.try_send_request(req).await {
-                        Ok(resp) => return Ok((resp, Some(self.lease(sender)))),
-                        Err(mut e) => match e.take_message() {
-                            Some(unsent) => {
-                                tracing::debug!(error = %e.error(), "kept-alive upstream connection was closed; sending again on a new one");
-                                req = unsent;
-                                reuse = false;
-                            }
-                            None => return Err(UpstreamError::Request(e.into_error())),
-                        },
+            let (mut conn, permit) = match self.checkout(reuse) {
+                Some(conn) => (conn, None),
+                None => {
+                    // No idle connection: a slot for a new one, or (while waiting) a released one.
+                    let deadline = *deadline.get_or_insert_with(|| {
+                        tokio::time::Instant::now() + self.inner.connect_timeout
+                    });
+                    let released = self.inner.released.notified();
+                    tokio::pin!(released);
+                    released.as_mut().enable();
+                    if reuse && !lock(&self.inner.idle).is_empty() {
+                        continue;
                     }
+                    let permit = tokio::select! {
+                        biased;
+                        _ = &mut released, if reuse => continue,
+                        p = self.inner.connecting.clone().acquire_owned() => match p {
+                            Ok(p) => p,
+                            // never closed
+                            Err(_) => return Err(self.no_slot()),
+                        },
+                        _ = tokio::time::sleep_until(deadline) => return Err(self.no_slot()),
+                    };
+                    (Conn::new(self.tcp(deadline).await?), Some(permit))
                 }
-            }
-            // No idle connection: a slot for a new one, or (while waiting) a released one.
-            let deadline = *deadline
-                .get_or_insert_with(|| tokio::time::Instant::now() + self.inner.connect_timeout);
-            let released = self.inner.released.notified();
-            tokio::pin!(released);
-            released.as_mut().enable();
-            if reuse && !lock(&self.inner.idle).is_empty() {
-                continue;
-            }
-            let permit = tokio::select! {
-                biased;
-                _ = &mut released, if reuse => continue,
-                p = self.inner.connecting.clone().acquire_owned() => match p {
-                    Ok(p) => p,
-                    // never closed
-                    Err(_) => return Err(self.no_slot()),
-                },
-                _ = tokio::time::sleep_until(deadline) => return Err(self.no_slot()),
             };
-            let mut sender = self.connect_h1(deadline).await?;
-            let resp = sender.send_request(req).await?;
-            // The app has answered on it: it is out of the accept queue.
-            drop(permit);
-            return Ok((resp, Some(self.lease(sender))));
+            match written.take() {
+                Some(head) => conn.set_head(head),
+                None => conn.write_head(&parts.method, &[pq], &parts.headers, framing),
+            }
+            let mut ex = Exchange::new(conn, body.take(), framing);
+            match std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade)).await {
+                Ok(head) => {
+                    // The app has answered on it: it is out of the accept queue.
+                    drop(permit);
+                    let pool: Arc<dyn h1::Release> = self.inner.clone();
+                    let body = ex.into_body(&head, Some(pool))?;
+                    let mut resp = Response::new(Answer::H1(body));
+                    *resp.status_mut() = head.status;
+                    *resp.headers_mut() = head.headers;
+                    *resp.version_mut() = Version::HTTP_11;
+                    return Ok(resp);
+                }
+                Err(e) if permit.is_none() && ex.may_retry(&e, idempotent(&parts.method)) => {
+                    tracing::debug!(error = %e, "kept-alive upstream connection was closed; sending again on a new one");
+                    written = Some(ex.take_head());
+                    body = ex.take_body();
+                    reuse = false;
+                }
+                Err(e) => return Err(e.into()),
+            }
         }
     }
 
@@ -193,35 +242,26 @@ impl Upstream {
         }
     }
 
-    fn lease(&self, sender: http1::SendRequest<Body>) -> Lease {
-        Lease { sender, pool: self.inner.clone() }
-    }
-
-    /// The most recently released connection that is still open and ready.
-    async fn checkout(&self) -> Option<http1::SendRequest<Body>> {
-        loop {
-            let mut idle = {
-                let mut stack = lock(&self.inner.idle);
-                // the oldest have been idle longest: close those past the timeout
-                while stack.front().is_some_and(|i| i.since.elapsed() > IDLE_TIMEOUT) {
-                    stack.pop_front();
-                }
-                stack.pop_back()?
-            };
-            if idle.sender.is_closed() {
-                continue;
-            }
-            // Released when its body ended; the connection task may not have seen that yet.
-            if idle.sender.ready().await.is_ok() {
-                return Some(idle.sender);
+    /// The most recently released connection that is still open and silent (`reuse`: any may
+    /// be taken at all).
+    fn checkout(&self, reuse: bool) -> Option<Conn> {
+        if !reuse {
+            return None;
+        }
+        let mut stack = lock(&self.inner.idle);
+        // the oldest have been idle longest: close those past the timeout
+        while stack.front().is_some_and(|i| i.since.elapsed() > IDLE_TIMEOUT) {
+            stack.pop_front();
+        }
+        while let Some(idle) = stack.pop_back() {
+            if idle.conn.is_usable() {
+                return Some(idle.conn);
             }
         }
+        None
     }
 
-    async fn tcp(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    async fn tcp(&self, deadline: tokio::time::Instant) -> Result<TcpStream, UpstreamError> {
         let target = &self.inner.target;
         let timeout = self.inner.connect_timeout;
         let stream = match tokio::time::timeout_at(deadline, TcpStream::connect(target)).await {
@@ -237,24 +277,7 @@ impl Upstream {
         let _ = stream.set_nodelay(true);
         let keepalive = socket2::TcpKeepalive::new().with_time(TCP_KEEPALIVE);
         let _ = socket2::SockRef::from(&stream).set_tcp_keepalive(&keepalive);
-        Ok(TokioIo::new(stream))
-    }
-
-    async fn connect_h1(
-        &self,
-        deadline: tokio::time::Instant,
-    ) -> Result<http1::SendRequest<Body>, UpstreamError> {
-        let io = self.tcp(deadline).await?;
-        let (sender, conn) = http1::Builder::new().handshake(io).await.map_err(|source| {
-            UpstreamError::Handshake { target: self.inner.target.clone(), source }
-        })?;
-        tokio::spawn(async move {
-            // with upgrades: a WebSocket the app accepts takes the connection over
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended with an error");
-            }
-        });
-        Ok(sender)
+        Ok(stream)
     }
 
     async fn send_h2(&self, req: Request<Body>) -> Result<Response<Incoming>, UpstreamError> {
@@ -271,7 +294,8 @@ impl Upstream {
                 }
             }
         }
-        let io = self.tcp(tokio::time::Instant::now() + self.inner.connect_timeout).await?;
+        let io =
+            TokioIo::new(self.tcp(tokio::time::Instant::now() + self.inner.connect_timeout).await?);
         let (sender, conn) = http2::Builder::new(TokioExecutor::new())
             .timer(TokioTimer::new())
             .handshake(io)

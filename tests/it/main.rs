@@ -9,6 +9,7 @@ mod common;
 mod deploy;
 mod forward_auth;
 mod framing;
+mod hostile_app;
 mod identity_headers;
 mod ingress;
 mod interop;

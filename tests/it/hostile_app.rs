@@ -1,0 +1,348 @@
+//! The app is not trusted to frame its responses: an app the tests control byte for byte (a raw
+//! socket server) answers with each kind of ambiguous framing. Each must be a 502 (or, once the
+//! head has gone to the client, a response cut short), and the connection must never serve
+//! another request: the next request gets its own response, on a new connection. A request the
+//! app never saw is sent again; one it saw is not.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use portcullis::devissuer::{DevIssuer, KeyAlg};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::common::{start_proxy, Opts, Proxy, AUD};
+
+/// What the app does with a request.
+#[derive(Clone)]
+pub enum Reply {
+    /// Writes these bytes (in one write) and waits for the next request.
+    Bytes(Vec<u8>),
+    /// Writes these bytes, then each later piece after a pause, then waits.
+    Pieces(Vec<Vec<u8>>),
+    /// Writes these bytes and closes.
+    BytesThenClose(Vec<u8>),
+    /// Closes without a byte.
+    Close,
+}
+
+type Script = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;
+
+/// One request as the app read it: which connection (numbered from 0 in accept order), the
+/// method and the path.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Asked {
+    pub conn: usize,
+    pub method: String,
+    pub path: String,
+}
+
+/// A raw app on loopback: reads request heads (and `Content-Length` bodies) and answers each
+/// by its script. `/ok/<text>` always gets a well-framed `200` with `<text>` as its body.
+pub struct RawApp {
+    pub addr: SocketAddr,
+    pub asked: Arc<Mutex<Vec<Asked>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for RawApp {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+pub fn ok(text: &str) -> Vec<u8> {
+    format!("HTTP/1.1 200 OK\r\nContent-Length: {}\r\n\r\n{text}", text.len()).into_bytes()
+}
+
+impl RawApp {
+    pub async fn start(script: impl Fn(&str, &str) -> Reply + Send + Sync + 'static) -> Self {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let asked = Arc::new(Mutex::new(Vec::new()));
+        let script: Script = Arc::new(script);
+        let log = asked.clone();
+        let task = tokio::spawn(async move {
+            let mut n = 0;
+            let mut conns = tokio::task::JoinSet::new();
+            while let Ok((s, _)) = listener.accept().await {
+                conns.spawn(serve(s, n, script.clone(), log.clone()));
+                n += 1;
+            }
+        });
+        Self { addr, asked, task }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn asked(&self) -> Vec<Asked> {
+        self.asked.lock().unwrap().clone()
+    }
+}
+
+async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec<Asked>>>) {
+    let mut buf = Vec::new();
+    loop {
+        // a request head, and its body if it has a length
+        let (method, path, body_len, head_len) = loop {
+            if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                let mut fields = [httparse::EMPTY_HEADER; 64];
+                let mut req = httparse::Request::new(&mut fields);
+                req.parse(&buf[..end + 4]).unwrap();
+                let len = req
+                    .headers
+                    .iter()
+                    .find(|h| h.name.eq_ignore_ascii_case("content-length"))
+                    .map_or(0, |h| std::str::from_utf8(h.value).unwrap().parse().unwrap());
+                break (
+                    req.method.unwrap().to_string(),
+                    req.path.unwrap().to_string(),
+                    len,
+                    end + 4,
+                );
+            }
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        };
+        while buf.len() < head_len + body_len {
+            let mut chunk = [0u8; 4096];
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        buf.drain(..head_len + body_len);
+        log.lock().unwrap().push(Asked { conn, method: method.clone(), path: path.clone() });
+        let reply = match path.strip_prefix("/ok/") {
+            Some(text) => Reply::Bytes(ok(text)),
+            None => script(&method, &path),
+        };
+        match reply {
+            Reply::Bytes(b) => {
+                if s.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            Reply::Pieces(pieces) => {
+                for (i, p) in pieces.into_iter().enumerate() {
+                    if i > 0 {
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                    }
+                    if s.write_all(&p).await.is_err() {
+                        return;
+                    }
+                }
+            }
+            Reply::BytesThenClose(b) => {
+                let _ = s.write_all(&b).await;
+                return;
+            }
+            Reply::Close => return,
+        }
+    }
+}
+
+/// The proxy (one worker, so one pool) in front of `app`, and a valid token.
+async fn proxy_for(app: &RawApp) -> (DevIssuer, Proxy, String) {
+    let issuer = DevIssuer::start(&[KeyAlg::Rs256]).await.unwrap();
+    let o = Opts { server: "workers = 1", ..Default::default() };
+    let proxy = start_proxy(&issuer.issuer(), &app.url(), o, true).await;
+    let token = issuer.token_for("alice", AUD);
+    (issuer, proxy, token)
+}
+
+/// `GET path` through the proxy on a new client connection: the status and the body, or an
+/// error if the response was cut short.
+async fn get(
+    proxy: &Proxy,
+    token: &str,
+    method: &str,
+    path: &str,
+) -> Result<(u16, String), String> {
+    let c = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    let r = c
+        .request(method.parse().unwrap(), format!("{}{path}", proxy.url))
+        .bearer_auth(token)
+        .send()
+        .await
+        .map_err(|e| e.to_string())?;
+    let status = r.status().as_u16();
+    let body = r.text().await.map_err(|e| format!("status {status}, body cut: {e}"))?;
+    Ok((status, body))
+}
+
+/// Each ambiguous framing, sent whole with its head: a 502, and the app's next request (its own
+/// response) arrives on a new connection, so the poison (`POISON`) never reaches anyone.
+#[tokio::test]
+async fn ambiguous_framing_is_a_502_and_the_connection_never_serves_again() {
+    let poison = "HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON";
+    let cases: Vec<(&str, String)> = vec![
+        (
+            "length-and-chunked",
+            format!("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n{poison}"),
+        ),
+        ("two-lengths", "HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 9\r\n\r\nabc".into()),
+        ("listed-lengths", "HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc".into()),
+        ("bad-chunk", format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n{poison}")),
+        (
+            "chunk-longer-than-its-size",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nabc\r\n0\r\n\r\n".into(),
+        ),
+        (
+            "gzip-coding",
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n".into(),
+        ),
+        ("interim-102", format!("HTTP/1.1 102 Processing\r\n\r\n{poison}")),
+        ("unasked-101", "HTTP/1.1 101 Switching Protocols\r\nUpgrade: x\r\n\r\n".into()),
+        ("bytes-after-length", format!("HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok{poison}")),
+        ("bytes-after-204", format!("HTTP/1.1 204 No Content\r\n\r\n{poison}")),
+        (
+            "bytes-after-last-chunk",
+            format!("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n{poison}"),
+        ),
+        (
+            "head-over-64k",
+            format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\nContent-Length: 0\r\n\r\n", "a".repeat(70_000)),
+        ),
+        ("bare-lf", "HTTP/1.1 200 OK\nContent-Length: 2\n\nok".into()),
+        ("http-2.0-line", "HTTP/2.0 200 OK\r\nContent-Length: 2\r\n\r\nok".into()),
+    ];
+    let table: std::collections::HashMap<String, String> =
+        cases.iter().map(|(k, v)| (format!("/{k}"), v.clone())).collect();
+    let app = RawApp::start(move |_, path| Reply::Bytes(table[path].clone().into_bytes())).await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    for (i, (case, _)) in cases.iter().enumerate() {
+        // a warm pooled connection first: the bad answer comes on a kept-alive one
+        assert_eq!(
+            get(&proxy, &token, "GET", &format!("/ok/warm{i}")).await.unwrap().1,
+            format!("warm{i}")
+        );
+        let got = get(&proxy, &token, "GET", &format!("/{case}")).await;
+        assert_eq!(got.as_ref().map(|(s, _)| *s), Ok(502), "{case}: {got:?}");
+        assert!(!got.unwrap().1.contains("POISON"), "{case}");
+        let next = get(&proxy, &token, "GET", &format!("/ok/after-{case}")).await.unwrap();
+        assert_eq!(next, (200, format!("after-{case}")), "{case}: the next request's own response");
+        let asked = app.asked();
+        let bad = asked.iter().find(|a| a.path == format!("/{case}")).unwrap();
+        let after = asked.iter().find(|a| a.path == format!("/ok/after-{case}")).unwrap();
+        assert_ne!(after.conn, bad.conn, "{case}: the connection was used again");
+    }
+    proxy.shutdown().await;
+}
+
+/// A bad chunk, or bytes after the end, that arrive after the head went to the client: the
+/// client's response is cut short (never completed with what the app sent), and the connection
+/// is not used again.
+#[tokio::test]
+async fn framing_broken_mid_body_cuts_the_response_and_the_connection() {
+    let head = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n".to_vec();
+    let app = RawApp::start(move |_, path| match path {
+        "/late-bad-chunk" => Reply::Pieces(vec![head.clone(), b"zz\r\n".to_vec()]),
+        "/late-trailing" => Reply::Pieces(vec![
+            b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nhello".to_vec(),
+            b"worldPOISON".to_vec(),
+        ]),
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    for case in ["late-bad-chunk", "late-trailing"] {
+        get(&proxy, &token, "GET", "/ok/warm").await.unwrap();
+        let got = get(&proxy, &token, "GET", &format!("/{case}")).await;
+        assert!(got.is_err(), "{case}: a response cut short, not {got:?}");
+        let next = get(&proxy, &token, "GET", &format!("/ok/after-{case}")).await.unwrap();
+        assert_eq!(next, (200, format!("after-{case}")), "{case}");
+        let asked = app.asked();
+        let bad = asked.iter().find(|a| a.path == format!("/{case}")).unwrap();
+        let after = asked.iter().find(|a| a.path == format!("/ok/after-{case}")).unwrap();
+        assert_ne!(after.conn, bad.conn, "{case}: the connection was used again");
+    }
+    proxy.shutdown().await;
+}
+
+/// `HEAD`, 204 and 304 have no body whatever their fields say, and such a response leaves the
+/// connection ready for the next request (which gets its own response on it).
+#[tokio::test]
+async fn head_204_and_304_have_no_body_and_keep_the_connection() {
+    let app = RawApp::start(|method, path| match (method, path) {
+        ("HEAD", _) => Reply::Bytes(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n".to_vec()),
+        (_, "/no-content") => Reply::Bytes(
+            b"HTTP/1.1 204 No Content\r\nContent-Length: 10\r\nTransfer-Encoding: chunked\r\n\r\n"
+                .to_vec(),
+        ),
+        (_, "/not-modified") => {
+            Reply::Bytes(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n".to_vec())
+        }
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    get(&proxy, &token, "GET", "/ok/warm").await.unwrap();
+    for (method, path, status) in
+        [("HEAD", "/resource", 200), ("GET", "/no-content", 204), ("GET", "/not-modified", 304)]
+    {
+        let got = get(&proxy, &token, method, path).await.unwrap();
+        assert_eq!(got, (status, String::new()), "{method} {path}");
+        let next = get(&proxy, &token, "GET", &format!("/ok/after{status}")).await.unwrap();
+        assert_eq!(next, (200, format!("after{status}")));
+    }
+    // all of it on the one warm connection
+    let conns: Vec<usize> = app.asked().iter().map(|a| a.conn).collect();
+    assert!(conns.iter().all(|c| *c == conns[0]), "{:?}", app.asked());
+    proxy.shutdown().await;
+}
+
+/// A kept-alive connection the app closed before reading the next request: a `GET` goes again
+/// on a new connection and succeeds. A `POST` the app read and then closed on without answering
+/// is a 502 and reached the app once: it is never sent twice.
+#[tokio::test]
+async fn only_a_request_the_app_never_saw_is_sent_again() {
+    let app = RawApp::start(|method, path| match (method, path) {
+        // answers, then closes without saying so (no `Connection: close`)
+        (_, "/once") => Reply::BytesThenClose(ok("once")),
+        ("POST", "/read-then-close") => Reply::Close,
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    for i in 0..5 {
+        assert_eq!(get(&proxy, &token, "GET", "/once").await.unwrap(), (200, "once".into()));
+        let next = get(&proxy, &token, "GET", &format!("/ok/{i}")).await.unwrap();
+        assert_eq!(next, (200, i.to_string()));
+    }
+    get(&proxy, &token, "GET", "/ok/warm").await.unwrap();
+    let got = get(&proxy, &token, "POST", "/read-then-close").await.unwrap();
+    assert_eq!(got.0, 502, "{got:?}");
+    let posts = app.asked().iter().filter(|a| a.method == "POST").count();
+    assert_eq!(posts, 1, "a request the app saw was sent again: {:?}", app.asked());
+    proxy.shutdown().await;
+}
+
+/// Answers delimited by the app closing (no length, no chunks) pass whole, and their connection
+/// is not reused.
+#[tokio::test]
+async fn a_body_until_close_passes_whole_and_its_connection_ends() {
+    let big = "x".repeat(300_000);
+    let body = big.clone();
+    let app = RawApp::start(move |_, path| match path {
+        "/until-close" => {
+            Reply::BytesThenClose(format!("HTTP/1.1 200 OK\r\n\r\n{body}").into_bytes())
+        }
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    let got = get(&proxy, &token, "GET", "/until-close").await.unwrap();
+    assert_eq!(got.0, 200);
+    assert!(got.1 == big, "the body arrived cut: {} bytes", got.1.len());
+    assert_eq!(get(&proxy, &token, "GET", "/ok/next").await.unwrap(), (200, "next".into()));
+    let asked = app.asked();
+    assert_ne!(asked[0].conn, asked[1].conn);
+    proxy.shutdown().await;
+}
