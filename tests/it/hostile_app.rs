@@ -346,3 +346,155 @@ async fn a_body_until_close_passes_whole_and_its_connection_ends() {
     assert_ne!(asked[0].conn, asked[1].conn);
     proxy.shutdown().await;
 }
+
+/// What a client made of a response: status, fields, body and trailers, or an error.
+type Outcome = Result<(u16, Vec<(String, Vec<u8>)>, Vec<u8>, Vec<(String, Vec<u8>)>), ()>;
+
+fn fields(h: &http::HeaderMap) -> Vec<(String, Vec<u8>)> {
+    h.iter().map(|(k, v)| (k.to_string(), v.as_bytes().to_vec())).collect()
+}
+
+/// An app that answers one request with `bytes` and closes.
+async fn one_shot(bytes: Vec<u8>) -> SocketAddr {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut buf = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !buf.windows(4).any(|w| w == b"\r\n\r\n") {
+            match s.read(&mut chunk).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            }
+        }
+        let _ = s.write_all(&bytes).await;
+    });
+    addr
+}
+
+async fn collect<B>(status: u16, headers: &http::HeaderMap, body: B) -> Outcome
+where
+    B: http_body::Body,
+{
+    use http_body_util::BodyExt;
+    let collected = tokio::time::timeout(Duration::from_secs(5), body.collect())
+        .await
+        .map_err(|_| ())?
+        .map_err(|_| ())?;
+    let trailers = collected.trailers().map(fields).unwrap_or_default();
+    Ok((status, fields(headers), collected.to_bytes().to_vec(), trailers))
+}
+
+async fn with_lean(bytes: Vec<u8>, method: &str) -> Outcome {
+    let addr = one_shot(bytes).await;
+    let up =
+        portcullis::upstream::Upstream::new(addr.to_string(), Duration::from_secs(2), false, 4);
+    let req = http::Request::builder()
+        .method(method)
+        .uri("/")
+        .header("host", "app")
+        .body(axum::body::Body::empty())
+        .unwrap();
+    let resp = up.send(req, false).await.map_err(|_| ())?;
+    let (parts, body) = resp.into_parts();
+    match body {
+        portcullis::upstream::Answer::H1(b) => {
+            collect(parts.status.as_u16(), &parts.headers, b).await
+        }
+        portcullis::upstream::Answer::H2(_) => Err(()),
+    }
+}
+
+async fn with_hyper(bytes: Vec<u8>, method: &str) -> Outcome {
+    let addr = one_shot(bytes).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream)).await.unwrap();
+    tokio::spawn(conn);
+    let req = http::Request::builder()
+        .method(method)
+        .uri("/")
+        .header("host", "app")
+        .body(http_body_util::Empty::<bytes::Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.map_err(|_| ())?;
+    let (parts, body) = resp.into_parts();
+    collect(parts.status.as_u16(), &parts.headers, body).await
+}
+
+/// Differential: generated well-framed responses (lengths, chunks cut at several sizes, with
+/// extensions and trailers, bodies until close, `HEAD`, repeated fields) read by the lean
+/// client and by hyper's give the same status, fields, body and trailers; responses both must
+/// refuse are refused by both; and what the lean client refuses on purpose (hyper is more
+/// lenient with some) is refused.
+#[tokio::test]
+async fn the_lean_client_reads_what_hypers_reads_and_refuses_what_it_must() {
+    let mut valid: Vec<(Vec<u8>, &str)> = Vec::new();
+    for body in ["", "a", &"0123456789".repeat(500)] {
+        for status in ["200 OK", "404 Not Found"] {
+            let h = format!(
+                "HTTP/1.1 {status}\r\nSet-Cookie: a=1\r\nSet-Cookie: b=2\r\nX-App: yes\r\n"
+            );
+            valid.push((
+                format!("{h}Content-Length: {}\r\n\r\n{body}", body.len()).into_bytes(),
+                "GET",
+            ));
+            valid.push((format!("{h}Content-Length: {}\r\n\r\n", body.len()).into_bytes(), "HEAD"));
+            valid.push((format!("{h}Connection: close\r\n\r\n{body}").into_bytes(), "GET"));
+            for (piece, ext, trailers) in [
+                (1, "", ""),
+                (7, ";name=value", ""),
+                (4096, "", "X-Checksum: 42\r\nX-More: a b\r\n"),
+            ] {
+                let mut t = format!("{h}Transfer-Encoding: chunked\r\n\r\n");
+                for c in body.as_bytes().chunks(piece) {
+                    t.push_str(&format!(
+                        "{:x}{ext}\r\n{}\r\n",
+                        c.len(),
+                        std::str::from_utf8(c).unwrap()
+                    ));
+                }
+                t.push_str(&format!("0\r\n{trailers}\r\n"));
+                valid.push((t.into_bytes(), "GET"));
+            }
+        }
+    }
+    valid.push((b"HTTP/1.1 204 No Content\r\nX-A: 1\r\n\r\n".to_vec(), "GET"));
+    valid.push((b"HTTP/1.1 304 Not Modified\r\nETag: \"x\"\r\n\r\n".to_vec(), "GET"));
+    valid.push((
+        b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok".to_vec(),
+        "GET",
+    ));
+    for (bytes, method) in &valid {
+        let lean = with_lean(bytes.clone(), method).await;
+        let hyper = with_hyper(bytes.clone(), method).await;
+        assert!(lean.is_ok(), "{}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)]));
+        assert_eq!(lean, hyper, "{}", String::from_utf8_lossy(&bytes[..bytes.len().min(200)]));
+    }
+    // refused by both
+    let both: [&[u8]; 5] = [
+        b"HTTP/1.1 abc OK\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nshort",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nab",
+        b"HTTP/1.1 200 OK\r\nContent-Length: x\r\n\r\n",
+    ];
+    for bytes in both {
+        let text = String::from_utf8_lossy(bytes);
+        assert_eq!(with_lean(bytes.to_vec(), "GET").await, Err(()), "{text}");
+        assert_eq!(with_hyper(bytes.to_vec(), "GET").await, Err(()), "{text}");
+    }
+    // refused by the lean client on purpose (a second reader could frame them differently)
+    let stricter: [&[u8]; 5] = [
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+        b"HTTP/1.1 102 Processing\r\n\r\nHTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+        b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokEXTRA",
+    ];
+    for bytes in stricter {
+        let text = String::from_utf8_lossy(bytes);
+        assert_eq!(with_lean(bytes.to_vec(), "GET").await, Err(()), "{text}");
+    }
+}
