@@ -495,12 +495,11 @@ impl Exchange {
                     return Err(FramingError::Trailing.into());
                 }
             }
-            Read::Chunked(_) => loop {
-                match body.buffered()? {
-                    Next::Frame(f) => body.early.push_back(f),
-                    Next::End | Next::More => break,
+            Read::Chunked(_) => {
+                while let Next::Frame(f) = body.buffered()? {
+                    body.early.push_back(f);
                 }
-            },
+            }
             Read::UntilClose => {}
         }
         Ok(body)
