@@ -77,7 +77,9 @@ impl ProxyService {
         let h2c = cfg.protocol == UpstreamProtocol::H2c;
         // h2c: one multiplexed connection to the app per worker.
         let connecting = cfg.max_connecting / workers.max(1);
-        let upstream = Upstream::new(cfg.connect_target(), cfg.connect_timeout, h2c, connecting);
+        let base_path = cfg.url.path().trim_end_matches('/').to_string();
+        let upstream = Upstream::new(cfg.connect_target(), cfg.connect_timeout, h2c, connecting)
+            .with_base_path(base_path.clone());
         let host = cfg.url.host_str().ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
         let authority = match cfg.url.port() {
             Some(p) => format!("{host}:{p}"),
@@ -90,7 +92,7 @@ impl ProxyService {
                     scheme: Scheme::HTTP,
                     host: HeaderValue::from_str(&authority)?,
                     authority: authority.parse()?,
-                    base_path: cfg.url.path().trim_end_matches('/').to_string(),
+                    base_path,
                     response_timeout: cfg.response_timeout,
                     pass_host_header: cfg.pass_host_header,
                     body_idle_timeout,
@@ -106,27 +108,26 @@ impl ProxyService {
 impl Proxy {
     fn prepare(&self, req: &mut Request<Body>) -> Result<(), http::Error> {
         let t = &self.target;
-        let pq = req.uri().path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
-        let pq: PathAndQuery = if t.base_path.is_empty() {
-            pq.parse()?
-        } else {
-            format!("{}{}", t.base_path, pq).parse()?
-        };
         let original_host =
             req.headers().get(header::HOST).cloned().or_else(|| {
                 req.uri().authority().and_then(|a| HeaderValue::from_str(a.as_str()).ok())
             });
-        // HTTP/1.1 in origin-form (`/path?query`, with `Host`); h2c with `:scheme` and
-        // `:authority` from an absolute URI.
-        *req.uri_mut() = if t.h2c {
-            Uri::builder()
+        // HTTP/1.1: the lean client writes the upstream URL's path and the request's own path
+        // and query straight into the request line (nothing formatted and parsed again); h2c:
+        // `:scheme` and `:authority` from an absolute URI.
+        if t.h2c {
+            let pq = req.uri().path_and_query().map(PathAndQuery::as_str).unwrap_or("/");
+            let pq: PathAndQuery = if t.base_path.is_empty() {
+                pq.parse()?
+            } else {
+                format!("{}{}", t.base_path, pq).parse()?
+            };
+            *req.uri_mut() = Uri::builder()
                 .scheme(t.scheme.clone())
                 .authority(t.authority.clone())
                 .path_and_query(pq)
-                .build()?
-        } else {
-            Uri::from(pq)
-        };
+                .build()?;
+        }
         let te_trailers = req.extensions_mut().remove::<crate::headers::TeTrailers>().is_some();
         crate::headers::clean_trailer_declaration(req.headers_mut(), Some(&self.untrusted));
         *req.version_mut() = if t.h2c { Version::HTTP_2 } else { Version::HTTP_11 };

@@ -103,6 +103,8 @@ struct Inner {
     /// Slots for new connections that have not brought back a response yet.
     connecting: Arc<tokio::sync::Semaphore>,
     connecting_max: usize,
+    /// The upstream URL's path without a trailing `/`, written before each request's path.
+    base_path: String,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
 }
 
@@ -149,12 +151,23 @@ impl Upstream {
                 released: tokio::sync::Notify::new(),
                 connecting: Arc::new(tokio::sync::Semaphore::new(connecting)),
                 connecting_max: connecting,
+                base_path: String::new(),
                 h2: Mutex::new(None),
             }),
         }
     }
 
-    /// Sends `req` (origin-form URI and `Host` for HTTP/1.1, absolute URI for h2c) and returns
+    /// The same, with the upstream URL's path (no trailing `/`) before each HTTP/1.1 request's
+    /// path. Call before the first request.
+    pub fn with_base_path(mut self, base_path: String) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.base_path = base_path;
+        }
+        self
+    }
+
+    /// Sends `req` (for HTTP/1.1 its path and query after the base path, with `Host`; for h2c
+    /// an absolute URI) and returns
     /// the response head; an HTTP/1.1 connection goes back to the pool when its body has ended
     /// cleanly. `upgrade`: the request asks the app to switch protocols (a `101` is refused
     /// otherwise).
@@ -208,7 +221,10 @@ impl Upstream {
             };
             match written.take() {
                 Some(head) => conn.set_head(head),
-                None => conn.write_head(&parts.method, &[pq], &parts.headers, framing),
+                None => {
+                    let base = self.inner.base_path.as_str();
+                    conn.write_head(&parts.method, &[base, pq], &parts.headers, framing)
+                }
             }
             let mut ex = Exchange::new(conn, body.take(), framing);
             match std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade)).await {
