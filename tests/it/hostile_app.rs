@@ -138,6 +138,9 @@ async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec
                         return;
                     }
                 }
+                // written whole (on loopback, in the proxy's socket buffer)
+                let done = Asked { conn, method: "-".into(), path: format!("written {path}") };
+                log.lock().unwrap().push(done);
             }
             Reply::BytesThenClose(b) => {
                 let _ = s.write_all(&b).await;
@@ -262,6 +265,42 @@ async fn framing_broken_mid_body_cuts_the_response_and_the_connection() {
         let bad = asked.iter().find(|a| a.path == format!("/{case}")).unwrap();
         let after = asked.iter().find(|a| a.path == format!("/ok/after-{case}")).unwrap();
         assert_ne!(after.conn, bad.conn, "{case}: the connection was used again");
+    }
+    proxy.shutdown().await;
+}
+
+/// Bytes the app sends unasked on a connection idle in the pool (a second response smuggled
+/// after a clean one): the connection is dropped before use, and the next request gets its own
+/// response on a new one.
+#[tokio::test]
+async fn bytes_sent_on_an_idle_pooled_connection_never_answer_the_next_request() {
+    let app = RawApp::start(|_, path| match path {
+        "/clean" => Reply::Pieces(vec![
+            ok("clean"),
+            b"HTTP/1.1 200 OK\r\nContent-Length: 6\r\n\r\nPOISON".to_vec(),
+        ]),
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    for i in 0..3 {
+        assert_eq!(get(&proxy, &token, "GET", "/clean").await.unwrap(), (200, "clean".into()));
+        // until the unasked bytes are in the proxy's socket buffer
+        for _ in 0..500 {
+            if app.asked().iter().filter(|a| a.method == "-").count() > i {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let next = get(&proxy, &token, "GET", &format!("/ok/{i}")).await.unwrap();
+        assert_eq!(next, (200, i.to_string()), "round {i}");
+    }
+    let asked = app.asked();
+    let clean: Vec<usize> = asked.iter().filter(|a| a.path == "/clean").map(|a| a.conn).collect();
+    let next: Vec<usize> =
+        asked.iter().filter(|a| a.path.starts_with("/ok/")).map(|a| a.conn).collect();
+    for (c, n) in clean.iter().zip(&next) {
+        assert_ne!(c, n, "a request went on the connection with unasked bytes: {asked:?}");
     }
     proxy.shutdown().await;
 }
