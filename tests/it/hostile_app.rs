@@ -180,6 +180,17 @@ async fn get(
     Ok((status, body))
 }
 
+/// After a bad answer to `/{case}`: the next request gets its own response, on a connection
+/// other than the bad answer's.
+async fn next_gets_its_own_response(app: &RawApp, proxy: &Proxy, token: &str, case: &str) {
+    let next = get(proxy, token, "GET", &format!("/ok/after-{case}")).await.unwrap();
+    assert_eq!(next, (200, format!("after-{case}")), "{case}: the next request's own response");
+    let asked = app.asked();
+    let bad = asked.iter().find(|a| a.path == format!("/{case}")).unwrap();
+    let after = asked.iter().find(|a| a.path == format!("/ok/after-{case}")).unwrap();
+    assert_ne!(after.conn, bad.conn, "{case}: the connection was used again");
+}
+
 /// Each ambiguous framing, sent whole with its head: a 502, and the app's next request (its own
 /// response) arrives on a new connection, so the poison (`POISON`) never reaches anyone.
 #[tokio::test]
@@ -229,12 +240,7 @@ async fn ambiguous_framing_is_a_502_and_the_connection_never_serves_again() {
         let got = get(&proxy, &token, "GET", &format!("/{case}")).await;
         assert_eq!(got.as_ref().map(|(s, _)| *s), Ok(502), "{case}: {got:?}");
         assert!(!got.unwrap().1.contains("POISON"), "{case}");
-        let next = get(&proxy, &token, "GET", &format!("/ok/after-{case}")).await.unwrap();
-        assert_eq!(next, (200, format!("after-{case}")), "{case}: the next request's own response");
-        let asked = app.asked();
-        let bad = asked.iter().find(|a| a.path == format!("/{case}")).unwrap();
-        let after = asked.iter().find(|a| a.path == format!("/ok/after-{case}")).unwrap();
-        assert_ne!(after.conn, bad.conn, "{case}: the connection was used again");
+        next_gets_its_own_response(&app, &proxy, &token, case).await;
     }
     proxy.shutdown().await;
 }
@@ -259,12 +265,7 @@ async fn framing_broken_mid_body_cuts_the_response_and_the_connection() {
         get(&proxy, &token, "GET", "/ok/warm").await.unwrap();
         let got = get(&proxy, &token, "GET", &format!("/{case}")).await;
         assert!(got.is_err(), "{case}: a response cut short, not {got:?}");
-        let next = get(&proxy, &token, "GET", &format!("/ok/after-{case}")).await.unwrap();
-        assert_eq!(next, (200, format!("after-{case}")), "{case}");
-        let asked = app.asked();
-        let bad = asked.iter().find(|a| a.path == format!("/{case}")).unwrap();
-        let after = asked.iter().find(|a| a.path == format!("/ok/after-{case}")).unwrap();
-        assert_ne!(after.conn, bad.conn, "{case}: the connection was used again");
+        next_gets_its_own_response(&app, &proxy, &token, case).await;
     }
     proxy.shutdown().await;
 }
