@@ -78,8 +78,13 @@ impl ProxyService {
         // h2c: one multiplexed connection to the app per worker.
         let connecting = cfg.max_connecting / workers.max(1);
         let base_path = cfg.url.path().trim_end_matches('/').to_string();
-        let upstream = Upstream::new(cfg.connect_target(), cfg.connect_timeout, h2c, connecting)
-            .with_base_path(base_path.clone());
+        let upstream = Upstream::new(
+            cfg.connect_target(),
+            cfg.connect_timeout,
+            h2c,
+            connecting,
+            base_path.clone(),
+        );
         let host = cfg.url.host_str().ok_or_else(|| anyhow::anyhow!("upstream.url has no host"))?;
         let authority = match cfg.url.port() {
             Some(p) => format!("{host}:{p}"),

@@ -144,15 +144,8 @@ pub fn encode_head(
         buf.extend_from_slice(part.as_bytes());
     }
     buf.extend_from_slice(b" HTTP/1.1\r\n");
-    for (name, value) in headers {
-        if name == CONTENT_LENGTH || name == TRANSFER_ENCODING {
-            continue;
-        }
-        buf.extend_from_slice(name.as_str().as_bytes());
-        buf.extend_from_slice(b": ");
-        buf.extend_from_slice(value.as_bytes());
-        buf.extend_from_slice(b"\r\n");
-    }
+    let fields = headers.iter().filter(|(n, _)| *n != CONTENT_LENGTH && *n != TRANSFER_ENCODING);
+    write_fields(buf, fields);
     match framing {
         RequestFraming::None => {}
         RequestFraming::Length(n) => {
@@ -256,9 +249,7 @@ impl Outgoing {
                     }
                     match self.framing {
                         RequestFraming::Chunked => {
-                            let mut size = format!("{:x}\r\n", data.len()).into_bytes();
-                            size.shrink_to_fit();
-                            self.push(Bytes::from(size));
+                            self.push(Bytes::from(format!("{:x}\r\n", data.len())));
                             self.push(data);
                             self.push(Bytes::from_static(b"\r\n"));
                         }
@@ -300,15 +291,23 @@ impl Outgoing {
     }
 }
 
+/// Field lines (`name: value` CRLF), for a head or a trailer section.
+fn write_fields<'a>(
+    buf: &mut Vec<u8>,
+    fields: impl Iterator<Item = (&'a http::HeaderName, &'a http::HeaderValue)>,
+) {
+    for (name, value) in fields {
+        buf.extend_from_slice(name.as_str().as_bytes());
+        buf.extend_from_slice(b": ");
+        buf.extend_from_slice(value.as_bytes());
+        buf.extend_from_slice(b"\r\n");
+    }
+}
+
 /// The last chunk with trailer fields.
 fn encode_last_chunk(trailers: &HeaderMap) -> Vec<u8> {
     let mut out = b"0\r\n".to_vec();
-    for (name, value) in trailers {
-        out.extend_from_slice(name.as_str().as_bytes());
-        out.extend_from_slice(b": ");
-        out.extend_from_slice(value.as_bytes());
-        out.extend_from_slice(b"\r\n");
-    }
+    write_fields(&mut out, trailers.iter());
     out.extend_from_slice(b"\r\n");
     out
 }

@@ -139,8 +139,16 @@ fn idempotent(m: &Method) -> bool {
 }
 
 impl Upstream {
-    /// `connecting`: this worker's share of `upstream.max_connecting` (at least 1).
-    pub fn new(target: String, connect_timeout: Duration, h2c: bool, connecting: usize) -> Self {
+    /// `connecting`: this worker's share of `upstream.max_connecting` (at least 1);
+    /// `base_path`: the upstream URL's path without a trailing `/`, written before each
+    /// HTTP/1.1 request's path.
+    pub fn new(
+        target: String,
+        connect_timeout: Duration,
+        h2c: bool,
+        connecting: usize,
+        base_path: String,
+    ) -> Self {
         let connecting = connecting.max(1);
         Self {
             inner: Arc::new(Inner {
@@ -151,19 +159,10 @@ impl Upstream {
                 released: tokio::sync::Notify::new(),
                 connecting: Arc::new(tokio::sync::Semaphore::new(connecting)),
                 connecting_max: connecting,
-                base_path: String::new(),
+                base_path,
                 h2: Mutex::new(None),
             }),
         }
-    }
-
-    /// The same, with the upstream URL's path (no trailing `/`) before each HTTP/1.1 request's
-    /// path. Call before the first request.
-    pub fn with_base_path(mut self, base_path: String) -> Self {
-        if let Some(inner) = Arc::get_mut(&mut self.inner) {
-            inner.base_path = base_path;
-        }
-        self
     }
 
     /// Sends `req` (for HTTP/1.1 its path and query after the base path, with `Host`; for h2c

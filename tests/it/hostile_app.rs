@@ -428,8 +428,13 @@ where
 
 async fn with_lean(bytes: Vec<u8>, method: &str) -> Outcome {
     let addr = one_shot(bytes).await;
-    let up =
-        portcullis::upstream::Upstream::new(addr.to_string(), Duration::from_secs(2), false, 4);
+    let up = portcullis::upstream::Upstream::new(
+        addr.to_string(),
+        Duration::from_secs(2),
+        false,
+        4,
+        String::new(),
+    );
     let req = http::Request::builder()
         .method(method)
         .uri("/")
