@@ -19,7 +19,7 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -145,9 +145,9 @@ const SWEEP_EVERY: Duration = Duration::from_secs(1);
 struct Activity {
     /// Requests whose response (body included) has not ended.
     in_flight: AtomicUsize,
-    /// hyper is waiting for the next request: its last read found nothing while no request was
-    /// in flight. Cleared by the next byte read (writes cannot start a request: a response
-    /// only follows one, and counts in flight until its body ends).
+    /// hyper's last read found nothing: with no request in flight, it is waiting for the next
+    /// one. Cleared by the next byte read (writes cannot start a request: a response only
+    /// follows one, and counts in flight until its body ends).
     waiting: AtomicBool,
     /// Seen waiting by the last sweep.
     seen_waiting: AtomicBool,
@@ -155,7 +155,14 @@ struct Activity {
     park: AtomicBool,
     /// The connection was upgraded (a WebSocket): its socket is the upgrade's now.
     pinned: AtomicBool,
-    /// hyper's pending read, woken to park.
+    /// Bytes of a request head arrived (read while no request was in flight); cleared when the
+    /// request starts.
+    head_open: AtomicBool,
+    /// Sweeps that found the head still open.
+    head_sweeps: AtomicU32,
+    /// The head took longer than the header read timeout: the next read fails.
+    expired: AtomicBool,
+    /// hyper's pending read, woken to park (or to end an expired connection).
     reader: AtomicWaker,
 }
 
@@ -166,13 +173,25 @@ pub struct Counts {
     pub parked: AtomicUsize,
 }
 
-/// A worker's live connections, swept once a second.
-#[derive(Clone, Default)]
+/// A worker's live connections, swept once a second: an idle one is parked, and one whose
+/// request head has been arriving for longer than the header read timeout is closed. (A
+/// per-connection deadline read by the sweep that runs anyway, instead of a timer armed and
+/// cancelled by hyper for every request.)
+#[derive(Clone)]
 pub struct Sweeper {
     live: Arc<Mutex<Vec<Weak<Activity>>>>,
+    /// Sweeps a request head may stay open: the header read timeout in whole seconds.
+    head_sweeps: u32,
 }
 
 impl Sweeper {
+    /// Closes connections whose request head takes longer than `header_read_timeout` (counted in
+    /// whole sweeps, so between that and a second more).
+    pub fn new(header_read_timeout: Duration) -> Self {
+        let secs = header_read_timeout.as_secs_f64() / SWEEP_EVERY.as_secs_f64();
+        Self { live: Arc::default(), head_sweeps: secs.ceil().max(1.0) as u32 }
+    }
+
     fn register(&self, a: &Arc<Activity>) {
         if let Ok(mut live) = self.live.lock() {
             live.push(Arc::downgrade(a));
@@ -188,9 +207,17 @@ impl Sweeper {
             let Ok(mut live) = self.live.lock() else { return };
             live.retain(|w| {
                 let Some(a) = w.upgrade() else { return false };
-                let waiting = a.waiting.load(Ordering::Acquire)
-                    && a.in_flight.load(Ordering::Acquire) == 0
-                    && !a.pinned.load(Ordering::Acquire);
+                let idle =
+                    a.in_flight.load(Ordering::Acquire) == 0 && !a.pinned.load(Ordering::Acquire);
+                if idle && a.head_open.load(Ordering::Acquire) {
+                    if a.head_sweeps.fetch_add(1, Ordering::AcqRel) + 1 > self.head_sweeps {
+                        a.expired.store(true, Ordering::Release);
+                        a.reader.wake();
+                    }
+                } else if a.head_sweeps.load(Ordering::Acquire) != 0 {
+                    a.head_sweeps.store(0, Ordering::Release);
+                }
+                let waiting = a.waiting.load(Ordering::Acquire) && idle;
                 if waiting && a.seen_waiting.swap(true, Ordering::AcqRel) {
                     a.park.store(true, Ordering::Release);
                     a.reader.wake();
@@ -212,11 +239,15 @@ struct Parkable<T> {
 }
 
 impl<T> Parkable<T> {
-    /// Bytes arrived: hyper is no longer waiting.
+    /// Bytes arrived: hyper is no longer waiting; with no request in flight, they begin a head.
     fn moved(&self) {
-        if self.activity.waiting.load(Ordering::Relaxed) {
-            self.activity.waiting.store(false, Ordering::Relaxed);
-            self.activity.seen_waiting.store(false, Ordering::Relaxed);
+        let a = &self.activity;
+        if a.waiting.load(Ordering::Relaxed) {
+            a.waiting.store(false, Ordering::Relaxed);
+            a.seen_waiting.store(false, Ordering::Relaxed);
+        }
+        if a.in_flight.load(Ordering::Relaxed) == 0 && !a.head_open.load(Ordering::Relaxed) {
+            a.head_open.store(true, Ordering::Release);
         }
     }
 }
@@ -238,6 +269,13 @@ impl<T: Transport> AsyncRead for Parkable<T> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 let a = &self.activity;
+                if a.expired.load(Ordering::Acquire) {
+                    // hyper ends the connection without an answer, as its own timer did
+                    return Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "no complete request head within the header read timeout",
+                    )));
+                }
                 let idle =
                     a.in_flight.load(Ordering::Acquire) == 0 && !a.pinned.load(Ordering::Acquire);
                 if idle && a.park.load(Ordering::Acquire) {
@@ -246,10 +284,13 @@ impl<T: Transport> AsyncRead for Parkable<T> {
                     self.parked = true;
                     return Poll::Ready(Ok(()));
                 }
-                if idle {
+                // Registered whether or not a request is in flight: hyper does not read again
+                // after a response while this read is still pending, so this may be the last
+                // read before the connection goes idle.
+                if !a.waiting.load(Ordering::Relaxed) {
                     a.waiting.store(true, Ordering::Release);
-                    a.reader.register(cx.waker());
                 }
+                a.reader.register(cx.waker());
                 Poll::Pending
             }
         }
@@ -296,6 +337,8 @@ struct InFlight(Arc<Activity>);
 impl InFlight {
     fn new(a: &Arc<Activity>) -> Self {
         a.in_flight.fetch_add(1, Ordering::AcqRel);
+        a.head_open.store(false, Ordering::Release);
+        a.head_sweeps.store(0, Ordering::Release);
         Self(a.clone())
     }
 }
@@ -541,7 +584,7 @@ mod tests {
             http1: hyper::server::conn::http1::Builder::new(),
             auto: hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()),
             header_read_timeout: Duration::from_secs(5),
-            sweeper: Sweeper::default(),
+            sweeper: Sweeper::new(Duration::from_secs(30)),
             counts: Arc::default(),
         })
     }
@@ -597,14 +640,13 @@ mod tests {
                 Ok::<_, std::convert::Infallible>(Response::new(body))
             },
         ));
-        let mut http1 = hyper::server::conn::http1::Builder::new();
-        http1.timer(hyper_util::rt::TokioTimer::new());
         Arc::new(Serving {
             stacks: watch::channel(stack).1,
-            http1,
+            // the server's own settings: no timer of hyper's ends a slow head
+            http1: crate::server::http1_builder(),
             auto: hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new()),
             header_read_timeout: Duration::from_secs(30),
-            sweeper: Sweeper::default(),
+            sweeper: Sweeper::new(Duration::from_secs(30)),
             counts: Arc::default(),
         })
     }
@@ -614,6 +656,68 @@ mod tests {
         mut rx: tokio::sync::mpsc::Receiver<T>,
     ) -> impl futures_util::Stream<Item = T> + Send {
         futures_util::stream::poll_fn(move |cx| rx.poll_recv(cx))
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_request_head_that_takes_longer_than_the_header_read_timeout_is_closed() {
+        let serving = parking_serving();
+        let sweep = tokio::spawn(serving.sweeper.clone().run());
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (_stop_tx, stop) = watch::channel(false);
+        let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
+        let task = tokio::spawn(serve(serving.clone(), Rewind::new(server, "http"), peer, stop));
+        // a head served first, then the next one a byte every 400 ms (never parked: never
+        // silent through a sweep), and never finished
+        client.write_all(b"GET /a HTTP/1.1\r\nhost: app.example\r\n\r\n").await.unwrap();
+        read_until(&mut client, "ok /a").await;
+        let start = tokio::time::Instant::now();
+        let head =
+            b"GET /b HTTP/1.1\r\nhost: app.example\r\nx-slow: ".iter().chain([b'a'; 200].iter());
+        let mut closed_after = None;
+        for b in head {
+            if client.write_all(&[*b]).await.is_err() {
+                closed_after = Some(start.elapsed());
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            if task.is_finished() {
+                closed_after = Some(start.elapsed());
+                break;
+            }
+        }
+        let after = closed_after.expect("the slow head was never cut off");
+        assert!(after >= Duration::from_secs(30) && after <= Duration::from_secs(32), "{after:?}");
+        let mut rest = Vec::new();
+        client.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "{}", String::from_utf8_lossy(&rest));
+        assert_eq!(serving.counts.open.load(Ordering::Relaxed), 0);
+        sweep.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_slow_head_finished_in_time_and_a_long_response_are_not_cut_off() {
+        let serving = parking_serving();
+        let sweep = tokio::spawn(serving.sweeper.clone().run());
+        let (mut client, server) = tokio::io::duplex(4096);
+        let (_stop_tx, stop) = watch::channel(false);
+        let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
+        let _task = tokio::spawn(serve(serving.clone(), Rewind::new(server, "http"), peer, stop));
+        // 25 s for a head, twice on one connection (the count starts again with each head)
+        for path in ["/a", "/b"] {
+            let head = format!("GET {path} HTTP/1.1\r\nhost: app.example\r\n\r\n");
+            let pieces = head.as_bytes().chunks(head.len().div_ceil(50));
+            for piece in pieces {
+                client.write_all(piece).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            read_until(&mut client, &format!("ok {path}")).await;
+        }
+        // a response streaming for longer than the timeout, to a silent client: kept
+        client.write_all(b"GET /stream HTTP/1.1\r\nhost: app.example\r\n\r\n").await.unwrap();
+        read_until(&mut client, "first\r\n").await;
+        tokio::time::sleep(Duration::from_secs(45)).await;
+        assert_eq!(serving.counts.open.load(Ordering::Relaxed), 1);
+        sweep.abort();
     }
 
     #[tokio::test(start_paused = true)]

@@ -276,7 +276,7 @@ async fn serve(
 ) {
     // Each connection task holds a sender; when all are gone, the drain is over.
     let (alive, mut drained) = tokio::sync::mpsc::channel::<()>(1);
-    let sweeper = crate::conn::Sweeper::default();
+    let sweeper = crate::conn::Sweeper::new(HEADER_READ_TIMEOUT);
     let sweep = tokio::spawn(sweeper.clone().run());
     let serving = Arc::new(crate::conn::Serving {
         stacks,
@@ -335,18 +335,19 @@ pub const H2_MAX_LOCAL_ERROR_RESET_STREAMS: usize = 256;
 /// The HTTP/1.1 settings, for hyper's own builder and hyper-util's auto builder alike.
 macro_rules! http1_settings {
     ($b:expr) => {
-        $b.timer(TokioTimer::new())
-            .header_read_timeout(HEADER_READ_TIMEOUT)
-            .keep_alive(true)
+        $b.keep_alive(true)
             // Above our own limit, so that most oversized heads get our 431 (with a request id).
             .max_headers(2 * crate::headers::MAX_REQUEST_HEADERS)
     };
 }
 
-/// HTTP/1.1 connections (most of them): hyper's builder, so an idle one can be parked.
-fn http1_builder() -> hyper::server::conn::http1::Builder {
+/// HTTP/1.1 connections (most of them): hyper's builder, so an idle one can be parked. The
+/// header read timeout is the worker's sweep's ([`crate::conn::Sweeper`]), a deadline per
+/// connection, not hyper's timer armed and cancelled for every request (a boxed sleep, a timer
+/// wheel entry and an extra read per request).
+pub(crate) fn http1_builder() -> hyper::server::conn::http1::Builder {
     let mut b = hyper::server::conn::http1::Builder::new();
-    http1_settings!(b);
+    http1_settings!(b).header_read_timeout(None);
     b
 }
 
@@ -354,7 +355,8 @@ fn http1_builder() -> hyper::server::conn::http1::Builder {
 /// by hyper-util, with limits set on purpose.
 fn connection_builder() -> hyper_util::server::conn::auto::Builder<hyper_util::rt::TokioExecutor> {
     let mut b = hyper_util::server::conn::auto::Builder::new(hyper_util::rt::TokioExecutor::new());
-    http1_settings!(b.http1());
+    // Rare (a head shorter than the HTTP/2 preface, in its first read): hyper's own timer.
+    http1_settings!(b.http1()).timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT);
     b.http2()
         .timer(TokioTimer::new())
         .max_concurrent_streams(H2_MAX_CONCURRENT_STREAMS)
