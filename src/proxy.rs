@@ -325,6 +325,7 @@ impl Service<Request<Body>> for ProxyService {
                                 };
                                 return Ok(splice(client_side, app_side, parts.headers, permit));
                             }
+                            // (its hop-by-hop fields were left out as the head was read)
                             Body::new(AppBody::new(body, permit))
                         }
                         Answer::H2(body) => {
@@ -339,10 +340,10 @@ impl Service<Request<Body>> for ProxyService {
                                     detail,
                                 ));
                             }
+                            crate::headers::remove_hop_by_hop(&mut parts.headers);
                             Body::new(AppBody::new(body, permit))
                         }
                     };
-                    crate::headers::remove_hop_by_hop(&mut parts.headers);
                     crate::headers::clean_trailer_declaration(&mut parts.headers, None);
                     Ok(Response::from_parts(parts, body))
                 }

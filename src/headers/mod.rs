@@ -165,6 +165,21 @@ fn is_guaranteed(name: &str) -> bool {
         || has_prefix(name, "x-forwarded-")
 }
 
+/// The headers one `Connection` value names for removal: its options but `close`, those that
+/// are hop-by-hop anyway and the guaranteed ones. Split on bytes: one option that is not ASCII
+/// must not hide the others.
+pub fn connection_named(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
+    value
+        .split(|b| *b == b',')
+        .map(<[u8]>::trim_ascii)
+        .filter(|n| {
+            !n.eq_ignore_ascii_case(b"close")
+                && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str().as_bytes()))
+        })
+        .filter_map(|n| HeaderName::from_bytes(n).ok())
+        .filter(|n| !is_guaranteed(n.as_str()))
+}
+
 /// Removes hop-by-hop headers, and every header named in `Connection` except the guaranteed
 /// ones: `Host`, `X-Request-Id`, `X-Real-IP` and `X-Forwarded-*`. One pass over the names
 /// finds which are there (usually none in a request, `Connection` in a response).
@@ -184,19 +199,10 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
     }
     // HOP_BY_HOP[0] is `Connection`
     if present[0] {
-        // On bytes: one option that is not ASCII must not hide the others.
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .map(<[u8]>::trim_ascii)
-            // connection options that name no header, or one removed below anyway
-            .filter(|n| {
-                !n.eq_ignore_ascii_case(b"close")
-                    && !HOP_BY_HOP.iter().any(|h| n.eq_ignore_ascii_case(h.as_str().as_bytes()))
-            })
-            .filter_map(|n| HeaderName::from_bytes(n).ok())
-            .filter(|n| !is_guaranteed(n.as_str()))
+            .flat_map(|v| connection_named(v.as_bytes()))
             .collect();
         for name in named {
             headers.remove(name);

@@ -8,7 +8,9 @@
 //! is an error: the answer is a 502 and the connection is closed, never pooled, so that one
 //! user's response can never be handed to the next request (response-queue poisoning).
 
-use http::header::{HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH};
+use http::header::{
+    HeaderMap, HeaderName, HeaderValue, CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING, UPGRADE,
+};
 use http::StatusCode;
 
 /// The largest response head read (status line and fields).
@@ -72,14 +74,34 @@ pub struct Head {
 }
 
 /// Parses the response head at the start of `buf`: `Ok(None)` while it is incomplete (read
-/// more), else the head and how many bytes of `buf` it took. `head_request`: the request was
-/// `HEAD` (no body follows, whatever the fields say). A 100 (Continue) comes back like any head:
-/// the caller skips it and parses the next; a 101 has [`Framing::Empty`] and the connection
-/// then belongs to the upgraded protocol.
+/// more), else the head and how many bytes of `buf` it took. A copy of [`take_head`] for
+/// callers holding a slice (tests, the fuzz target).
 pub fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(Head, usize)>, FramingError> {
-    let mut fields = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut resp = httparse::Response::new(&mut fields);
-    let len = match resp.parse(buf) {
+    let mut b = bytes::BytesMut::from(buf);
+    Ok(take_head(&mut b, head_request)?.map(|head| (head, buf.len() - b.len())))
+}
+
+/// Takes the response head off the start of `buf` once it is whole (`Ok(None)`: read more).
+/// `head_request`: the request was `HEAD` (no body follows, whatever the fields say). A 100
+/// (Continue) comes back like any head: the caller skips it and takes the next; a 101 has
+/// [`Framing::Empty`] and the connection then belongs to the upgraded protocol.
+///
+/// One pass over the fields decides the framing and leaves out the hop-by-hop ones (and what
+/// `Connection` names, but the guaranteed headers; a 101 keeps `Upgrade`), so the map holds
+/// what goes on to the client; field values share the head's bytes instead of being copied.
+pub fn take_head(
+    buf: &mut bytes::BytesMut,
+    head_request: bool,
+) -> Result<Option<Head>, FramingError> {
+    let mut fields =
+        [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let parsed = httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut fields,
+    );
+    let len = match parsed {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() >= MAX_HEAD => {
             return Err(FramingError::HeadTooLarge)
@@ -101,16 +123,50 @@ pub fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(Head, usize)
     if !crlf_only(&buf[..len]) {
         return Err(FramingError::Malformed("line ends other than CRLF"));
     }
-    let mut headers = HeaderMap::with_capacity(resp.headers.len());
-    for f in resp.headers.iter() {
-        let name = HeaderName::from_bytes(f.name.as_bytes())
-            .map_err(|_| FramingError::Malformed("name"))?;
-        let value =
-            HeaderValue::from_bytes(f.value).map_err(|_| FramingError::Malformed("value"))?;
-        headers.append(name, value);
-    }
     if status.is_informational() && code != 100 && code != 101 {
         return Err(FramingError::Interim(code));
+    }
+    // Where each field lies in the head (name, value: start and length), so that the values
+    // can share its bytes once it is split off.
+    let base = buf.as_ptr() as usize;
+    let at = |s: &[u8]| (s.as_ptr() as usize - base) as u32;
+    let mut spans = [[0u32; 4]; MAX_HEADERS];
+    let n = resp.headers.len();
+    for (span, f) in spans.iter_mut().zip(resp.headers.iter()) {
+        *span = [at(f.name.as_bytes()), f.name.len() as u32, at(f.value), f.value.len() as u32];
+    }
+    let head = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(n);
+    let mut fields = FramingFields::default();
+    let mut named: Vec<HeaderName> = Vec::new();
+    for &[ns, nl, vs, vl] in &spans[..n] {
+        let name = HeaderName::from_bytes(&head[ns as usize..(ns + nl) as usize])
+            .map_err(|_| FramingError::Malformed("name"))?;
+        let value = &head[vs as usize..(vs + vl) as usize];
+        if name == CONTENT_LENGTH {
+            fields.lengths += 1;
+            fields.length.get_or_insert(value);
+        } else if name == TRANSFER_ENCODING {
+            fields.coded = true;
+            for t in value.split(|b| *b == b',') {
+                fields.codings += 1;
+                fields.chunked_only &= t.trim_ascii().eq_ignore_ascii_case(b"chunked");
+            }
+        } else if name == CONNECTION {
+            fields.close |=
+                value.split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"));
+            named.extend(crate::headers::connection_named(value));
+        }
+        let hop_by_hop =
+            crate::headers::HOP_BY_HOP.contains(&name) && !(code == 101 && name == UPGRADE);
+        let value = HeaderValue::from_maybe_shared(head.slice(vs as usize..(vs + vl) as usize))
+            .map_err(|_| FramingError::Malformed("value"))?;
+        if !hop_by_hop {
+            headers.append(name, value);
+        }
+    }
+    for name in named {
+        headers.remove(name);
     }
     let framing = if head_request
         || status.is_informational()
@@ -119,11 +175,11 @@ pub fn parse_head(buf: &[u8], head_request: bool) -> Result<Option<(Head, usize)
     {
         Framing::Empty
     } else {
-        body_framing(&headers)?
+        fields.framing()?
     };
-    let closes = version == 0 || connection_has(&headers, b"close");
+    let closes = version == 0 || fields.close;
     let reusable = !closes && framing != Framing::UntilClose && code != 101;
-    Ok(Some((Head { status, headers, framing, reusable }, len)))
+    Ok(Some(Head { status, headers, framing, reusable }))
 }
 
 fn error_name(e: httparse::Error) -> &'static str {
@@ -143,45 +199,58 @@ fn crlf_only(head: &[u8]) -> bool {
     memchr::memchr_iter(b'\n', head).all(|i| i > 0 && head[i - 1] == b'\r')
 }
 
-/// Whether `Connection` lists `token` (any case).
-fn connection_has(headers: &HeaderMap, token: &[u8]) -> bool {
-    headers.get_all(CONNECTION).iter().any(|v| {
-        v.as_bytes().split(|b| *b == b',').any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
-    })
+/// What the framing fields of a head said, gathered in the one pass over its fields.
+struct FramingFields<'a> {
+    /// `Content-Length` fields, and the first one's value.
+    lengths: u32,
+    length: Option<&'a [u8]>,
+    /// A `Transfer-Encoding` field was there; its codings, counted over every such field;
+    /// every one was `chunked`.
+    coded: bool,
+    codings: u32,
+    chunked_only: bool,
+    /// `Connection` lists `close`.
+    close: bool,
 }
 
-/// The framing of a response that may have a body (RFC 9112 §6.3), refusing what is ambiguous.
-fn body_framing(headers: &HeaderMap) -> Result<Framing, FramingError> {
-    let mut codings = headers.get_all(http::header::TRANSFER_ENCODING).iter().peekable();
-    let mut lengths = headers.get_all(CONTENT_LENGTH).iter();
-    if codings.peek().is_some() {
-        if lengths.next().is_some() {
-            return Err(FramingError::LengthAndCoding);
+impl Default for FramingFields<'_> {
+    fn default() -> Self {
+        Self {
+            lengths: 0,
+            length: None,
+            coded: false,
+            codings: 0,
+            chunked_only: true,
+            close: false,
         }
-        // exactly one coding, chunked
-        let mut n = 0;
-        for v in codings {
-            for t in v.as_bytes().split(|b| *b == b',') {
-                n += 1;
-                if n > 1 || !t.trim_ascii().eq_ignore_ascii_case(b"chunked") {
-                    return Err(FramingError::Coding);
-                }
+    }
+}
+
+impl FramingFields<'_> {
+    /// The framing of a response that may have a body (RFC 9112 §6.3), refusing what is
+    /// ambiguous.
+    fn framing(&self) -> Result<Framing, FramingError> {
+        if self.coded {
+            if self.lengths > 0 {
+                return Err(FramingError::LengthAndCoding);
             }
+            // exactly one coding, chunked
+            if self.codings != 1 || !self.chunked_only {
+                return Err(FramingError::Coding);
+            }
+            return Ok(Framing::Chunked);
         }
-        return Ok(Framing::Chunked);
+        let Some(v) = self.length else {
+            return Ok(Framing::UntilClose);
+        };
+        if self.lengths > 1 || v.contains(&b',') {
+            return Err(FramingError::SeveralLengths);
+        }
+        if v.is_empty() || v.len() > 19 || !v.iter().all(u8::is_ascii_digit) {
+            return Err(FramingError::BadLength);
+        }
+        Ok(Framing::Length(v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'))))
     }
-    let Some(v) = lengths.next() else {
-        return Ok(Framing::UntilClose);
-    };
-    if lengths.next().is_some() || v.as_bytes().contains(&b',') {
-        return Err(FramingError::SeveralLengths);
-    }
-    let digits = v.as_bytes();
-    if digits.is_empty() || digits.len() > 19 || !digits.iter().all(u8::is_ascii_digit) {
-        return Err(FramingError::BadLength);
-    }
-    let n = digits.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
-    Ok(Framing::Length(n))
 }
 
 /// What [`ChunkedDecoder::decode`] found in its input.
@@ -500,6 +569,36 @@ mod tests {
         assert!(!reusable("HTTP/1.1 200 OK\r\n\r\n"), "until close");
         assert!(!reusable("HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n"));
         assert!(!reusable("HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\n\r\n"));
+    }
+
+    #[test]
+    fn the_head_hands_on_end_to_end_fields_only_and_leaves_the_body_bytes() {
+        let text = "HTTP/1.1 200 OK\r\nConnection: keep-alive, X-Secret, X-Forwarded-For, close\r\n\
+                    Keep-Alive: timeout=5\r\nTransfer-Encoding: chunked\r\nUpgrade: h2c\r\n\
+                    Proxy-Connection: x\r\nTE: trailers\r\nX-Secret: s\r\nX-Forwarded-For: 1.2.3.4\r\n\
+                    Set-Cookie: a=1\r\nset-cookie: b=2\r\nX-App: été\r\n\r\n5\r\nhello";
+        let mut buf = bytes::BytesMut::from(text.as_bytes());
+        let h = take_head(&mut buf, false).unwrap().unwrap();
+        assert_eq!(&buf[..], b"5\r\nhello", "the body's bytes stay");
+        assert_eq!(h.framing, Framing::Chunked);
+        assert!(!h.reusable, "Connection: close, read before the field was left out");
+        let mut names: Vec<&str> = h.headers.keys().map(|n| n.as_str()).collect();
+        names.sort_unstable();
+        assert_eq!(names, ["set-cookie", "x-app", "x-forwarded-for"]);
+        assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
+        assert_eq!(h.headers["x-app"].as_bytes(), "été".as_bytes());
+        // a 101 keeps what the switch needs
+        let h = head(
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
+        )
+        .unwrap()
+        .unwrap()
+        .0;
+        assert_eq!(h.headers["upgrade"], "websocket");
+        assert!(!h.headers.contains_key("connection"));
+        // a field value that is no value is refused, even in a field left out
+        let bad = "HTTP/1.1 200 OK\r\nContent-Length: 0\r\nKeep-Alive: a\x7fb\r\n\r\n";
+        assert!(head(bad).is_err());
     }
 
     /// Decodes `body` given in the pieces `cuts` make: the data, the trailers, the bytes used.

@@ -434,8 +434,7 @@ impl Exchange {
         loop {
             if !self.conn.rbuf.is_empty() {
                 self.answered = true;
-                if let Some((head, len)) = framing::parse_head(&self.conn.rbuf, head_request)? {
-                    self.conn.rbuf.advance(len);
+                if let Some(head) = framing::take_head(&mut self.conn.rbuf, head_request)? {
                     match head.status.as_u16() {
                         // interim: the final head follows
                         100 => continue,

@@ -464,7 +464,9 @@ async fn with_hyper(bytes: Vec<u8>, method: &str) -> Outcome {
         .body(http_body_util::Empty::<bytes::Bytes>::new())
         .unwrap();
     let resp = send.send_request(req).await.map_err(|_| ())?;
-    let (parts, body) = resp.into_parts();
+    let (mut parts, body) = resp.into_parts();
+    // the lean client hands on the end-to-end fields only
+    portcullis::headers::remove_hop_by_hop(&mut parts.headers);
     collect(parts.status.as_u16(), &parts.headers, body).await
 }
 
