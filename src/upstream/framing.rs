@@ -17,6 +17,8 @@ use http::StatusCode;
 pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head (or a trailer section).
 pub const MAX_HEADERS: usize = 128;
+/// Room in a response's header map: hyper's server reuses it for the next request's fields.
+const REUSED_MAP_FIELDS: usize = 32;
 /// The largest trailer section.
 pub const MAX_TRAILERS: usize = 16 * 1024;
 /// The longest chunk extension kept reading (it is skipped, never used).
@@ -136,7 +138,9 @@ pub fn take_head(
         *span = [at(f.name.as_bytes()), f.name.len() as u32, at(f.value), f.value.len() as u32];
     }
     let head = buf.split_to(len).freeze();
-    let mut headers = HeaderMap::with_capacity(n);
+    // hyper's server keeps a response's map (emptied) for the next request on its connection:
+    // sized for a request with portcullis's fields added, so that one never grows
+    let mut headers = HeaderMap::with_capacity(n.max(REUSED_MAP_FIELDS));
     let mut fields = FramingFields::default();
     let mut named: Vec<HeaderName> = Vec::new();
     for &[ns, nl, vs, vl] in &spans[..n] {
@@ -587,6 +591,8 @@ mod tests {
         assert_eq!(names, ["set-cookie", "x-app", "x-forwarded-for"]);
         assert_eq!(h.headers.get_all("set-cookie").iter().count(), 2);
         assert_eq!(h.headers["x-app"].as_bytes(), "été".as_bytes());
+        // room for the next request's fields: hyper's server reuses the map for them
+        assert!(h.headers.capacity() >= REUSED_MAP_FIELDS, "{}", h.headers.capacity());
         // a 101 keeps what the switch needs
         let h = head(
             "HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n\r\n",
