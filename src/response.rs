@@ -20,9 +20,13 @@ use tower::{Layer, Service};
 use crate::identity::Identity;
 use crate::path::PathError;
 
-/// The request id, set by the outermost layer and echoed in error bodies and logs.
-#[derive(Debug, Clone)]
-pub struct RequestId(pub HeaderValue);
+/// The request id's header, set on every request and response.
+pub const X_REQUEST_ID: http::HeaderName = http::HeaderName::from_static("x-request-id");
+
+/// The request's id, as the outermost layer set it (`telemetry::AccessLog`).
+pub fn request_id_of(headers: &http::HeaderMap) -> Option<&HeaderValue> {
+    headers.get(&X_REQUEST_ID)
+}
 
 /// What authentication decided, left in the response's extensions for the access log.
 #[derive(Debug, Clone)]
@@ -130,7 +134,7 @@ pub fn may_send_into_login(method: &http::Method, headers: &http::HeaderMap) -> 
 impl Asker {
     fn of<B>(req: &Request<B>) -> Self {
         let mut asker = Self::from_head(req.method(), req.headers());
-        asker.request_id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        asker.request_id = request_id_of(req.headers()).cloned();
         // Only a browser's answer needs where it was going (API clients are the hot path).
         if asker.navigating {
             asker.path_and_query =

@@ -11,16 +11,15 @@ use std::time::Instant;
 use axum::body::Body;
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
-use http::header::{self, HeaderName, HeaderValue};
+use http::header::{self, HeaderValue};
 use http::{Request, Response};
 use tower::{Layer, Service};
 use tracing_subscriber::EnvFilter;
 
 use crate::config::{LogConfig, LogFormat};
 use crate::peer::ClientAddr;
-use crate::response::{Decision, RequestId};
-
-pub const X_REQUEST_ID: HeaderName = HeaderName::from_static("x-request-id");
+use crate::response::Decision;
+pub use crate::response::X_REQUEST_ID;
 
 /// Bytes of log output that may wait for a slow reader (a stalled pipe, a busy log shipper);
 /// past that, new lines are dropped, counted and reported rather than stalling requests.
@@ -490,6 +489,16 @@ fn new_request_id() -> HeaderValue {
     request_id_for(request_id_prefix(), COUNTER.fetch_add(1, Ordering::Relaxed))
 }
 
+/// Bytes of a worker's block of request ids.
+const ID_BLOCK: usize = 4096;
+
+thread_local! {
+    /// The worker's current block: each id is split off it, so that an id is neither copied
+    /// into an allocation of its own nor given one when it is first shared (it is shared three
+    /// times: the request, the response, the access line).
+    static ID_BLOCK_LEFT: RefCell<bytes::BytesMut> = RefCell::new(bytes::BytesMut::new());
+}
+
 /// `<prefix>-<n in hex>` (`format!("{prefix}-{n:x}")` without `core::fmt`), for a prefix of at
 /// most 8 bytes.
 fn request_id_for(prefix: &str, n: u64) -> HeaderValue {
@@ -503,7 +512,16 @@ fn request_id_for(prefix: &str, n: u64) -> HeaderValue {
         let nibble = (n >> (4 * (digits - 1 - i))) & 0xf;
         *d = b"0123456789abcdef"[nibble as usize];
     }
-    HeaderValue::from_bytes(&id[..start + digits]).unwrap_or(HeaderValue::from_static("0"))
+    let id = &id[..start + digits];
+    let bytes = ID_BLOCK_LEFT.with(|block| {
+        let mut block = block.borrow_mut();
+        if block.capacity() < id.len() {
+            *block = bytes::BytesMut::with_capacity(ID_BLOCK);
+        }
+        block.extend_from_slice(id);
+        block.split().freeze()
+    });
+    HeaderValue::from_maybe_shared(bytes).unwrap_or(HeaderValue::from_static("0"))
 }
 
 /// The longest client-sent `X-Request-Id` kept.
@@ -598,8 +616,8 @@ where
     fn call(&mut self, mut req: Request<Body>) -> Self::Future {
         let start = Instant::now();
         let id = request_id(&req);
+        // the layers below read it from the header ([`request_id_of`])
         req.headers_mut().insert(X_REQUEST_ID, id.clone());
-        req.extensions_mut().insert(RequestId(id.clone()));
         let method = req.method().clone();
         // A clone of the URI shares its bytes: no copy of the path.
         let uri = req.uri().clone();
@@ -791,6 +809,13 @@ mod tests {
     fn request_ids_are_formatted_like_format() {
         for n in [0, 1, 9, 10, 15, 16, 255, 256, 0xdead_beef, u64::MAX >> 4, u64::MAX] {
             assert_eq!(request_id_for("0a1b2c3d", n), format!("0a1b2c3d-{n:x}").as_str());
+        }
+        // ids cut from the worker's blocks, across several blocks, all kept at once: each is
+        // its own, intact
+        let ids: Vec<HeaderValue> =
+            (0..3 * ID_BLOCK as u64 / 10).map(|n| request_id_for("0a1b2c3d", n << 20)).collect();
+        for (n, id) in ids.iter().enumerate() {
+            assert_eq!(id, format!("0a1b2c3d-{:x}", (n as u64) << 20).as_str());
         }
     }
 

@@ -56,7 +56,7 @@ use crate::identity::IdentityMapper;
 use crate::idp::discovery::{read_bounded, ProviderMetadata};
 use crate::idp::jwks::{IssuerKeys, KeyStore};
 use crate::pages::Pages;
-use crate::response::{redirect as redirect_to, Decision, Refusal, Rejection, RequestId};
+use crate::response::{redirect as redirect_to, Decision, Refusal, Rejection};
 
 /// Protocol claims left out of a session (they describe the token, not the user).
 pub(super) const PROTOCOL_CLAIMS: &[&str] =
@@ -289,8 +289,9 @@ async fn sign_in(State(login): State<Arc<Login>>, req: Request) -> Response<Body
     let rd = query_param(&parts, "rd").unwrap_or_else(|| "/".into());
     let rd: String =
         url::form_urlencoded::byte_serialize(login.safe_rd(&parts, Some(&rd)).as_bytes()).collect();
-    let request_id =
-        parts.extensions.get::<RequestId>().and_then(|r| r.0.to_str().ok().map(str::to_string));
+    let request_id = crate::response::request_id_of(&parts.headers)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_string);
     let mut resp = login.pages.render(
         "sign_in.html",
         StatusCode::OK,
