@@ -98,10 +98,15 @@ pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
         (None, _) if req.version() == http::Version::HTTP_11 => Err("no Host header"),
         (None, _) => Ok(()),
         (Some(h), None) => {
-            let valid = !h.is_empty()
-                && !h.as_bytes().contains(&b'@')
-                && port_is_digits(h.as_bytes())
-                && h.to_str().ok().and_then(|s| s.parse::<http::uri::Authority>().ok()).is_some();
+            // the common shape first, decided on its bytes without parsing (which copies)
+            let valid = plain_host(h.as_bytes())
+                || !h.is_empty()
+                    && !h.as_bytes().contains(&b'@')
+                    && port_is_digits(h.as_bytes())
+                    && h.to_str()
+                        .ok()
+                        .and_then(|s| s.parse::<http::uri::Authority>().ok())
+                        .is_some();
             if valid {
                 Ok(())
             } else {
@@ -109,6 +114,22 @@ pub fn settle_host<B>(req: &mut Request<B>) -> Result<(), &'static str> {
             }
         }
     }
+}
+
+/// Whether `h` is a name of letters, digits, dots and dashes with at most a port of up to 5
+/// digits below 65536: a valid authority by construction, which the full parse would accept.
+fn plain_host(h: &[u8]) -> bool {
+    let (name, port) = match h.iter().position(|b| *b == b':') {
+        Some(i) => (&h[..i], Some(&h[i + 1..])),
+        None => (h, None),
+    };
+    !name.is_empty()
+        && name.iter().all(|b| b.is_ascii_alphanumeric() || *b == b'.' || *b == b'-')
+        && port.is_none_or(|p| {
+            (1..=5).contains(&p.len())
+                && p.iter().all(u8::is_ascii_digit)
+                && p.iter().fold(0u32, |n, d| n * 10 + u32::from(d - b'0')) <= 65535
+        })
 }
 
 /// Whether the port of a `host[:port]`, if it has one, is digits (the `http` crate reads
@@ -337,6 +358,57 @@ mod tests {
         assert!(req(Version::HTTP_11, &["a.example", "b.example"]).is_err());
         for bad in ["", "user@app.example", "app example", "app.example:x"] {
             assert!(req(Version::HTTP_11, &[bad]).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn a_plain_host_is_one_the_full_parse_accepts() {
+        let full =
+            |h: &str| port_is_digits(h.as_bytes()) && h.parse::<http::uri::Authority>().is_ok();
+        let mut cases: Vec<String> = [
+            "app.example",
+            "APP-1.example",
+            "a",
+            "127.0.0.1",
+            "app:1",
+            "app:8080",
+            "app:65535",
+            "app:65536",
+            "app:99999",
+            "app:123456",
+            "app:",
+            ":80",
+            "",
+            "a b",
+            "a_b",
+            "[::1]",
+            "[::1]:80",
+            "a@b",
+            "a:b",
+            "a:1:2",
+            "é.example",
+            "a/b",
+            "a?b",
+            "a%41",
+            "app.:080",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        // every byte in a name and in a port
+        for b in 0u8..=255 {
+            if let Ok(c) = std::str::from_utf8(&[b]) {
+                cases.push(format!("a{c}b"));
+                cases.push(format!("app:8{c}"));
+            }
+        }
+        for h in &cases {
+            if plain_host(h.as_bytes()) {
+                assert!(full(h), "{h:?} taken as plain, refused by the parse");
+            }
+        }
+        for h in ["app.example", "app.example:8080", "10.0.0.1:65535", "x-y"] {
+            assert!(plain_host(h.as_bytes()), "{h}");
         }
     }
 
