@@ -415,13 +415,11 @@ fn allowed(access: Access, fa: &ForwardAuth, named: &str) -> Response<Body> {
             }
         };
         if let (Some(t), true) = (token, pass_token != PassToken::None) {
-            h.insert(X_AUTH_REQUEST_ACCESS_TOKEN, t.expose().clone());
+            h.insert(X_AUTH_REQUEST_ACCESS_TOKEN, t.value());
         }
         // identity.pass_id_token: for `auth_request_set $authorization
         // $upstream_http_authorization` (oauth2-proxy's --set-authorization-header)
-        if let Some(v) =
-            id_token.and_then(|t| crate::auth::inject::bearer_value(t.expose().as_bytes()))
-        {
+        if let Some(v) = id_token.and_then(|t| t.bearer()) {
             h.insert(header::AUTHORIZATION, v);
         }
         for v in auth.response_headers.get_all(header::SET_COOKIE) {

@@ -5,17 +5,52 @@ use http::header::{self, HeaderMap, HeaderValue};
 
 /// A bearer token. Its `Debug` never shows it; the header value is marked sensitive.
 #[derive(Clone)]
-pub struct Token(HeaderValue);
+pub struct Token {
+    /// The header value the token came in (the whole `Authorization` value of a bearer
+    /// request), marked sensitive; the token is `value[start..end]`.
+    value: HeaderValue,
+    start: usize,
+    end: usize,
+}
 
 impl Token {
-    pub(crate) fn new(mut value: HeaderValue) -> Self {
-        value.set_sensitive(true);
-        Self(value)
+    /// A token that is the whole of `value` (a session's access token).
+    pub(crate) fn new(value: HeaderValue) -> Self {
+        let end = value.len();
+        Self::within(value, 0, end)
     }
 
-    /// The token, for passing it on (`identity.pass_token`); never for a log.
-    pub fn expose(&self) -> &HeaderValue {
-        &self.0
+    /// The token at `start..end` of `value`, shared rather than copied.
+    fn within(mut value: HeaderValue, start: usize, end: usize) -> Self {
+        value.set_sensitive(true);
+        Self { value, start, end }
+    }
+
+    /// The token's bytes; never for a log.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.value.as_bytes()[self.start..self.end]
+    }
+
+    /// The token alone as a header value, for passing it on (`identity.pass_token`), marked
+    /// sensitive; never for a log.
+    pub fn value(&self) -> HeaderValue {
+        if self.start == 0 && self.end == self.value.len() {
+            return self.value.clone();
+        }
+        let mut v = HeaderValue::from_bytes(self.as_bytes())
+            .unwrap_or_else(|_| HeaderValue::from_static(""));
+        v.set_sensitive(true);
+        v
+    }
+
+    /// `Bearer <token>`, marked sensitive: the header the token came in when it was exactly
+    /// that (no copy), else built.
+    pub fn bearer(&self) -> Option<HeaderValue> {
+        let v = self.value.as_bytes();
+        if self.start == 7 && self.end == v.len() && v.starts_with(b"Bearer ") {
+            return Some(self.value.clone());
+        }
+        crate::auth::inject::bearer_value(self.as_bytes())
     }
 }
 
@@ -44,7 +79,7 @@ pub(crate) fn is_bearer(value: &HeaderValue) -> bool {
 /// The bearer token in a request head, if any.
 pub(crate) enum Credentials {
     None,
-    Bearer(HeaderValue),
+    Bearer(Token),
     /// More than one `Authorization` header.
     Ambiguous,
 }
@@ -57,8 +92,12 @@ pub(crate) fn credentials(headers: &HeaderMap) -> Credentials {
     if values.next().is_some() {
         return Credentials::Ambiguous;
     }
-    match bearer_credentials(value).map(HeaderValue::from_bytes) {
-        Some(Ok(t)) if !t.is_empty() => Credentials::Bearer(t),
+    match bearer_credentials(value) {
+        Some(t) if !t.is_empty() => {
+            // where the token lies in the value: shared with it, not copied
+            let start = t.as_ptr() as usize - value.as_bytes().as_ptr() as usize;
+            Credentials::Bearer(Token::within(value.clone(), start, start + t.len()))
+        }
         _ => Credentials::None,
     }
 }
@@ -91,8 +130,32 @@ mod tests {
         }
         let mut h = HeaderMap::new();
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer\tabc"));
-        assert!(matches!(credentials(&h), Credentials::Bearer(t) if t == "abc"));
+        assert!(matches!(credentials(&h), Credentials::Bearer(t) if t.as_bytes() == b"abc"));
         h.insert(header::AUTHORIZATION, HeaderValue::from_static("Bearer \t"));
         assert!(matches!(credentials(&h), Credentials::None));
+    }
+
+    #[test]
+    fn a_token_is_handed_on_as_itself_or_as_a_canonical_bearer_value() {
+        let token = |v: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(header::AUTHORIZATION, HeaderValue::from_static(v));
+            match credentials(&h) {
+                Credentials::Bearer(t) => t,
+                _ => panic!("{v:?} is a bearer credential"),
+            }
+        };
+        for v in ["Bearer abc", "bearer abc", " BEARER\tabc ", "Bearer  abc"] {
+            let t = token(v);
+            assert_eq!(t.as_bytes(), b"abc", "{v:?}");
+            assert_eq!(t.value(), "abc", "{v:?}");
+            assert_eq!(t.bearer().unwrap(), "Bearer abc", "{v:?}");
+            assert!(t.value().is_sensitive() && t.bearer().unwrap().is_sensitive(), "{v:?}");
+        }
+        // a session's token is the whole value
+        let t = Token::new(HeaderValue::from_static("xyz"));
+        assert_eq!((t.as_bytes(), t.value()), (&b"xyz"[..], HeaderValue::from_static("xyz")));
+        assert_eq!(t.bearer().unwrap(), "Bearer xyz");
+        assert_eq!(format!("{t:?}"), "Token([redacted])");
     }
 }

@@ -75,19 +75,19 @@ where
                     headers.remove(header::AUTHORIZATION);
                 }
                 (PassToken::Authorization, Some(token)) => {
-                    if let Some(v) = bearer_value(token.expose().as_bytes()) {
+                    if let Some(v) = token.bearer() {
                         headers.insert(header::AUTHORIZATION, v);
                     }
                 }
                 (PassToken::XForwardedAccessToken, Some(token)) => {
                     headers.remove(header::AUTHORIZATION);
-                    headers.insert(X_FORWARDED_ACCESS_TOKEN, token.expose().clone());
+                    headers.insert(X_FORWARDED_ACCESS_TOKEN, token.value());
                 }
             }
             // A session's ID token, as oauth2-proxy's `--set-authorization-header` sends it
             // (never with pass_token = "authorization": the configuration refuses both).
             if let Some(id_token) = id_token.filter(|_| self.pass_id_token) {
-                if let Some(v) = bearer_value(id_token.expose().as_bytes()) {
+                if let Some(v) = id_token.bearer() {
                     headers.insert(header::AUTHORIZATION, v);
                 }
             }

@@ -301,7 +301,7 @@ impl AuthSettings {
         };
         match verified {
             Ok((identity, verified)) => Ok(Authenticated {
-                credential: Credential::Bearer(Token::new(token)),
+                credential: Credential::Bearer(token),
                 identity,
                 reason: match verified {
                     Verified::Cached => "token_cached",
@@ -636,7 +636,7 @@ mod tests {
         assert_eq!(auth.identity.subject, "alice");
         assert_eq!(auth.reason(), "token_verified");
         let Credential::Bearer(t) = &auth.credential else { panic!("a bearer credential") };
-        assert!(t.expose().is_sensitive());
+        assert!(t.value().is_sensitive() && t.bearer().unwrap().is_sensitive());
         let shown = format!("{auth:?}");
         assert!(!shown.contains(&token), "{shown}");
         assert!(!shown.contains(token.rsplit('.').next().unwrap()), "{shown}");
