@@ -18,7 +18,7 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::headers::WebSocketUpgrade;
 use crate::peer::ClientAddr;
 use crate::response::{Refusal, Rejection};
-use crate::upstream::{Answer, Upstream};
+use crate::upstream::{Answer, Upstream, UpstreamError};
 use http::StatusCode;
 use http_body::Body as _;
 use tokio::sync::Semaphore;
@@ -35,7 +35,6 @@ struct Target {
     host: HeaderValue,
     /// The upstream URL's path without a trailing `/` ("" for the root).
     base_path: String,
-    response_timeout: Duration,
     pass_host_header: bool,
     /// `server.request_body_idle_timeout`.
     body_idle_timeout: Duration,
@@ -81,6 +80,7 @@ impl ProxyService {
         let upstream = Upstream::new(
             cfg.connect_target(),
             cfg.connect_timeout,
+            cfg.response_timeout,
             h2c,
             connecting,
             base_path.clone(),
@@ -98,7 +98,6 @@ impl ProxyService {
                     host: HeaderValue::from_str(&authority)?,
                     authority: authority.parse()?,
                     base_path,
-                    response_timeout: cfg.response_timeout,
                     pass_host_header: cfg.pass_host_header,
                     body_idle_timeout,
                     h2c,
@@ -305,10 +304,9 @@ impl Service<Request<Body>> for ProxyService {
                 h.insert(header::UPGRADE, u.0);
                 client_side
             });
-            let timeout = this.target.response_timeout;
             let asks_upgrade = upgrade.is_some();
-            match tokio::time::timeout(timeout, this.upstream.send(req, asks_upgrade)).await {
-                Ok(Ok(resp)) => {
+            match this.upstream.send(req, asks_upgrade).await {
+                Ok(resp) => {
                     let (mut parts, body) = resp.into_parts();
                     let body = match body {
                         Answer::H1(body) => {
@@ -347,7 +345,15 @@ impl Service<Request<Body>> for ProxyService {
                     crate::headers::clean_trailer_declaration(&mut parts.headers, None);
                     Ok(Response::from_parts(parts, body))
                 }
-                Ok(Err(e)) => {
+                Err(UpstreamError::ResponseTimeout { timeout }) => {
+                    tracing::warn!(upstream = %this.target.authority, timeout = ?timeout, "upstream sent no response head in time");
+                    Ok(error(
+                        Rejection::GatewayTimeout,
+                        "upstream_timeout",
+                        format!("no response head within {timeout:?}"),
+                    ))
+                }
+                Err(e) => {
                     let detail = crate::error::error_chain(&e);
                     // The client's fault first: its body stopped or broke while being sent.
                     match ClientBodyError::find(&e) {
@@ -380,14 +386,6 @@ impl Service<Request<Body>> for ProxyService {
                         tracing::warn!(upstream = %this.target.authority, error = %detail, "upstream failed");
                         Ok(error(Rejection::BadGateway, "upstream_failed", detail))
                     }
-                }
-                Err(_) => {
-                    tracing::warn!(upstream = %this.target.authority, timeout = ?timeout, "upstream sent no response head in time");
-                    Ok(error(
-                        Rejection::GatewayTimeout,
-                        "upstream_timeout",
-                        format!("no response head within {timeout:?}"),
-                    ))
                 }
             }
         })

@@ -38,6 +38,8 @@ const MAX_SLICES: usize = 16;
 /// One kept-alive connection to the app, with its buffers.
 pub struct Conn {
     io: TcpStream,
+    /// How long its current request has waited for an answer (kept by the pool's sweep).
+    pub watch: Arc<super::Watch>,
     /// Bytes read from the app and not used yet.
     rbuf: BytesMut,
     /// The request head being written (reused from one request to the next).
@@ -46,7 +48,12 @@ pub struct Conn {
 
 impl Conn {
     pub fn new(io: TcpStream) -> Self {
-        Self { io, rbuf: BytesMut::with_capacity(READ_CHUNK), head: Vec::with_capacity(1024) }
+        Self {
+            io,
+            watch: Arc::default(),
+            rbuf: BytesMut::with_capacity(READ_CHUNK),
+            head: Vec::with_capacity(1024),
+        }
     }
 
     /// Whether an idle connection may carry a request: the app has neither closed it nor sent
@@ -354,6 +361,11 @@ impl Exchange {
             return None;
         }
         self.out.body.take()
+    }
+
+    /// The connection's watch (see [`super::Watch`]).
+    pub fn watch(&self) -> &super::Watch {
+        &self.conn.watch
     }
 
     /// The connection's request head buffer, to carry to a new connection for a retry.

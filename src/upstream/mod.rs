@@ -19,8 +19,12 @@ pub mod framing;
 pub mod h1;
 
 use std::collections::VecDeque;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant};
+
+use futures_util::task::AtomicWaker;
 
 use axum::body::Body;
 use http::{Method, Request, Response, Version};
@@ -56,13 +60,17 @@ pub enum UpstreamError {
     /// HTTP/1.1.
     #[error(transparent)]
     Exchange(#[from] ExchangeError),
+    #[error("no response head within {timeout:?}")]
+    ResponseTimeout { timeout: Duration },
 }
 
 impl UpstreamError {
     /// A timeout (504) rather than a refusal or a broken connection (502).
     pub fn is_timeout(&self) -> bool {
         match self {
-            UpstreamError::ConnectTimeout { .. } | UpstreamError::NoConnectSlot { .. } => true,
+            UpstreamError::ConnectTimeout { .. }
+            | UpstreamError::NoConnectSlot { .. }
+            | UpstreamError::ResponseTimeout { .. } => true,
             UpstreamError::Connect { source, .. } => source.kind() == std::io::ErrorKind::TimedOut,
             _ => false,
         }
@@ -106,6 +114,42 @@ struct Inner {
     /// The upstream URL's path without a trailing `/`, written before each request's path.
     base_path: String,
     h2: Mutex<Option<http2::SendRequest<Body>>>,
+    /// `upstream.response_timeout`, and how it is kept: every `tick`, the sweep counts the
+    /// requests still waiting for their response head; past `ticks`, one is answered 504.
+    response_timeout: Duration,
+    tick: Duration,
+    ticks: u32,
+    /// The watches of this worker's HTTP/1.1 connections, and whether the sweep runs.
+    watches: Mutex<Vec<Weak<Watch>>>,
+    sweeping: AtomicBool,
+}
+
+/// A request's wait for its response head, watched per connection by the pool's sweep (a
+/// deadline kept without a timer armed and cancelled for every request).
+#[derive(Default)]
+pub struct Watch {
+    /// The request is out and its response head has not come.
+    waiting: AtomicBool,
+    /// Sweeps that found it waiting.
+    ticks: AtomicU32,
+    /// Waited past the response timeout.
+    expired: AtomicBool,
+    /// The request's task, woken when it expires.
+    waker: AtomicWaker,
+}
+
+impl Watch {
+    /// A request starts waiting (`ticks`: already waited, on a connection it was sent on
+    /// before a retry).
+    fn begin(&self, ticks: u32) {
+        self.expired.store(false, Ordering::Relaxed);
+        self.ticks.store(ticks, Ordering::Relaxed);
+        self.waiting.store(true, Ordering::Release);
+    }
+
+    fn end(&self) {
+        self.waiting.store(false, Ordering::Release);
+    }
 }
 
 struct Idle {
@@ -142,14 +186,19 @@ impl Upstream {
     /// `connecting`: this worker's share of `upstream.max_connecting` (at least 1);
     /// `base_path`: the upstream URL's path without a trailing `/`, written before each
     /// HTTP/1.1 request's path.
+    /// `response_timeout`: how long a request may wait for the app's response head.
     pub fn new(
         target: String,
         connect_timeout: Duration,
+        response_timeout: Duration,
         h2c: bool,
         connecting: usize,
         base_path: String,
     ) -> Self {
         let connecting = connecting.max(1);
+        // A tenth of the timeout, at most a second: a 504 comes at most that much late.
+        let tick = (response_timeout / 10).clamp(Duration::from_millis(10), Duration::from_secs(1));
+        let ticks = response_timeout.as_secs_f64() / tick.as_secs_f64();
         Self {
             inner: Arc::new(Inner {
                 target,
@@ -161,8 +210,41 @@ impl Upstream {
                 connecting_max: connecting,
                 base_path,
                 h2: Mutex::new(None),
+                response_timeout,
+                tick,
+                ticks: (ticks.ceil() as u32).max(1),
+                watches: Mutex::new(Vec::new()),
+                sweeping: AtomicBool::new(false),
             }),
         }
+    }
+
+    /// Starts the sweep that keeps the response timeout, on the worker's runtime (once; it ends
+    /// when the pool is dropped).
+    fn sweep(&self) {
+        let inner = &self.inner;
+        if inner.sweeping.load(Ordering::Relaxed) || inner.sweeping.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        let pool = Arc::downgrade(inner);
+        let mut every = tokio::time::interval(inner.tick);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::spawn(async move {
+            loop {
+                every.tick().await;
+                let Some(inner) = pool.upgrade() else { return };
+                lock(&inner.watches).retain(|w| {
+                    let Some(w) = w.upgrade() else { return false };
+                    if w.waiting.load(Ordering::Acquire)
+                        && w.ticks.fetch_add(1, Ordering::AcqRel) + 1 > inner.ticks
+                    {
+                        w.expired.store(true, Ordering::Release);
+                        w.waker.wake();
+                    }
+                    true
+                });
+            }
+        });
     }
 
     /// Sends `req` (for HTTP/1.1 its path and query after the base path, with `Host`; for h2c
@@ -175,9 +257,14 @@ impl Upstream {
         req: Request<Body>,
         upgrade: bool,
     ) -> Result<Response<Answer>, UpstreamError> {
+        let timeout = self.inner.response_timeout;
         if self.inner.h2c {
-            return self.send_h2(req).await.map(|r| r.map(Answer::H2));
+            return match tokio::time::timeout(timeout, self.send_h2(req)).await {
+                Ok(sent) => sent.map(|r| r.map(Answer::H2)),
+                Err(_) => Err(UpstreamError::ResponseTimeout { timeout }),
+            };
         }
+        self.sweep();
         let (parts, body) = req.into_parts();
         let framing = RequestFraming::of(&parts.method, &parts.headers, &body);
         let mut body = (!body.is_end_stream()).then_some(body);
@@ -189,8 +276,10 @@ impl Upstream {
         // the clock here.
         let mut deadline = None;
         // Kept-alive connections may be used until one turns out closed before the app saw
-        // the request; that request goes once more, on a new connection only.
+        // the request; that request goes once more, on a new connection only (having waited
+        // `waited` sweeps already).
         let mut reuse = true;
+        let mut waited = 0;
         loop {
             let (mut conn, permit) = match self.checkout(reuse) {
                 Some(conn) => (conn, None),
@@ -215,7 +304,9 @@ impl Upstream {
                         },
                         _ = tokio::time::sleep_until(deadline) => return Err(self.no_slot()),
                     };
-                    (Conn::new(self.tcp(deadline).await?), Some(permit))
+                    let conn = Conn::new(self.tcp(deadline).await?);
+                    lock(&self.inner.watches).push(Arc::downgrade(&conn.watch));
+                    (conn, Some(permit))
                 }
             };
             match written.take() {
@@ -225,8 +316,26 @@ impl Upstream {
                     conn.write_head(&parts.method, &[base, pq], &parts.headers, framing)
                 }
             }
+            conn.watch.begin(waited);
             let mut ex = Exchange::new(conn, body.take(), framing);
-            match std::future::poll_fn(|cx| ex.poll_head(cx, head_request, upgrade)).await {
+            let answered = std::future::poll_fn(|cx| {
+                let watch = ex.watch();
+                if watch.expired.load(Ordering::Acquire) {
+                    return Poll::Ready(None);
+                }
+                let polled = ex.poll_head(cx, head_request, upgrade);
+                if polled.is_pending() {
+                    ex.watch().waker.register(cx.waker());
+                }
+                polled.map(Some)
+            })
+            .await;
+            ex.watch().end();
+            // past the timeout: the exchange (and its connection) is dropped
+            let Some(answered) = answered else {
+                return Err(UpstreamError::ResponseTimeout { timeout });
+            };
+            match answered {
                 Ok(head) => {
                     // The app has answered on it: it is out of the accept queue.
                     drop(permit);
@@ -243,6 +352,7 @@ impl Upstream {
                     written = Some(ex.take_head());
                     body = ex.take_body();
                     reuse = false;
+                    waited = ex.watch().ticks.load(Ordering::Acquire);
                 }
                 Err(e) => return Err(e.into()),
             }

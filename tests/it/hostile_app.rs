@@ -25,6 +25,10 @@ pub enum Reply {
     BytesThenClose(Vec<u8>),
     /// Closes without a byte.
     Close,
+    /// Writes these bytes after this long, then waits for the next request.
+    After(Duration, Vec<u8>),
+    /// Never answers; records `closed <path>` when the proxy closes the connection.
+    Hang,
 }
 
 type Script = Arc<dyn Fn(&str, &str) -> Reply + Send + Sync>;
@@ -147,6 +151,19 @@ async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec
                 return;
             }
             Reply::Close => return,
+            Reply::After(wait, b) => {
+                tokio::time::sleep(wait).await;
+                if s.write_all(&b).await.is_err() {
+                    return;
+                }
+            }
+            Reply::Hang => {
+                let mut chunk = [0u8; 4096];
+                while matches!(s.read(&mut chunk).await, Ok(n) if n > 0) {}
+                let closed = Asked { conn, method: "-".into(), path: format!("closed {path}") };
+                log.lock().unwrap().push(closed);
+                return;
+            }
         }
     }
 }
@@ -306,6 +323,38 @@ async fn bytes_sent_on_an_idle_pooled_connection_never_answer_the_next_request()
     proxy.shutdown().await;
 }
 
+/// upstream.response_timeout (2 s here) is kept per request: two answers of 1.5 s each on
+/// one kept-alive connection both pass (the wait is counted afresh for each request); an app
+/// that never answers gets a 504, no sooner than the timeout, and its connection is closed.
+#[tokio::test]
+async fn the_response_timeout_counts_each_request_on_its_own_connection() {
+    let app = RawApp::start(|_, path| match path {
+        "/hang" => Reply::Hang,
+        _ => Reply::After(Duration::from_millis(1500), ok("slow")),
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    for path in ["/slow/1", "/slow/2"] {
+        assert_eq!(get(&proxy, &token, "GET", path).await.unwrap(), (200, "slow".into()), "{path}");
+    }
+    let asked = app.asked();
+    assert_eq!(asked[0].conn, asked[1].conn, "one connection for both: {asked:?}");
+    let start = std::time::Instant::now();
+    let (status, body) = get(&proxy, &token, "GET", "/hang").await.unwrap();
+    assert_eq!(status, 504, "{body}");
+    assert!(body.contains("gateway_timeout"), "{body}");
+    assert!(start.elapsed() >= Duration::from_secs(2), "{:?}", start.elapsed());
+    // the app sees its connection closed
+    for _ in 0..100 {
+        if app.asked().iter().any(|a| a.path == "closed /hang") {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert!(app.asked().iter().any(|a| a.path == "closed /hang"), "{:?}", app.asked());
+    next_gets_its_own_response(&app, &proxy, &token, "hang").await;
+}
+
 /// `HEAD`, 204 and 304 have no body whatever their fields say, and such a response leaves the
 /// connection ready for the next request (which gets its own response on it).
 #[tokio::test]
@@ -431,6 +480,7 @@ async fn with_lean(bytes: Vec<u8>, method: &str) -> Outcome {
     let up = portcullis::upstream::Upstream::new(
         addr.to_string(),
         Duration::from_secs(2),
+        Duration::from_secs(5),
         false,
         4,
         String::new(),
