@@ -37,12 +37,125 @@ use tokio::sync::watch;
 
 use crate::peer::ClientAddr;
 
-/// The whole request path as one cloneable service.
-pub type Stack = tower::util::BoxCloneSyncService<
-    http::Request<axum::body::Body>,
-    http::Response<axum::body::Body>,
-    std::convert::Infallible,
->;
+/// What the request path answers with: a boxed future (each layer that must await boxes its
+/// own once; [`Stack`] does not box it again).
+pub type ResponseFuture =
+    futures_util::future::BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>>;
+
+/// The whole request path as one cloneable service, its type erased. Unlike tower's
+/// `BoxCloneSyncService`, a service whose future is already a [`ResponseFuture`] is called
+/// through without boxing that future a second time ([`Stack::passing`]).
+pub struct Stack(Box<dyn Erased>);
+
+trait Erased: Send + Sync {
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>>;
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture;
+    fn clone_box(&self) -> Box<dyn Erased>;
+}
+
+/// A service whose futures are boxed here.
+#[derive(Clone)]
+struct Boxing<S>(S);
+/// A service whose futures are boxed already.
+#[derive(Clone)]
+struct Passing<S>(S);
+
+impl<S> Erased for Boxing<S>
+where
+    S: tower::Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
+        + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send + 'static,
+{
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        Box::pin(self.0.call(req))
+    }
+    fn clone_box(&self) -> Box<dyn Erased> {
+        Box::new(self.clone())
+    }
+}
+
+impl<S> Erased for Passing<S>
+where
+    S: tower::Service<
+            Request<Body>,
+            Response = Response<Body>,
+            Error = std::convert::Infallible,
+            Future = ResponseFuture,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+{
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>> {
+        self.0.poll_ready(cx)
+    }
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        self.0.call(req)
+    }
+    fn clone_box(&self) -> Box<dyn Erased> {
+        Box::new(self.clone())
+    }
+}
+
+impl Stack {
+    /// Any service; its futures are boxed.
+    pub fn new<S>(service: S) -> Self
+    where
+        S: tower::Service<
+                Request<Body>,
+                Response = Response<Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        Self(Box::new(Boxing(service)))
+    }
+
+    /// A service whose futures are boxed already: passed on as they are.
+    pub fn passing<S>(service: S) -> Self
+    where
+        S: tower::Service<
+                Request<Body>,
+                Response = Response<Body>,
+                Error = std::convert::Infallible,
+                Future = ResponseFuture,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+    {
+        Self(Box::new(Passing(service)))
+    }
+}
+
+impl Clone for Stack {
+    fn clone(&self) -> Self {
+        Self(self.0.clone_box())
+    }
+}
+
+impl tower::Service<Request<Body>> for Stack {
+    type Response = Response<Body>;
+    type Error = std::convert::Infallible;
+    type Future = ResponseFuture;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.0.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
+        self.0.call(req)
+    }
+}
 
 /// A client connection's byte stream.
 pub trait Transport: AsyncRead + AsyncWrite + Unpin + Send + 'static {
@@ -572,13 +685,11 @@ mod tests {
 
     /// A worker's serving setup whose stack answers with the scheme and peer it was given.
     fn serving() -> Arc<Serving> {
-        let stack = tower::util::BoxCloneSyncService::new(tower::service_fn(
-            |req: Request<Body>| async move {
-                let c = req.extensions().get::<ClientAddr>().cloned();
-                let text = c.map(|c| format!("{} {}", c.scheme, c.addr)).unwrap_or_default();
-                Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
-            },
-        ));
+        let stack = Stack::new(tower::service_fn(|req: Request<Body>| async move {
+            let c = req.extensions().get::<ClientAddr>().cloned();
+            let text = c.map(|c| format!("{} {}", c.scheme, c.addr)).unwrap_or_default();
+            Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
+        }));
         Arc::new(Serving {
             stacks: watch::channel(stack).1,
             http1: hyper::server::conn::http1::Builder::new(),
@@ -624,22 +735,19 @@ mod tests {
 
     /// A worker whose stack answers `ok <path>`, or for `/stream` a body that never ends.
     fn parking_serving() -> Arc<Serving> {
-        let stack = tower::util::BoxCloneSyncService::new(tower::service_fn(
-            |req: Request<Body>| async move {
-                let body = if req.uri().path() == "/stream" {
-                    let (tx, rx) = tokio::sync::mpsc::channel::<
-                        Result<Frame<Bytes>, std::convert::Infallible>,
-                    >(1);
-                    let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await;
-                    // the sender lives on, so the body never ends
-                    std::mem::forget(tx);
-                    Body::new(http_body_util::StreamBody::new(tokio_stream_like(rx)))
-                } else {
-                    Body::from(format!("ok {}", req.uri().path()))
-                };
-                Ok::<_, std::convert::Infallible>(Response::new(body))
-            },
-        ));
+        let stack = Stack::new(tower::service_fn(|req: Request<Body>| async move {
+            let body = if req.uri().path() == "/stream" {
+                let (tx, rx) =
+                    tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
+                let _ = tx.send(Ok(Frame::data(Bytes::from_static(b"first")))).await;
+                // the sender lives on, so the body never ends
+                std::mem::forget(tx);
+                Body::new(http_body_util::StreamBody::new(tokio_stream_like(rx)))
+            } else {
+                Body::from(format!("ok {}", req.uri().path()))
+            };
+            Ok::<_, std::convert::Infallible>(Response::new(body))
+        }));
         Arc::new(Serving {
             stacks: watch::channel(stack).1,
             // the server's own settings: no timer of hyper's ends a slow head

@@ -23,7 +23,6 @@ use axum::body::Body;
 use axum::Router;
 use http::{Request, Response};
 use tokio::sync::watch;
-use tower::util::BoxCloneSyncService;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
@@ -215,14 +214,15 @@ impl Pipeline {
         S::Future: Send + 'static,
     {
         let stack = ServiceBuilder::new()
+            // Every answer (even a 400 for a bad path) gets an id and a log line. (Outermost:
+            // its future is the boxed one the stack hands out, not boxed again.)
+            .layer(AccessLogLayer)
             // Credentials never show in a `Debug` of the request, whatever logs it, and are
             // never indexed by HPACK on the way to an h2c app.
             .layer(SetSensitiveRequestHeadersLayer::new([
                 http::header::AUTHORIZATION,
                 http::header::COOKIE,
             ]))
-            // Every answer (even a 400 for a bad path) gets an id and a log line.
-            .layer(AccessLogLayer)
             // Every refusal from the layers below becomes an answer here, in one place, in the
             // form that suits who asked; the access log then sees the final decision.
             .layer(AnswersLayer::new(self.login.as_ref().map(|login| BrowserAnswers {
@@ -240,7 +240,7 @@ impl Pipeline {
             // are 400.
             .layer(NormalizePathLayer)
             .service(router);
-        BoxCloneSyncService::new(stack)
+        Stack::passing(stack)
     }
 
     /// portcullis's own endpoints but forward-auth's (which [`OwnOrApp`] calls directly): the
@@ -256,12 +256,7 @@ impl Pipeline {
     fn protected(&self) -> anyhow::Result<Protected> {
         let Some(upstream) = &self.upstream else {
             // No app: only forward-auth checks (and the login) are answered here.
-            return Ok(BoxCloneSyncService::new(tower::service_fn(|_req| async {
-                let why = "no upstream.url: this portcullis answers forward-auth checks only";
-                Ok::<_, Infallible>(
-                    Refusal::new(Rejection::NoApp, "no_upstream").detail(why).response(),
-                )
-            })));
+            return Ok(Protected::NoApp);
         };
         let chain = ServiceBuilder::new()
             // The decision: public route? Valid bearer token or session? The [authorization]
@@ -278,11 +273,41 @@ impl Pipeline {
                 self.untrusted.clone(),
                 self.workers,
             )?);
-        Ok(BoxCloneSyncService::new(chain))
+        Ok(Protected::App(chain))
     }
 }
 
-type Protected = BoxCloneSyncService<Request<Body>, Response<Body>, Infallible>;
+/// The chain every request for the app goes through (its futures are boxed once, by
+/// [`Authenticate`](crate::auth::Authenticate)), or the answer that there is no app.
+#[derive(Clone)]
+enum Protected {
+    App(crate::auth::Authenticate<crate::auth::inject::InjectIdentity<crate::proxy::ProxyService>>),
+    NoApp,
+}
+
+impl tower::Service<Request<Body>> for Protected {
+    type Response = Response<Body>;
+    type Error = Infallible;
+    type Future = crate::conn::ResponseFuture;
+
+    fn poll_ready(
+        &mut self,
+        _cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), Infallible>> {
+        // the chain ends in the proxy, whose limits answer 503 instead of waiting
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: Request<Body>) -> Self::Future {
+        match self {
+            Protected::App(chain) => chain.call(req),
+            Protected::NoApp => Box::pin(async {
+                let why = "no upstream.url: this portcullis answers forward-auth checks only";
+                Ok(Refusal::new(Rejection::NoApp, "no_upstream").detail(why).response())
+            }),
+        }
+    }
+}
 
 /// Sends a request to portcullis's own endpoints (a router, for the paths under their prefix)
 /// or to the protected chain: one prefix comparison, not a router lookup, for each request to
