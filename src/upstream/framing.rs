@@ -18,7 +18,7 @@ pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head (or a trailer section).
 pub const MAX_HEADERS: usize = 128;
 /// Room in a response's header map: hyper's server reuses it for the next request's fields.
-const REUSED_MAP_FIELDS: usize = 32;
+const REUSED_MAP_FIELDS: usize = 24;
 /// The largest trailer section.
 pub const MAX_TRAILERS: usize = 16 * 1024;
 /// The longest chunk extension kept reading (it is skipped, never used).
