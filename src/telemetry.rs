@@ -423,10 +423,34 @@ impl Value<'_> {
     fn push_number(self, out: &mut Vec<u8>) {
         match self {
             Value::Int(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
-            Value::Float(f) => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+            Value::Float(f) => match whole_thousandths(f) {
+                Some(k) => push_thousandths(out, k),
+                None => out.extend_from_slice(ryu::Buffer::new().format(f).as_bytes()),
+            },
             Value::Plain(_) | Value::Quoted(_) => {}
         }
     }
+}
+
+/// `f` as a whole number of thousandths, if it is one (a latency in milliseconds to the
+/// microsecond) and small enough to be written by [`push_thousandths`].
+fn whole_thousandths(f: f64) -> Option<u64> {
+    let k = (f * 1000.0).round();
+    (f >= 0.0 && k < 1e12 && k / 1000.0 == f).then_some(k as u64)
+}
+
+/// `k / 1000` written as ryu writes that number (`12.5`, `0.125`, `3.0`), without its
+/// float formatting.
+fn push_thousandths(out: &mut Vec<u8>, k: u64) {
+    out.extend_from_slice(itoa::Buffer::new().format(k / 1000).as_bytes());
+    let frac = k % 1000;
+    let digits =
+        [b'.', b'0' + (frac / 100) as u8, b'0' + (frac / 10 % 10) as u8, b'0' + (frac % 10) as u8];
+    let mut len = 4;
+    while len > 2 && digits[len - 1] == b'0' {
+        len -= 1;
+    }
+    out.extend_from_slice(&digits[..len]);
 }
 
 /// `2026-11-30T15:37:43.587726Z`
@@ -817,6 +841,24 @@ mod tests {
         for (n, id) in ids.iter().enumerate() {
             assert_eq!(id, format!("0a1b2c3d-{:x}", (n as u64) << 20).as_str());
         }
+    }
+
+    #[test]
+    fn latencies_are_written_as_ryu_writes_them() {
+        let ks = (0..300_000u64).chain([999_999, 1_000_000, 123_456_789, 999_999_999_999]);
+        for k in ks {
+            let f = k as f64 / 1e3;
+            let mut ours = Vec::new();
+            Value::Float(f).push_number(&mut ours);
+            assert_eq!(std::str::from_utf8(&ours).unwrap(), ryu::Buffer::new().format(f), "{k}");
+        }
+        // not whole thousandths, or too large: ryu itself
+        for f in [0.0001, 1e13, -1.0, f64::NAN] {
+            assert_eq!(whole_thousandths(f), None, "{f}");
+        }
+        let mut out = Vec::new();
+        Value::Float(0.0001).push_number(&mut out);
+        assert_eq!(out, b"0.0001");
     }
 
     #[test]
