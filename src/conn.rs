@@ -658,7 +658,17 @@ fn service(
     let current = std::cell::RefCell::new((stacks, stack));
     let (client, activity) = (client.clone(), activity.clone());
     hyper::service::service_fn(move |req: Request<Incoming>| {
-        let mut req = req.map(Body::new);
+        // A request without a body (most) gets an empty one, which costs no allocation.
+        let mut req =
+            req.map(
+                |b| {
+                    if http_body::Body::is_end_stream(&b) {
+                        Body::empty()
+                    } else {
+                        Body::new(b)
+                    }
+                },
+            );
         req.extensions_mut().insert(client.clone());
         let in_flight = InFlight::new(&activity);
         // never re-entered: `call` returns before hyper can hand over another request
