@@ -43,44 +43,17 @@ pub type ResponseFuture =
     futures_util::future::BoxFuture<'static, Result<Response<Body>, std::convert::Infallible>>;
 
 /// The whole request path as one cloneable service, its type erased. Unlike tower's
-/// `BoxCloneSyncService`, a service whose future is already a [`ResponseFuture`] is called
-/// through without boxing that future a second time ([`Stack::passing`]).
+/// `BoxCloneSyncService`, it takes a service whose future is a [`ResponseFuture`] already and
+/// calls it through, without boxing that future a second time.
 pub struct Stack(Box<dyn Erased>);
 
 trait Erased: Send + Sync {
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>>;
-    fn call(&mut self, req: Request<Body>) -> ResponseFuture;
+    fn ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>>;
+    fn respond(&mut self, req: Request<Body>) -> ResponseFuture;
     fn clone_box(&self) -> Box<dyn Erased>;
 }
 
-/// A service whose futures are boxed here.
-#[derive(Clone)]
-struct Boxing<S>(S);
-/// A service whose futures are boxed already.
-#[derive(Clone)]
-struct Passing<S>(S);
-
-impl<S> Erased for Boxing<S>
-where
-    S: tower::Service<Request<Body>, Response = Response<Body>, Error = std::convert::Infallible>
-        + Clone
-        + Send
-        + Sync
-        + 'static,
-    S::Future: Send + 'static,
-{
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>> {
-        self.0.poll_ready(cx)
-    }
-    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        Box::pin(self.0.call(req))
-    }
-    fn clone_box(&self) -> Box<dyn Erased> {
-        Box::new(self.clone())
-    }
-}
-
-impl<S> Erased for Passing<S>
+impl<S> Erased for S
 where
     S: tower::Service<
             Request<Body>,
@@ -92,11 +65,11 @@ where
         + Sync
         + 'static,
 {
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>> {
-        self.0.poll_ready(cx)
+    fn ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>> {
+        tower::Service::poll_ready(self, cx)
     }
-    fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        self.0.call(req)
+    fn respond(&mut self, req: Request<Body>) -> ResponseFuture {
+        tower::Service::call(self, req)
     }
     fn clone_box(&self) -> Box<dyn Erased> {
         Box::new(self.clone())
@@ -104,24 +77,8 @@ where
 }
 
 impl Stack {
-    /// Any service; its futures are boxed.
+    /// A service whose futures are boxed already: called through as it is.
     pub fn new<S>(service: S) -> Self
-    where
-        S: tower::Service<
-                Request<Body>,
-                Response = Response<Body>,
-                Error = std::convert::Infallible,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-        S::Future: Send + 'static,
-    {
-        Self(Box::new(Boxing(service)))
-    }
-
-    /// A service whose futures are boxed already: passed on as they are.
-    pub fn passing<S>(service: S) -> Self
     where
         S: tower::Service<
                 Request<Body>,
@@ -133,7 +90,31 @@ impl Stack {
             + Sync
             + 'static,
     {
-        Self(Box::new(Passing(service)))
+        Self(Box::new(service))
+    }
+
+    /// Any service: its futures are boxed here.
+    pub fn boxing<S>(service: S) -> Self
+    where
+        S: tower::Service<
+                Request<Body>,
+                Response = Response<Body>,
+                Error = std::convert::Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        S::Future: Send + 'static,
+    {
+        fn boxed<F>(f: F) -> ResponseFuture
+        where
+            F: std::future::Future<Output = Result<Response<Body>, std::convert::Infallible>>
+                + Send
+                + 'static,
+        {
+            Box::pin(f)
+        }
+        Self::new(tower::ServiceExt::map_future(service, boxed::<S::Future>))
     }
 }
 
@@ -149,11 +130,11 @@ impl tower::Service<Request<Body>> for Stack {
     type Future = ResponseFuture;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.0.poll_ready(cx)
+        self.0.ready(cx)
     }
 
     fn call(&mut self, req: Request<Body>) -> ResponseFuture {
-        self.0.call(req)
+        self.0.respond(req)
     }
 }
 
@@ -695,7 +676,7 @@ mod tests {
 
     /// A worker's serving setup whose stack answers with the scheme and peer it was given.
     fn serving() -> Arc<Serving> {
-        let stack = Stack::new(tower::service_fn(|req: Request<Body>| async move {
+        let stack = Stack::boxing(tower::service_fn(|req: Request<Body>| async move {
             let c = req.extensions().get::<ClientAddr>().cloned();
             let text = c.map(|c| format!("{} {}", c.scheme, c.addr)).unwrap_or_default();
             Ok::<_, std::convert::Infallible>(Response::new(Body::from(text)))
@@ -745,7 +726,7 @@ mod tests {
 
     /// A worker whose stack answers `ok <path>`, or for `/stream` a body that never ends.
     fn parking_serving() -> Arc<Serving> {
-        let stack = Stack::new(tower::service_fn(|req: Request<Body>| async move {
+        let stack = Stack::boxing(tower::service_fn(|req: Request<Body>| async move {
             let body = if req.uri().path() == "/stream" {
                 let (tx, rx) =
                     tokio::sync::mpsc::channel::<Result<Frame<Bytes>, std::convert::Infallible>>(1);
@@ -769,6 +750,18 @@ mod tests {
         })
     }
 
+    /// One connection to `serving` over an in-memory pipe: the client's end, the task serving
+    /// it, and the sender whose drop would start the drain.
+    fn connect(
+        serving: &Arc<Serving>,
+    ) -> (tokio::io::DuplexStream, tokio::task::JoinHandle<()>, watch::Sender<bool>) {
+        let (client, server) = tokio::io::duplex(4096);
+        let (stop_tx, stop) = watch::channel(false);
+        let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
+        let task = tokio::spawn(serve(serving.clone(), Rewind::new(server, "http"), peer, stop));
+        (client, task, stop_tx)
+    }
+
     /// An mpsc receiver as a stream of frames.
     fn tokio_stream_like<T: Send + 'static>(
         mut rx: tokio::sync::mpsc::Receiver<T>,
@@ -780,10 +773,7 @@ mod tests {
     async fn a_request_head_that_takes_longer_than_the_header_read_timeout_is_closed() {
         let serving = parking_serving();
         let sweep = tokio::spawn(serving.sweeper.clone().run());
-        let (mut client, server) = tokio::io::duplex(4096);
-        let (_stop_tx, stop) = watch::channel(false);
-        let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
-        let task = tokio::spawn(serve(serving.clone(), Rewind::new(server, "http"), peer, stop));
+        let (mut client, task, _stop) = connect(&serving);
         // a head served first, then the next one a byte every 400 ms (never parked: never
         // silent through a sweep), and never finished
         client.write_all(b"GET /a HTTP/1.1\r\nhost: app.example\r\n\r\n").await.unwrap();
@@ -816,10 +806,7 @@ mod tests {
     async fn a_slow_head_finished_in_time_and_a_long_response_are_not_cut_off() {
         let serving = parking_serving();
         let sweep = tokio::spawn(serving.sweeper.clone().run());
-        let (mut client, server) = tokio::io::duplex(4096);
-        let (_stop_tx, stop) = watch::channel(false);
-        let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
-        let _task = tokio::spawn(serve(serving.clone(), Rewind::new(server, "http"), peer, stop));
+        let (mut client, _task, _stop) = connect(&serving);
         // 25 s for a head, twice on one connection (the count starts again with each head)
         for path in ["/a", "/b"] {
             let head = format!("GET {path} HTTP/1.1\r\nhost: app.example\r\n\r\n");
@@ -842,10 +829,7 @@ mod tests {
     async fn an_idle_connection_is_parked_after_two_sweeps_and_serves_its_next_request() {
         let serving = parking_serving();
         let sweep = tokio::spawn(serving.sweeper.clone().run());
-        let (mut client, server) = tokio::io::duplex(4096);
-        let (_stop_tx, stop) = watch::channel(false);
-        let peer = ClientAddr::new("192.0.2.7:4000".parse().unwrap());
-        let task = tokio::spawn(serve(serving.clone(), Rewind::new(server, "http"), peer, stop));
+        let (mut client, task, _stop) = connect(&serving);
         let counts = || {
             (
                 serving.counts.open.load(Ordering::Relaxed),

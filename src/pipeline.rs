@@ -240,7 +240,7 @@ impl Pipeline {
             // are 400.
             .layer(NormalizePathLayer)
             .service(router);
-        Stack::passing(stack)
+        Stack::new(stack)
     }
 
     /// portcullis's own endpoints but forward-auth's (which [`OwnOrApp`] calls directly): the
@@ -327,7 +327,7 @@ impl tower::Service<Request<Body>> for OwnOrApp {
     type Future = futures_util::future::Either<
         futures_util::future::Either<
             <Router as tower::Service<Request<Body>>>::Future,
-            futures_util::future::BoxFuture<'static, Result<Response<Body>, Infallible>>,
+            crate::conn::ResponseFuture,
         >,
         <Protected as tower::Service<Request<Body>>>::Future,
     >;
