@@ -45,15 +45,20 @@ pub type ResponseFuture =
 /// The whole request path as one cloneable service, its type erased. Unlike tower's
 /// `BoxCloneSyncService`, it takes a service whose future is a [`ResponseFuture`] already and
 /// calls it through, without boxing that future a second time.
-pub struct Stack(Box<dyn Erased>);
+pub struct Stack(Box<dyn Respond>);
 
-trait Erased: Send + Sync {
+/// A service a [`Stack`] holds as it is: a cloneable, shareable request path whose futures are
+/// boxed already (every such service is one).
+pub trait Respond: Send + Sync + 'static {
+    #[doc(hidden)]
     fn ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), std::convert::Infallible>>;
+    #[doc(hidden)]
     fn respond(&mut self, req: Request<Body>) -> ResponseFuture;
-    fn clone_box(&self) -> Box<dyn Erased>;
+    #[doc(hidden)]
+    fn clone_box(&self) -> Box<dyn Respond>;
 }
 
-impl<S> Erased for S
+impl<S> Respond for S
 where
     S: tower::Service<
             Request<Body>,
@@ -71,25 +76,14 @@ where
     fn respond(&mut self, req: Request<Body>) -> ResponseFuture {
         tower::Service::call(self, req)
     }
-    fn clone_box(&self) -> Box<dyn Erased> {
+    fn clone_box(&self) -> Box<dyn Respond> {
         Box::new(self.clone())
     }
 }
 
 impl Stack {
     /// A service whose futures are boxed already: called through as it is.
-    pub fn new<S>(service: S) -> Self
-    where
-        S: tower::Service<
-                Request<Body>,
-                Response = Response<Body>,
-                Error = std::convert::Infallible,
-                Future = ResponseFuture,
-            > + Clone
-            + Send
-            + Sync
-            + 'static,
-    {
+    pub fn new(service: impl Respond) -> Self {
         Self(Box::new(service))
     }
 
