@@ -1,13 +1,14 @@
 //! Bearer JWT validation (jsonwebtoken, `aws_lc_rs`) and the verified-token cache.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
+use super::kept::Kept;
 use crate::clock::Clock;
 use crate::config::BearerConfig;
 use crate::identity::{Identity, IdentityError, IdentityMapper};
@@ -126,61 +127,21 @@ impl CachedToken {
 }
 
 /// Bounded map from a token to its verified identity. `exp` and `nbf` are re-checked on every
-/// hit; entries whose key left the JWKS are dropped on their next hit.
+/// hit; entries whose key left the JWKS are dropped on their next hit; when full, the expired
+/// ones go first.
 ///
-/// Keyed by the token itself: hashed with foldhash under a random per-process seed (so clients
-/// cannot aim tokens at one bucket; and only tokens that verified are ever inserted), and
-/// compared in full on a hit, so only the very same token can ever hit. That costs the token's
-/// bytes per entry (at most `token_cache_size` times 16 KiB) and far less work per request than
-/// a SHA-256 of it (or SipHash: about 4,000 instructions for an 800-byte token, against a few
-/// hundred).
-pub struct TokenCache {
-    map: RwLock<HashMap<Box<str>, Arc<CachedToken>, foldhash::fast::RandomState>>,
-    capacity: usize,
-}
+/// Kept by the token's own bytes ([`Kept`]): that costs the token's bytes per entry (at most
+/// `token_cache_size` times 16 KiB) and far less work per request than a SHA-256 of it (or
+/// SipHash: about 4,000 instructions for an 800-byte token, against a few hundred).
+pub struct TokenCache(Kept<Arc<CachedToken>>);
 
 impl TokenCache {
     pub fn new(capacity: usize) -> Self {
-        Self { map: RwLock::new(HashMap::default()), capacity }
-    }
-
-    fn get(&self, token: &str) -> Option<Arc<CachedToken>> {
-        if self.capacity == 0 {
-            return None;
-        }
-        self.map.read().ok()?.get(token).cloned()
-    }
-
-    fn insert(&self, token: &str, entry: CachedToken, now: u64) {
-        if self.capacity == 0 {
-            return;
-        }
-        let Ok(mut map) = self.map.write() else {
-            return;
-        };
-        if map.len() >= self.capacity {
-            map.retain(|_, e| e.exp > now);
-            if map.len() >= self.capacity {
-                // Still full of live tokens: drop an arbitrary eighth (HashMap order is
-                // unrelated to age or use, so no client can pin entries).
-                let drop_n = (self.capacity / 8).max(1);
-                let doomed: Vec<Box<str>> = map.keys().take(drop_n).cloned().collect();
-                for k in doomed {
-                    map.remove(&k);
-                }
-            }
-        }
-        map.insert(token.into(), Arc::new(entry));
-    }
-
-    fn remove(&self, token: &str) {
-        if let Ok(mut map) = self.map.write() {
-            map.remove(token);
-        }
+        Self(Kept::new(capacity))
     }
 
     pub fn len(&self) -> usize {
-        self.map.read().map(|m| m.len()).unwrap_or(0)
+        self.0.len()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -292,15 +253,24 @@ impl Verifier {
         &self.cache
     }
 
-    /// Validates `token`; a cache hit costs a keyed hash, a map lookup and a comparison.
-    pub async fn verify(&self, token: &str) -> Result<(Arc<Identity>, Verified), TokenError> {
+    /// Validates `token`; a cache hit costs a keyed hash, a map lookup and a comparison (a
+    /// hit is the very bytes of a token that verified, so they need no other check).
+    pub async fn verify(
+        &self,
+        token: impl AsRef<[u8]>,
+    ) -> Result<(Arc<Identity>, Verified), TokenError> {
+        self.verify_bytes(token.as_ref()).await
+    }
+
+    async fn verify_bytes(&self, token: &[u8]) -> Result<(Arc<Identity>, Verified), TokenError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(TokenError::TooLarge);
         }
+        let cache = &self.cache.0;
         let now = self.clock.now();
-        if let Some(hit) = self.cache.get(token).filter(|hit| hit.config == self.config) {
+        if let Some(hit) = cache.get(token).filter(|hit| hit.config == self.config) {
             if hit.exp.saturating_add(self.leeway) < now {
-                self.cache.remove(token);
+                cache.remove(token);
                 return Err(TokenError::Expired);
             }
             if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(self.leeway)) {
@@ -310,10 +280,16 @@ impl Verifier {
                 return Ok((hit.identity.clone(), Verified::Cached));
             }
             // Its key left the JWKS: verify afresh (which refuses it, or finds the key back).
-            self.cache.remove(token);
+            cache.remove(token);
         }
-        let (identity, entry) = self.verify_fresh(token, now).await?;
-        self.cache.insert(token, entry, now);
+        // ASCII checked a word at a time (not a byte at a time, as `HeaderValue::to_str` does);
+        // control characters, which a header value cannot hold anyway, fail as a token would.
+        let text = match std::str::from_utf8(token) {
+            Ok(t) if t.is_ascii() => t,
+            _ => return Err(TokenError::Malformed("non-ASCII token".into())),
+        };
+        let (identity, entry) = self.verify_fresh(text, now).await?;
+        cache.insert_dropping_first(token, Arc::new(entry), |e| e.exp <= now);
         Ok((identity, Verified::Fresh))
     }
 
