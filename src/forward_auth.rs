@@ -272,7 +272,6 @@ impl Constraints {
 pub struct ForwardAuth {
     pub auth: Arc<AuthSettings>,
     pub settings: ForwardAuthConfig,
-    pub pass_token: PassToken,
     /// `{prefix}/auth`.
     pub path: String,
     /// Where browsers sign in, when browser login is on.
@@ -386,7 +385,7 @@ fn narrowed(access: &Access, constraints: &Constraints, realm: &Arc<str>) -> Opt
 
 /// `200` with the identity headers and a refreshed session's cookies.
 fn allowed(access: Access, fa: &ForwardAuth, named: &str) -> Response<Body> {
-    let pass_token = fa.pass_token;
+    let pass_token = fa.auth.pass_token;
     let mut resp = Response::new(Body::empty());
     let mut decision = access.decision;
     decision.detail = Some(match decision.detail.take() {

@@ -26,7 +26,6 @@ use tokio::sync::watch;
 use tower::ServiceBuilder;
 use tower_http::sensitive_headers::SetSensitiveRequestHeadersLayer;
 
-use crate::auth::inject::InjectIdentityLayer;
 use crate::auth::token::{TokenCache, Verifier};
 use crate::auth::{AuthSettings, AuthenticateLayer};
 use crate::clock::Clock;
@@ -90,8 +89,6 @@ pub struct Pipeline {
     login: Option<Arc<Login>>,
     untrusted: Arc<UntrustedHeaders>,
     trusted_proxies: Arc<[ipnet::IpNet]>,
-    pass_token: crate::config::PassToken,
-    pass_id_token: bool,
     /// The app; `None`: forward-auth only.
     upstream: Option<crate::config::UpstreamConfig>,
     body_idle_timeout: Duration,
@@ -149,11 +146,11 @@ impl Pipeline {
             policy: Arc::new(config.authorization.clone()),
             skip_auth_preflight: config.bearer.skip_auth_preflight,
             pass_id_token: config.identity.pass_id_token,
+            pass_token: config.identity.pass_token,
         });
         let forward_auth = Arc::new(ForwardAuth {
             auth: auth.clone(),
             settings: config.forward_auth.clone(),
-            pass_token: config.identity.pass_token,
             path: format!("{}/auth", config.oidc.prefix),
             sign_in: login.as_ref().map(|l| l.sign_in()),
             other_headers: {
@@ -171,8 +168,6 @@ impl Pipeline {
             login,
             untrusted,
             trusted_proxies: config.server.trusted_proxies.clone().into(),
-            pass_token: config.identity.pass_token,
-            pass_id_token: config.identity.pass_id_token,
             upstream: config.upstream.clone(),
             body_idle_timeout: config.server.request_body_idle_timeout,
             upstream_slots: match config.upstream.as_ref().map(|u| u.max_concurrent_requests) {
@@ -262,10 +257,9 @@ impl Pipeline {
             // The decision: public route? Valid bearer token or session? The [authorization]
             // requirements and this route's rule (read from the verified identity only, so
             // they hold on verified-token cache hits too)? Otherwise a refusal (401, 400, 403,
-            // 503).
+            // 503). The verified identity becomes X-Forwarded-* (after hop-by-hop removal), and
+            // pass_token decides what becomes of the token.
             .layer(AuthenticateLayer::new(self.auth.clone()))
-            // Verified identity → X-Forwarded-* (after hop-by-hop removal), pass_token.
-            .layer(InjectIdentityLayer::new(self.pass_token, self.pass_id_token))
             .service(ProxyService::new(
                 upstream,
                 self.body_idle_timeout,
@@ -281,7 +275,7 @@ impl Pipeline {
 /// [`Authenticate`](crate::auth::Authenticate)), or the answer that there is no app.
 #[derive(Clone)]
 enum Protected {
-    App(crate::auth::Authenticate<crate::auth::inject::InjectIdentity<crate::proxy::ProxyService>>),
+    App(crate::auth::Authenticate<crate::proxy::ProxyService>),
     NoApp,
 }
 

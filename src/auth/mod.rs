@@ -26,6 +26,7 @@ use http::{request, Method, Request, Response};
 pub use bearer::Token;
 use bearer::{credentials, is_bearer, Credentials};
 pub(crate) use csrf::same_origin_or_safe;
+use inject::inject_identity;
 use policy::Policy;
 use tower::{Layer, Service};
 
@@ -168,8 +169,11 @@ pub struct AuthSettings {
     pub policy: Arc<Policy>,
     /// `bearer.skip_auth_preflight`: CORS preflights are public routes.
     pub skip_auth_preflight: bool,
-    /// `identity.pass_id_token`: a session's credential carries its ID token.
+    /// `identity.pass_id_token`: a session's credential carries its ID token (and the app
+    /// gets it as `Authorization`).
     pub pass_id_token: bool,
+    /// `identity.pass_token`: what becomes of the credential's token on its way to the app.
+    pub pass_token: crate::config::PassToken,
 }
 
 impl AuthSettings {
@@ -447,8 +451,8 @@ impl<S> Layer<S> for AuthenticateLayer {
     }
 }
 
-/// Lets public routes through, checks every other request ([`AuthSettings::check`]) and leaves
-/// [`Authenticated`] in the request for the layers after it, or refuses it.
+/// Lets public routes through, checks every other request ([`AuthSettings::check`]) and hands
+/// the verified identity on in the request's headers ([`inject_identity`]), or refuses it.
 #[derive(Debug, Clone)]
 pub struct Authenticate<S> {
     inner: S,
@@ -486,15 +490,16 @@ where
             if public {
                 parts.extensions.insert(PublicRoute);
             }
-            let response_headers = authenticated.map(|mut a| {
-                let h = std::mem::take(&mut a.response_headers);
-                parts.extensions.insert(a);
-                h
-            });
             // The app never sees portcullis's cookies, on any route.
             if let Some(sessions) = &settings.sessions {
                 sessions.strip(&mut parts.headers);
             }
+            // The verified identity (never a client's) becomes the app's identity headers.
+            let response_headers = authenticated.map(|mut a| {
+                let h = std::mem::take(&mut a.response_headers);
+                inject_identity(&mut parts.headers, a, settings.pass_token, settings.pass_id_token);
+                h
+            });
             let mut resp = inner.call(Request::from_parts(parts, body)).await?;
             if let Some(h) = response_headers.filter(|h| !h.is_empty()) {
                 add_session_headers(resp.headers_mut(), h);
@@ -534,6 +539,7 @@ mod tests {
             policy: Arc::default(),
             skip_auth_preflight: false,
             pass_id_token: false,
+            pass_token: crate::config::PassToken::None,
         })
     }
 
@@ -547,7 +553,7 @@ mod tests {
             move |req: Request<Body>| {
                 c.fetch_add(1, Ordering::SeqCst);
                 *se.lock().unwrap() =
-                    req.extensions().get::<Authenticated>().map(|a| a.identity.subject.clone());
+                    req.headers().get("x-forwarded-user").map(|v| v.to_str().unwrap().to_string());
                 async { Ok::<_, Infallible>(Response::new(Body::empty())) }
             },
         ));
@@ -695,6 +701,7 @@ mod tests {
             policy: Arc::new(crate::config::Policy { rules: vec![rule], ..Default::default() }),
             skip_auth_preflight: false,
             pass_id_token: false,
+            pass_token: crate::config::PassToken::None,
         };
         let mut headers = HeaderMap::new();
         let bearer = format!("Bearer {}", dev.token_for("alice", "api"));
