@@ -10,7 +10,7 @@ use http::header::{self, HeaderMap, HeaderName};
 use http::{Request, Response};
 use tower::{Layer, Service};
 
-use super::remove_hop_by_hop;
+use super::{remove_present, HopByHop};
 use crate::response::{Refusal, Rejection};
 
 /// The most request headers accepted; more is `431`.
@@ -21,12 +21,23 @@ pub const MAX_REQUEST_HEAD_BYTES: usize = 64 * 1024;
 /// What is wrong with a request's framing, if anything: a head over our limits, or a transfer
 /// coding other than a single `chunked` (hyper has decoded `chunked`; another coding before it,
 /// `gzip, chunked`, would reach the app as a body it cannot tell is compressed).
-pub fn framing_problem(headers: &HeaderMap) -> Option<Rejection> {
-    if headers.len() > MAX_REQUEST_HEADERS
-        || headers.iter().map(|(k, v)| k.as_str().len() + v.len() + 4).sum::<usize>()
-            > MAX_REQUEST_HEAD_BYTES
-    {
+///
+/// Notes the hop-by-hop headers in `present` in the same pass over the fields (all of them
+/// unless the head is too large).
+pub fn framing_problem(headers: &HeaderMap, present: &mut HopByHop) -> Option<Rejection> {
+    if headers.len() > MAX_REQUEST_HEADERS {
         return Some(Rejection::HeadTooLarge);
+    }
+    let mut size = 0;
+    for (name, value) in headers {
+        size += name.as_str().len() + value.len() + 4;
+        present.note(name);
+    }
+    if size > MAX_REQUEST_HEAD_BYTES {
+        return Some(Rejection::HeadTooLarge);
+    }
+    if !present.has(&header::TRANSFER_ENCODING) {
+        return None;
     }
     let mut codings = headers
         .get_all(header::TRANSFER_ENCODING)
@@ -156,8 +167,15 @@ pub struct TeTrailers;
 #[derive(Debug, Clone)]
 pub struct WebSocketUpgrade(pub http::HeaderValue);
 
-fn websocket_upgrade(headers: &HeaderMap, version: http::Version) -> Option<WebSocketUpgrade> {
-    if version != http::Version::HTTP_11 {
+fn websocket_upgrade(
+    headers: &HeaderMap,
+    version: http::Version,
+    present: HopByHop,
+) -> Option<WebSocketUpgrade> {
+    if version != http::Version::HTTP_11
+        || !present.has(&header::CONNECTION)
+        || !present.has(&header::UPGRADE)
+    {
         return None;
     }
     let connection_says_upgrade = headers
@@ -220,7 +238,9 @@ where
                 return Either::Right(ready(Ok(refusal.response())));
             }
         }
-        if let Some(r) = framing_problem(req.headers()) {
+        // one pass over the fields: the head's size, and which hop-by-hop fields it holds
+        let mut present = HopByHop::default();
+        if let Some(r) = framing_problem(req.headers(), &mut present) {
             tracing::debug!(reason = ?r, "refused request framing");
             let detail = format!("{r:?}");
             return Either::Right(ready(Ok(Refusal::new(r, "bad_framing")
@@ -232,19 +252,21 @@ where
             let r = Rejection::BadRequest(why);
             return Either::Right(ready(Ok(Refusal::new(r, "bad_host").detail(why).response())));
         }
-        if let Some(upgrade) = websocket_upgrade(req.headers(), req.version()) {
+        if let Some(upgrade) = websocket_upgrade(req.headers(), req.version(), present) {
             req.extensions_mut().insert(upgrade);
         }
-        let te_trailers = req
-            .headers()
-            .get_all(header::TE)
-            .iter()
-            .flat_map(|v| v.as_bytes().split(|b| *b == b','))
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
+        let te_trailers = present.has(&header::TE)
+            && req
+                .headers()
+                .get_all(header::TE)
+                .iter()
+                .flat_map(|v| v.as_bytes().split(|b| *b == b','))
+                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"trailers"));
         if te_trailers {
             req.extensions_mut().insert(TeTrailers);
         }
-        remove_hop_by_hop(req.headers_mut());
+        // (settle_host may have set Host, never a hop-by-hop field)
+        remove_present(req.headers_mut(), present);
         Either::Left(self.inner.call(req))
     }
 }
@@ -464,21 +486,33 @@ mod tests {
                 HeaderValue::from_static("v"),
             );
         }
-        assert!(framing_problem(&h).is_none(), "exactly the limit is fine");
+        assert!(
+            framing_problem(&h, &mut HopByHop::default()).is_none(),
+            "exactly the limit is fine"
+        );
         h.insert("x-one-more", HeaderValue::from_static("v"));
-        assert!(matches!(framing_problem(&h), Some(Rejection::HeadTooLarge)));
+        assert!(matches!(
+            framing_problem(&h, &mut HopByHop::default()),
+            Some(Rejection::HeadTooLarge)
+        ));
         // bytes: name + value + 4 per line
         let mut h = HeaderMap::new();
         let value = "v".repeat(MAX_REQUEST_HEAD_BYTES - "x-big".len() - 4);
         h.insert("x-big", HeaderValue::from_str(&value).unwrap());
-        assert!(framing_problem(&h).is_none(), "exactly the byte limit is fine");
+        assert!(
+            framing_problem(&h, &mut HopByHop::default()).is_none(),
+            "exactly the byte limit is fine"
+        );
         let value = "v".repeat(MAX_REQUEST_HEAD_BYTES - "x-big".len() - 3);
         h.insert("x-big", HeaderValue::from_str(&value).unwrap());
-        assert!(matches!(framing_problem(&h), Some(Rejection::HeadTooLarge)));
+        assert!(matches!(
+            framing_problem(&h, &mut HopByHop::default()),
+            Some(Rejection::HeadTooLarge)
+        ));
         let te = |v: &'static str| {
             let mut h = HeaderMap::new();
             h.insert(header::TRANSFER_ENCODING, HeaderValue::from_static(v));
-            framing_problem(&h)
+            framing_problem(&h, &mut HopByHop::default())
         };
         assert!(te("chunked").is_none());
         assert!(te("Chunked").is_none());
@@ -486,6 +520,23 @@ mod tests {
         for bad in ["gzip, chunked", "chunked, chunked", "gzip", "identity"] {
             assert!(matches!(te(bad), Some(Rejection::UnsupportedTransferCoding)), "{bad}");
         }
-        assert!(framing_problem(&HeaderMap::new()).is_none());
+        assert!(framing_problem(&HeaderMap::new(), &mut HopByHop::default()).is_none());
+        // the pass notes each hop-by-hop field, as a scan of the names does, in any spelling
+        for h in &super::super::HOP_BY_HOP {
+            let mut m = HeaderMap::new();
+            m.insert(header::ACCEPT, HeaderValue::from_static("*/*"));
+            m.insert(
+                HeaderName::from_bytes(h.as_str().to_ascii_uppercase().as_bytes()).unwrap(),
+                HeaderValue::from_static("chunked"),
+            );
+            m.insert("x-long-enough-name", HeaderValue::from_static("1"));
+            let mut present = HopByHop::default();
+            let _ = framing_problem(&m, &mut present);
+            assert_eq!(present, HopByHop::of(&m), "{h}");
+            assert!(present.has(h) && present.any(), "{h}");
+            let others = super::super::HOP_BY_HOP.iter().filter(|o| *o != h);
+            assert!(others.clone().all(|o| !present.has(o)), "{h}");
+        }
+        assert!(!HopByHop::of(&HeaderMap::new()).any());
     }
 }

@@ -180,25 +180,56 @@ pub fn connection_named(value: &[u8]) -> impl Iterator<Item = HeaderName> + '_ {
         .filter(|n| !is_guaranteed(n.as_str()))
 }
 
+/// Which of the [`HOP_BY_HOP`] headers a head holds, noted name by name in a pass over it (most
+/// names are none of them, told by their length alone), so that the checks and the removal
+/// after it look up only those present (a lookup of an absent name still hashes it).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HopByHop([bool; HOP_BY_HOP.len()]);
+
+impl HopByHop {
+    /// The hop-by-hop headers in `headers`.
+    pub fn of(headers: &HeaderMap) -> Self {
+        let mut present = Self::default();
+        for name in headers.keys() {
+            present.note(name);
+        }
+        present
+    }
+
+    /// Notes `name` if it is one of them.
+    pub fn note(&mut self, name: &HeaderName) {
+        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
+            return;
+        }
+        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
+            self.0[i] = true;
+        }
+    }
+
+    /// Whether `name` (one of [`HOP_BY_HOP`]) is present.
+    pub fn has(&self, name: &HeaderName) -> bool {
+        HOP_BY_HOP.iter().zip(self.0).any(|(h, p)| p && h == name)
+    }
+
+    pub fn any(&self) -> bool {
+        self.0.contains(&true)
+    }
+}
+
 /// Removes hop-by-hop headers, and every header named in `Connection` except the guaranteed
 /// ones: `Host`, `X-Request-Id`, `X-Real-IP` and `X-Forwarded-*`. One pass over the names
 /// finds which are there (usually none in a request, `Connection` in a response).
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let mut present = [false; HOP_BY_HOP.len()];
-    for name in headers.keys() {
-        // Most names are none of them: told by length first, without comparing.
-        if !matches!(name.as_str().len(), 2 | 7 | 10 | 16..=19) {
-            continue;
-        }
-        if let Some(i) = HOP_BY_HOP.iter().position(|h| h == name) {
-            present[i] = true;
-        }
-    }
-    if present == [false; HOP_BY_HOP.len()] {
+    remove_present(headers, HopByHop::of(headers));
+}
+
+/// [`remove_hop_by_hop`] for a head whose hop-by-hop headers are known to be `present`.
+pub fn remove_present(headers: &mut HeaderMap, present: HopByHop) {
+    if !present.any() {
         return;
     }
     // HOP_BY_HOP[0] is `Connection`
-    if present[0] {
+    if present.0[0] {
         let named: Vec<HeaderName> = headers
             .get_all(header::CONNECTION)
             .iter()
@@ -208,7 +239,7 @@ pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
             headers.remove(name);
         }
     }
-    for (name, _) in HOP_BY_HOP.iter().zip(present).filter(|(_, p)| *p) {
+    for (name, _) in HOP_BY_HOP.iter().zip(present.0).filter(|(_, p)| *p) {
         headers.remove(name);
     }
 }
