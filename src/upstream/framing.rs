@@ -325,11 +325,6 @@ impl ChunkedDecoder {
         Self { state: State::Size { size: 0, digits: 0 }, trailers: Vec::new() }
     }
 
-    /// Whether the body has ended.
-    pub fn is_done(&self) -> bool {
-        self.state == State::Done
-    }
-
     /// Decodes from the start of `input`: what it found and how many bytes it took. Call again
     /// with the rest (or more input after [`Decoded::More`]) until [`Decoded::End`].
     pub fn decode<'a>(&mut self, input: &'a [u8]) -> Result<(usize, Decoded<'a>), FramingError> {
@@ -493,6 +488,11 @@ mod tests {
             Ok(Framing::Chunked)
         );
         assert_eq!(framing("HTTP/1.1 200 OK\r\n\r\n"), Ok(Framing::UntilClose));
+        // up to 19 digits (leading zeros too): any u64 below 10^19
+        assert_eq!(
+            framing("HTTP/1.1 200 OK\r\nContent-Length: 0000000000000000012\r\n\r\n"),
+            Ok(Framing::Length(12))
+        );
         // no body whatever the fields say: 204, 304, 1xx and a response to HEAD
         for status in ["204 No Content", "304 Not Modified", "100 Continue", "101 Switching"] {
             let text = format!(
@@ -524,6 +524,7 @@ mod tests {
             ("Content-Length: 0x5\r\n", FramingError::BadLength),
             ("Content-Length: \r\n", FramingError::BadLength),
             ("Content-Length: 99999999999999999999\r\n", FramingError::BadLength),
+            ("Content-Length: 00000000000000000001\r\n", FramingError::BadLength),
             ("Transfer-Encoding: gzip\r\n", FramingError::Coding),
             ("Transfer-Encoding: gzip, chunked\r\n", FramingError::Coding),
             ("Transfer-Encoding: chunked, chunked\r\n", FramingError::Coding),
@@ -540,6 +541,15 @@ mod tests {
             let text = format!("HTTP/1.1 {code} Early\r\n\r\n");
             assert_eq!(framing(&text), Err(FramingError::Interim(code)));
         }
+        // what was malformed is named
+        let named = |text: &str| match head(text) {
+            Err(FramingError::Malformed(what)) => what,
+            other => panic!("{text:?}: {:?}", other.map(|h| h.map(|h| h.0.framing))),
+        };
+        assert_eq!(named("HTTP/1.1 200 OK\r\nX A: 1\r\n\r\n"), "a field name");
+        assert_eq!(named("HTTP/1.1 2x0 OK\r\n\r\n"), "the status");
+        assert_eq!(named("HTTP/1.1 200 OK\r\n\nX-A: 1\r\n\r\n"), "line ends other than CRLF");
+        assert_eq!(named("\nHTTP/1.1 200 OK\r\n\r\n"), "line ends other than CRLF");
         // bare LF, obsolete folding, a space before the colon, HTTP/2 in a 1.1 head
         for text in [
             "HTTP/1.1 200 OK\nContent-Length: 0\n\n",
@@ -567,6 +577,13 @@ mod tests {
         assert!(head(text).unwrap().is_some());
         let big = format!("HTTP/1.1 200 OK\r\nX-Big: {}\r\n", "a".repeat(MAX_HEAD));
         assert_eq!(head(&big).unwrap_err(), FramingError::HeadTooLarge);
+        // a whole head of exactly 64 KiB (docs/forwarding.md) is read; one byte more is too large
+        let sized = |n: usize| {
+            let start = "HTTP/1.1 200 OK\r\nX-Big: ";
+            format!("{start}{}\r\n\r\n", "a".repeat(n - start.len() - 4))
+        };
+        assert_eq!(head(&sized(64 * 1024)).unwrap().unwrap().1, 64 * 1024);
+        assert_eq!(head(&sized(64 * 1024 + 1)).unwrap_err(), FramingError::HeadTooLarge);
         let many: String = (0..MAX_HEADERS + 1).map(|i| format!("X-{i}: v\r\n")).collect();
         let text = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
         assert_eq!(head(&text).unwrap_err(), FramingError::HeadTooLarge);
@@ -679,11 +696,17 @@ mod tests {
         // one byte at a time
         let every: Vec<usize> = (1..body.len()).collect();
         assert_eq!(decode_in_pieces(body, &every).unwrap(), whole);
-        // without trailers
-        let plain = b"3\r\nabc\r\n0\r\n\r\n";
-        for a in 0..plain.len() {
-            let (data, trailers, used) = decode_in_pieces(plain, &[a]).unwrap();
-            assert_eq!((data.as_slice(), trailers.len(), used), (&b"abc"[..], 0, plain.len()));
+        // without trailers; with whitespace before an extension (RFC 9112 §7.1.1's BWS)
+        let plain: &[&[u8]] = &[
+            b"3\r\nabc\r\n0\r\n\r\n",
+            b"3 ;x\r\nabc\r\n0\t;y=1\r\n\r\n",
+            b"3\t\r\nabc\r\n0 \r\n\r\n",
+        ];
+        for plain in plain {
+            for a in 0..plain.len() {
+                let (data, trailers, used) = decode_in_pieces(plain, &[a]).unwrap();
+                assert_eq!((data.as_slice(), trailers.len(), used), (&b"abc"[..], 0, plain.len()));
+            }
         }
     }
 
@@ -691,6 +714,9 @@ mod tests {
     fn bad_chunks_are_refused_wherever_they_are_split() {
         let bad: &[&[u8]] = &[
             b"\r\n",                     // no size
+            b"\r\n\r\n",                 // no size, then what would end a last chunk
+            b";x\r\n\r\n",               // an extension without a size
+            b"5x\r\nhello\r\n0\r\n\r\n", // a size followed by a non-hex byte
             b"g\r\n",                    // not hex
             b"-1\r\n",                   // a sign
             b"5\nhello\r\n0\r\n\r\n",    // bare LF after the size
@@ -720,10 +746,16 @@ mod tests {
         let mut d = ChunkedDecoder::new();
         assert!(matches!(d.decode(b"1FFFFFFFFFFFFFFFF"), Err(FramingError::Chunk(_))));
         // limits on extensions and trailers
-        let long_ext = format!("1;{}\r\n", "x".repeat(MAX_CHUNK_EXT + 1));
-        assert!(decode_in_pieces(long_ext.as_bytes(), &[]).is_err());
-        let big_trailers = format!("0\r\nX-Big: {}\r\n\r\n", "a".repeat(MAX_TRAILERS));
-        assert!(decode_in_pieces(big_trailers.as_bytes(), &[]).is_err());
+        let ext = |n: usize| format!("1;{}\r\na\r\n0\r\n\r\n", "x".repeat(n));
+        // (the limits docs/forwarding.md gives: an extension of 4 KiB with its `;`, a trailer
+        // section of 16 KiB without its empty line)
+        assert!(decode_in_pieces(ext(4 * 1024 - 1).as_bytes(), &[]).is_ok());
+        assert!(decode_in_pieces(ext(4 * 1024).as_bytes(), &[]).is_err());
+        let trailers = |n: usize| format!("0\r\nX-Big: {}\r\n\r\n", "a".repeat(n));
+        let fits = trailers(16 * 1024 - "X-Big: \r\n".len());
+        assert!(decode_in_pieces(fits.as_bytes(), &[]).is_ok());
+        let over = trailers(16 * 1024 + 1 - "X-Big: \r\n".len());
+        assert!(decode_in_pieces(over.as_bytes(), &[]).is_err());
         // a body that stops early is not a body
         assert!(decode_in_pieces(b"5\r\nhel", &[]).is_err());
     }
