@@ -696,6 +696,12 @@ mod tests {
         // one byte at a time
         let every: Vec<usize> = (1..body.len()).collect();
         assert_eq!(decode_in_pieces(body, &every).unwrap(), whole);
+        // hex digits in either case
+        for (size, n) in [("a", 10), ("A", 10), ("f", 15), ("F", 15), ("1b", 27), ("0C", 12)] {
+            let text = format!("{size}\r\n{}\r\n0\r\n\r\n", "x".repeat(n));
+            let (data, _, used) = decode_in_pieces(text.as_bytes(), &[]).unwrap();
+            assert_eq!((data.len(), used), (n, text.len()), "{size}");
+        }
         // without trailers; with whitespace before an extension (RFC 9112 §7.1.1's BWS)
         let plain: &[&[u8]] = &[
             b"3\r\nabc\r\n0\r\n\r\n",
