@@ -85,7 +85,8 @@ fn nginx_conf(port: u16, dir: &Path, portcullis: &str, app: &str) -> String {
     let d = dir.display();
     format!(
         r#"
-worker_processes 1; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
+# one process (no master): killing the test's child stops all of nginx, no worker is orphaned
+worker_processes 1; master_process off; daemon off; pid {d}/nginx.pid; error_log {d}/error.log warn;
 events {{ worker_connections 256; }}
 http {{
   access_log off;
