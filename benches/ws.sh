@@ -67,24 +67,27 @@ http {
 NGINX
 nginx -c "$work/nginx.conf" -p "$work/proxy" & pids+=($!)
 
-# a demo (its own issuer and token) on port $2 for binary $1; prints the token
+# a demo (its own issuer and token) of binary $1 on port $2, started here (so that cleanup
+# stops it); its token is read with token_of
 demo() {
   PORTCULLIS_LOG_LEVEL=warn "$1" demo --listen "127.0.0.1:$2" --admin-listen "127.0.0.1:$(($2 + 10))" \
     --upstream http://127.0.0.1:18481 > "$work/demo-$2.log" 2>&1 & pids+=($!)
-  for _ in $(seq 100); do grep -q '^  TOKEN=' "$work/demo-$2.log" 2>/dev/null && break; sleep 0.1; done
-  grep -m1 '^  TOKEN=' "$work/demo-$2.log" | cut -d= -f2
+}
+token_of() {
+  for _ in $(seq 300); do grep -q '^  TOKEN=' "$work/demo-$1.log" 2>/dev/null && break; sleep 0.1; done
+  grep -m1 '^  TOKEN=' "$work/demo-$1.log" | cut -d= -f2 || { echo "the demo on $1 did not start" >&2; cat "$work/demo-$1.log" >&2; exit 1; }
 }
 targets=(nginx portcullis)
 declare -A url=([nginx]=ws://127.0.0.1:18482/ [portcullis]=ws://127.0.0.1:18480/)
 declare -A token=([nginx]=-)
-token[portcullis]=$(demo "$bin" 18480)
-[ -n "${token[portcullis]}" ] || { echo "portcullis demo did not start"; cat "$work/demo-18480.log"; exit 1; }
+demo "$bin" 18480
 if [ -n "$base" ]; then
   targets+=(base)
   url[base]=ws://127.0.0.1:18483/
-  token[base]=$(demo "$base" 18483)
-  [ -n "${token[base]}" ] || { echo "the base demo did not start"; cat "$work/demo-18483.log"; exit 1; }
+  demo "$base" 18483
+  token[base]=$(token_of 18483)
 fi
+token[portcullis]=$(token_of 18480)
 # each answers a WebSocket before the rounds begin
 for t in "${targets[@]}"; do
   for _ in $(seq 50); do "$ws" messages "${url[$t]}" "${token[$t]}" 1 0.05 >/dev/null 2>&1 && break; sleep 0.1; done
