@@ -41,11 +41,6 @@ const METHOD_OVERRIDE_HEADERS: &[&str] =
 /// The query parameter Rails, Laravel, Symfony and others take as the real method.
 const METHOD_OVERRIDE_PARAM: &str = "_method";
 
-/// Marks a request that matched a public route: rules never deny it, even when a valid token
-/// on it gave the app an identity.
-#[derive(Debug, Clone, Copy)]
-pub struct PublicRoute;
-
 /// How the caller proved who it is.
 #[derive(Debug, Clone)]
 pub enum Credential {
@@ -483,12 +478,9 @@ where
                 Ok(a) => a,
                 Err(refusal) => return Ok(refusal.response()),
             };
-            let Access { authenticated, public, drop_authorization, decision } = access;
+            let Access { authenticated, drop_authorization, decision, .. } = access;
             if drop_authorization {
                 parts.headers.remove(header::AUTHORIZATION);
-            }
-            if public {
-                parts.extensions.insert(PublicRoute);
             }
             // The app never sees portcullis's cookies, on any route.
             if let Some(sessions) = &settings.sessions {
