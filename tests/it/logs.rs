@@ -123,11 +123,14 @@ async fn no_access_line_is_lost_or_torn_when_the_log_reader_stalls_through_shutd
     // nobody reads the binary's stdout until after SIGTERM: its pipe fills and stays full
     let bin = Binary::start(&text).await;
     let token = issuer.token_for("alice", AUD);
+    // One client, built before any request's timeout starts: building one loads the TLS roots,
+    // and 200 of them built in turn on this test's one thread held up the requests already
+    // sent for seconds on a busy machine. (It opens a connection for each request in flight.)
+    let http = client();
     let clients: Vec<_> = (0..CLIENTS)
         .map(|c| {
-            let (addr, t) = (bin.addr, token.clone());
+            let (addr, t, http) = (bin.addr, token.clone(), http.clone());
             tokio::spawn(async move {
-                let http = client();
                 for i in 0..EACH {
                     let r = http
                         .get(format!("http://{addr}/api/{c}/{i}"))
