@@ -413,6 +413,30 @@ async fn only_a_request_the_app_never_saw_is_sent_again() {
     proxy.shutdown().await;
 }
 
+/// A kept-alive connection the app closes on the next request without a byte of answer (as an
+/// app closing its idle connections may, just as a request arrives): a bodiless `GET` goes
+/// again, once, on a new connection, head and all, and the client gets that answer.
+#[tokio::test]
+async fn a_get_the_app_closed_on_unanswered_goes_again_whole_on_a_new_connection() {
+    let first = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let f = first.clone();
+    let app = RawApp::start(move |_, path| match path {
+        "/again" if f.swap(false, std::sync::atomic::Ordering::SeqCst) => Reply::Close,
+        "/again" => Reply::Bytes(ok("again")),
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    assert_eq!(get(&proxy, &token, "GET", "/ok/warm").await.unwrap(), (200, "warm".into()));
+    assert_eq!(get(&proxy, &token, "GET", "/again").await.unwrap(), (200, "again".into()));
+    let asked = app.asked();
+    let again: Vec<&Asked> = asked.iter().filter(|a| a.path == "/again").collect();
+    assert_eq!(again.len(), 2, "{asked:?}");
+    assert_eq!(again[0].conn, asked[0].conn, "first on the kept-alive connection: {asked:?}");
+    assert_ne!(again[1].conn, again[0].conn, "then on a new one: {asked:?}");
+    proxy.shutdown().await;
+}
+
 /// Answers delimited by the app closing (no length, no chunks) pass whole, and their connection
 /// is not reused.
 #[tokio::test]
