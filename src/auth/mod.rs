@@ -447,7 +447,7 @@ impl<S> Layer<S> for AuthenticateLayer {
 }
 
 /// Lets public routes through, checks every other request ([`AuthSettings::check`]) and hands
-/// the verified identity on in the request's headers ([`inject_identity`]), or refuses it.
+/// the verified identity on in the request's headers (`inject::inject_identity`), or refuses it.
 #[derive(Debug, Clone)]
 pub struct Authenticate<S> {
     inner: S,

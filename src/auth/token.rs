@@ -130,7 +130,7 @@ impl CachedToken {
 /// hit; entries whose key left the JWKS are dropped on their next hit; when full, the expired
 /// ones go first.
 ///
-/// Kept by the token's own bytes ([`Kept`]): that costs the token's bytes per entry (at most
+/// Kept by the token's own bytes (`auth::kept`): that costs the token's bytes per entry (at most
 /// `token_cache_size` times 16 KiB) and far less work per request than a SHA-256 of it (or
 /// SipHash: about 4,000 instructions for an 800-byte token, against a few hundred).
 pub struct TokenCache(Kept<Arc<CachedToken>>);
