@@ -697,3 +697,36 @@ impl http_body::Body for ResponseBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_request_head_carries_its_own_framing_only() {
+        let mut headers = HeaderMap::new();
+        headers.insert(http::header::HOST, "app".parse().unwrap());
+        headers.insert(CONTENT_LENGTH, "5".parse().unwrap());
+        headers.insert(TRANSFER_ENCODING, "chunked".parse().unwrap());
+        headers.append("x-a", "1".parse().unwrap());
+        headers.append("x-a", "2".parse().unwrap());
+        let mut buf = Vec::new();
+        let head = |buf: &mut Vec<u8>, framing| {
+            encode_head(buf, &Method::POST, &["/base", "/p?q=1"], &headers, framing);
+            String::from_utf8(buf.clone()).unwrap()
+        };
+        assert_eq!(
+            head(&mut buf, RequestFraming::Length(5)),
+            "POST /base/p?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\ncontent-length: 5\r\n\r\n"
+        );
+        assert_eq!(
+            head(&mut buf, RequestFraming::Chunked),
+            "POST /base/p?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\ntransfer-encoding: chunked\r\n\r\n"
+        );
+        // the buffer is emptied first
+        assert_eq!(
+            head(&mut buf, RequestFraming::None),
+            "POST /base/p?q=1 HTTP/1.1\r\nhost: app\r\nx-a: 1\r\nx-a: 2\r\n\r\n"
+        );
+    }
+}
