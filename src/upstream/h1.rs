@@ -325,21 +325,12 @@ pub struct Exchange {
     out: Outgoing,
     /// Whether any byte of a response has arrived.
     answered: bool,
-    /// The request's header map, once its head is written: filled with the response's.
-    spare: Option<http::HeaderMap>,
 }
 
 impl Exchange {
     /// The exchange of the request whose head is in `conn`'s head buffer (see [`encode_head`]).
     pub fn new(conn: Conn, body: Option<Body>, framing: RequestFraming) -> Self {
-        Self { conn, out: Outgoing::new(body, framing), answered: false, spare: None }
-    }
-
-    /// The same exchange reading the response's fields into `map` (emptied first; the
-    /// request's, once its head is written) instead of a new one.
-    pub fn reusing(mut self, map: http::HeaderMap) -> Self {
-        self.spare = Some(map);
-        self
+        Self { conn, out: Outgoing::new(body, framing), answered: false }
     }
 
     /// Whether the request may go again on another connection: none of it was written (nor
@@ -455,9 +446,7 @@ impl Exchange {
         loop {
             if !self.conn.rbuf.is_empty() {
                 self.answered = true;
-                if let Some(head) =
-                    framing::take_head(&mut self.conn.rbuf, head_request, &mut self.spare)?
-                {
+                if let Some(head) = framing::take_head(&mut self.conn.rbuf, head_request)? {
                     match head.status.as_u16() {
                         // interim: the final head follows
                         100 => continue,

@@ -266,11 +266,10 @@ impl Upstream {
         }
         self.sweep();
         let (parts, body) = req.into_parts();
-        let http::request::Parts { method, uri, mut headers, .. } = parts;
-        let framing = RequestFraming::of(&method, &headers, &body);
+        let framing = RequestFraming::of(&parts.method, &parts.headers, &body);
         let mut body = (!body.is_end_stream()).then_some(body);
-        let head_request = method == Method::HEAD;
-        let pq = uri.path_and_query().map_or("/", |p| p.as_str());
+        let head_request = parts.method == Method::HEAD;
+        let pq = parts.uri.path_and_query().map_or("/", |p| p.as_str());
         // the head, once written, carried to a new connection for a retry
         let mut written: Option<Vec<u8>> = None;
         // Set when the first wait begins: a request served by an idle connection never reads
@@ -314,13 +313,11 @@ impl Upstream {
                 Some(head) => conn.set_head(head),
                 None => {
                     let base = self.inner.base_path.as_str();
-                    conn.write_head(&method, &[base, pq], &headers, framing)
+                    conn.write_head(&parts.method, &[base, pq], &parts.headers, framing)
                 }
             }
             conn.watch.begin(waited);
-            // written: the request's map takes the response's fields
-            let mut ex =
-                Exchange::new(conn, body.take(), framing).reusing(std::mem::take(&mut headers));
+            let mut ex = Exchange::new(conn, body.take(), framing);
             let answered = std::future::poll_fn(|cx| {
                 let watch = ex.watch();
                 if watch.expired.load(Ordering::Acquire) {
@@ -350,7 +347,7 @@ impl Upstream {
                     *resp.version_mut() = Version::HTTP_11;
                     return Ok(resp);
                 }
-                Err(e) if permit.is_none() && ex.may_retry(&e, idempotent(&method)) => {
+                Err(e) if permit.is_none() && ex.may_retry(&e, idempotent(&parts.method)) => {
                     tracing::debug!(error = %e, "kept-alive upstream connection was closed; sending again on a new one");
                     written = Some(ex.take_head());
                     body = ex.take_body();
