@@ -692,6 +692,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_request_is_framed_by_its_body_and_method() {
+        let none = HeaderMap::new();
+        let mut length0 = HeaderMap::new();
+        length0.insert(CONTENT_LENGTH, "0".parse().unwrap());
+        let of = |m: Method, h: &HeaderMap, b: Body| RequestFraming::of(&m, h, &b);
+        assert_eq!(of(Method::GET, &none, Body::empty()), RequestFraming::None);
+        assert_eq!(of(Method::DELETE, &none, Body::empty()), RequestFraming::None);
+        // a method that carries content, or a client's length, says so even when empty
+        for m in [Method::POST, Method::PUT, Method::PATCH] {
+            assert_eq!(of(m, &none, Body::empty()), RequestFraming::Length(0));
+        }
+        assert_eq!(of(Method::GET, &length0, Body::empty()), RequestFraming::Length(0));
+        assert_eq!(of(Method::POST, &none, Body::from("abc")), RequestFraming::Length(3));
+        let stream = futures_util::stream::iter([Ok::<_, std::io::Error>(Bytes::from("a"))]);
+        assert_eq!(of(Method::POST, &none, Body::from_stream(stream)), RequestFraming::Chunked);
+    }
+
+    #[test]
     fn a_request_head_carries_its_own_framing_only() {
         let mut headers = HeaderMap::new();
         headers.insert(http::header::HOST, "app".parse().unwrap());

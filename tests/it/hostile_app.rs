@@ -25,6 +25,8 @@ pub enum Reply {
     BytesThenClose(Vec<u8>),
     /// Closes without a byte.
     Close,
+    /// Writes these bytes, then resets the connection (an RST, not a close).
+    BytesThenReset(Vec<u8>),
     /// Writes these bytes after this long, then waits for the next request.
     After(Duration, Vec<u8>),
     /// Never answers; records `closed <path>` when the proxy closes the connection.
@@ -151,6 +153,12 @@ async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec
                 return;
             }
             Reply::Close => return,
+            Reply::BytesThenReset(b) => {
+                let _ = s.write_all(&b).await;
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                let _ = socket2::SockRef::from(&s).set_linger(Some(Duration::ZERO));
+                return;
+            }
             Reply::After(wait, b) => {
                 tokio::time::sleep(wait).await;
                 if s.write_all(&b).await.is_err() {
@@ -410,6 +418,28 @@ async fn only_a_request_the_app_never_saw_is_sent_again() {
     assert_eq!(got.0, 502, "{got:?}");
     let posts = app.asked().iter().filter(|a| a.method == "POST").count();
     assert_eq!(posts, 1, "a request the app saw was sent again: {:?}", app.asked());
+    proxy.shutdown().await;
+}
+
+/// An app that resets its connection mid-body: the client's response is cut (or a 502, if the
+/// reset overtook the head), at once, and the next request is served on a new connection.
+#[tokio::test]
+async fn a_reset_mid_body_cuts_the_response_and_the_proxy_goes_on() {
+    let app = RawApp::start(|_, path| match path {
+        "/reset" => Reply::BytesThenReset(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100000\r\n\r\nonly this".to_vec(),
+        ),
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    match get(&proxy, &token, "GET", "/reset").await {
+        Err(_) => {}
+        Ok((status, body)) => assert_eq!(status, 502, "{body}"),
+    }
+    assert_eq!(get(&proxy, &token, "GET", "/ok/next").await.unwrap(), (200, "next".into()));
+    let asked = app.asked();
+    assert_ne!(asked[0].conn, asked[1].conn, "{asked:?}");
     proxy.shutdown().await;
 }
 
