@@ -97,7 +97,12 @@ async fn serve(mut s: TcpStream, conn: usize, script: Script, log: Arc<Mutex<Vec
             if let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
                 let mut fields = [httparse::EMPTY_HEADER; 64];
                 let mut req = httparse::Request::new(&mut fields);
-                req.parse(&buf[..end + 4]).unwrap();
+                if !matches!(req.parse(&buf[..end + 4]), Ok(httparse::Status::Complete(_))) {
+                    // what the proxy sent is no request head: a desynchronised connection
+                    let bad = Asked { conn, method: "-".into(), path: "unparsable".into() };
+                    log.lock().unwrap().push(bad);
+                    return;
+                }
                 let len = req
                     .headers
                     .iter()
@@ -440,6 +445,48 @@ async fn a_reset_mid_body_cuts_the_response_and_the_proxy_goes_on() {
     assert_eq!(get(&proxy, &token, "GET", "/ok/next").await.unwrap(), (200, "next".into()));
     let asked = app.asked();
     assert_ne!(asked[0].conn, asked[1].conn, "{asked:?}");
+    proxy.shutdown().await;
+}
+
+/// An app that answers before it has read the request's body (as an early `413` does): the
+/// connection, with the rest of that body never written, is not used for another request (the
+/// app would read the next head after the body's first bytes).
+#[tokio::test]
+async fn a_connection_whose_request_was_not_written_whole_is_never_reused() {
+    let app = RawApp::start(|_, path| match path {
+        // RawApp reads no chunked body: it answers right after the head
+        "/early" => {
+            Reply::Bytes(b"HTTP/1.1 413 Content Too Large\r\nContent-Length: 0\r\n\r\n".to_vec())
+        }
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    // a client whose body is still coming: one chunk, then nothing (its socket held open)
+    let mut client = TcpStream::connect(proxy.url.trim_start_matches("http://")).await.unwrap();
+    let head = format!(
+        "POST /early HTTP/1.1\r\nHost: app\r\nAuthorization: Bearer {token}\r\n\
+         Transfer-Encoding: chunked\r\n\r\n5\r\nxxxxx\r\n"
+    );
+    client.write_all(head.as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+        let mut chunk = [0u8; 1024];
+        let n = tokio::time::timeout(Duration::from_secs(10), client.read(&mut chunk))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(n > 0, "closed before an answer: {:?}", String::from_utf8_lossy(&got));
+        got.extend_from_slice(&chunk[..n]);
+    }
+    assert!(got.starts_with(b"HTTP/1.1 413"), "{:?}", String::from_utf8_lossy(&got));
+    assert_eq!(get(&proxy, &token, "GET", "/ok/next").await.unwrap(), (200, "next".into()));
+    let asked = app.asked();
+    assert!(asked.iter().all(|a| a.path != "unparsable"), "{asked:?}");
+    let early = asked.iter().find(|a| a.path == "/early").unwrap();
+    let next = asked.iter().find(|a| a.path == "/ok/next").unwrap();
+    assert_ne!(early.conn, next.conn, "{asked:?}");
+    drop(client);
     proxy.shutdown().await;
 }
 
