@@ -27,6 +27,7 @@
 #                         run, Redis's CPU and commands per request reported (needs redis-server)
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 rounds=5 secs=10 conns=64 logs=off tokens=1 h2=0 fa=0 sessions=0
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -61,12 +62,7 @@ else
 fi
 h2flag=""; [ "$h2" = 1 ] && h2flag="http2"
 # the app: its own nginx, the same for both proxies, never logging
-cat > "$work/app.conf" <<NGINX
-worker_processes 2;
-daemon off;
-pid $work/app.pid;
-error_log $work/app-error.log warn;
-events { worker_connections 4096; }
+{ nginx_main "$work" app; cat <<NGINX; } > "$work/app.conf"
 http { access_log off; server { listen 127.0.0.1:18081; location / { return 200 "ok\n"; } } }
 NGINX
 mkdir -p "$work/app" "$work/proxy"
@@ -78,12 +74,7 @@ to_app='      proxy_pass http://app;
       proxy_set_header Host $host;
       proxy_set_header X-Forwarded-For $remote_addr;'
 # the plain reverse proxy, as a user would set it up in portcullis's place
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 2;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 4096; }
+{ nginx_main "$work" nginx; cat <<NGINX; } > "$work/nginx.conf"
 http {
   upstream app { server 127.0.0.1:18081; keepalive 128; }
   # no cap on requests per client connection (nginx's default closes it after 1,000;
@@ -102,12 +93,7 @@ nginx -c "$work/nginx.conf" -p "$work/proxy" & pids+=($!)
 # --forward-auth: the same nginx proxy asking portcullis first (docs/forward-auth.md's snippet)
 if [ "$fa" = 1 ]; then
   mkdir -p "$work/fa"
-  cat > "$work/fa.conf" <<NGINX
-worker_processes 2;
-daemon off;
-pid $work/fa.pid;
-error_log $work/fa-error.log warn;
-events { worker_connections 4096; }
+  { nginx_main "$work" fa; cat <<NGINX; } > "$work/fa.conf"
 http {
   upstream app { server 127.0.0.1:18081; keepalive 128; }
   upstream portcullis { server 127.0.0.1:18080; keepalive 128; }
@@ -228,8 +214,6 @@ run() { # proxy url conns -> "rps p50_ms p99_ms cpu_us_per_request user_us syste
     'BEGIN {split(before, x, " "); split(after, y, " "); u = (y[1] - x[1]) / hz / n * 1e6; s = (y[2] - x[2]) / hz / n * 1e6;
             printf "%s %s %s %.1f %.1f %.1f\n", r, a, b, u + s, u, s}'
 }
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f-%.2f", lo, hi}'; }
 
 if [ "$sessions" = 1 ]; then
   [ "$h2" = 0 ] && [ "$fa" = 0 ] && [ "$tokens" = 1 ] || { echo "--sessions is HTTP/1.1 with one token" >&2; exit 2; }

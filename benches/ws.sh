@@ -13,6 +13,7 @@
 #     BASE_BIN  another portcullis binary (an earlier build) measured beside, the same way
 set -euo pipefail
 cd "$(dirname "$0")/.."
+. benches/common.sh
 rounds=5 secs=5 conns=64
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -43,12 +44,7 @@ trap cleanup EXIT
 
 "$ws" echo 127.0.0.1:18481 & pids+=($!)
 mkdir -p "$work/proxy"
-cat > "$work/nginx.conf" <<NGINX
-worker_processes 2;
-daemon off;
-pid $work/nginx.pid;
-error_log $work/error.log warn;
-events { worker_connections 4096; }
+{ nginx_main "$work" nginx; cat <<NGINX; } > "$work/nginx.conf"
 http {
   access_log off;
   server {
@@ -94,8 +90,6 @@ for t in "${targets[@]}"; do
   "$ws" messages "${url[$t]}" "${token[$t]}" 1 0.05 >/dev/null || { echo "$t does not echo"; exit 1; }
 done
 
-median() { sort -g | awk '{a[NR]=$1} END {print (NR%2 ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2)}'; }
-range() { sort -g | awk 'NR==1 {lo=$1} {hi=$1} END {printf "%.2f–%.2f", lo, hi}'; }
 echo "WebSocket, $conns clients, $rounds interleaved rounds of ${secs} s each (per second; ratio: median of the rounds' ratios to nginx)"
 printf '%-11s | %-12s | %s\n' load target "per second (ratio to nginx, range)"
 for load in messages handshakes; do
