@@ -448,6 +448,36 @@ async fn a_reset_mid_body_cuts_the_response_and_the_proxy_goes_on() {
     proxy.shutdown().await;
 }
 
+/// A request whose body came with its head (written to the app with it in one go): the app
+/// reads the body once, exactly, and the next request on the kept-alive connection is clean.
+#[tokio::test]
+async fn a_body_written_with_its_head_reaches_the_app_once() {
+    let app = RawApp::start(|_, path| match path {
+        "/post" => Reply::Bytes(ok("posted")),
+        _ => Reply::Close,
+    })
+    .await;
+    let (_issuer, proxy, token) = proxy_for(&app).await;
+    let client = reqwest::Client::builder().timeout(Duration::from_secs(10)).build().unwrap();
+    for i in 0..3 {
+        let posted = client
+            .post(format!("{}/post", proxy.url))
+            .bearer_auth(&token)
+            .body("hello world")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(posted.status(), 200);
+        let next = get(&proxy, &token, "GET", &format!("/ok/{i}")).await.unwrap();
+        assert_eq!(next, (200, i.to_string()));
+    }
+    let asked = app.asked();
+    assert_eq!(asked.len(), 6, "{asked:?}");
+    assert!(asked.iter().all(|a| a.method == "POST" || a.method == "GET"), "{asked:?}");
+    assert!(asked.iter().all(|a| a.conn == asked[0].conn), "one connection: {asked:?}");
+    proxy.shutdown().await;
+}
+
 /// An app that answers before it has read the request's body (as an early `413` does): the
 /// connection, with the rest of that body never written, is not used for another request (the
 /// app would read the next head after the body's first bytes).
