@@ -686,6 +686,7 @@ mod tests {
             b"3\r\nabc\r\n0\r\n\r\n",
             b"3 ;x\r\nabc\r\n0\t;y=1\r\n\r\n",
             b"3\t\r\nabc\r\n0 \r\n\r\n",
+            b"3;a=\"b c\"\t; d\r\nabc\r\n0;~\r\n\r\n", // a space, a tab and a tilde within
         ];
         for plain in plain {
             for a in 0..plain.len() {
@@ -698,23 +699,25 @@ mod tests {
     #[test]
     fn bad_chunks_are_refused_wherever_they_are_split() {
         let bad: &[&[u8]] = &[
-            b"\r\n",                     // no size
-            b"\r\n\r\n",                 // no size, then what would end a last chunk
-            b";x\r\n\r\n",               // an extension without a size
-            b"5x\r\nhello\r\n0\r\n\r\n", // a size followed by a non-hex byte
-            b"g\r\n",                    // not hex
-            b"-1\r\n",                   // a sign
-            b"5\nhello\r\n0\r\n\r\n",    // bare LF after the size
-            b"5\r\nhello\n0\r\n\r\n",    // bare LF after the data
-            b"5\r\nhelloX\r\n0\r\n\r\n", // data longer than its size
-            b"5\rXhello\r\n",            // CR without LF
-            b"10000000000000000\r\n",    // 17 digits
-            b"0000000000000000F\r\n",    // 17 digits, leading zeros
-            b"5;a\nb\r\nhello\r\n",      // LF inside an extension
-            b"5;\x01\r\nhello\r\n",      // a control byte in an extension
-            b"0\r\nX-A: 1\n\r\n",        // bare LF in the trailers
-            b"0\r\nX A: 1\r\n\r\n",      // a bad trailer name
-            b"0\r\n: 1\r\n\r\n",         // an empty trailer name
+            b"\r\n",                          // no size
+            b"\r\n\r\n",                      // no size, then what would end a last chunk
+            b";x\r\n\r\n",                    // an extension without a size
+            b"5x\r\nhello\r\n0\r\n\r\n",      // a size followed by a non-hex byte
+            b"g\r\n",                         // not hex
+            b"-1\r\n",                        // a sign
+            b"5\nhello\r\n0\r\n\r\n",         // bare LF after the size
+            b"5\r\nhello\n0\r\n\r\n",         // bare LF after the data
+            b"5\r\nhelloX\r\n0\r\n\r\n",      // data longer than its size
+            b"5\rXhello\r\n",                 // CR without LF
+            b"10000000000000000\r\n",         // 17 digits
+            b"0000000000000000F\r\n",         // 17 digits, leading zeros
+            b"5;a\nb\r\nhello\r\n0\r\n\r\n",  // LF inside an extension
+            b"5;\x01\r\nhello\r\n0\r\n\r\n",  // a control byte in an extension
+            b"5;a\x7f\r\nhello\r\n0\r\n\r\n", // DEL in an extension
+            b"5;a\x1f\r\nhello\r\n0\r\n\r\n", // the last control byte below a space
+            b"0\r\nX-A: 1\n\r\n",             // bare LF in the trailers
+            b"0\r\nX A: 1\r\n\r\n",           // a bad trailer name
+            b"0\r\n: 1\r\n\r\n",              // an empty trailer name
         ];
         for body in bad {
             for a in 0..body.len() {
